@@ -1,0 +1,144 @@
+"""The model spec: everything the tiling engine needs to know about a network, stored in its model card.
+
+Geometry, in the terms the engine uses (all lengths in pixels, the same along both axes):
+
+* A network maps an input window of length ``I`` to an output of length ``O = I - 2 * shrink``; output
+  pixel ``j`` lies over input pixel ``j + shrink``. Padded networks have ``shrink = 0``; the original
+  valid-convolution U-Net has ``shrink = 92`` (572 -> 388).
+* The network accepts a window when ``O % multiple == offset``: ``multiple`` is the total stride (or the
+  ViT patch size) and ``offset`` is 0 for padded networks, 4 for a 4-pooling valid U-Net.
+* ``halo`` is the context, in input pixels, that every output pixel needs on each side. When the halo
+  covers the receptive field and tiles start on the stride grid, a translation-equivariant network gives
+  the same result tile by tile as on the whole image.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+INTEGER_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32")
+DEFAULT_DTYPES = INTEGER_DTYPES + ("float32", "float64")
+
+
+class BlendMode(str, enum.Enum):
+    """How overlapping predictions are combined.
+
+    ``crop`` keeps only the valid centre of each prediction (exact for convolutional networks);
+    ``gaussian`` and ``cosine`` weight overlapping probabilities, for networks where exactness cannot hold.
+    """
+
+    CROP = "crop"
+    GAUSSIAN = "gaussian"
+    COSINE = "cosine"
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """One output class: the index written into the mask, a name and a display colour ``#rrggbb``."""
+
+    index: int
+    name: str
+    color: str
+
+    @property
+    def rgb(self) -> tuple[int, int, int]:
+        value = self.color.lstrip("#")
+        return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the network takes: band count, accepted dtypes and normalisation.
+
+    Scaling to [0, 1] happens before ``(x - mean) / std``: uint8 is divided by 255; every other dtype is
+    stretched between the 2nd and 98th percentiles of the image, computed once per image.
+    """
+
+    bands: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    dtypes: tuple[str, ...] = DEFAULT_DTYPES
+    pixel_size: float | None = None  # ground sampling distance the model was trained at, in metres
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != self.bands or len(self.std) != self.bands:
+            raise ValueError(f"mean and std need {self.bands} values each, one per band")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Tiling geometry of a network (see the module docstring)."""
+
+    halo: int
+    multiple: int
+    offset: int = 0
+    shrink: int = 0
+    default_tile: int = 256
+    equivariant: bool = True
+    blend: BlendMode = BlendMode.CROP
+
+    def __post_init__(self) -> None:
+        if self.multiple < 1 or not 0 <= self.offset < self.multiple:
+            raise ValueError("need multiple >= 1 and 0 <= offset < multiple")
+        if self.halo < self.shrink:
+            raise ValueError("the halo must be at least the shrink: each output pixel needs its input")
+        object.__setattr__(self, "blend", BlendMode(self.blend))
+
+    @property
+    def output_smaller(self) -> bool:
+        return self.shrink > 0
+
+    def input_length(self, output_length: int) -> int:
+        """The input length the network needs for this output length."""
+        return output_length + 2 * self.shrink
+
+    def window_output(self, min_output: int) -> int:
+        """The smallest output length the network accepts that is at least ``min_output``."""
+        return min_output + (self.offset - min_output) % self.multiple
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The part of a model card that the engine reads (``models.load(...).spec``)."""
+
+    name: str
+    arch: str
+    input: InputSpec
+    classes: tuple[ClassInfo, ...]
+    geometry: Geometry
+    precision: str = "fp32"  # the reduced precision the card allows on CPU ("bf16") or "fp32"
+    options: dict[str, Any] = field(default_factory=dict)  # serving options the architecture takes (prune)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["geometry"]["blend"] = self.geometry.blend.value
+        data["geometry"]["output_smaller"] = self.geometry.output_smaller
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        geometry = {k: v for k, v in data["geometry"].items() if k != "output_smaller"}
+        inp = data["input"]
+        return cls(
+            name=data["name"],
+            arch=data["arch"],
+            input=InputSpec(
+                bands=int(inp["bands"]),
+                mean=tuple(float(v) for v in inp["mean"]),
+                std=tuple(float(v) for v in inp["std"]),
+                dtypes=tuple(inp.get("dtypes", DEFAULT_DTYPES)),
+                pixel_size=inp.get("pixel_size"),
+            ),
+            classes=tuple(ClassInfo(int(c["index"]), str(c["name"]), str(c["color"])) for c in data["classes"]),
+            geometry=Geometry(**geometry),
+            precision=data.get("precision", "fp32"),
+            options=dict(data.get("options", {})),
+        )

@@ -1,0 +1,133 @@
+"""The ``tileseg`` command: a thin layer over the engine, the model zoo and the service.
+
+    tileseg segment INPUT OUTPUT --model NAME [options]
+    tileseg models [--json]
+    tileseg train --arch ARCH --data DIR --out weights/NAME [options]
+
+Errors the user can fix are printed as one line, with a non-zero exit and no traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+import models
+from models.spec import BlendMode
+
+from .errors import TilesegError
+
+EXIT_USER_ERROR = 1
+
+
+def user_errors(fn):
+    """Print the product's own errors as ``error: ...`` and exit non-zero."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TilesegError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(EXIT_USER_ERROR)
+
+    return wrapper
+
+
+def parse_bands(ctx, param, value: str | None) -> tuple[int, ...] | None:
+    if not value:
+        return None
+    try:
+        bands = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        raise click.BadParameter("give 1-based band numbers separated by commas, e.g. 1,2,3") from None
+    if any(b < 1 for b in bands):
+        raise click.BadParameter("band numbers start at 1")
+    return bands
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tileseg", message="tileseg %(version)s")
+def cli() -> None:
+    """Segment arbitrarily large images, tile by tile, into seamless mask GeoTIFFs."""
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.argument("output_path", metavar="OUTPUT", type=click.Path(path_type=Path))
+@click.option("--model", "model_name", help="An installed model (see `tileseg models`).")
+@click.option("--weights", "weights_path", type=click.Path(path_type=Path), help="A checkpoint NAME.safetensors.")
+@click.option("--tile", type=int, help="Output core size in pixels (default: the model's).")
+@click.option("--blend", type=click.Choice([m.value for m in BlendMode]), help="Default: the model's.")
+@click.option("--overlap", type=float, default=0.0, show_default=True, help="Blended modes: extra overlap, a fraction of the window.")
+@click.option("--batch", type=int, default=4, show_default=True, help="Tiles per forward pass.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--bands", callback=parse_bands, help="1-based bands to use, e.g. 1,2,3.")
+@click.option("--tta", is_flag=True, help="Average probabilities over flips.")
+@click.option("--cog", is_flag=True, help="Write a Cloud Optimized GeoTIFF with overviews.")
+@click.option("--probabilities", type=click.Path(path_type=Path), help="Also write per-class probabilities here.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="auto: what the model card allows.")
+@click.option("--prune", type=int, help="U-Net++: run only the L1..L4 sub-network.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@user_errors
+def segment(input_path, output_path, model_name, weights_path, tile, blend, overlap, batch, device, bands, tta, cog,
+            probabilities, precision, prune, quiet) -> None:
+    """Segment INPUT (any raster GDAL reads) into the mask GeoTIFF OUTPUT."""
+    from .engine import SegmentOptions, run_file
+
+    if bool(model_name) == bool(weights_path):
+        raise click.UsageError("give exactly one of --model NAME or --weights PATH")
+    options = SegmentOptions(tile=tile, blend=BlendMode(blend) if blend else None, overlap=overlap, batch=batch,
+                             bands=bands, tta=tta, cog=cog, precision=precision)
+    model_options = {"prune": prune} if prune is not None else {}
+    with tqdm(total=0, unit="tile", disable=quiet, desc=input_path.name) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = run_file(str(model_name or weights_path), input_path, output_path, options, device,
+                          probabilities, progress, **model_options)
+    for note in result.warnings:
+        click.echo(f"warning: {note}", err=True)
+    if not quiet:
+        info = result.input
+        click.echo(f"{output_path}: {info.width}x{info.height}, {result.tiles_total} tiles "
+                   f"({result.tiles_skipped} nodata), {result.seconds:.1f} s, "
+                   f"{info.width * info.height / result.seconds / 1e6:.2f} Mpx/s", err=True)
+
+
+@cli.command("models")
+@click.option("--json", "as_json", is_flag=True, help="Print the model cards as JSON.")
+@user_errors
+def list_models(as_json: bool) -> None:
+    """List the installed models."""
+    entries = [models.describe(name) for name in models.available()]
+    if as_json:
+        click.echo(json.dumps({"models": entries}, indent=2))
+        return
+    if not entries:
+        click.echo(f"no models installed in {models.weights_dir()}")
+        return
+    click.echo(f"{'name':<20} {'arch':<11} {'bands':>5}  {'tile':>5}  {'blend':<8} classes")
+    for e in entries:
+        geometry = e["spec"]["geometry"]
+        classes = ", ".join(c["name"] for c in e["classes"])
+        click.echo(f"{e['name']:<20} {e['arch']:<11} {e['bands']:>5}  {geometry['default_tile']:>5}  "
+                   f"{geometry['blend']:<8} {classes}")
+
+
+def _register_optional_commands() -> None:
+    try:
+        from .commands.train import train
+    except ImportError:  # the training command is being assembled; the rest of the CLI works without it
+        return
+    cli.add_command(train)
+
+
+_register_optional_commands()

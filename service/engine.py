@@ -1,0 +1,359 @@
+"""The overlap-tile engine: any-size raster in, seamless mask GeoTIFF out. No HTTP in here.
+
+The pipeline, each step a small piece of its own:
+
+1. plan the tiles (:mod:`service.tiling`);
+2. read windows, mirror-padded and normalised, a batch at a time, in reader threads that run ahead of
+   the network (:mod:`service.raster`); tiles that are wholly nodata are skipped;
+3. run each batch, reduced to class indices on the device (:mod:`service.inference`);
+4. stitch cores, or blend windows, into finished rows (:mod:`service.stitching`);
+5. write the rows in a writer thread, block-aligned, to a temporary file renamed into place at the end.
+
+Memory is bounded by the batch, the readers' lead and one band of tile rows: never by the image.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio.shutil
+from torch import nn
+
+import models
+from models.spec import BlendMode
+
+from . import __version__
+from .blending import blend_weights
+from .errors import TilesegError
+from .inference import BatchRunner, pick_device, pick_precision
+from .raster import ALLOWED_DRIVERS, InputRaster, RasterInfo, StripWriter, gdal_env, mask_profile, write_class_metadata
+from .stitching import BlendStitcher, CropStitcher, Strip
+from .tiling import Tile, TilePlan, TileSettings, parse_blend
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (tiles done, tiles total); raising from it stops the run
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """What a run may change; None means the model's default. The CLI and the API take the same names."""
+
+    tile: int | None = None
+    blend: BlendMode | None = None
+    overlap: float = 0.0
+    batch: int = 4
+    bands: tuple[int, ...] | None = None
+    tta: bool = False
+    cog: bool = False
+    precision: str = "auto"
+    readers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.blend is not None:
+            object.__setattr__(self, "blend", parse_blend(self.blend))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["blend"] = self.blend.value if self.blend else None
+        data["bands"] = list(self.bands) if self.bands else None
+        return data
+
+
+@dataclass
+class SegmentResult:
+    """What a finished run produced and how it went."""
+
+    output: Path
+    probabilities: Path | None
+    input: RasterInfo
+    tiles_total: int
+    tiles_skipped: int
+    seconds: float
+    settings: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+
+def tile_settings(spec: models.ModelSpec, options: SegmentOptions) -> TileSettings:
+    """The tile settings of a run, from the options and the model's defaults; checked against its geometry."""
+    blend = options.blend or spec.geometry.blend
+    return TileSettings(spec.geometry, core=options.tile or spec.geometry.default_tile, blend=blend,
+                        overlap=options.overlap, batch=options.batch)
+
+
+def segment(
+    model: nn.Module,
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    options: SegmentOptions = SegmentOptions(),
+    probabilities: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+    allowed_drivers: frozenset[str] = ALLOWED_DRIVERS,
+    max_pixels: int | None = None,
+) -> SegmentResult:
+    """Segment the raster at ``source`` into a class-index GeoTIFF at ``output``.
+
+    Args:
+        model: a network from :func:`models.load` (it carries its ``.spec``), on the device to run on.
+        source: any raster GDAL reads (GeoTIFF/BigTIFF/COG, PNG, JPEG, Aperio SVS level 0).
+        output: the mask to write; it appears only when complete.
+        options: tiling, bands, flips, precision (see :class:`SegmentOptions`).
+        probabilities: where to write per-class probabilities (uint8, 0..255), or None.
+        progress: called with (tiles done, tiles total) after each batch; raise from it to cancel.
+        allowed_drivers, max_pixels: what inputs to accept.
+
+    Raises:
+        TilesegError subclasses for anything the caller can fix (input, bands, dtype, tile settings).
+    """
+    started = time.perf_counter()
+    spec = model.spec
+    settings = tile_settings(spec, options)
+    device = next(model.parameters()).device
+    precision = pick_precision(options.precision, spec.precision, device)
+    output = Path(output)
+    with gdal_env(), InputRaster(source, spec, options.bands, allowed_drivers, max_pixels) as src:
+        notes = _pixel_size_warnings(src, spec)
+        out_dtype, nodata = ("uint8", 255) if max(c.index for c in spec.classes) < 255 else ("uint16", 65535)
+        tags = {
+            "TILESEG_MODEL": spec.name,
+            "TILESEG_CARD_SHA256": _card_hash(model),
+            "TILESEG_VERSION": __version__,
+            "TILESEG_OPTIONS": json.dumps({**options.to_dict(), "tile": settings.core, "blend": settings.blend.value,
+                                           "precision": precision}),
+            "TILESEG_SOURCE": src.info.name,
+        }
+        sink = _Sink(src, spec, output, probabilities, out_dtype, nodata)
+        runner = BatchRunner(model, settings, device, precision, options.tta, probabilities is not None)
+        counts = TileCounts()
+        try:
+            with _BackgroundWriter(sink) as writer:
+                for strip in predict_strips(runner, src, counts, options.readers, progress):
+                    writer.put(strip)
+            sink.finish(tags, spec, options.cog)
+        except BaseException:
+            sink.discard()
+            raise
+    return SegmentResult(
+        output=output, probabilities=Path(probabilities) if probabilities else None, input=src.info,
+        tiles_total=counts.total, tiles_skipped=counts.skipped, seconds=time.perf_counter() - started,
+        settings={"tile": settings.core, "window": settings.window, "step": settings.step,
+                  "blend": settings.blend.value, "precision": precision, "device": str(device)},
+        warnings=notes,
+    )
+
+
+@dataclass
+class TileCounts:
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+
+
+def predict_strips(runner: BatchRunner, src: InputRaster, counts: TileCounts | None = None, readers: int = 2,
+                   progress: Progress | None = None) -> Iterator[Strip]:
+    """Tile ``src``, run every batch through ``runner`` and yield the stitched output rows in order.
+
+    This is the engine's loop; :func:`segment` adds the writing. ``counts`` is updated as tiles go.
+    """
+    settings, num_classes = runner.settings, runner.model.spec.num_classes
+    plan = TilePlan(settings, src.height, src.width)
+    counts = counts if counts is not None else TileCounts()
+    counts.total = len(plan)
+    index_dtype = np.uint8 if num_classes <= 256 else np.int16
+    if settings.blend is BlendMode.CROP:
+        stitcher = CropStitcher(plan, num_classes, runner.want_probs or runner.logits, index_dtype)
+    else:
+        stitcher = BlendStitcher(plan, num_classes, blend_weights(settings.blend, settings.output_size), index_dtype)
+    for tiles, active, batch in _prefetch(lambda b: _read_batch(src, plan, b), _batches(plan, settings.batch), readers):
+        counts.skipped += len(tiles) - len(active)
+        channels, values = runner(batch) if active else (None, None)
+        position = {tile.index: i for i, tile in enumerate(active)}
+        for tile in tiles:
+            i = position.get(tile.index)
+            if settings.blend is BlendMode.CROP:
+                strip = stitcher.add(tile, None if i is None else channels[i],
+                                     None if i is None or values is None else values[i])
+            else:
+                strip = stitcher.add(tile, None if i is None else values[i])
+            if strip is not None:
+                yield strip
+        counts.done += len(tiles)
+        if progress:
+            progress(counts.done, counts.total)
+
+
+def _batches(plan: TilePlan, size: int) -> Iterator[list[Tile]]:
+    tiles = iter(plan)
+    while batch := list(islice(tiles, size)):
+        yield batch
+
+
+def _read_batch(src: InputRaster, plan: TilePlan, tiles: list[Tile]) -> tuple[list[Tile], list[Tile], np.ndarray | None]:
+    """Windows of the tiles that have valid pixels, stacked; wholly-nodata tiles are left out."""
+    length = plan.settings.window
+    active, windows = [], []
+    for tile in tiles:
+        valid = src.read_valid(tile.y, tile.x, tile.height, tile.width)
+        if valid is not None and not valid.any():
+            continue
+        active.append(tile)
+        windows.append(src.read_window(*plan.window_origin(tile), length))
+    return tiles, active, np.stack(windows) if windows else None
+
+
+def _prefetch(fn: Callable, items: Iterable, workers: int) -> Iterator:
+    """``map(fn, items)`` in order, computed by ``workers`` threads running up to ``2 * workers`` ahead."""
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="tileseg-read") as pool:
+        pending: deque = deque()
+        items = iter(items)
+        try:
+            for item in islice(items, 2 * max(1, workers)):
+                pending.append(pool.submit(fn, item))
+            while pending:
+                result = pending.popleft().result()
+                for item in islice(items, 1):
+                    pending.append(pool.submit(fn, item))
+                yield result
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+class _Sink:
+    """Where finished strips go: the mask and, if asked, the probabilities, with nodata applied."""
+
+    def __init__(self, src: InputRaster, spec: models.ModelSpec, output: Path, probabilities, dtype: str, nodata: int):
+        self.src = src
+        self.nodata = nodata
+        self.dtype = np.dtype(dtype)
+        indices = np.array([c.index for c in spec.classes])
+        self.lut = None if np.array_equal(indices, np.arange(len(indices))) else indices.astype(self.dtype)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        self.mask = StripWriter(output, mask_profile(src, 1, dtype, nodata))
+        self.probs = None
+        if probabilities is not None:
+            Path(probabilities).parent.mkdir(parents=True, exist_ok=True)
+            self.probs = StripWriter(probabilities, mask_profile(src, spec.num_classes, "uint8", None))
+
+    def write(self, strip: Strip) -> None:
+        classes = strip.channels.astype(self.dtype, copy=False)
+        if self.lut is not None:
+            classes = self.lut[strip.channels]
+        valid = self.src.read_valid(strip.y, 0, strip.height, self.src.width)
+        if valid is not None:
+            classes = np.where(valid, classes, self.dtype.type(self.nodata))
+        self.mask.write_rows(classes[None])
+        if self.probs is not None:
+            scaled = np.rint(strip.probabilities * 255).astype(np.uint8)
+            if valid is not None:
+                scaled *= valid[None]
+            self.probs.write_rows(scaled)
+
+    def finish(self, tags: dict[str, str], spec: models.ModelSpec, cog: bool) -> None:
+        write_class_metadata(self.mask.dataset, spec, tags)
+        self.mask.close()
+        writers = [self.mask]
+        if self.probs is not None:
+            self.probs.dataset.update_tags(**tags)
+            for c in spec.classes:
+                self.probs.dataset.set_band_description(spec.classes.index(c) + 1, f"p({c.name})")
+            self.probs.close()
+            writers.append(self.probs)
+        for writer in writers:
+            if cog:
+                _to_cog(writer.tmp)
+            os.replace(writer.tmp, writer.path)
+
+    def discard(self) -> None:
+        self.mask.discard()
+        if self.probs is not None:
+            self.probs.discard()
+
+
+def _to_cog(path: Path) -> None:
+    """Rewrite a finished GeoTIFF as a Cloud Optimized GeoTIFF with overviews (nearest: class indices)."""
+    cog = path.with_name(path.name + ".cog")
+    try:
+        rasterio.shutil.copy(path, cog, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512, BIGTIFF="IF_SAFER",
+                             OVERVIEW_RESAMPLING="NEAREST")
+        os.replace(cog, path)
+    finally:
+        cog.unlink(missing_ok=True)
+
+
+class _BackgroundWriter:
+    """A thread that writes strips while the network runs; its errors surface in the caller."""
+
+    def __init__(self, sink: _Sink):
+        self.sink = sink
+        self.queue: queue.Queue = queue.Queue(maxsize=4)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="tileseg-write", daemon=True)
+
+    def __enter__(self) -> _BackgroundWriter:
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while (strip := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.sink.write(strip)
+                except BaseException as err:  # handed to the caller, which re-raises it
+                    self.error = err
+
+    def put(self, strip: Strip) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(strip)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None and exc is None:
+            raise self.error
+
+
+def _card_hash(model: nn.Module) -> str:
+    path = getattr(model, "checkpoint_path", None)
+    return models.card_hash(path) if path else "unknown"
+
+
+def _pixel_size_warnings(src: InputRaster, spec: models.ModelSpec) -> list[str]:
+    trained = spec.input.pixel_size
+    if not trained or src.crs is None or not src.crs.is_projected:
+        return []
+    try:
+        metres = abs(src.transform.a) * src.crs.linear_units_factor[1]
+    except Exception:  # CRS without a linear unit GDAL can name: nothing to compare
+        return []
+    ratio = metres / trained
+    if ratio > 2 or ratio < 0.5:
+        note = (f"the input's pixel size ({metres:.3g} m) differs from the {trained:.3g} m that {spec.name} was "
+                f"trained at by {max(ratio, 1 / ratio):.1f}x: expect a poorer result")
+        log.warning(note)
+        return [note]
+    return []
+
+
+def run_file(name_or_path: str, source, output, options: SegmentOptions = SegmentOptions(), device: str = "auto",
+             probabilities=None, progress: Progress | None = None, **model_options: Any) -> SegmentResult:
+    """Load a model and segment one file: what ``tileseg segment`` does."""
+    model = models.load(name_or_path, device=pick_device(device), **model_options)
+    return segment(model, source, output, options, probabilities, progress)
+
+
+__all__ = ["SegmentOptions", "SegmentResult", "TilesegError", "predict_strips", "run_file", "segment", "tile_settings"]

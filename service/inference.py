@@ -1,0 +1,103 @@
+"""Running a batch of windows through the network: device transfer, precision, flips, reduction.
+
+Results are reduced on the device: in crop mode without probabilities only the class index of each core
+pixel comes back (one byte a pixel instead of a float per class).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.spec import BlendMode
+
+from .errors import TileGeometryError
+from .tiling import TileSettings
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """``auto``: the GPU when there is one, else the CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise TileGeometryError("--device cuda was asked for, but no CUDA device is available")
+    try:
+        return torch.device(requested)
+    except RuntimeError:
+        raise TileGeometryError(f"unknown device {requested!r}; use auto, cpu or cuda") from None
+
+
+def pick_precision(requested: str, spec_precision: str, device: torch.device) -> str:
+    """``auto`` takes the precision the model card allows (measured agreement with fp32 on its
+    validation split); fp16 is a GPU option."""
+    precision = spec_precision if requested == "auto" else requested
+    if precision not in PRECISIONS:
+        raise TileGeometryError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
+    if precision == "fp16" and device.type == "cpu":
+        return "bf16"
+    return precision
+
+
+class BatchRunner:
+    """Runs ``(B, bands, window, window)`` float32 batches and returns what the stitcher needs.
+
+    crop mode: class channels ``(B, core, core)`` uint8/int16 and, if asked, probabilities
+    ``(B, K, core, core)`` float32 of the cores; blended modes: probabilities of the whole output window.
+    ``logits=True`` (crop mode, for exactness checks) returns the raw logits in place of probabilities.
+    """
+
+    def __init__(self, model: nn.Module, settings: TileSettings, device: torch.device, precision: str = "fp32",
+                 tta: bool = False, probabilities: bool = False, logits: bool = False):
+        self.model = model
+        self.settings = settings
+        self.device = device
+        self.dtype = PRECISIONS[precision]
+        self.tta = tta
+        self.logits = logits
+        self.want_probs = probabilities or tta or settings.blend is not BlendMode.CROP
+        self.crop = settings.blend is BlendMode.CROP
+        self.keep = slice(settings.margin, settings.margin + settings.core)
+        self.index_dtype = torch.uint8 if model.spec.num_classes <= 256 else torch.int16
+
+    def _autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self.model(x)
+
+    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.tta:
+            return torch.softmax(self._forward(x).float(), dim=1)
+        total = None
+        for dims in ((), (3,), (2,), (2, 3)):  # identity, horizontal, vertical, both
+            flipped = torch.flip(x, dims) if dims else x
+            probs = torch.softmax(self._forward(flipped).float(), dim=1)
+            probs = torch.flip(probs, dims) if dims else probs
+            total = probs if total is None else total + probs
+        return total / 4
+
+    @torch.inference_mode()
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        x = torch.from_numpy(batch)
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        x = x.contiguous(memory_format=torch.channels_last)
+        if self.logits:
+            logits = self._forward(x).float()[:, :, self.keep, self.keep]
+            return logits.argmax(dim=1).to(self.index_dtype).cpu().numpy(), logits.cpu().numpy()
+        if not self.want_probs:
+            logits = self._forward(x)[:, :, self.keep, self.keep]
+            return logits.argmax(dim=1).to(self.index_dtype).cpu().numpy(), None
+        probs = self._probabilities(x)
+        if self.crop:
+            probs = probs[:, :, self.keep, self.keep]
+            return probs.argmax(dim=1).to(self.index_dtype).cpu().numpy(), probs.cpu().numpy()
+        return None, probs.cpu().numpy()

@@ -1,0 +1,333 @@
+"""Raster input and output with rasterio: windows in, windows out.
+
+A *window* is a rectangle of pixels; reading one decodes only the blocks it touches, so memory follows
+the window, not the image. The input side checks, once, that a raster can feed a model (format, size,
+bands, dtype), works out how to scale its values, and then reads mirror-padded, normalised windows and
+validity masks, one dataset handle per reader thread (GDAL handles are not shared across threads). The
+output side writes finished rows in block-aligned strips to a temporary file that only becomes the
+result, by an atomic rename, once it is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.windows import Window
+
+from models.spec import ModelSpec
+
+from .errors import BandMismatchError, DtypeError, TooLargeError, UnreadableInputError, UnsupportedFormatError
+from .tiling import reflect_indices
+
+# Formats accepted as input, by GDAL driver (decided from the content, not the name). VRT is left out on
+# purpose: a VRT names other files, which would let a request reach outside what it was given.
+ALLOWED_DRIVERS = frozenset({"GTiff", "COG", "PNG", "JPEG", "JP2OpenJPEG", "BMP", "WEBP"})
+OUTPUT_BLOCK = 512
+STATS_SIDE = 1024  # longest side of the decimated read that percentile statistics are taken from
+
+
+def gdal_env(**options: Any) -> rasterio.Env:
+    """A GDAL environment with a bounded block cache, so memory does not grow with the image."""
+    cache_mb = int(os.environ.get("TILESEG_GDAL_CACHE_MB", "64"))
+    return rasterio.Env(GDAL_CACHEMAX=cache_mb * 1024 * 1024, GDAL_NUM_THREADS=1, **options)
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What a raster is, as the job record and the CLI report it."""
+
+    name: str
+    width: int
+    height: int
+    bands: int
+    dtype: str
+    crs: str | None
+    driver: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "width": self.width, "height": self.height, "bands": self.bands,
+                "dtype": self.dtype, "crs": self.crs}
+
+
+def open_raster(path: str | os.PathLike) -> rasterio.io.DatasetReader:
+    """Open a raster for reading, turning GDAL's failures into :class:`UnreadableInputError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableInputError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise UnreadableInputError(f"{path.name}: the file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except RasterioError as err:
+        raise UnreadableInputError(f"{path.name} is not a raster GDAL can read: {err}") from err
+
+
+def inspect(path: str | os.PathLike, allowed_drivers=ALLOWED_DRIVERS, max_pixels: int | None = None) -> RasterInfo:
+    """Read a raster's header (no pixels) and check its format and size.
+
+    Raises:
+        UnreadableInputError, UnsupportedFormatError, TooLargeError.
+    """
+    with gdal_env(), open_raster(path) as src:
+        if src.driver not in allowed_drivers:
+            raise UnsupportedFormatError(
+                f"{Path(path).name} is a {src.driver} raster; accepted formats: {', '.join(sorted(allowed_drivers))}"
+            )
+        if max_pixels is not None and src.width * src.height > max_pixels:
+            raise TooLargeError(
+                f"{Path(path).name} is {src.width}x{src.height} = {src.width * src.height} pixels; the limit is {max_pixels}"
+            )
+        return RasterInfo(
+            name=Path(path).name, width=src.width, height=src.height, bands=src.count, dtype=src.dtypes[0],
+            crs=src.crs.to_string() if src.crs else None, driver=src.driver,
+        )
+
+
+def select_bands(src, spec: ModelSpec, bands: tuple[int, ...] | None) -> tuple[tuple[int, ...], int | None]:
+    """The 1-based band indexes to feed the model, and the alpha band (used as the validity mask) if any.
+
+    An alpha band is dropped; ``bands`` selects explicitly; any other mismatch is an error (there is no
+    implicit grey/RGB conversion).
+    """
+    alpha = next((i + 1 for i, ci in enumerate(src.colorinterp) if ci == ColorInterp.alpha), None)
+    if bands:
+        bad = [b for b in bands if not 1 <= b <= src.count]
+        if bad:
+            raise BandMismatchError(f"band {bad[0]} does not exist: the input has bands 1..{src.count}")
+        chosen = tuple(bands)
+    else:
+        chosen = tuple(i for i in range(1, src.count + 1) if i != alpha)
+    if len(chosen) != spec.input.bands:
+        alpha_note = f" (band {alpha} is alpha and is used as the mask)" if alpha and not bands else ""
+        hint = "" if bands else f"; choose {spec.input.bands} with --bands, e.g. --bands {','.join(map(str, range(1, spec.input.bands + 1)))}" if len(chosen) > spec.input.bands else ""
+        raise BandMismatchError(
+            f"model {spec.name} takes {spec.input.bands} band(s), the input gives {len(chosen)}{alpha_note}{hint}"
+        )
+    return chosen, alpha
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """Maps raw band values to the network's input: clip to ``[low, high]``, then ``x * a + b``, which is
+    the dtype's scaling to [0, 1] folded into the spec's mean/std."""
+
+    low: np.ndarray
+    high: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    clip: bool
+
+    def apply(self, data: np.ndarray) -> np.ndarray:
+        out = data.astype(np.float32)
+        if self.clip:
+            np.nan_to_num(out, copy=False)
+            np.clip(out, self.low[:, None, None], self.high[:, None, None], out=out)
+        out *= self.a[:, None, None]
+        out += self.b[:, None, None]
+        return out
+
+
+def band_scaling(src, spec: ModelSpec, bands: tuple[int, ...]) -> Scaling:
+    """How to scale the selected bands: uint8 by 255; any other dtype stretched between the image's 2nd
+    and 98th percentiles, taken once per image from a decimated read (which GDAL serves from overviews),
+    never per tile, so that neighbouring tiles see the same values."""
+    dtypes = {src.dtypes[b - 1] for b in bands}
+    if len(dtypes) > 1:
+        raise DtypeError(f"the selected bands mix data types ({', '.join(sorted(dtypes))})")
+    dtype = dtypes.pop()
+    if dtype not in spec.input.dtypes:
+        raise DtypeError(f"model {spec.name} does not take {dtype} input; it takes {', '.join(spec.input.dtypes)}")
+    mean = np.asarray(spec.input.mean, dtype=np.float64)
+    std = np.asarray(spec.input.std, dtype=np.float64)
+    if dtype == "uint8":
+        low, high = np.zeros(len(bands)), np.full(len(bands), 255.0)
+    else:
+        low, high = _percentiles(src, bands)
+    span = np.where(high > low, high - low, 1.0)
+    a = 1.0 / (span * std)
+    b = (-low / span - mean) / std
+    f32 = np.float32
+    return Scaling(low.astype(f32), high.astype(f32), a.astype(f32), b.astype(f32), clip=dtype != "uint8")
+
+
+def _percentiles(src, bands: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    scale = max(src.width, src.height) / STATS_SIDE
+    shape = (len(bands), max(1, round(src.height / max(scale, 1))), max(1, round(src.width / max(scale, 1))))
+    try:
+        sample = src.read(bands, out_shape=shape, masked=True, resampling=Resampling.nearest)
+    except RasterioError as err:
+        raise UnreadableInputError(f"cannot read {src.name}: {err}") from err
+    low, high = np.zeros(len(bands)), np.ones(len(bands))
+    for i, band in enumerate(sample):
+        values = band.compressed()
+        values = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+        if values.size:
+            low[i], high[i] = np.percentile(values, [2, 98])
+    return low, high
+
+
+class InputRaster:
+    """A checked input raster that reads normalised, mirror-padded windows; safe to use from many threads.
+
+    Args:
+        path: the raster.
+        spec: the model's spec (bands, dtypes, normalisation).
+        bands: explicit 1-based band selection, or None.
+        allowed_drivers, max_pixels: what to accept.
+
+    Raises:
+        UnreadableInputError, UnsupportedFormatError, TooLargeError, BandMismatchError, DtypeError.
+    """
+
+    def __init__(self, path, spec: ModelSpec, bands: tuple[int, ...] | None = None,
+                 allowed_drivers=ALLOWED_DRIVERS, max_pixels: int | None = None):
+        self.path = Path(path)
+        self.info = inspect(self.path, allowed_drivers, max_pixels)
+        self._local = threading.local()
+        self._handles: list = []
+        self._lock = threading.Lock()
+        src = self._dataset()
+        self.bands, self.alpha = select_bands(src, spec, bands)
+        self.scaling = band_scaling(src, spec, self.bands)
+        # A mask is read only when the raster has one: nodata, an internal mask or alpha.
+        flags = [src.mask_flag_enums[b - 1] for b in self.bands]
+        self.has_mask = self.alpha is not None or any(MaskFlags.all_valid not in f for f in flags)
+        self.profile = src.profile
+        self.crs, self.transform = src.crs, src.transform
+        self.height, self.width = src.height, src.width
+
+    def _dataset(self):
+        src = getattr(self._local, "src", None)
+        if src is None:
+            src = open_raster(self.path)
+            self._local.src = src
+            with self._lock:
+                self._handles.append(src)
+        return src
+
+    def close(self) -> None:
+        with self._lock:
+            for src in self._handles:
+                src.close()
+            self._handles.clear()
+
+    def __enter__(self) -> InputRaster:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def read_window(self, row: int, col: int, length: int) -> np.ndarray:
+        """The normalised ``(bands, length, length)`` float32 window whose first pixel is ``(row, col)``;
+        positions outside the image are mirrored from it."""
+        rows = reflect_indices(row, length, self.height)
+        cols = reflect_indices(col, length, self.width)
+        r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        data = self._read(lambda src: src.read(self.bands, window=Window(c0, r0, c1 - c0, r1 - r0)))
+        if not (row == r0 and r1 - r0 == length):
+            data = data[:, rows - r0]
+        if not (col == c0 and c1 - c0 == length):
+            data = data[:, :, cols - c0]
+        return self.scaling.apply(data)
+
+    def read_valid(self, row: int, col: int, height: int, width: int) -> np.ndarray | None:
+        """A boolean ``(height, width)`` validity mask of an in-image region, or None when all is valid."""
+        if not self.has_mask:
+            return None
+        window = Window(col, row, width, height)
+        if self.alpha is not None:
+            mask = self._read(lambda src: src.read(self.alpha, window=window))
+        else:
+            mask = self._read(lambda src: np.min(np.stack([src.read_masks(b, window=window) for b in self.bands]), axis=0))
+        valid = mask > 0
+        return None if valid.all() else valid
+
+    def _read(self, fn):
+        try:
+            return fn(self._dataset())
+        except RasterioError as err:
+            raise UnreadableInputError(f"{self.info.name} could not be read (truncated or corrupt?): {err}") from err
+
+
+class StripWriter:
+    """Writes full-width rows of a raster in order, in strips aligned to the output blocks.
+
+    The rows go to a temporary file beside ``path``; :meth:`commit` renames it into place, and leaving
+    the context without committing removes it, so a failed run never leaves a partial file.
+    """
+
+    def __init__(self, path: str | os.PathLike, profile: dict[str, Any]):
+        self.path = Path(path)
+        self.profile = profile
+        self.tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp.tif")
+        self._pending: list[np.ndarray] = []
+        self._pending_rows = 0
+        self._next_row = 0
+        self._dst = rasterio.open(self.tmp, "w", **profile)
+
+    @property
+    def dataset(self):
+        return self._dst
+
+    def write_rows(self, rows: np.ndarray) -> None:
+        """Append ``(bands, n, width)`` rows; full block rows are written at once."""
+        self._pending.append(rows)
+        self._pending_rows += rows.shape[1]
+        block = self.profile.get("blockysize", OUTPUT_BLOCK)
+        if self._pending_rows >= block:
+            data = np.concatenate(self._pending, axis=1)
+            cut = data.shape[1] - data.shape[1] % block
+            self._write(data[:, :cut])
+            rest = data[:, cut:]
+            self._pending = [rest] if rest.shape[1] else []
+            self._pending_rows = rest.shape[1]
+
+    def _write(self, data: np.ndarray) -> None:
+        window = Window(0, self._next_row, data.shape[2], data.shape[1])
+        self._dst.write(data, window=window)
+        self._next_row += data.shape[1]
+
+    def close(self) -> None:
+        if self._pending_rows:
+            self._write(np.concatenate(self._pending, axis=1))
+            self._pending, self._pending_rows = [], 0
+        self._dst.close()
+
+    def discard(self) -> None:
+        if not self._dst.closed:
+            self._dst.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def mask_profile(source: InputRaster, num_bands: int, dtype: str, nodata: int | None) -> dict[str, Any]:
+    """The output profile: the input's grid (size, CRS, transform), tiled, compressed, BigTIFF if needed."""
+    profile = {
+        "driver": "GTiff", "width": source.width, "height": source.height, "count": num_bands, "dtype": dtype,
+        "crs": source.crs, "transform": source.transform, "tiled": True, "blockxsize": OUTPUT_BLOCK,
+        "blockysize": OUTPUT_BLOCK, "compress": "deflate", "BIGTIFF": "IF_SAFER", "interleave": "band",
+    }
+    if nodata is not None:
+        profile["nodata"] = nodata
+    return profile
+
+
+def write_class_metadata(dst, spec: ModelSpec, tags: dict[str, str]) -> None:
+    """Colour table, class names and provenance tags on a finished mask."""
+    if dst.dtypes[0] == "uint8":
+        dst.write_colormap(1, {c.index: (*c.rgb, 255) for c in spec.classes if c.index < 255})
+    dst.set_band_description(1, "class")
+    dst.update_tags(1, CLASSES=json.dumps([{"index": c.index, "name": c.name, "color": c.color} for c in spec.classes]))
+    dst.update_tags(**tags)

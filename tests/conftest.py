@@ -1,0 +1,44 @@
+"""Shared fixtures: where the real data lie, and small rasters written into a temporary folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared real data (``TILESEG_DATA_DIR``, default ``../shared/data`` beside the repository)."""
+    path = Path(os.environ.get("TILESEG_DATA_DIR", REPO.parent / "shared" / "data"))
+    if not (path / "geotiff" / "RGB.byte.tif").is_file():
+        pytest.fail(f"the real data are not at {path}: set TILESEG_DATA_DIR")
+    return path
+
+
+def write_raster(path: Path, data: np.ndarray, **profile) -> Path:
+    """Write ``(bands, H, W)`` data as a GeoTIFF with a real CRS (UTM 18N) unless told otherwise."""
+    bands, height, width = data.shape
+    base = {"driver": "GTiff", "width": width, "height": height, "count": bands, "dtype": data.dtype.name,
+            "crs": "EPSG:32618", "transform": Affine(30, 0, 500000, 0, -30, 4000000)}
+    with rasterio.open(path, "w", **{**base, **profile}) as dst:
+        dst.write(data)
+    return path
+
+
+@pytest.fixture
+def raster_factory(tmp_path):
+    """Make small random uint8 rasters: ``raster_factory(height, width, bands=1, high=256)``."""
+    rng = np.random.default_rng(0)
+
+    def make(height: int, width: int, bands: int = 1, high: int = 256, name: str | None = None, **profile) -> Path:
+        data = rng.integers(0, high, size=(bands, height, width), dtype=np.uint8)
+        return write_raster(tmp_path / (name or f"in_{height}x{width}x{bands}.tif"), data, **profile)
+
+    return make
