@@ -1,0 +1,32 @@
+# One command each: `make test` sets up and runs the tests; `make segment IN=... OUT=... MODEL=...` sets up and
+# runs the CLI. Everything goes into .venv; the CPU build of PyTorch is installed first unless a GPU is present.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_CPU ?= torch==2.13.0
+
+.PHONY: install install-test test segment clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.torch: | $(BIN)/python
+	@if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install --quiet "torch>=2.3,<2.15"; \
+	else $(BIN)/pip install --quiet "$(TORCH_CPU)"; fi
+	touch $@
+
+install: $(VENV)/.torch
+	$(BIN)/pip install --quiet -e .
+
+install-test: $(VENV)/.torch
+	$(BIN)/pip install --quiet -e ".[test]"
+
+test: install-test
+	$(BIN)/python -m pytest -q
+
+segment: install
+	$(BIN)/tileseg segment "$(IN)" "$(OUT)" --model "$(MODEL)"
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,57 @@
+"""Peak memory follows the tile and batch size, not the image: a 16x larger raster costs about the same."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from ..conftest import REPO
+from .nets import checkpoint
+
+CHILD = textwrap.dedent("""
+    import resource, sys
+    import models
+    import tests.service.nets  # registers the test architectures
+    from service.engine import SegmentOptions, segment
+    model = models.load(sys.argv[1])
+    segment(model, sys.argv[2], sys.argv[3], SegmentOptions(tile=256, batch=4))
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+""")
+
+
+def mosaic(source, target, times: int = 4) -> None:
+    """A real scene mirrored into a ``times`` x ``times`` mosaic, tiled and compressed, with its CRS."""
+    with rasterio.open(source) as src:
+        data = src.read()
+        profile = {**src.profile, "width": src.width * times, "height": src.height * times, "tiled": True,
+                   "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
+        with rasterio.open(target, "w", **profile) as dst:
+            for i in range(times):
+                for j in range(times):
+                    block = data[:, :: (-1) ** i, :: (-1) ** j]
+                    dst.write(block, window=Window(j * src.width, i * src.height, src.width, src.height))
+
+
+def peak_mb(model_path, source, output) -> int:
+    done = subprocess.run([sys.executable, "-c", CHILD, str(model_path), str(source), str(output)],
+                          capture_output=True, text=True, timeout=600, check=True, cwd=REPO)
+    return int(done.stdout.strip().splitlines()[-1])
+
+
+def test_peak_memory_does_not_grow_with_the_image(tmp_path, data_dir):
+    model = checkpoint(tmp_path, "test-pool", bands=3, classes=6, name="mem-test")
+    small = data_dir / "geotiff" / "RGB.byte.tif"
+    big = tmp_path / "rgb_x16.tif"
+    mosaic(small, big)
+    with rasterio.open(small) as s, rasterio.open(big) as b:
+        assert b.width * b.height == 16 * s.width * s.height
+    small_mb = peak_mb(model.checkpoint_path, small, tmp_path / "small.tif")
+    big_mb = peak_mb(model.checkpoint_path, big, tmp_path / "big.tif")
+    assert big_mb - small_mb < 150, f"peak RSS {small_mb} MB on the scene, {big_mb} MB on 16x the scene"
+    with rasterio.open(tmp_path / "big.tif") as out, rasterio.open(tmp_path / "small.tif") as ref:
+        np.testing.assert_array_equal(out.read(1, window=Window(0, 0, ref.width, ref.height)), ref.read(1))
