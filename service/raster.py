@@ -251,7 +251,8 @@ class InputRaster:
         if self.alpha is not None:
             mask = self._read(lambda src: src.read(self.alpha, window=window))
         else:
-            mask = self._read(lambda src: np.min(np.stack([src.read_masks(b, window=window) for b in self.bands]), axis=0))
+            # valid where any selected band is valid, as GDAL's dataset mask is: a zero in one band is data
+            mask = self._read(lambda src: np.max(np.stack([src.read_masks(b, window=window) for b in self.bands]), axis=0))
         valid = mask > 0
         return None if valid.all() else valid
 

@@ -105,7 +105,17 @@ class ValidNet(SegmentationNet):
         return self.head(x)
 
 
-ARCHITECTURES.update({"test-shift": ShiftNet, "test-pool": PoolNet, "test-valid": ValidNet})
+TEST_ARCHITECTURES = {"test-shift": ShiftNet, "test-pool": PoolNet, "test-valid": ValidNet}
+
+
+def register() -> None:
+    """Make the test architectures loadable by name (``tests/service/conftest.py`` does it per test)."""
+    ARCHITECTURES.update(TEST_ARCHITECTURES)
+
+
+def unregister() -> None:
+    for name in TEST_ARCHITECTURES:
+        ARCHITECTURES.pop(name, None)
 
 
 def checkpoint(tmp_path, arch: str, bands: int = 1, classes: int = 3, name: str | None = None,

@@ -16,7 +16,8 @@ from .nets import checkpoint
 CHILD = textwrap.dedent("""
     import resource, sys
     import models
-    import tests.service.nets  # registers the test architectures
+    import tests.service.nets
+    tests.service.nets.register()
     from service.engine import SegmentOptions, segment
     model = models.load(sys.argv[1])
     segment(model, sys.argv[2], sys.argv[3], SegmentOptions(tile=256, batch=4))
