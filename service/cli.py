@@ -20,6 +20,7 @@ from tqdm import tqdm
 import models
 from models.spec import BlendMode
 
+from .commands.train import train
 from .errors import TilesegError
 
 EXIT_USER_ERROR = 1
@@ -122,12 +123,4 @@ def list_models(as_json: bool) -> None:
                    f"{geometry['blend']:<8} {classes}")
 
 
-def _register_optional_commands() -> None:
-    try:
-        from .commands.train import train
-    except ImportError:  # the training command is being assembled; the rest of the CLI works without it
-        return
-    cli.add_command(train)
-
-
-_register_optional_commands()
+cli.add_command(train)

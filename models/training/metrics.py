@@ -1,0 +1,162 @@
+"""Validation metrics from a confusion matrix, and whole-image prediction to feed it.
+
+The confusion matrix counts labelled pixels: rows are the true channel, columns the predicted one.
+Pixels labelled :data:`~models.training.data.IGNORE_INDEX` are not counted. From it:
+
+* IoU of class c: ``TP / (TP + FP + FN)``; NaN when the class is neither present nor predicted.
+* mIoU: the mean over the classes that have an IoU.
+* pixel error: the fraction of labelled pixels predicted wrong, ``1 - trace / total``.
+* majority baseline: the pixel error of always answering the most frequent true class; a model that does
+  not beat it has learnt nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from ..spec import Geometry
+from .augment import mirror_window
+from .data import IGNORE_INDEX, Sample, normalize
+
+
+def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int,
+                     ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """Counts (num_classes, num_classes) int64 of (true row, predicted column) over the labelled pixels.
+
+    Raises:
+        ValueError: the arrays differ in shape, or a labelled pixel holds a channel past ``num_classes``.
+    """
+    pred = np.asarray(pred)
+    target = np.asarray(target)
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {pred.shape} and target {target.shape} differ in shape")
+    keep = target != ignore_index
+    t = target[keep].astype(np.int64)
+    p = pred[keep].astype(np.int64)
+    if t.size and (t.max() >= num_classes or t.min() < 0 or p.max() >= num_classes or p.min() < 0):
+        raise ValueError(f"labels or predictions outside 0..{num_classes - 1}")
+    return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def per_class_iou(cm: np.ndarray) -> np.ndarray:
+    """IoU of every class (float64), NaN for a class neither present nor predicted."""
+    tp = np.diag(cm).astype(np.float64)
+    union = cm.sum(axis=0) + cm.sum(axis=1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / union, np.nan)
+
+
+def mean_iou(cm: np.ndarray) -> float:
+    """Mean IoU over the classes that have one (NaN if none has)."""
+    iou = per_class_iou(cm)
+    return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+
+
+def pixel_error(cm: np.ndarray) -> float:
+    """Fraction of labelled pixels predicted wrong (NaN when nothing is labelled)."""
+    total = cm.sum()
+    return float(1.0 - np.trace(cm) / total) if total else float("nan")
+
+
+def majority_baseline_pixel_error(cm: np.ndarray) -> float:
+    """Pixel error of always predicting the most frequent true class."""
+    total = cm.sum()
+    return float(1.0 - cm.sum(axis=1).max() / total) if total else float("nan")
+
+
+def summarize(cm: np.ndarray, class_names: Sequence[str]) -> dict:
+    """The metrics of a confusion matrix as the model card stores them (NaN IoUs become null)."""
+    iou = per_class_iou(cm)
+    return {
+        "per_class_iou": {name: (None if np.isnan(v) else round(float(v), 6)) for name, v in zip(class_names, iou)},
+        "miou": round(mean_iou(cm), 6),
+        "pixel_error": round(pixel_error(cm), 6),
+        "majority_baseline_pixel_error": round(majority_baseline_pixel_error(cm), 6),
+        "labelled_pixels": int(cm.sum()),
+    }
+
+
+# --- prediction on whole images ------------------------------------------------------------------------
+
+def core_length(geometry: Geometry, wanted: int) -> int:
+    """The smallest core (kept output) length of at least ``wanted`` whose network output is valid.
+
+    The window carries ``max(halo, shrink)`` context on each side; the network eats ``shrink`` of it, so
+    its output is the core plus ``2 * (context - shrink)``, and that must satisfy ``O % multiple == offset``.
+    """
+    extra = 2 * (max(geometry.halo, geometry.shrink) - geometry.shrink)
+    return geometry.window_output(wanted + extra) - extra
+
+
+@torch.inference_mode()
+def predict_image(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+    geometry: Geometry,
+    tile: int = 1024,
+    device: str | torch.device = "cpu",
+    autocast: torch.dtype | None = None,
+) -> np.ndarray:
+    """Class channel of every pixel of ``image`` (bands, H, W) uint8, as (H, W) uint8.
+
+    The image is cut into cores of at most about ``tile`` pixels a side (one core when it is smaller);
+    each core is predicted from a window enlarged by the network's context and mirrored past the image
+    border, and only the core of the output is kept. ``autocast`` runs the network under
+    ``torch.autocast`` with that dtype (bf16 to measure its agreement with fp32).
+    """
+    device = torch.device(device)
+    context = max(geometry.halo, geometry.shrink)
+    extra = context - geometry.shrink
+    _, h, w = image.shape
+    core_h, core_w = core_length(geometry, min(tile, h)), core_length(geometry, min(tile, w))
+    out = np.empty((h, w), dtype=np.uint8)
+    amp = torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
+    for top in range(0, h, core_h):
+        for left in range(0, w, core_w):
+            window = mirror_window(image, top - context, left - context, core_h + 2 * context, core_w + 2 * context)
+            x = torch.from_numpy(normalize(window, mean, std))[None].to(device, memory_format=torch.channels_last)
+            with amp:
+                logits = model(x)
+            labels = logits[0, :, extra : extra + core_h, extra : extra + core_w].argmax(dim=0)
+            keep_h, keep_w = min(core_h, h - top), min(core_w, w - left)
+            out[top : top + keep_h, left : left + keep_w] = labels[:keep_h, :keep_w].to(torch.uint8).cpu().numpy()
+    return out
+
+
+def evaluate(
+    model: torch.nn.Module,
+    samples: Iterable[Sample],
+    mean: Sequence[float],
+    std: Sequence[float],
+    geometry: Geometry,
+    num_classes: int,
+    tile: int = 1024,
+    device: str | torch.device = "cpu",
+    autocast: torch.dtype | None = None,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Predict every sample whole; returns the summed confusion matrix and the predicted channel maps."""
+    was_training = model.training
+    model.eval()
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    predictions = []
+    try:
+        for sample in samples:
+            pred = predict_image(model, sample.image, mean, std, geometry, tile, device, autocast)
+            cm += confusion_matrix(pred, sample.label, num_classes)
+            predictions.append(pred)
+    finally:
+        model.train(was_training)
+    return cm, predictions
+
+
+def agreement(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float:
+    """Fraction of pixels on which two lists of masks agree."""
+    equal = sum(int((x == y).sum()) for x, y in zip(a, b))
+    total = sum(x.size for x in a)
+    return equal / total if total else float("nan")
