@@ -18,6 +18,8 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 INTEGER_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32")
 DEFAULT_DTYPES = INTEGER_DTYPES + ("float32", "float64")
 
@@ -99,6 +101,18 @@ class Geometry:
     def window_output(self, min_output: int) -> int:
         """The smallest output length the network accepts that is at least ``min_output``."""
         return min_output + (self.offset - min_output) % self.multiple
+
+
+def reflect_indices(start: int, length: int, size: int) -> np.ndarray:
+    """Indices into an axis of ``size`` pixels for positions ``start .. start + length - 1``, mirrored at both
+    ends without repeating the edge pixel (``-1 -> 1``, ``size -> size - 2``), as often as needed: a pad may
+    be larger than the image. The mirror padding of tiling, of training crops and of validation alike."""
+    positions = np.arange(start, start + length)
+    if size == 1:
+        return np.zeros(length, dtype=np.intp)
+    period = 2 * (size - 1)
+    folded = np.mod(positions, period)
+    return np.where(folded < size, folded, period - folded).astype(np.intp)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The engine's errors: bad rasters, bad options. All derive from :class:`models.errors.TilesegError`.
+"""The product's errors below the model zoo: bad rasters and options (the engine's), bad requests and jobs
+(the service's). All derive from :class:`models.errors.TilesegError`.
 
 Each carries a message a user can act on; the CLI prints it (no traceback) and the HTTP layer maps the
 classes to status codes through one handler.
@@ -57,17 +58,86 @@ class CanceledError(TilesegError):
     code = "canceled"
 
 
+# ---- the service's errors: requests, jobs and their results ------------------------------------------------
+
+
+class RequestError(TilesegError, ValueError):
+    """A request that is malformed: a missing or unparsable field, both or neither of file and source."""
+
+    code = "bad_request"
+
+
+class OptionsError(TilesegError, ValueError):
+    """Well-formed options that the chosen model cannot take (a prune level its architecture lacks)."""
+
+    code = "bad_options"
+
+
+class SourceNotAllowedError(InputError, PermissionError):
+    """A ``source`` path that is not a file under one of the allowed input roots."""
+
+    code = "source_not_allowed"
+
+
+class UploadTooLargeError(TooLargeError):
+    """The request body carries more bytes than the server accepts."""
+
+    code = "upload_too_large"
+
+
+class AuthenticationError(TilesegError, PermissionError):
+    """A missing or unknown API key."""
+
+    code = "unauthorized"
+
+
+class JobNotFoundError(TilesegError, LookupError):
+    """No job with this id (or none that the caller's key may see)."""
+
+    code = "job_not_found"
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ResultNotReadyError(TilesegError, RuntimeError):
+    """The job has no result yet (queued, running), or will have none (failed)."""
+
+    code = "not_ready"
+
+
+class ResultGoneError(TilesegError, FileNotFoundError):
+    """The job's files were removed: it expired, or it was canceled or deleted."""
+
+    code = "expired"
+
+
+class InterruptedJobError(TilesegError):
+    """The worker is stopping: the job goes back to the queue (raised through the progress callback)."""
+
+    code = "interrupted"
+
+
 __all__ = [
+    "AuthenticationError",
     "BandMismatchError",
     "CanceledError",
     "CheckpointError",
     "DtypeError",
     "InputError",
+    "InterruptedJobError",
+    "JobNotFoundError",
     "ModelNotFoundError",
+    "OptionsError",
+    "RequestError",
+    "ResultGoneError",
+    "ResultNotReadyError",
+    "SourceNotAllowedError",
     "TileGeometryError",
     "TilesegError",
     "TooLargeError",
     "UnknownArchitectureError",
     "UnreadableInputError",
     "UnsupportedFormatError",
+    "UploadTooLargeError",
 ]

@@ -25,10 +25,9 @@ from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
-from models.spec import ModelSpec
+from models.spec import ModelSpec, reflect_indices
 
 from .errors import BandMismatchError, DtypeError, TooLargeError, UnreadableInputError, UnsupportedFormatError
-from .tiling import reflect_indices
 
 # Formats accepted as input, by GDAL driver (decided from the content, not the name). VRT is left out on
 # purpose: a VRT names other files, which would let a request reach outside what it was given.

@@ -20,7 +20,6 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
 
 from models.spec import BlendMode, Geometry
 
@@ -148,14 +147,3 @@ class TilePlan:
         """Image coordinates of the first input pixel of the tile's window (may be negative)."""
         halo = self.settings.geometry.halo
         return tile.y - halo, tile.x - halo
-
-
-def reflect_indices(start: int, length: int, size: int) -> np.ndarray:
-    """Indices into an axis of ``size`` pixels for positions ``start .. start+length-1``, mirrored at both
-    ends without repeating the edge pixel (reflect), as often as needed: a pad may exceed the image."""
-    positions = np.arange(start, start + length)
-    if size == 1:
-        return np.zeros(length, dtype=np.int64)
-    period = 2 * (size - 1)
-    folded = np.mod(positions, period)
-    return np.where(folded >= size, period - folded, folded)

@@ -21,18 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..spec import reflect_indices
 from .data import IGNORE_INDEX
-
-
-def mirror_indices(start: int, length: int, size: int) -> np.ndarray:
-    """Indices into an axis of ``size`` for positions ``start .. start + length - 1``, reflected at both ends
-    (``-1 -> 1``, ``size -> size - 2``), however far past the axis they reach."""
-    pos = np.arange(start, start + length)
-    if size == 1:
-        return np.zeros(length, dtype=np.intp)
-    period = 2 * (size - 1)
-    pos = np.mod(pos, period)
-    return np.where(pos < size, pos, period - pos).astype(np.intp)
 
 
 def mirror_window(array: np.ndarray, top: int, left: int, height: int, width: int) -> np.ndarray:
@@ -40,8 +30,8 @@ def mirror_window(array: np.ndarray, top: int, left: int, height: int, width: in
     h, w = array.shape[-2:]
     if top >= 0 and left >= 0 and top + height <= h and left + width <= w:
         return array[..., top : top + height, left : left + width].copy()
-    rows = mirror_indices(top, height, h)
-    cols = mirror_indices(left, width, w)
+    rows = reflect_indices(top, height, h)
+    cols = reflect_indices(left, width, w)
     return array[..., rows[:, None], cols[None, :]]
 
 

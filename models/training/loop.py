@@ -607,6 +607,7 @@ def _train(config: TrainConfig, procs: Processes, device: torch.device, say: Cal
     loss_ema = None
     model.train()
     with StopSignals() as signals:
+        say(f"training steps {step}..{config.steps}; SIGINT or SIGTERM saves the state and stops")
         while step < config.steps:
             session_seconds = time.monotonic() - session_start
             stop_reason = _stop_reason(config, signals, step - start, session_seconds)

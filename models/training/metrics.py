@@ -82,16 +82,6 @@ def summarize(cm: np.ndarray, class_names: Sequence[str]) -> dict:
 
 # --- prediction on whole images ------------------------------------------------------------------------
 
-def core_length(geometry: Geometry, wanted: int) -> int:
-    """The smallest core (kept output) length of at least ``wanted`` whose network output is valid.
-
-    The window carries ``max(halo, shrink)`` context on each side; the network eats ``shrink`` of it, so
-    its output is the core plus ``2 * (context - shrink)``, and that must satisfy ``O % multiple == offset``.
-    """
-    extra = 2 * (max(geometry.halo, geometry.shrink) - geometry.shrink)
-    return geometry.window_output(wanted + extra) - extra
-
-
 @torch.inference_mode()
 def predict_image(
     model: torch.nn.Module,
@@ -105,25 +95,31 @@ def predict_image(
 ) -> np.ndarray:
     """Class channel of every pixel of ``image`` (bands, H, W) uint8, as (H, W) uint8.
 
-    The image is cut into cores of at most about ``tile`` pixels a side (one core when it is smaller);
-    each core is predicted from a window enlarged by the network's context and mirrored past the image
-    border, and only the core of the output is kept. ``autocast`` runs the network under
-    ``torch.autocast`` with that dtype (bf16 to measure its agreement with fp32).
+    The same overlap-tile rules as the serving engine, so that a card's metrics are what users get: cores
+    of about ``tile`` pixels (one core when the image is smaller) on the stride grid, each predicted from a
+    window enlarged by the halo and mirrored past the image border, only the core of the output kept. For
+    convolutional networks this equals the whole-image prediction. ``autocast`` runs the network under
+    ``torch.autocast`` with that dtype (bf16, to measure its agreement with fp32).
     """
     device = torch.device(device)
-    context = max(geometry.halo, geometry.shrink)
-    extra = context - geometry.shrink
+    margin = geometry.halo - geometry.shrink
     _, h, w = image.shape
-    core_h, core_w = core_length(geometry, min(tile, h)), core_length(geometry, min(tile, w))
+
+    def core(length: int) -> int:
+        return -(-min(tile, length) // geometry.multiple) * geometry.multiple
+
+    core_h, core_w = core(h), core(w)
+    in_h = geometry.input_length(geometry.window_output(core_h + 2 * margin))
+    in_w = geometry.input_length(geometry.window_output(core_w + 2 * margin))
     out = np.empty((h, w), dtype=np.uint8)
     amp = torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
     for top in range(0, h, core_h):
         for left in range(0, w, core_w):
-            window = mirror_window(image, top - context, left - context, core_h + 2 * context, core_w + 2 * context)
+            window = mirror_window(image, top - geometry.halo, left - geometry.halo, in_h, in_w)
             x = torch.from_numpy(normalize(window, mean, std))[None].to(device, memory_format=torch.channels_last)
             with amp:
                 logits = model(x)
-            labels = logits[0, :, extra : extra + core_h, extra : extra + core_w].argmax(dim=0)
+            labels = logits[0, :, margin : margin + core_h, margin : margin + core_w].argmax(dim=0)
             keep_h, keep_w = min(core_h, h - top), min(core_w, w - left)
             out[top : top + keep_h, left : left + keep_w] = labels[:keep_h, :keep_w].to(torch.uint8).cpu().numpy()
     return out

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 
 import models
 from models.training import augment, data, loop, metrics
+from models.spec import reflect_indices
 from models.training.data import IGNORE_INDEX, TrainingDataError
 from service.commands.train import train as train_command
 
@@ -168,9 +169,9 @@ def test_folder_adapter_classes_split_and_checks(tmp_path):
 
 # --- augmentation --------------------------------------------------------------------------------------
 
-def test_mirror_indices_reflect_without_repeating_the_edge():
-    assert augment.mirror_indices(-3, 10, 5).tolist() == [3, 2, 1, 0, 1, 2, 3, 4, 3, 2]
-    assert augment.mirror_indices(0, 3, 1).tolist() == [0, 0, 0]
+def test_reflect_indices_without_repeating_the_edge():
+    assert reflect_indices(-3, 10, 5).tolist() == [3, 2, 1, 0, 1, 2, 3, 4, 3, 2]
+    assert reflect_indices(0, 3, 1).tolist() == [0, 0, 0]
     np.testing.assert_array_equal(augment.mirror_window(np.arange(5)[None], 0, -2, 1, 4), [[2, 1, 0, 1]])
 
 
@@ -376,8 +377,9 @@ def test_sigterm_stops_cleanly_and_saves_the_state(isbi_dir, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "service.commands.train", *args], cwd=REPO, env=env,
                             stderr=subprocess.PIPE, text=True)
     try:
-        # the first line comes once the data are loaded, just before the first step
-        assert "training and 5 validation images" in proc.stderr.readline()
+        # this line comes once the signal handlers are in place, just before the first step
+        lines = iter(proc.stderr.readline, "")
+        assert any("SIGTERM saves the state" in line for line in lines)
         time.sleep(1.5)
         proc.send_signal(signal.SIGTERM)
         rest = proc.communicate(timeout=60)[1]

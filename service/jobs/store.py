@@ -1,0 +1,329 @@
+"""The job table: the one source of truth about every job, shared by the API and the workers.
+
+SQLAlchemy Core with portable SQL, so that the same code runs on the embedded SQLite file (WAL) and, when
+several machines share the work, on PostgreSQL. Every change of state is a single compare-and-set
+statement on the row (``... WHERE id = ? AND status = ? AND token = ?``), so two workers can never both
+claim a job, and a worker whose job was canceled, or handed to another worker after its lease ran out,
+finds out at its next progress report (the statement touches no row).
+
+A claim gives the job a fresh *attempt token* and counts the attempt; a running job's *heartbeat* moves
+with its progress. After a crash, :meth:`JobStore.recover` puts running jobs whose heartbeat is older than a
+cut-off back in the queue (the embedded server, being the only worker, recovers every running job at
+start), and fails those that have used up their attempts.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from ..errors import JobNotFoundError
+
+
+class JobStatus(str, enum.Enum):
+    """Where a job is in its life: queued -> running -> succeeded | failed | canceled; succeeded -> expired."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    EXPIRED = "expired"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+ANY_OWNER = object()  # the store's callers that see every job (workers, the sweeper)
+
+metadata = sa.MetaData()
+jobs = sa.Table(
+    "jobs", metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("owner", sa.String(64), nullable=True),  # a hash of the API key; never the key itself
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("options", sa.JSON, nullable=False),
+    sa.Column("input", sa.JSON, nullable=False),
+    sa.Column("input_path", sa.Text, nullable=False),
+    sa.Column("input_owned", sa.Boolean, nullable=False),  # an upload, deleted when the job ends
+    sa.Column("tiles_done", sa.Integer, nullable=False, default=0),
+    sa.Column("tiles_total", sa.Integer, nullable=False, default=0),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("started", sa.Float, nullable=True),
+    sa.Column("finished", sa.Float, nullable=True),
+    sa.Column("heartbeat", sa.Float, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("token", sa.String(32), nullable=True),  # the current attempt's; compare-and-set key
+    sa.Column("worker", sa.String(200), nullable=True),
+    sa.Column("error_code", sa.String(64), nullable=True),
+    sa.Column("error_message", sa.Text, nullable=True),
+    sa.Column("expires", sa.Float, nullable=True),
+    sa.Index("ix_jobs_status_created", "status", "created"),
+    sa.Index("ix_jobs_owner_created", "owner", "created"),
+)
+health = sa.Table("health", metadata, sa.Column("id", sa.Integer, primary_key=True), sa.Column("at", sa.Float))
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of the job table."""
+
+    id: str
+    owner: str | None
+    status: JobStatus
+    model: str
+    options: dict[str, Any]
+    input: dict[str, Any]
+    input_path: str
+    input_owned: bool
+    created: float
+    tiles_done: int = 0
+    tiles_total: int = 0
+    started: float | None = None
+    finished: float | None = None
+    heartbeat: float | None = None
+    attempts: int = 0
+    token: str | None = None
+    worker: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    expires: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_row(cls, row: sa.Row) -> Job:
+        data = dict(row._mapping)
+        data["status"] = JobStatus(data["status"])
+        return cls(**data)
+
+
+def new_job_id() -> str:
+    """A random UUID: ids cannot be guessed or enumerated."""
+    return str(uuid.uuid4())
+
+
+class JobStore:
+    """The job table at a SQLAlchemy URL (``sqlite:///path/jobs.db``, later ``postgresql://...``).
+
+    Args:
+        url: the database; the table is created if missing.
+    """
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = _engine(url)
+        metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # ---- the API's side -------------------------------------------------------------------------------------
+
+    def create(self, *, id: str, owner: str | None, model: str, options: dict[str, Any], input: dict[str, Any],
+               input_path: str, input_owned: bool) -> Job:
+        """Queue a new job and return it."""
+        row = dict(id=id, owner=owner, status=JobStatus.QUEUED.value, model=model, options=options, input=input,
+                   input_path=input_path, input_owned=input_owned, tiles_done=0, tiles_total=0,
+                   created=time.time(), attempts=0)
+        with self._tx() as conn:
+            conn.execute(jobs.insert().values(**row))
+        return self.get(id)
+
+    def get(self, job_id: str, owner: Any = ANY_OWNER) -> Job:
+        """The job with this id.
+
+        Raises:
+            JobNotFoundError: no such job, or it belongs to another owner (the two look the same).
+        """
+        query = jobs.select().where(jobs.c.id == str(job_id))
+        if owner is not ANY_OWNER:
+            query = query.where(_owner_is(owner))
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            raise JobNotFoundError(f"no job {job_id}")
+        return Job.from_row(row)
+
+    def list(self, owner: Any = ANY_OWNER, limit: int = 50, offset: int = 0) -> list[Job]:
+        """Jobs, newest first."""
+        query = jobs.select().order_by(jobs.c.created.desc(), jobs.c.id).limit(limit).offset(offset)
+        if owner is not ANY_OWNER:
+            query = query.where(_owner_is(owner))
+        with self.engine.connect() as conn:
+            return [Job.from_row(r) for r in conn.execute(query)]
+
+    def count_by_status(self) -> dict[JobStatus, int]:
+        """How many jobs are in each state (every state present, zero or not)."""
+        query = sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status)
+        with self.engine.connect() as conn:
+            counts = {JobStatus(status): n for status, n in conn.execute(query)}
+        return {s: counts.get(s, 0) for s in JobStatus}
+
+    def cancel(self, job_id: str, owner: Any = ANY_OWNER) -> Job:
+        """Cancel a queued or running job (a running one stops at its next progress report); a finished
+        job's results are given up (it reads ``expired``). Returns the job as it was before.
+
+        Raises:
+            JobNotFoundError: as :meth:`get`.
+        """
+        job = self.get(job_id, owner)
+        now = time.time()
+        with self._tx() as conn:
+            if not job.status.finished:
+                conn.execute(jobs.update().where(jobs.c.id == job.id, jobs.c.status.in_(_ACTIVE))
+                             .values(status=JobStatus.CANCELED.value, finished=now, token=None,
+                                     error_code="canceled", error_message="canceled by the client"))
+            elif job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+                conn.execute(jobs.update().where(jobs.c.id == job.id, jobs.c.status == job.status.value)
+                             .values(status=JobStatus.EXPIRED.value, expires=now))
+        return job
+
+    def ping(self) -> None:
+        """Write to the database: raises if it cannot be written (``/readyz``)."""
+        with self._tx() as conn:
+            if conn.execute(health.update().where(health.c.id == 1).values(at=time.time())).rowcount == 0:
+                conn.execute(health.insert().values(id=1, at=time.time()))
+
+    # ---- the workers' side ----------------------------------------------------------------------------------
+
+    def claim(self, worker: str, job_id: str | None = None) -> Job | None:
+        """Atomically take the oldest queued job (or the one given), mark it running under a fresh attempt
+        token and count the attempt; None when there is nothing to take."""
+        token = secrets.token_hex(16)
+        now = time.time()
+        oldest = (sa.select(jobs.c.id).where(jobs.c.status == JobStatus.QUEUED.value)
+                  .order_by(jobs.c.created, jobs.c.id).limit(1)
+                  .with_for_update(skip_locked=True))  # PostgreSQL: workers skip each other's rows; SQLite ignores it
+        target = jobs.c.id == (str(job_id) if job_id else oldest.scalar_subquery())
+        with self._tx() as conn:
+            claimed = conn.execute(
+                jobs.update().where(target, jobs.c.status == JobStatus.QUEUED.value)
+                .values(status=JobStatus.RUNNING.value, token=token, worker=worker, started=now, heartbeat=now,
+                        attempts=jobs.c.attempts + 1, tiles_done=0, finished=None)
+            ).rowcount
+        if not claimed:
+            return None
+        with self.engine.connect() as conn:
+            row = conn.execute(jobs.select().where(jobs.c.token == token)).first()
+        return Job.from_row(row) if row is not None else None
+
+    def progress(self, job_id: str, token: str, done: int, total: int) -> bool:
+        """Record progress and beat the heart; False when the attempt no longer owns the job (canceled)."""
+        with self._tx() as conn:
+            return conn.execute(
+                jobs.update().where(*_owned(job_id, token))
+                .values(tiles_done=done, tiles_total=total, heartbeat=time.time())
+            ).rowcount == 1
+
+    def finish(self, job_id: str, token: str, status: JobStatus, *, error: tuple[str, str] | None = None,
+               expires: float | None = None) -> bool:
+        """End an attempt as succeeded or failed; False when it no longer owned the job."""
+        code, message = error or (None, None)
+        with self._tx() as conn:
+            return conn.execute(
+                jobs.update().where(*_owned(job_id, token))
+                .values(status=status.value, finished=time.time(), token=None, error_code=code,
+                        error_message=message, expires=expires)
+            ).rowcount == 1
+
+    def release(self, job_id: str, token: str) -> bool:
+        """Put a running job back in the queue without counting the attempt (a graceful stop)."""
+        with self._tx() as conn:
+            return conn.execute(
+                jobs.update().where(*_owned(job_id, token))
+                .values(status=JobStatus.QUEUED.value, token=None, worker=None, started=None, heartbeat=None,
+                        tiles_done=0, attempts=sa.case((jobs.c.attempts > 0, jobs.c.attempts - 1), else_=0))
+            ).rowcount == 1
+
+    def recover(self, stale_before: float, max_attempts: int) -> tuple[list[str], list[str]]:
+        """Requeue running jobs whose heartbeat is older than ``stale_before`` (their worker died); fail
+        those that have already been started ``max_attempts`` times. Returns (requeued, failed) ids."""
+        stale = sa.and_(jobs.c.status == JobStatus.RUNNING.value,
+                        sa.or_(jobs.c.heartbeat.is_(None), jobs.c.heartbeat < stale_before))
+        with self._tx() as conn:
+            ids = [(r.id, r.attempts) for r in conn.execute(sa.select(jobs.c.id, jobs.c.attempts).where(stale))]
+            requeued, failed = [], []
+            for job_id, attempts in ids:
+                if attempts >= max_attempts:
+                    values = dict(status=JobStatus.FAILED.value, finished=time.time(), token=None,
+                                  error_code="too_many_attempts",
+                                  error_message=f"the job was interrupted {attempts} time(s) (the server stopped or "
+                                                f"crashed while it ran); giving up after {max_attempts} attempt(s)")
+                    bucket = failed
+                else:
+                    values = dict(status=JobStatus.QUEUED.value, token=None, worker=None, heartbeat=None,
+                                  tiles_done=0)
+                    bucket = requeued
+                if conn.execute(jobs.update().where(jobs.c.id == job_id, stale).values(**values)).rowcount:
+                    bucket.append(job_id)
+        return requeued, failed
+
+    def expire(self, now: float | None = None) -> list[Job]:
+        """Mark finished jobs whose results are past their time ``expired``; returns them (their files are
+        the caller's to remove)."""
+        now = time.time() if now is None else now
+        due = sa.and_(jobs.c.status.in_([JobStatus.SUCCEEDED.value, JobStatus.FAILED.value]),
+                      jobs.c.expires.is_not(None), jobs.c.expires < now)
+        with self.engine.connect() as conn:
+            candidates = [Job.from_row(r) for r in conn.execute(jobs.select().where(due))]
+        done = []
+        for job in candidates:
+            with self._tx() as conn:
+                changed = conn.execute(jobs.update().where(jobs.c.id == job.id, jobs.c.status == job.status.value)
+                                       .values(status=JobStatus.EXPIRED.value)).rowcount
+            if changed:
+                done.append(job)
+        return done
+
+    def finished_with_files(self) -> list[Job]:
+        """Jobs whose files should be gone (canceled, expired): the sweeper checks them after a crash."""
+        query = jobs.select().where(jobs.c.status.in_([JobStatus.CANCELED.value, JobStatus.EXPIRED.value]))
+        with self.engine.connect() as conn:
+            return [Job.from_row(r) for r in conn.execute(query)]
+
+
+_ACTIVE = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
+
+
+def _owned(job_id: str, token: str) -> tuple:
+    return jobs.c.id == str(job_id), jobs.c.token == token, jobs.c.status == JobStatus.RUNNING.value
+
+
+def _owner_is(owner: str | None):
+    return jobs.c.owner.is_(None) if owner is None else jobs.c.owner == owner
+
+
+def _engine(url: str) -> Engine:
+    if not url.startswith("sqlite"):
+        return sa.create_engine(url, pool_pre_ping=True)
+    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @sa.event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn, _record) -> None:
+        # WAL: readers never wait for the writer; NORMAL is durable across process crashes in WAL mode
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    return engine
+
+
+__all__ = ["ANY_OWNER", "Job", "JobStatus", "JobStore", "new_job_id"]

@@ -1,0 +1,102 @@
+"""The service's settings: typed, read once from ``TILESEG_*`` environment variables, validated at start.
+
+``get_settings()`` is the one accessor (cached); tests override it, or start a server with another
+environment. Lists are given comma-separated (``TILESEG_API_KEYS=key1,key2``); durations in seconds or as
+ISO 8601 (``TILESEG_RESULT_TTL=PT6H``).
+
+``TILESEG_DATA_DIR`` is where the service keeps its job table, uploads and results. (The test suite reads
+the same variable as the folder of the shared real data; the test server is always given its own.)
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CommaList = Annotated[list[str], NoDecode]
+MIN_KEY_LENGTH = 16
+
+
+class Settings(BaseSettings):
+    """Everything the HTTP service can be told; see the README's table."""
+
+    model_config = SettingsConfigDict(env_prefix="TILESEG_", extra="ignore", frozen=True)
+
+    data_dir: Path = Field(Path("tileseg-data"), description="Job table, uploads and results.")
+    weights_dir: Path | None = Field(None, description="Installed checkpoints; default: the shipped weights/.")
+    models: CommaList = Field(default_factory=list, description="Models to load; empty: every installed one.")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N; comma-separated for one worker per GPU.")
+    max_upload_bytes: int = Field(4 << 30, gt=0, description="Largest request body accepted.")
+    max_pixels: int = Field(10**10, gt=0, description="Largest input, width x height (a 100000^2 scan).")
+    max_untiled_pixels: int = Field(1 << 28, gt=0, description="Largest PNG/JPEG/BMP/WebP input: formats "
+                                    "that must be decoded from their first row to reach any window.")
+    input_roots: CommaList = Field(default_factory=list, description="Server folders that `source` may name.")
+    api_keys: CommaList = Field(default_factory=list, description="If set, every route but health needs one.")
+    cors_origins: CommaList = Field(default_factory=list, description="Origins allowed to call from a browser.")
+    result_ttl: timedelta = Field(timedelta(hours=24), description="How long results are kept.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL of the job table; default SQLite in DATA_DIR.")
+    max_attempts: int = Field(3, ge=1, description="Starts of a job before it fails (crashes, restarts).")
+    shutdown_grace: float = Field(30.0, ge=0, description="SIGTERM: seconds the running job may take to finish.")
+    sweep_interval: float = Field(60.0, gt=0, description="Seconds between sweeps for expired results.")
+    keep_inputs: bool = Field(False, description="Keep uploaded inputs after their job ends.")
+    min_free_bytes: int = Field(256 << 20, ge=0, description="/readyz fails below this much free disk.")
+    batch: int = Field(4, ge=1, description="Tiles per forward pass.")
+    torch_threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: torch's own.")
+
+    @field_validator("models", "input_roots", "api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split(cls, value):
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _strong_keys(cls, keys: list[str]) -> list[str]:
+        short = [k for k in keys if len(k) < MIN_KEY_LENGTH]
+        if short:
+            raise ValueError(f"API keys need at least {MIN_KEY_LENGTH} characters; {len(short)} are shorter")
+        return keys
+
+    @field_validator("input_roots")
+    @classmethod
+    def _existing_roots(cls, roots: list[str]) -> list[str]:
+        missing = [r for r in roots if not Path(r).is_dir()]
+        if missing:
+            raise ValueError(f"input roots must be existing folders: {', '.join(missing)}")
+        # resolved once, so that a symlinked root is compared by where it leads
+        return [str(Path(r).resolve()) for r in roots]
+
+    @model_validator(mode="after")
+    def _writable_data_dir(self) -> Settings:
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"data_dir {self.data_dir} cannot be created: {err}") from err
+        if not os.access(self.data_dir, os.W_OK):
+            raise ValueError(f"data_dir {self.data_dir} is not writable")
+        return self
+
+    @property
+    def database(self) -> str:
+        """The job table's SQLAlchemy URL."""
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'jobs.db'}"
+
+    @property
+    def devices(self) -> list[str]:
+        return [d.strip() for d in self.device.split(",") if d.strip()] or ["auto"]
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The settings, read from the environment once (``get_settings.cache_clear()`` reads them again)."""
+    return Settings()
+
+
+__all__ = ["Settings", "get_settings"]
