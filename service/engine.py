@@ -136,7 +136,7 @@ def segment(
             "TILESEG_SOURCE": src.info.name,
         }
         sink = _Sink(src, spec, output, probabilities, out_dtype, nodata)
-        runner = BatchRunner(model, settings, device, precision, options.tta, probabilities is not None)
+        runner = BatchRunner(model, settings, src.scaling, device, precision, options.tta, probabilities is not None)
         counts = TileCounts()
         try:
             with _BackgroundWriter(sink) as writer:

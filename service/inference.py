@@ -15,6 +15,7 @@ from torch import nn
 from models.spec import BlendMode
 
 from .errors import TileGeometryError
+from .raster import Scaling
 from .tiling import TileSettings
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -44,16 +45,22 @@ def pick_precision(requested: str, spec_precision: str, device: torch.device) ->
 
 
 class BatchRunner:
-    """Runs ``(B, bands, window, window)`` float32 batches and returns what the stitcher needs.
+    """Runs ``(B, bands, window, window)`` batches of raw values and returns what the stitcher needs.
+
+    The raw batch (uint8, or float32 for other dtypes) goes to the device as it is, through pinned memory on
+    a GPU, and is scaled there (:class:`service.raster.Scaling`).
 
     crop mode: class channels ``(B, core, core)`` uint8/int16 and, if asked, probabilities
     ``(B, K, core, core)`` float32 of the cores; blended modes: probabilities of the whole output window.
     ``logits=True`` (crop mode, for exactness checks) returns the raw logits in place of probabilities.
     """
 
-    def __init__(self, model: nn.Module, settings: TileSettings, device: torch.device, precision: str = "fp32",
-                 tta: bool = False, probabilities: bool = False, logits: bool = False):
+    def __init__(self, model: nn.Module, settings: TileSettings, scaling: Scaling, device: torch.device,
+                 precision: str = "fp32", tta: bool = False, probabilities: bool = False, logits: bool = False):
         self.model = model
+        self.clip = scaling.clip
+        self.low, self.high, self.a, self.b = (torch.as_tensor(v, device=device).view(1, -1, 1, 1)
+                                               for v in (scaling.low, scaling.high, scaling.a, scaling.b))
         self.settings = settings
         self.device = device
         self.dtype = PRECISIONS[precision]
@@ -84,12 +91,17 @@ class BatchRunner:
             total = probs if total is None else total + probs
         return total / 4
 
+    def _scale(self, raw: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            raw = raw.pin_memory().to(self.device, non_blocking=True)
+        x = raw.to(memory_format=torch.channels_last).float()
+        if self.clip:
+            x = torch.minimum(torch.maximum(torch.nan_to_num(x), self.low), self.high)
+        return x.mul_(self.a).add_(self.b)
+
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        x = torch.from_numpy(batch)
-        if self.device.type == "cuda":
-            x = x.pin_memory().to(self.device, non_blocking=True)
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = self._scale(torch.from_numpy(batch))
         if self.logits:
             logits = self._forward(x).float()[:, :, self.keep, self.keep]
             return logits.argmax(dim=1).to(self.index_dtype).cpu().numpy(), logits.cpu().numpy()

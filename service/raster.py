@@ -120,23 +120,16 @@ def select_bands(src, spec: ModelSpec, bands: tuple[int, ...] | None) -> tuple[t
 
 @dataclass(frozen=True)
 class Scaling:
-    """Maps raw band values to the network's input: clip to ``[low, high]``, then ``x * a + b``, which is
-    the dtype's scaling to [0, 1] folded into the spec's mean/std."""
+    """How raw band values become the network's input: clip to ``[low, high]`` (dtypes other than uint8),
+    then ``x * a + b``, which is the dtype's scaling to [0, 1] folded into the spec's mean/std. The
+    arithmetic runs where the network does (:class:`service.inference.BatchRunner`), so that windows travel
+    to the device as raw uint8."""
 
     low: np.ndarray
     high: np.ndarray
     a: np.ndarray
     b: np.ndarray
     clip: bool
-
-    def apply(self, data: np.ndarray) -> np.ndarray:
-        out = data.astype(np.float32)
-        if self.clip:
-            np.nan_to_num(out, copy=False)
-            np.clip(out, self.low[:, None, None], self.high[:, None, None], out=out)
-        out *= self.a[:, None, None]
-        out += self.b[:, None, None]
-        return out
 
 
 def band_scaling(src, spec: ModelSpec, bands: tuple[int, ...]) -> Scaling:
@@ -230,8 +223,8 @@ class InputRaster:
         self.close()
 
     def read_window(self, row: int, col: int, length: int) -> np.ndarray:
-        """The normalised ``(bands, length, length)`` float32 window whose first pixel is ``(row, col)``;
-        positions outside the image are mirrored from it."""
+        """The raw ``(bands, length, length)`` window whose first pixel is ``(row, col)``, uint8 as it is and
+        any other dtype as float32; positions outside the image are mirrored from it."""
         rows = reflect_indices(row, length, self.height)
         cols = reflect_indices(col, length, self.width)
         r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
@@ -240,7 +233,7 @@ class InputRaster:
             data = data[:, rows - r0]
         if not (col == c0 and c1 - c0 == length):
             data = data[:, :, cols - c0]
-        return self.scaling.apply(data)
+        return data if data.dtype == np.uint8 else data.astype(np.float32)
 
     def read_valid(self, row: int, col: int, height: int, width: int) -> np.ndarray | None:
         """A boolean ``(height, width)`` validity mask of an in-image region, or None when all is valid."""

@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -99,7 +99,6 @@ class Job:
     error_code: str | None = None
     error_message: str | None = None
     expires: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_row(cls, row: sa.Row) -> Job:
@@ -176,7 +175,7 @@ class JobStore:
         return {s: counts.get(s, 0) for s in JobStatus}
 
     def cancel(self, job_id: str, owner: Any = ANY_OWNER) -> Job:
-        """Cancel a queued or running job (a running one stops at its next progress report); a finished
+        """Cancel a queued or running job (a running one stops at its next progress report); a succeeded
         job's results are given up (it reads ``expired``). Returns the job as it was before.
 
         Raises:
@@ -189,7 +188,7 @@ class JobStore:
                 conn.execute(jobs.update().where(jobs.c.id == job.id, jobs.c.status.in_(_ACTIVE))
                              .values(status=JobStatus.CANCELED.value, finished=now, token=None,
                                      error_code="canceled", error_message="canceled by the client"))
-            elif job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            elif job.status is JobStatus.SUCCEEDED:
                 conn.execute(jobs.update().where(jobs.c.id == job.id, jobs.c.status == job.status.value)
                              .values(status=JobStatus.EXPIRED.value, expires=now))
         return job
@@ -256,20 +255,21 @@ class JobStore:
         those that have already been started ``max_attempts`` times. Returns (requeued, failed) ids."""
         stale = sa.and_(jobs.c.status == JobStatus.RUNNING.value,
                         sa.or_(jobs.c.heartbeat.is_(None), jobs.c.heartbeat < stale_before))
-        with self._tx() as conn:
-            ids = [(r.id, r.attempts) for r in conn.execute(sa.select(jobs.c.id, jobs.c.attempts).where(stale))]
-            requeued, failed = [], []
-            for job_id, attempts in ids:
-                if attempts >= max_attempts:
-                    values = dict(status=JobStatus.FAILED.value, finished=time.time(), token=None,
-                                  error_code="too_many_attempts",
-                                  error_message=f"the job was interrupted {attempts} time(s) (the server stopped or "
-                                                f"crashed while it ran); giving up after {max_attempts} attempt(s)")
-                    bucket = failed
-                else:
-                    values = dict(status=JobStatus.QUEUED.value, token=None, worker=None, heartbeat=None,
-                                  tiles_done=0)
-                    bucket = requeued
+        with self.engine.connect() as conn:
+            found = list(conn.execute(sa.select(jobs.c.id, jobs.c.attempts).where(stale)))
+        requeued, failed = [], []
+        for job_id, attempts in found:
+            if attempts >= max_attempts:
+                values = dict(status=JobStatus.FAILED.value, finished=time.time(), token=None,
+                              error_code="too_many_attempts",
+                              error_message=f"the job was interrupted {attempts} time(s) (the server stopped or "
+                                            f"crashed while it ran); giving up after {max_attempts} attempt(s)")
+                bucket = failed
+            else:
+                values = dict(status=JobStatus.QUEUED.value, token=None, worker=None, heartbeat=None, tiles_done=0)
+                bucket = requeued
+            # each row in its own statement, the condition checked again: a job that moved meanwhile is left be
+            with self._tx() as conn:
                 if conn.execute(jobs.update().where(jobs.c.id == job_id, stale).values(**values)).rowcount:
                     bucket.append(job_id)
         return requeued, failed
@@ -278,7 +278,7 @@ class JobStore:
         """Mark finished jobs whose results are past their time ``expired``; returns them (their files are
         the caller's to remove)."""
         now = time.time() if now is None else now
-        due = sa.and_(jobs.c.status.in_([JobStatus.SUCCEEDED.value, JobStatus.FAILED.value]),
+        due = sa.and_(jobs.c.status == JobStatus.SUCCEEDED.value,
                       jobs.c.expires.is_not(None), jobs.c.expires < now)
         with self.engine.connect() as conn:
             candidates = [Job.from_row(r) for r in conn.execute(jobs.select().where(due))]

@@ -1,0 +1,165 @@
+"""Checks made before a job exists: its options, where its input lies, and whether the model can take it.
+
+Everything here reads headers only (size, format, bands, dtype, the TIFF's block index), never pixels, so
+that a bad request is answered at once and a decompression bomb is refused before anything is decoded.
+The same checks run again, fully, when the engine opens the input; these only answer earlier.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from models.spec import BlendMode, ModelSpec
+
+from ..engine import SegmentOptions, tile_settings
+from ..errors import DtypeError, SourceNotAllowedError, TooLargeError, UnreadableInputError
+from ..raster import ALLOWED_DRIVERS, RasterInfo, gdal_env, inspect, open_raster, select_bands
+
+# Formats without internal tiles: reaching any window decodes every row above it, so their size is
+# bounded more tightly than that of tiled GeoTIFFs (a small PNG can claim 10^10 pixels).
+UNTILED_DRIVERS = frozenset({"PNG", "JPEG", "BMP", "WEBP"})
+MAX_BLOCK_CHECKS = 2_000_000  # block index entries compared with the file's length, at most
+
+
+class JobOptions(BaseModel):
+    """A job's options: the command line's, under the same names; None means the model's default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tile: int | None = Field(None, ge=1, le=8192, description="Output core size in pixels.")
+    blend: BlendMode | None = Field(None, description="crop, gaussian or cosine.")
+    overlap: float = Field(0.0, ge=0, lt=1, description="Blended modes: extra overlap, a fraction of the window.")
+    prune: int | None = Field(None, ge=1, le=16, description="U-Net++: run only the L-level sub-network.")
+    bands: tuple[int, ...] | None = Field(None, description="1-based bands to use, e.g. 1,2,3.")
+    tta: bool = Field(False, description="Average probabilities over flips.")
+    cog: bool = Field(False, description="Write a Cloud Optimized GeoTIFF with overviews.")
+    probabilities: bool = Field(False, description="Also write per-class probabilities.")
+
+    @field_validator("bands", mode="before")
+    @classmethod
+    def _parse_bands(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                return None
+            try:
+                value = tuple(int(part) for part in text.split(","))
+            except ValueError:
+                raise ValueError("give 1-based band numbers separated by commas, e.g. 1,2,3") from None
+        if value is not None and any(b < 1 for b in value):
+            raise ValueError("band numbers start at 1")
+        return value
+
+    def segment_options(self, batch: int = 4) -> SegmentOptions:
+        """The engine's options for this job."""
+        return SegmentOptions(tile=self.tile, blend=self.blend, overlap=self.overlap, batch=batch, bands=self.bands,
+                              tta=self.tta, cog=self.cog)
+
+    def to_record(self) -> dict[str, Any]:
+        """The options as the job table and the API show them."""
+        data = self.model_dump(mode="json")
+        data["bands"] = list(self.bands) if self.bands else None
+        return data
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What inputs the service takes."""
+
+    max_pixels: int | None = None
+    max_untiled_pixels: int | None = None
+    allowed_drivers: frozenset[str] = ALLOWED_DRIVERS
+
+
+def resolve_source(text: str, roots: list[str]) -> Path:
+    """The file a ``source`` names, resolved (symlinks followed) and required to lie under an allowed root.
+
+    Raises:
+        SourceNotAllowedError: no roots are configured, the text is a URL, or the file resolves outside
+            every root (``..``, a symlink leading out) or does not exist there. The message never says
+            whether a path outside the roots exists.
+    """
+    if not roots:
+        raise SourceNotAllowedError("this server takes no `source` paths (TILESEG_INPUT_ROOTS is not set): "
+                                    "upload the file instead")
+    if "://" in text or text.startswith(("/vsi", "\\\\")) or "\x00" in text:
+        raise SourceNotAllowedError("`source` must be a path under one of the server's input folders, not a URL")
+    candidates = [Path(text)] if os.path.isabs(text) else [Path(root) / text for root in roots]
+    for candidate in candidates:
+        try:
+            resolved = candidate.resolve(strict=True)
+        except (OSError, RuntimeError):  # missing, or a symlink loop
+            continue
+        inside = any(resolved.is_relative_to(root) for root in roots)
+        if inside and resolved.is_file():
+            return resolved
+    raise SourceNotAllowedError(f"`source` {text!r} is not a file under the server's input folders "
+                                f"({', '.join(roots)})")
+
+
+def check_input(path: str | os.PathLike, spec: ModelSpec, options: JobOptions, limits: InputLimits,
+                name: str | None = None) -> RasterInfo:
+    """Check, from headers alone, that ``spec``'s model can segment the raster at ``path`` with ``options``.
+
+    Args:
+        path: the input on the server's disk.
+        spec: the model's spec (after serving options such as prune).
+        options: the job's options.
+        limits: format and size limits.
+        name: the name to report the input under (a client's file name), default the path's.
+
+    Returns:
+        What the input is (the job record's ``input``).
+
+    Raises:
+        UnreadableInputError (not a raster, empty, truncated), UnsupportedFormatError, TooLargeError,
+        BandMismatchError, DtypeError, TileGeometryError.
+    """
+    info = inspect(path, limits.allowed_drivers, limits.max_pixels)
+    label = name or info.name
+    pixels = info.width * info.height
+    if limits.max_untiled_pixels and info.driver in UNTILED_DRIVERS and pixels > limits.max_untiled_pixels:
+        raise TooLargeError(f"{label} is a {info.driver} of {info.width}x{info.height} = {pixels} pixels; "
+                            f"{info.driver} has no tiles to read by window, and the limit for such formats is "
+                            f"{limits.max_untiled_pixels}: convert it to a tiled GeoTIFF")
+    with gdal_env(), open_raster(path) as src:
+        bands, _alpha = select_bands(src, spec, options.bands)
+        dtypes = {src.dtypes[b - 1] for b in bands}
+        if len(dtypes) > 1:
+            raise DtypeError(f"the selected bands mix data types ({', '.join(sorted(dtypes))})")
+        dtype = dtypes.pop()
+        if dtype not in spec.input.dtypes:
+            raise DtypeError(f"model {spec.name} does not take {dtype} input; it takes {', '.join(spec.input.dtypes)}")
+        if src.driver in ("GTiff", "COG"):
+            _check_tiff_complete(src, Path(path), label)
+    tile_settings(spec, options.segment_options())
+    return RasterInfo(name=label, width=info.width, height=info.height, bands=info.bands, dtype=info.dtype,
+                      crs=info.crs, driver=info.driver)
+
+
+def _check_tiff_complete(src, path: Path, label: str) -> None:
+    """Refuse a TIFF whose block index points past the end of the file (cut off in transfer), from the
+    index alone: GDAL opens such a file and would only fail once the job reached the missing blocks."""
+    size = path.stat().st_size
+    block_rows, block_cols = src.block_shapes[0]
+    across = -(-src.width // block_cols)
+    down = -(-src.height // block_rows)
+    planes = range(1, src.count + 1) if src.profile.get("interleave") == "band" else range(1, 2)
+    if across * down * len(planes) > MAX_BLOCK_CHECKS:
+        return
+    for band in planes:
+        for y in range(down):
+            for x in range(across):
+                offset = src.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=band)
+                length = src.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=band)
+                if offset is not None and length is not None and int(offset) + int(length) > size:
+                    raise UnreadableInputError(f"{label} is truncated: its block ({x}, {y}) of band {band} "
+                                               f"ends past the end of the file ({size} bytes)")
+
+
+__all__ = ["InputLimits", "JobOptions", "UNTILED_DRIVERS", "check_input", "resolve_source"]

@@ -1,0 +1,78 @@
+"""The sweeper: removes results past their time, and files that no job should still have.
+
+Each sweep marks succeeded jobs whose ``expires`` has passed as ``expired`` and removes their files, then
+looks at the jobs folder for what a crash may have left: the folders of canceled, expired or unknown jobs,
+and uploads of jobs that have ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from ..errors import JobNotFoundError
+from .files import JobFiles, jobs_root
+from .store import JobStatus, JobStore
+
+log = logging.getLogger(__name__)
+
+
+def sweep(store: JobStore, data_dir: Path, keep_inputs: bool = False, now: float | None = None) -> int:
+    """One sweep; returns how many jobs expired in it."""
+    expired = store.expire(now)
+    for job in expired:
+        JobFiles.of(data_dir, job.id).remove()
+        log.info("job %s expired; its files are removed", job.id)
+    root = jobs_root(data_dir)
+    if root.is_dir():
+        for folder in root.iterdir():
+            _tidy(store, folder, keep_inputs)
+    return len(expired)
+
+
+def _tidy(store: JobStore, folder: Path, keep_inputs: bool) -> None:
+    try:
+        job = store.get(str(uuid.UUID(folder.name)))
+    except (ValueError, JobNotFoundError):
+        # an upload whose request failed before its job was written, or something not ours: only remove
+        # what is old enough not to be a request still arriving
+        if folder.is_dir() and time.time() - folder.stat().st_mtime > 3600:
+            JobFiles(folder).remove()
+        return
+    if job.status in (JobStatus.CANCELED, JobStatus.EXPIRED):
+        JobFiles(folder).remove()
+    elif job.status.finished and job.input_owned and not keep_inputs:
+        Path(job.input_path).unlink(missing_ok=True)
+
+
+class Sweeper:
+    """Sweeps every ``interval`` seconds in a thread until stopped."""
+
+    def __init__(self, store: JobStore, data_dir: Path, interval: float, keep_inputs: bool = False):
+        self.store = store
+        self.data_dir = data_dir
+        self.interval = interval
+        self.keep_inputs = keep_inputs
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="tileseg-sweeper", daemon=True)
+
+    def start(self) -> Sweeper:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                sweep(self.store, self.data_dir, self.keep_inputs)
+            except Exception:  # a failed sweep is tried again at the next interval
+                log.exception("sweep failed")
+
+
+__all__ = ["Sweeper", "sweep"]
