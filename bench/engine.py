@@ -26,7 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-DATA = Path(os.environ.get("TILESEG_DATA_DIR", REPO.parent / "shared" / "data"))
+DATA = Path(os.environ.get("TILESEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 SOURCE = DATA / "large" / "bmng_5400x2700_epsg4326_tiled.tif"
 ARCH = {"arch": "unet", "padding": "same", "depth": 4, "base": 16}
 CLASSES = 6

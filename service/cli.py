@@ -3,6 +3,7 @@
     tileseg segment INPUT OUTPUT --model NAME [options]
     tileseg models [--json]
     tileseg train --arch ARCH --data DIR --out weights/NAME [options]
+    tileseg serve [--host 127.0.0.1] [--port 8000]
 
 Errors the user can fix are printed as one line, with a non-zero exit and no traceback.
 """
@@ -121,6 +122,47 @@ def list_models(as_json: bool) -> None:
         classes = ", ".join(c["name"] for c in e["classes"])
         click.echo(f"{e['name']:<20} {e['arch']:<11} {e['bands']:>5}  {geometry['default_tile']:>5}  "
                    f"{geometry['blend']:<8} {classes}")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
+              show_default=True)
+@user_errors
+def serve(host: str, port: int, log_level: str) -> None:
+    """Run the HTTP service (settings from TILESEG_* variables; see the README).
+
+    SIGTERM or SIGINT: stop taking jobs, let the running one finish within TILESEG_SHUTDOWN_GRACE seconds or
+    put it back in the queue, and exit with 128 + the signal number.
+    """
+    import logging
+    import warnings
+
+    import uvicorn
+    from pydantic import ValidationError
+    from rasterio.errors import NotGeoreferencedWarning
+
+    from .api import create_app
+    from .settings import get_settings
+
+    try:
+        settings = get_settings()
+    except ValidationError as err:
+        problems = "; ".join(f"TILESEG_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in err.errors())
+        raise click.UsageError(f"invalid settings: {problems}") from None
+    installed = models.available(settings.weights_dir or models.weights_dir())
+    missing = [name for name in settings.models if name not in installed]
+    if missing or not installed:
+        folder = settings.weights_dir or models.weights_dir()
+        raise click.UsageError(f"model(s) {', '.join(missing) or '(any)'} not installed in {folder}; "
+                               f"installed: {', '.join(installed) or 'none'}")
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)  # plain PNG/JPEG inputs are fine
+    # One process: the job table's embedded workers live in it. Uvicorn turns SIGTERM into a graceful
+    # shutdown, in which the app's lifespan gives the running job its grace period.
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level,
+                timeout_graceful_shutdown=max(5, int(settings.shutdown_grace)))
 
 
 cli.add_command(train)

@@ -106,10 +106,31 @@ class ResultNotReadyError(TilesegError, RuntimeError):
     code = "not_ready"
 
 
+class ResultNotFoundError(TilesegError, LookupError):
+    """The job exists but never makes this result (probabilities that were not asked for)."""
+
+    code = "no_such_result"
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class JobFailedError(ResultNotReadyError):
+    """The job failed: it has no result, and the job's ``error`` says why."""
+
+    code = "job_failed"
+
+
 class ResultGoneError(TilesegError, FileNotFoundError):
-    """The job's files were removed: it expired, or it was canceled or deleted."""
+    """The job's results expired (``TILESEG_RESULT_TTL``) or were deleted: their files are gone."""
 
     code = "expired"
+
+
+class JobCanceledError(ResultGoneError):
+    """The job was canceled: it has no result, and its files are gone."""
+
+    code = "canceled"
 
 
 class InterruptedJobError(TilesegError):
@@ -126,11 +147,14 @@ __all__ = [
     "DtypeError",
     "InputError",
     "InterruptedJobError",
+    "JobCanceledError",
+    "JobFailedError",
     "JobNotFoundError",
     "ModelNotFoundError",
     "OptionsError",
     "RequestError",
     "ResultGoneError",
+    "ResultNotFoundError",
     "ResultNotReadyError",
     "SourceNotAllowedError",
     "TileGeometryError",

@@ -4,8 +4,8 @@
 environment. Lists are given comma-separated (``TILESEG_API_KEYS=key1,key2``); durations in seconds or as
 ISO 8601 (``TILESEG_RESULT_TTL=PT6H``).
 
-``TILESEG_DATA_DIR`` is where the service keeps its job table, uploads and results. (The test suite reads
-the same variable as the folder of the shared real data; the test server is always given its own.)
+``TILESEG_DATA_DIR`` is where the service keeps its job table, uploads and results. (The test suite and the
+benchmarks find the shared real data through ``TILESEG_SHARED_DATA``.)
 """
 
 from __future__ import annotations
@@ -54,6 +54,16 @@ class Settings(BaseSettings):
     def _split(cls, value):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("result_ttl", mode="before")
+    @classmethod
+    def _seconds(cls, value):
+        if isinstance(value, str):
+            try:
+                return timedelta(seconds=float(value))
+            except ValueError:  # not a number: ISO 8601 (PT6H) or [D ]HH:MM:SS, pydantic's own formats
+                return value
         return value
 
     @field_validator("api_keys")

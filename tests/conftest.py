@@ -15,10 +15,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """The shared real data (``TILESEG_DATA_DIR``, default ``../shared/data`` beside the repository)."""
-    path = Path(os.environ.get("TILESEG_DATA_DIR", REPO.parent / "shared" / "data"))
+    """The shared real data (``TILESEG_SHARED_DATA``, default ``../shared/data`` beside the repository)."""
+    path = Path(os.environ.get("TILESEG_SHARED_DATA", REPO.parent / "shared" / "data"))
     if not (path / "geotiff" / "RGB.byte.tif").is_file():
-        pytest.fail(f"the real data are not at {path}: set TILESEG_DATA_DIR")
+        pytest.fail(f"the real data are not at {path}: set TILESEG_SHARED_DATA")
     return path
 
 

@@ -8,6 +8,7 @@ The same checks run again, fully, when the engine opens the input; these only an
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from ..raster import ALLOWED_DRIVERS, RasterInfo, gdal_env, inspect, open_raster
 # bounded more tightly than that of tiled GeoTIFFs (a small PNG can claim 10^10 pixels).
 UNTILED_DRIVERS = frozenset({"PNG", "JPEG", "BMP", "WEBP"})
 MAX_BLOCK_CHECKS = 2_000_000  # block index entries compared with the file's length, at most
+BANDS_PATTERN = r"^[0-9]{1,4}(,[0-9]{1,4})*$"
 
 
 class JobOptions(BaseModel):
@@ -44,13 +46,11 @@ class JobOptions(BaseModel):
     @classmethod
     def _parse_bands(cls, value: Any) -> Any:
         if isinstance(value, str):
-            text = value.strip()
-            if not text:
+            if not value:
                 return None
-            try:
-                value = tuple(int(part) for part in text.split(","))
-            except ValueError:
-                raise ValueError("give 1-based band numbers separated by commas, e.g. 1,2,3") from None
+            if not re.fullmatch(BANDS_PATTERN, value):
+                raise ValueError("give 1-based band numbers separated by commas, e.g. 1,2,3")
+            value = tuple(int(part) for part in value.split(","))
         if value is not None and any(b < 1 for b in value):
             raise ValueError("band numbers start at 1")
         return value

@@ -66,7 +66,8 @@ class ModelPool:
             OptionsError: the model cannot be served with this prune level.
         """
         if (name, None) not in self._loaded:
-            raise ModelNotFoundError(f"no model named {name!r} is served here; served: {', '.join(self.names) or 'none'}")
+            served = ", ".join(self.names) or "none"
+            raise ModelNotFoundError(f"no model named {name!r} is served here; served: {served}")
         key = (name, prune)
         with self._lock:
             if key not in self._loaded:

@@ -1,6 +1,6 @@
 """Tests of models.training and `tileseg train`, on the real data sets in ../shared/data.
 
-The data folder comes from TILESEG_DATA_DIR (default: the repository's ../shared/data). Missing data fails
+The data folder comes from TILESEG_SHARED_DATA (default: the repository's ../shared/data). Missing data fails
 the tests rather than skipping them: a test that cannot run has not passed.
 """
 
@@ -28,7 +28,7 @@ from models.training.data import IGNORE_INDEX, TrainingDataError
 from service.commands.train import train as train_command
 
 REPO = Path(models.__file__).parent.parent
-DATA = Path(os.environ.get("TILESEG_DATA_DIR", REPO.parent / "shared" / "data"))
+DATA = Path(os.environ.get("TILESEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 ISBI = DATA / "isbi2012"
 DUBAI = DATA / "dubai_aerial"
 TINY_UNET = ["--arch", "unet", "--param", "base=4", "--param", "depth=2"]
@@ -37,14 +37,14 @@ TINY_UNET = ["--arch", "unet", "--param", "base=4", "--param", "depth=2"]
 @pytest.fixture(scope="module")
 def isbi_dir() -> Path:
     if not (ISBI / "train" / "images").is_dir():
-        pytest.fail(f"ISBI 2012 data not found at {ISBI}; set TILESEG_DATA_DIR")
+        pytest.fail(f"ISBI 2012 data not found at {ISBI}; set TILESEG_SHARED_DATA")
     return ISBI
 
 
 @pytest.fixture(scope="module")
 def dubai_dir() -> Path:
     if not (DUBAI / "tile1").is_dir():
-        pytest.fail(f"Dubai aerial data not found at {DUBAI}; set TILESEG_DATA_DIR")
+        pytest.fail(f"Dubai aerial data not found at {DUBAI}; set TILESEG_SHARED_DATA")
     return DUBAI
 
 

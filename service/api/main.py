@@ -1,0 +1,57 @@
+"""The FastAPI app: assembled here, and nothing else. ``tileseg serve`` runs it with uvicorn.
+
+The lifespan makes the job service (it loads the models, opens the job table, recovers jobs a crash left
+running, starts a worker per device and the sweeper) and, on shutdown (SIGTERM), stops taking jobs, gives
+the running ones ``TILESEG_SHUTDOWN_GRACE`` seconds and puts them back in the queue past that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.concurrency import run_in_threadpool
+
+from .. import __version__
+from ..jobs.service import JobService
+from ..settings import Settings, get_settings
+from . import errors, routes_health, routes_jobs, routes_models
+from .middleware import ResponseCounter
+
+DESCRIPTION = """Segment arbitrarily large rasters, tile by tile, into mask GeoTIFFs.
+
+`POST /segment` queues a job (202, `Location`); follow it at `GET /jobs/{id}`; fetch `GET /jobs/{id}/mask`.
+Errors are always `{"error": {"code", "message"}}`. With API keys configured, send `X-API-Key`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app, for ``settings`` (default: :func:`get_settings`, from the environment)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        jobs = await run_in_threadpool(JobService, settings)
+        app.state.jobs = jobs
+        try:
+            yield
+        finally:
+            await run_in_threadpool(jobs.stop)
+
+    app = FastAPI(title="tileseg", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.dependency_overrides[get_settings] = lambda: settings
+    errors.install(app)
+    app.include_router(routes_jobs.router)
+    app.include_router(routes_models.router)
+    app.include_router(routes_health.router)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["X-API-Key", "Content-Type", "Range"],
+                           expose_headers=["Location", "Content-Disposition", "Content-Range"])
+    app.add_middleware(ResponseCounter, record=lambda status: app.state.jobs.metrics.response(status))
+    return app
+
+
+__all__ = ["create_app"]

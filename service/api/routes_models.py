@@ -1,0 +1,27 @@
+"""Models: the served models' cards, the same JSON as ``tileseg models --json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+
+from .deps import JobsDep, get_owner
+from .errors import ERROR_RESPONSES
+
+router = APIRouter(tags=["models"], dependencies=[Depends(get_owner)])  # keys, when the server has them
+
+
+@router.get("/models", summary="The served models", responses={401: ERROR_RESPONSES[401]})
+def list_models(jobs: JobsDep) -> dict[str, Any]:
+    """``{"models": [card, ...]}``, exactly as ``tileseg models --json`` prints it."""
+    return {"models": [jobs.models.describe(name) for name in jobs.models.names]}
+
+
+@router.get("/models/{name}", summary="One model's card", responses={s: ERROR_RESPONSES[s] for s in (401, 404)})
+def get_model(name: str, jobs: JobsDep) -> dict[str, Any]:
+    """One entry of ``GET /models``."""
+    return jobs.models.describe(name)
+
+
+__all__ = ["router"]

@@ -1,0 +1,170 @@
+"""The API's JSON shapes (a contract: see the README), and the multipart form of ``POST /segment``."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from models.spec import BlendMode
+
+from ..errors import RequestError
+from ..jobs.intake import BANDS_PATTERN, JobOptions
+from ..jobs.store import Job, JobStatus
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Machine-readable: bad_request, job_not_found, band_mismatch, ...")
+    message: str = Field(description="What went wrong, and what to do about it.")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer, FastAPI's own validation errors included."""
+
+    error: ErrorDetail
+
+
+class InputInfo(BaseModel):
+    name: str
+    width: int
+    height: int
+    bands: int
+    dtype: str
+    crs: str | None
+
+
+class Progress(BaseModel):
+    tiles_done: int
+    tiles_total: int
+    percent: float
+
+
+class Timings(BaseModel):
+    created: datetime
+    started: datetime | None
+    finished: datetime | None
+    seconds: float | None = Field(description="Run time of the last attempt (so far, while running).")
+
+
+class Links(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    self_: str = Field(alias="self")
+    mask: str
+    probabilities: str | None = Field(description="Null unless the job asked for probabilities.")
+    preview: str
+
+
+class JobOut(BaseModel):
+    """A job as ``GET /jobs/{id}`` returns it."""
+
+    id: str
+    status: JobStatus
+    model: str
+    options: JobOptions
+    input: InputInfo
+    progress: Progress
+    timings: Timings
+    attempts: int
+    error: ErrorDetail | None
+    links: Links
+
+    @classmethod
+    def of(cls, job: Job, base: str = "") -> JobOut:
+        """The API's view of a job row; ``base`` is the app's root path (behind a proxy)."""
+        url = f"{base}/jobs/{job.id}"
+        total = job.tiles_total
+        percent = 100.0 if job.status is JobStatus.SUCCEEDED else (100.0 * job.tiles_done / total if total else 0.0)
+        seconds = None
+        if job.started is not None:
+            seconds = round((job.finished or _now()) - job.started, 3)
+        return cls(
+            id=job.id, status=job.status, model=job.model, options=JobOptions(**job.options),
+            input=InputInfo(**job.input),
+            progress=Progress(tiles_done=job.tiles_done, tiles_total=total, percent=round(percent, 1)),
+            timings=Timings(created=_time(job.created), started=_time(job.started), finished=_time(job.finished),
+                            seconds=seconds),
+            attempts=job.attempts,
+            error=ErrorDetail(code=job.error_code, message=job.error_message or "") if job.error_code else None,
+            links=Links(self_=url, mask=f"{url}/mask", preview=f"{url}/preview.png",
+                        probabilities=f"{url}/probabilities" if job.options.get("probabilities") else None),
+        )
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+    limit: int
+    offset: int
+
+
+class SegmentForm(BaseModel):
+    """The fields of ``POST /segment`` besides the file, as they arrive (text), checked."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=200)
+    source: str | None = Field(None, min_length=1, max_length=4096)
+
+    @classmethod
+    def parse(cls, fields: dict[str, str], has_file: bool) -> tuple[SegmentForm, JobOptions]:
+        """The form's model and source, and the job's options.
+
+        Raises:
+            RequestError: a missing or unparsable field, or not exactly one of ``file`` and ``source``.
+        """
+        own = {k: v for k, v in fields.items() if k in cls.model_fields}
+        options = {k: v for k, v in fields.items() if k not in cls.model_fields and v != ""}
+        try:
+            form = cls(**own)
+            job_options = JobOptions(**options)
+        except ValidationError as err:
+            raise RequestError(describe_validation(err.errors())) from None
+        if has_file == (form.source is not None):
+            raise RequestError("send exactly one of `file` (an upload) and `source` (a path on the server)")
+        return form, job_options
+
+
+FORM_FIELDS = frozenset({"file", "source", "model", *JobOptions.model_fields})
+
+SEGMENT_FORM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["model"],
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": "The image (any raster GDAL reads: GeoTIFF, "
+                 "COG, PNG, JPEG, ...). Give this or `source`."},
+        "source": {"type": "string", "minLength": 1, "maxLength": 4096,
+                   "description": "A path under one of the server's TILESEG_INPUT_ROOTS, instead of an upload."},
+        "model": {"type": "string", "minLength": 1, "maxLength": 200, "description": "A served model (GET /models)."},
+        "tile": {"type": "integer", "minimum": 1, "maximum": 8192, "description": "Output core size in pixels."},
+        "blend": {"type": "string", "enum": [m.value for m in BlendMode]},
+        "overlap": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+        "prune": {"type": "integer", "minimum": 1, "maximum": 16, "description": "U-Net++: run level L only."},
+        "bands": {"type": "string", "pattern": BANDS_PATTERN, "description": "1-based band numbers, e.g. 1,2,3"},
+        "tta": {"type": "boolean"},
+        "cog": {"type": "boolean"},
+        "probabilities": {"type": "boolean", "description": "Also write per-class probabilities."},
+    },
+}
+
+
+def describe_validation(errors: list[dict[str, Any]]) -> str:
+    """pydantic's validation errors in one line: ``tile: Input should be a valid integer; ...``."""
+    parts = []
+    for e in errors[:5]:
+        where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body",)) or "request"
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(parts) + more
+
+
+def _time(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, tz=timezone.utc)
+
+
+def _now() -> float:
+    return datetime.now(tz=timezone.utc).timestamp()
+
+
+__all__ = ["ErrorBody", "FORM_FIELDS", "JobList", "JobOut", "SEGMENT_FORM_SCHEMA", "SegmentForm",
+           "describe_validation"]

@@ -1,0 +1,204 @@
+"""The jobs domain as the API uses it: submit, look up, cancel, fetch results; and the embedded runtime
+(model pools, workers, sweeper) that the app starts in its lifespan and stops on shutdown.
+
+Nothing here knows of HTTP: the routes call these methods and shape their answers; errors are the
+product's own (:mod:`service.errors`), which one handler maps to status codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import models
+
+from ..errors import (
+    JobCanceledError,
+    JobFailedError,
+    ResultGoneError,
+    ResultNotFoundError,
+    ResultNotReadyError,
+)
+from ..metrics import ServiceMetrics
+from ..settings import Settings
+from .files import JobFiles, jobs_root
+from .intake import InputLimits, JobOptions, check_input, resolve_source
+from .modelpool import ModelPool
+from .runner import RunConfig
+from .store import ANY_OWNER, Job, JobStatus, JobStore, new_job_id
+from .sweeper import Sweeper, sweep
+from .worker import Worker
+
+log = logging.getLogger(__name__)
+
+RESULTS = ("mask", "probabilities", "preview")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A file a client sent, already on the server's disk (at :attr:`JobFiles.upload`)."""
+
+    path: Path
+    filename: str  # the client's name for it: shown, never used as a path
+    size: int
+
+
+class JobService:
+    """The job table, the models and the workers of one server.
+
+    Args:
+        settings: the service's settings.
+        start_workers: run the embedded workers and sweeper (an API-only process in queue mode would not).
+    """
+
+    def __init__(self, settings: Settings, start_workers: bool = True):
+        self.settings = settings
+        self.data_dir = settings.data_dir.resolve()
+        jobs_root(self.data_dir).mkdir(parents=True, exist_ok=True)
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        weights = settings.weights_dir or models.weights_dir()
+        self.pools = [ModelPool(weights, settings.models, device) for device in settings.devices]
+        self.store = JobStore(settings.database)
+        self.metrics = ServiceMetrics(self.store)
+        self.limits = InputLimits(max_pixels=settings.max_pixels, max_untiled_pixels=settings.max_untiled_pixels)
+        self.run_config = RunConfig(data_dir=self.data_dir, result_ttl=settings.result_ttl.total_seconds(),
+                                    limits=self.limits, batch=settings.batch, keep_inputs=settings.keep_inputs)
+        self.workers: list[Worker] = []
+        self.sweeper: Sweeper | None = None
+        if start_workers:
+            self._start_runtime()
+
+    def _start_runtime(self) -> None:
+        # This process is the only worker of its table (embedded mode): whatever reads "running" was running
+        # when the server stopped, so every such job goes back to the queue, or fails past its attempts.
+        requeued, failed = self.store.recover(stale_before=float("inf"), max_attempts=self.settings.max_attempts)
+        if requeued or failed:
+            log.warning("after a restart: %d job(s) queued again, %d failed after too many attempts",
+                        len(requeued), len(failed))
+        sweep(self.store, self.data_dir, self.settings.keep_inputs)
+        for pool in self.pools:
+            worker = Worker(self.store, pool.get, self.run_config, on_outcome=self.metrics.job_finished)
+            self.workers.append(worker.start())
+        self.sweeper = Sweeper(self.store, self.data_dir, self.settings.sweep_interval,
+                               self.settings.keep_inputs).start()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop taking jobs; let running ones finish within ``grace`` seconds (default: the settings'), else
+        put them back in the queue; then close everything."""
+        grace = self.settings.shutdown_grace if grace is None else grace
+        deadline = time.monotonic() + grace
+        for worker in self.workers:
+            worker.stop(max(0.0, deadline - time.monotonic()))
+        if self.sweeper:
+            self.sweeper.stop()
+        for pool in self.pools:
+            pool.close()
+        self.store.close()
+
+    # ---- what the routes call -------------------------------------------------------------------------------
+
+    @property
+    def models(self) -> ModelPool:
+        """The first device's pool: every pool serves the same models."""
+        return self.pools[0]
+
+    def new_job_files(self) -> tuple[str, JobFiles]:
+        """A fresh job id and its (empty) folder, for an upload to be written to."""
+        job_id = new_job_id()
+        files = JobFiles.of(self.data_dir, job_id)
+        files.root.mkdir(parents=True, exist_ok=False)
+        return job_id, files
+
+    def submit(self, job_id: str, model: str, options: JobOptions, owner: str | None, upload: Upload | None = None,
+               source: str | None = None) -> Job:
+        """Check a request from headers and queue its job.
+
+        Exactly one of ``upload`` (already written to the job's folder) and ``source`` (a path under an
+        input root) is given. On any error the upload is removed and no job exists.
+
+        Raises:
+            ModelNotFoundError, OptionsError, SourceNotAllowedError, and the input checks' errors
+            (:func:`service.jobs.intake.check_input`).
+        """
+        files = JobFiles.of(self.data_dir, job_id)
+        try:
+            spec = self.models.spec(model, options.prune)
+            if upload is not None:
+                path, name = upload.path, upload.filename
+            else:
+                path = resolve_source(source or "", self.settings.input_roots)
+                name = path.name
+            info = check_input(path, spec, options, self.limits, name=name)
+            job = self.store.create(id=job_id, owner=owner, model=model, options=options.to_record(),
+                                    input=info.to_dict(), input_path=str(path), input_owned=upload is not None)
+        except BaseException:
+            files.remove()
+            raise
+        for worker in self.workers:
+            worker.wake()
+        return job
+
+    def get(self, job_id: str, owner: Any = ANY_OWNER) -> Job:
+        """The job (raises JobNotFoundError, also for another owner's)."""
+        return self.store.get(job_id, owner)
+
+    def list(self, owner: Any = ANY_OWNER, limit: int = 50, offset: int = 0) -> list[Job]:
+        """The owner's jobs, newest first."""
+        return self.store.list(owner, limit, offset)
+
+    def cancel(self, job_id: str, owner: Any = ANY_OWNER) -> None:
+        """Cancel a queued or running job, or give up a finished job's results; remove its files.
+
+        A running job's worker stops at its next batch and removes what it wrote.
+        """
+        before = self.store.cancel(job_id, owner)
+        if before.status is not JobStatus.RUNNING:
+            JobFiles.of(self.data_dir, job_id).remove()
+            if before.input_owned:
+                Path(before.input_path).unlink(missing_ok=True)
+
+    def result(self, job_id: str, kind: str, owner: Any = ANY_OWNER) -> tuple[Job, Path]:
+        """The job and the path of one of its results (``mask``, ``probabilities``, ``preview``).
+
+        Raises:
+            JobNotFoundError; ResultNotFoundError (probabilities not asked for); ResultNotReadyError
+            (queued, running); JobFailedError; JobCanceledError, ResultGoneError (expired).
+        """
+        job = self.store.get(job_id, owner)
+        if kind == "probabilities" and not job.options.get("probabilities"):
+            raise ResultNotFoundError(f"job {job.id} has no probabilities: submit it with probabilities=true")
+        if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+            raise ResultNotReadyError(f"job {job.id} is {job.status.value}: its {kind} is not ready yet")
+        if job.status is JobStatus.FAILED:
+            raise JobFailedError(f"job {job.id} failed ({job.error_code}): it has no {kind}")
+        if job.status is JobStatus.CANCELED:
+            raise JobCanceledError(f"job {job.id} was canceled: it has no {kind}")
+        path = getattr(JobFiles.of(self.data_dir, job.id), kind)
+        if job.status is JobStatus.EXPIRED or not path.is_file():
+            raise ResultGoneError(f"the results of job {job.id} have expired and were removed")
+        return job, path
+
+    # ---- health ---------------------------------------------------------------------------------------------
+
+    def readiness(self) -> dict[str, bool]:
+        """What ``/readyz`` checks: models loaded, the store writable, disk space, the workers alive."""
+        checks = {"models": all(pool.names for pool in self.pools)}
+        try:
+            self.store.ping()
+            checks["store"] = True
+        except Exception:  # any database failure means: not ready
+            log.exception("the job table is not writable")
+            checks["store"] = False
+        checks["disk"] = shutil.disk_usage(self.data_dir).free >= self.settings.min_free_bytes
+        checks["workers"] = all(w.alive for w in self.workers)
+        return checks
+
+
+__all__ = ["RESULTS", "JobService", "Upload"]
