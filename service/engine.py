@@ -177,6 +177,8 @@ def predict_strips(runner: BatchRunner, src: InputRaster, counts: TileCounts | N
         stitcher = CropStitcher(plan, num_classes, runner.want_probs or runner.logits, index_dtype)
     else:
         stitcher = BlendStitcher(plan, num_classes, blend_weights(settings.blend, settings.output_size), index_dtype)
+    if progress:
+        progress(0, counts.total)
     for tiles, active, batch in _prefetch(lambda b: _read_batch(src, plan, b), _batches(plan, settings.batch), readers):
         counts.skipped += len(tiles) - len(active)
         channels, values = runner(batch) if active else (None, None)

@@ -89,10 +89,35 @@ def inspect(path: str | os.PathLike, allowed_drivers=ALLOWED_DRIVERS, max_pixels
             raise TooLargeError(
                 f"{Path(path).name} is {src.width}x{src.height} = {src.width * src.height} pixels; the limit is {max_pixels}"
             )
+        if src.driver in ("GTiff", "COG"):
+            check_complete(src, Path(path))
         return RasterInfo(
             name=Path(path).name, width=src.width, height=src.height, bands=src.count, dtype=src.dtypes[0],
             crs=src.crs.to_string() if src.crs else None, driver=src.driver,
         )
+
+
+MAX_BLOCK_CHECKS = 2_000_000  # block index entries compared with the file's length, at most
+
+
+def check_complete(src, path: Path) -> None:
+    """Refuse a TIFF whose block index points past the end of the file (cut off in transfer), from the
+    index alone: GDAL opens such a file and would only fail once a run reached the missing blocks."""
+    size = path.stat().st_size
+    block_rows, block_cols = src.block_shapes[0]
+    across = -(-src.width // block_cols)
+    down = -(-src.height // block_rows)
+    planes = range(1, src.count + 1) if src.profile.get("interleave") == "band" else range(1, 2)
+    if across * down * len(planes) > MAX_BLOCK_CHECKS:
+        return
+    for band in planes:
+        for y in range(down):
+            for x in range(across):
+                offset = src.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=band)
+                length = src.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=band)
+                if offset is not None and length is not None and int(offset) + int(length) > size:
+                    raise UnreadableInputError(f"{path.name} is truncated: its block ({x}, {y}) of band {band} "
+                                               f"ends past the end of the file ({size} bytes)")
 
 
 def select_bands(src, spec: ModelSpec, bands: tuple[int, ...] | None) -> tuple[tuple[int, ...], int | None]:
@@ -118,6 +143,17 @@ def select_bands(src, spec: ModelSpec, bands: tuple[int, ...] | None) -> tuple[t
     return chosen, alpha
 
 
+def check_dtype(src, spec: ModelSpec, bands: tuple[int, ...]) -> str:
+    """The selected bands' data type, if the model takes it (from the header)."""
+    dtypes = {src.dtypes[b - 1] for b in bands}
+    if len(dtypes) > 1:
+        raise DtypeError(f"the selected bands mix data types ({', '.join(sorted(dtypes))})")
+    dtype = dtypes.pop()
+    if dtype not in spec.input.dtypes:
+        raise DtypeError(f"model {spec.name} does not take {dtype} input; it takes {', '.join(spec.input.dtypes)}")
+    return dtype
+
+
 @dataclass(frozen=True)
 class Scaling:
     """How raw band values become the network's input: clip to ``[low, high]`` (dtypes other than uint8),
@@ -136,12 +172,7 @@ def band_scaling(src, spec: ModelSpec, bands: tuple[int, ...]) -> Scaling:
     """How to scale the selected bands: uint8 by 255; any other dtype stretched between the image's 2nd
     and 98th percentiles, taken once per image from a decimated read (which GDAL serves from overviews),
     never per tile, so that neighbouring tiles see the same values."""
-    dtypes = {src.dtypes[b - 1] for b in bands}
-    if len(dtypes) > 1:
-        raise DtypeError(f"the selected bands mix data types ({', '.join(sorted(dtypes))})")
-    dtype = dtypes.pop()
-    if dtype not in spec.input.dtypes:
-        raise DtypeError(f"model {spec.name} does not take {dtype} input; it takes {', '.join(spec.input.dtypes)}")
+    dtype = check_dtype(src, spec, bands)
     mean = np.asarray(spec.input.mean, dtype=np.float64)
     std = np.asarray(spec.input.std, dtype=np.float64)
     if dtype == "uint8":

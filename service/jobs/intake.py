@@ -18,13 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from models.spec import BlendMode, ModelSpec
 
 from ..engine import SegmentOptions, tile_settings
-from ..errors import DtypeError, SourceNotAllowedError, TooLargeError, UnreadableInputError
-from ..raster import ALLOWED_DRIVERS, RasterInfo, gdal_env, inspect, open_raster, select_bands
+from ..errors import SourceNotAllowedError, TooLargeError
+from ..raster import ALLOWED_DRIVERS, RasterInfo, check_dtype, gdal_env, inspect, open_raster, select_bands
 
 # Formats without internal tiles: reaching any window decodes every row above it, so their size is
 # bounded more tightly than that of tiled GeoTIFFs (a small PNG can claim 10^10 pixels).
 UNTILED_DRIVERS = frozenset({"PNG", "JPEG", "BMP", "WEBP"})
-MAX_BLOCK_CHECKS = 2_000_000  # block index entries compared with the file's length, at most
 BANDS_PATTERN = r"^[0-9]{1,4}(,[0-9]{1,4})*$"
 
 
@@ -129,37 +128,10 @@ def check_input(path: str | os.PathLike, spec: ModelSpec, options: JobOptions, l
                             f"{limits.max_untiled_pixels}: convert it to a tiled GeoTIFF")
     with gdal_env(), open_raster(path) as src:
         bands, _alpha = select_bands(src, spec, options.bands)
-        dtypes = {src.dtypes[b - 1] for b in bands}
-        if len(dtypes) > 1:
-            raise DtypeError(f"the selected bands mix data types ({', '.join(sorted(dtypes))})")
-        dtype = dtypes.pop()
-        if dtype not in spec.input.dtypes:
-            raise DtypeError(f"model {spec.name} does not take {dtype} input; it takes {', '.join(spec.input.dtypes)}")
-        if src.driver in ("GTiff", "COG"):
-            _check_tiff_complete(src, Path(path), label)
+        check_dtype(src, spec, bands)
     tile_settings(spec, options.segment_options())
     return RasterInfo(name=label, width=info.width, height=info.height, bands=info.bands, dtype=info.dtype,
                       crs=info.crs, driver=info.driver)
-
-
-def _check_tiff_complete(src, path: Path, label: str) -> None:
-    """Refuse a TIFF whose block index points past the end of the file (cut off in transfer), from the
-    index alone: GDAL opens such a file and would only fail once the job reached the missing blocks."""
-    size = path.stat().st_size
-    block_rows, block_cols = src.block_shapes[0]
-    across = -(-src.width // block_cols)
-    down = -(-src.height // block_rows)
-    planes = range(1, src.count + 1) if src.profile.get("interleave") == "band" else range(1, 2)
-    if across * down * len(planes) > MAX_BLOCK_CHECKS:
-        return
-    for band in planes:
-        for y in range(down):
-            for x in range(across):
-                offset = src.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=band)
-                length = src.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=band)
-                if offset is not None and length is not None and int(offset) + int(length) > size:
-                    raise UnreadableInputError(f"{label} is truncated: its block ({x}, {y}) of band {band} "
-                                               f"ends past the end of the file ({size} bytes)")
 
 
 __all__ = ["InputLimits", "JobOptions", "UNTILED_DRIVERS", "check_input", "resolve_source"]

@@ -60,6 +60,17 @@ def bad_inputs(tmp_path, data_dir):
     truncated = tmp_path / "truncated.tif"  # a COG: its header comes first, so it opens and fails on reading
     raw = (data_dir / "geotiff" / "cogeo.tif").read_bytes()
     truncated.write_bytes(raw[: len(raw) * 6 // 10])
+    corrupt = tmp_path / "corrupt.tif"  # whole, but its compressed blocks are garbage: fails on reading
+    with rasterio.open(data_dir / "geotiff" / "RGB.byte.tif") as src:
+        profile = {**src.profile, "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
+        with rasterio.open(corrupt, "w", **profile) as dst:
+            dst.write(src.read())
+    with rasterio.open(corrupt) as src:
+        offset = int(src.get_tag_item("BLOCK_OFFSET_1_1", "TIFF", bidx=1))
+        size = int(src.get_tag_item("BLOCK_SIZE_1_1", "TIFF", bidx=1))
+    raw = bytearray(corrupt.read_bytes())
+    raw[offset + 2 : offset + size - 2] = np.random.default_rng(0).integers(0, 256, size - 4, np.uint8).tobytes()
+    corrupt.write_bytes(bytes(raw))
     no_directory = tmp_path / "no_directory.tif"  # its directory lies past the cut
     raw = (data_dir / "geotiff" / "RGB.byte.tif").read_bytes()
     no_directory.write_bytes(raw[: len(raw) // 2])
@@ -68,7 +79,8 @@ def bad_inputs(tmp_path, data_dir):
     grey = data_dir / "geotiff" / "shade.tif"
     return {
         "not an image": ([text, "--model", "rgb-test"], "not a raster"),
-        "truncated": ([truncated, "--model", "rgb-test"], "truncated or corrupt"),
+        "truncated": ([truncated, "--model", "rgb-test"], "is truncated"),
+        "corrupt blocks": ([corrupt, "--model", "rgb-test", "--tile", "128"], "truncated or corrupt"),
         "truncated directory": ([no_directory, "--model", "rgb-test"], "not a raster"),
         "empty": ([empty, "--model", "rgb-test"], "empty"),
         "missing": ([tmp_path / "nope.tif", "--model", "rgb-test"], "no such file"),
@@ -81,7 +93,7 @@ def bad_inputs(tmp_path, data_dir):
     }
 
 
-BAD_CASES = ["not an image", "truncated", "truncated directory", "empty", "missing", "bands", "geometry",
+BAD_CASES = ["not an image", "truncated", "corrupt blocks", "truncated directory", "empty", "missing", "bands", "geometry",
              "valid-unet geometry", "unknown model", "bad band", "overlap in crop"]
 
 
