@@ -1,11 +1,15 @@
-# One command each: `make test` sets up and runs the tests; `make segment IN=... OUT=... MODEL=...` sets up and
-# runs the CLI. Everything goes into .venv; the CPU build of PyTorch is installed first unless a GPU is present.
+# One command each: `make serve` sets up and runs the service; `make test` sets up and runs the tests;
+# `make segment IN=... OUT=... MODEL=...` sets up and runs the command line. Everything goes into .venv;
+# the CPU build of PyTorch is installed first unless a GPU is present.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: install install-test test segment clean
+.PHONY: install install-test test serve segment clean
+
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +28,9 @@ install-test: $(VENV)/.torch
 
 test: install-test
 	$(BIN)/python -m pytest -q
+
+serve: install
+	$(BIN)/tileseg serve --host "$(HOST)" --port "$(PORT)"
 
 segment: install
 	$(BIN)/tileseg segment "$(IN)" "$(OUT)" --model "$(MODEL)"
