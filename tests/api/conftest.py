@@ -28,10 +28,8 @@ KEY_A = "key-a-0123456789abcdef"
 KEY_B = "key-b-0123456789abcdef"
 MAX_UPLOAD = 8 << 20
 
-# Shipped models to run through the real-image flow test (tests/api/test_flow.py) besides the test networks.
-# Switch the real-weights test on by naming them here once their checkpoints are committed in weights/:
-# SHIPPED_MODELS = ["unet-em"]. (Empty: no test is skipped, none is run.)
-SHIPPED_MODELS: list[str] = []
+# Shipped models that the real-image flow test (tests/api/test_flow.py) runs besides the test networks.
+SHIPPED_MODELS: list[str] = ["unet-em"]
 
 
 @pytest.fixture(autouse=True)
