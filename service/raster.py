@@ -300,7 +300,9 @@ class StripWriter:
         self._pending: list[np.ndarray] = []
         self._pending_rows = 0
         self._next_row = 0
-        self._dst = rasterio.open(self.tmp, "w", **profile)
+        with warnings.catch_warnings():  # an input without georeferencing gives an output without it: fine
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            self._dst = rasterio.open(self.tmp, "w", **profile)
 
     @property
     def dataset(self):
