@@ -35,10 +35,7 @@ def mosaic(source: Path, target: Path, size: int) -> None:
     bands, h, w = data.shape
     profile = {"driver": "GTiff", "width": size, "height": size, "count": bands, "dtype": data.dtype.name,
                "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        dst = rasterio.open(target, "w", **profile)
-    with dst:
+    with rasterio.open(target, "w", **profile) as dst:
         for i, y in enumerate(range(0, size, h)):
             for j, x in enumerate(range(0, size, w)):
                 block = data[:, :: (-1) ** i, :: (-1) ** j][:, : size - y, : size - x]
@@ -56,6 +53,7 @@ def metrics_text(card: dict) -> str:
 
 
 def main() -> None:
+    warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # ISBI PNGs carry no georeferencing
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", help="models (default: every installed one)")
     parser.add_argument("--size", type=int, default=2048, help="side of the input mosaic")
