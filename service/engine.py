@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import queue
 import threading
@@ -87,11 +88,24 @@ class SegmentResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def tile_settings(spec: models.ModelSpec, options: SegmentOptions) -> TileSettings:
-    """The tile settings of a run, from the options and the model's defaults; checked against its geometry."""
-    blend = options.blend or spec.geometry.blend
-    return TileSettings(spec.geometry, core=options.tile or spec.geometry.default_tile, blend=blend,
-                        overlap=options.overlap, batch=options.batch)
+def tile_settings(spec: models.ModelSpec, options: SegmentOptions, shape: tuple[int, int] | None = None) -> TileSettings:
+    """The tile settings of a run, from the options and the model's defaults; checked against its geometry.
+
+    Without ``--tile``, and given the image's ``shape``, the model's default core is evened out over the
+    image: the fewest cores of at most the default that cover it, each as small as the stride allows. A
+    512-pixel image then takes two 256-pixel cores a side rather than two of 384, 40 % less work for the
+    same exact result; on large images nothing changes.
+    """
+    geometry = spec.geometry
+    core = options.tile
+    if core is None:
+        core = geometry.default_tile
+        if shape is not None:
+            longest = max(shape)
+            count = math.ceil(longest / core)
+            core = min(core, math.ceil(math.ceil(longest / count) / geometry.multiple) * geometry.multiple)
+    return TileSettings(geometry, core=core, blend=options.blend or geometry.blend, overlap=options.overlap,
+                        batch=options.batch)
 
 
 def segment(
@@ -120,11 +134,11 @@ def segment(
     """
     started = time.perf_counter()
     spec = model.spec
-    settings = tile_settings(spec, options)
     device = next(model.parameters()).device
     precision = pick_precision(options.precision, spec.precision, device)
     output = Path(output)
     with gdal_env(), InputRaster(source, spec, options.bands, allowed_drivers, max_pixels) as src:
+        settings = tile_settings(spec, options, (src.height, src.width))
         notes = _pixel_size_warnings(src, spec)
         out_dtype, nodata = ("uint8", 255) if max(c.index for c in spec.classes) < 255 else ("uint16", 65535)
         tags = {

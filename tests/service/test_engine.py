@@ -165,3 +165,19 @@ def test_progress_and_cancel(tmp_path, raster_factory):
         segment(model, path, out2, SegmentOptions(tile=16, batch=2), progress=cancel)
     assert not out2.exists()
     assert [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
+
+
+def test_default_core_is_evened_out_over_the_image(tmp_path, raster_factory):
+    """Without --tile, a 70-pixel side takes three 24-pixel cores rather than three of 32 (the default):
+    less work, the same exact result."""
+    model = checkpoint(tmp_path, "test-valid", bands=1, classes=3)  # default tile 32, stride 8
+    spec = model.spec
+    assert tile_settings(spec, SegmentOptions()).core == 32
+    assert tile_settings(spec, SegmentOptions(), (100, 40)).core == 32
+    assert tile_settings(spec, SegmentOptions(), (70, 40)).core == 24  # ceil(70 / 3) = 24: three cores
+    assert tile_settings(spec, SegmentOptions(tile=32), (70, 40)).core == 32  # an explicit tile is kept
+    path = raster_factory(70, 40)
+    out = tmp_path / "mask.tif"
+    result = segment(model, path, out)
+    assert result.settings["tile"] == 24 and result.tiles_total == 3 * 2
+    np.testing.assert_array_equal(read_mask(out), reference_logits(model, path).argmax(0))
