@@ -4,7 +4,7 @@
 ``models.available()`` lists the installed checkpoints.
 """
 
-from .checkpoint import available, card_hash, describe, load, read_card, save, weights_dir
+from .checkpoint import available, card_hash, card_spec, describe, load, read_card, save, weights_dir
 from .errors import CheckpointError, ModelNotFoundError, TilesegError, UnknownArchitectureError
 from .registry import ARCHITECTURES, build_model
 from .spec import BlendMode, ClassInfo, Geometry, InputSpec, ModelSpec
@@ -23,6 +23,7 @@ __all__ = [
     "available",
     "build_model",
     "card_hash",
+    "card_spec",
     "describe",
     "load",
     "read_card",

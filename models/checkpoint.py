@@ -138,13 +138,7 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu", **
     path = resolve(name_or_path)
     card = read_card(path)
     spec = ModelSpec.from_dict(card["spec"])
-    hparams = {**card["hparams"], **spec.options, **options}
-    try:
-        model = build_model(card["arch"], in_channels=spec.input.bands, num_classes=spec.num_classes, **hparams)
-    except UnknownArchitectureError as err:
-        raise CheckpointError(f"model card {path.with_suffix('.json')}: {err}") from err
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"model card {path.with_suffix('.json')} has invalid hyper-parameters: {err}") from err
+    model = _build(path, card, spec, options)
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
@@ -169,6 +163,36 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu", **
     model.checkpoint_path = path
     model.eval()
     return model.to(device=device, memory_format=torch.channels_last)
+
+
+def card_spec(name_or_path: str | os.PathLike, **options: Any) -> ModelSpec:
+    """The spec a checkpoint loads with (``load(...).spec``), from its card alone: no tensors are read.
+
+    Serving options that change the geometry (``prune``) build the architecture on the meta device, which
+    allocates no memory, to measure it. An API that only queues jobs checks requests with this.
+
+    Raises:
+        ModelNotFoundError, CheckpointError: as :func:`load`.
+    """
+    path = resolve(name_or_path)
+    card = read_card(path)
+    spec = ModelSpec.from_dict(card["spec"])
+    if not options:
+        return spec
+    with torch.device("meta"):
+        model = _build(path, card, spec, options)
+    return _with_options(spec, model, options)
+
+
+def _build(path: Path, card: dict[str, Any], spec: ModelSpec, options: dict[str, Any]) -> SegmentationNet:
+    """The card's architecture with its hyper-parameters and the serving options, weights not loaded."""
+    hparams = {**card["hparams"], **spec.options, **options}
+    try:
+        return build_model(card["arch"], in_channels=spec.input.bands, num_classes=spec.num_classes, **hparams)
+    except UnknownArchitectureError as err:
+        raise CheckpointError(f"model card {path.with_suffix('.json')}: {err}") from err
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"model card {path.with_suffix('.json')} has invalid hyper-parameters: {err}") from err
 
 
 def _with_options(spec: ModelSpec, model: SegmentationNet, options: dict[str, Any]) -> ModelSpec:

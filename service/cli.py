@@ -4,6 +4,7 @@
     tileseg models [--json]
     tileseg train --arch ARCH --data DIR --out weights/NAME [options]
     tileseg serve [--host 127.0.0.1] [--port 8000]
+    tileseg worker
 
 Errors the user can fix are printed as one line, with a non-zero exit and no traceback.
 """
@@ -124,32 +125,24 @@ def list_models(as_json: bool) -> None:
                    f"{geometry['blend']:<8} {classes}")
 
 
-@cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
-@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
-              show_default=True)
-@user_errors
-def serve(host: str, port: int, log_level: str) -> None:
-    """Run the HTTP service (settings from TILESEG_* variables; see the README).
+LOG_LEVELS = click.Choice(["critical", "error", "warning", "info", "debug"])
 
-    SIGTERM or SIGINT: stop taking jobs, let the running one finish within TILESEG_SHUTDOWN_GRACE seconds or
-    put it back in the queue, and exit with 128 + the signal number.
+
+def service_settings():
+    """The service's settings from TILESEG_* variables, checked as a command's start needs them.
+
+    Raises:
+        click.UsageError: invalid settings, or models that are not installed.
     """
-    import logging
-    import warnings
-
-    import uvicorn
     from pydantic import ValidationError
-    from rasterio.errors import NotGeoreferencedWarning
 
-    from .api import create_app
     from .settings import get_settings
 
     try:
         settings = get_settings()
     except ValidationError as err:
-        problems = "; ".join(f"TILESEG_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in err.errors())
+        problems = "; ".join(f"TILESEG_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" if e["loc"] else e["msg"]
+                             for e in err.errors())
         raise click.UsageError(f"invalid settings: {problems}") from None
     installed = models.available(settings.weights_dir or models.weights_dir())
     missing = [name for name in settings.models if name not in installed]
@@ -157,12 +150,69 @@ def serve(host: str, port: int, log_level: str) -> None:
         folder = settings.weights_dir or models.weights_dir()
         raise click.UsageError(f"model(s) {', '.join(missing) or '(any)'} not installed in {folder}; "
                                f"installed: {', '.join(installed) or 'none'}")
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return settings
+
+
+def _quiet_georeferencing() -> None:
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
     warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)  # plain PNG/JPEG inputs are fine
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
+@click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True)
+@user_errors
+def serve(host: str, port: int, log_level: str) -> None:
+    """Run the HTTP service (settings from TILESEG_* variables; see the README).
+
+    TILESEG_MODE=embedded (the default) runs the jobs in this process; TILESEG_MODE=queue only queues them
+    for `tileseg worker` processes on TILESEG_BROKER_URL.
+
+    SIGTERM or SIGINT: stop taking jobs, let the running one finish within TILESEG_SHUTDOWN_GRACE seconds or
+    put it back in the queue, and exit with 128 + the signal number.
+    """
+    import logging
+
+    import uvicorn
+
+    from .api import create_app
+
+    settings = service_settings()
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _quiet_georeferencing()
     # One process: the job table's embedded workers live in it. Uvicorn turns SIGTERM into a graceful
     # shutdown, in which the app's lifespan gives the running job its grace period.
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level,
                 timeout_graceful_shutdown=max(5, int(settings.shutdown_grace)))
+
+
+@cli.command()
+@click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True)
+@user_errors
+def worker(log_level: str) -> None:
+    """Run a queue worker: one process, one job at a time, on one device (TILESEG_DEVICE, e.g. cuda:0).
+
+    Takes jobs from the Celery broker at TILESEG_BROKER_URL and runs them against the job table at
+    TILESEG_DATABASE_URL, with the results in TILESEG_DATA_DIR: all three shared with the API. Run one per
+    GPU. SIGTERM: take no more jobs, give the running one TILESEG_SHUTDOWN_GRACE seconds, else hand it back
+    to the queue, and exit.
+    """
+    from .jobs.queue import run_worker
+    from .settings import Mode
+
+    settings = service_settings()
+    if settings.mode is not Mode.QUEUE:
+        raise click.UsageError("tileseg worker takes jobs from a broker: set TILESEG_MODE=queue, "
+                               "TILESEG_BROKER_URL and TILESEG_DATABASE_URL (the API's)")
+    if len(settings.devices) > 1:
+        raise click.UsageError(f"a worker runs on one device; TILESEG_DEVICE={settings.device} names "
+                               f"{len(settings.devices)}: start one worker per device")
+    _quiet_georeferencing()
+    sys.exit(run_worker(settings, log_level))
 
 
 cli.add_command(train)

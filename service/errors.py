@@ -139,6 +139,13 @@ class InterruptedJobError(TilesegError):
     code = "interrupted"
 
 
+class LeaseLostError(TilesegError):
+    """The attempt no longer holds its job: its lease ran out and the job went to another attempt. It
+    stops, touches nothing of the job's, and publishes nothing (raised through the progress callback)."""
+
+    code = "lease_lost"
+
+
 __all__ = [
     "AuthenticationError",
     "BandMismatchError",
@@ -150,6 +157,7 @@ __all__ = [
     "JobCanceledError",
     "JobFailedError",
     "JobNotFoundError",
+    "LeaseLostError",
     "ModelNotFoundError",
     "OptionsError",
     "RequestError",

@@ -6,10 +6,15 @@ ISO 8601 (``TILESEG_RESULT_TTL=PT6H``).
 
 ``TILESEG_DATA_DIR`` is where the service keeps its job table, uploads and results. (The test suite and the
 benchmarks find the shared real data through ``TILESEG_SHARED_DATA``.)
+
+``TILESEG_MODE`` says who runs the jobs: ``embedded`` (the default: a worker thread per device inside
+``tileseg serve``) or ``queue`` (the API only queues; ``tileseg worker`` processes on a Celery broker,
+``TILESEG_BROKER_URL``, run them, with the job table in a shared database, ``TILESEG_DATABASE_URL``).
 """
 
 from __future__ import annotations
 
+import enum
 import os
 from datetime import timedelta
 from functools import lru_cache
@@ -21,6 +26,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
 MIN_KEY_LENGTH = 16
+
+
+class Mode(str, enum.Enum):
+    """Who runs the jobs: worker threads inside the server, or queue workers on a broker."""
+
+    EMBEDDED = "embedded"
+    QUEUE = "queue"
 
 
 class Settings(BaseSettings):
@@ -48,6 +60,15 @@ class Settings(BaseSettings):
     min_free_bytes: int = Field(256 << 20, ge=0, description="/readyz fails below this much free disk.")
     batch: int = Field(4, ge=1, description="Tiles per forward pass.")
     torch_threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: torch's own.")
+    mode: Mode = Field(Mode.EMBEDDED, description="embedded: workers inside the server; queue: Celery workers.")
+    broker_url: str | None = Field(None, description="Queue mode: the Celery broker (redis://host:6379/0).")
+    queue_name: str = Field("tileseg", min_length=1, description="Queue mode: the broker queue of the jobs.")
+    lease: float = Field(30.0, gt=0, description="Seconds a running job stays its worker's without a heartbeat.")
+    heartbeat: float = Field(10.0, gt=0, description="Seconds between a running job's heartbeats.")
+    reap_interval: float = Field(10.0, gt=0, description="Queue mode: seconds between looks for expired leases "
+                                                         "and for queued jobs the broker lost.")
+    requeue_after: float = Field(60.0, gt=0, description="Queue mode: a queued job not claimed for this long, "
+                                                         "and not in the broker's queue, is sent again.")
 
     @field_validator("models", "input_roots", "api_keys", "cors_origins", mode="before")
     @classmethod
@@ -93,6 +114,15 @@ class Settings(BaseSettings):
             raise ValueError(f"data_dir {self.data_dir} is not writable")
         return self
 
+    @model_validator(mode="after")
+    def _queue_needs_a_broker(self) -> Settings:
+        if self.mode is Mode.QUEUE and not self.broker_url:
+            raise ValueError("mode queue needs TILESEG_BROKER_URL (e.g. redis://redis:6379/0)")
+        if self.heartbeat >= self.lease:
+            # a lease shorter than the beat that renews it would expire under a healthy worker
+            raise ValueError(f"heartbeat ({self.heartbeat} s) must be shorter than the lease ({self.lease} s)")
+        return self
+
     @property
     def database(self) -> str:
         """The job table's SQLAlchemy URL."""
@@ -109,4 +139,4 @@ def get_settings() -> Settings:
     return Settings()
 
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["Mode", "Settings", "get_settings"]

@@ -42,3 +42,29 @@ def raster_factory(tmp_path):
         return write_raster(tmp_path / (name or f"in_{height}x{width}x{bands}.tif"), data, **profile)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real ``redis-server`` on loopback for the session (no persistence); fails, never skips, if missing."""
+    from tests.backends import MissingTool, RedisServer
+
+    try:
+        server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    except MissingTool as err:
+        pytest.fail(str(err))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL cluster on loopback for the session; fails, never skips, if missing."""
+    from tests.backends import MissingTool, PostgresCluster
+
+    try:
+        cluster = PostgresCluster().start()
+    except MissingTool as err:
+        pytest.fail(str(err))
+    yield cluster
+    cluster.stop()

@@ -29,7 +29,8 @@ def livez() -> dict[str, str]:
                        503: {"description": "Not ready: the failing checks are false.", "content": {
                            "application/json": {"schema": {"type": "object", "required": ["error", "checks"]}}}}})
 async def readyz(jobs: JobsDep) -> JSONResponse:
-    """Models loaded, the job table writable, enough free disk, the workers alive."""
+    """Models loaded, the job table writable, enough free disk, the workers alive; in queue mode the
+    model cards read and the broker answering instead of models and workers."""
     checks = await run_in_threadpool(jobs.readiness)
     if all(checks.values()):
         return JSONResponse({"status": "ready", "checks": checks})

@@ -1,4 +1,5 @@
-"""Jobs: the job table, the checks before a job exists, the job function, the workers and the sweeper.
+"""Jobs: the job table, the checks before a job exists, the job function, the workers (embedded threads, or
+Celery queue workers on a broker), the reaper and the sweeper.
 
-Nothing in here knows of HTTP; the API (:mod:`service.api`) and, later, queue workers call into it.
+Nothing in here knows of HTTP; the API (:mod:`service.api`) and ``tileseg worker`` call into it.
 """

@@ -2,10 +2,19 @@
 
 A job id is a UUID the server made; it is checked again here, so that no string can lead out of the
 jobs folder.
+
+Each attempt at a job writes its results into a folder of its own, ``attempts/<token>/``, never where the
+results are served from: two attempts may run at once (a worker that lost its lease has not noticed yet),
+and neither may overwrite what the other wrote. The attempt that the job table accepts (the compare-and-set
+of :meth:`service.jobs.store.JobStore.finish`) is then *published*: its files are renamed into the job's
+folder, each rename atomic. The table is the commit point; the renames can be redone by anyone
+(:meth:`JobFiles.publish` is idempotent), so a worker that dies between the two loses nothing.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -46,7 +55,46 @@ class JobFiles:
     def results(self) -> list[Path]:
         return [self.mask, self.probabilities, self.preview]
 
+    @property
+    def attempts(self) -> Path:
+        """The folder of the attempts' own files."""
+        return self.root / "attempts"
+
+    def attempt(self, token: str) -> JobFiles:
+        """Where the attempt ``token`` writes its results before they are published.
+
+        Raises:
+            ValueError: the token is not one the job table makes (hex).
+        """
+        if not re.fullmatch(r"[0-9a-f]{8,64}", str(token)):
+            raise ValueError(f"not an attempt token: {token!r}")
+        return JobFiles(self.attempts / token)
+
+    def publish(self, token: str) -> bool:
+        """Move the results of attempt ``token`` into place, one atomic rename each, then drop its folder.
+
+        Idempotent: what was moved already is not looked for again. Returns True when the mask is in place.
+        """
+        attempt = self.attempt(token)
+        # the mask last: whoever sees it in place finds the preview and probabilities there too
+        for name in (self.probabilities.name, self.preview.name, self.mask.name):
+            try:
+                os.replace(attempt.root / name, self.root / name)
+            except FileNotFoundError:  # not asked for, or moved already (by the worker, or by a roll-forward)
+                pass
+        self.remove_attempt(token)
+        return self.mask.is_file()
+
+    def remove_attempt(self, token: str) -> None:
+        """Remove what the attempt ``token`` wrote in its own folder (and the attempts folder once empty)."""
+        shutil.rmtree(self.attempt(token).root, ignore_errors=True)
+        try:
+            self.attempts.rmdir()
+        except OSError:  # not empty (another attempt's), or gone already
+            pass
+
     def remove_results(self) -> None:
+        """Remove the published results (mask, probabilities, preview)."""
         for path in self.results():
             path.unlink(missing_ok=True)
 

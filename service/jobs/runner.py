@@ -1,18 +1,25 @@
 """The job function: run one claimed job through the engine and record what happened in the job table.
 
-It knows nothing of HTTP or of how it was called: the embedded worker thread calls it, and a queue worker
-(Celery) can call it the same way after claiming the job. Everything it needs comes in as arguments.
+It knows nothing of HTTP or of how it was called: the embedded worker thread and the Celery queue worker
+(:mod:`service.jobs.queue`) both claim a job and call it. Everything it needs comes in as arguments.
 
-The progress callback is the job's line to the table: after each batch it records the tiles done (which
-beats the job's heartbeat) and learns whether the attempt still owns the job. A job canceled meanwhile
-makes the record fail, and the callback raises :class:`CanceledError`, which stops the engine at once (it
-removes its partial output). A worker that is stopping raises :class:`InterruptedJobError` the same way,
+While the job runs, a :class:`Heartbeat` thread renews the attempt's lease every few seconds, so that a
+job whose worker dies is known to be orphaned within the lease (the reaper requeues it), while a worker
+busy with one long batch keeps its job. The progress callback is the job's line to the table: after each
+batch it records the tiles done and learns whether the attempt still owns the job. A job canceled meanwhile
+makes the record fail, and the callback raises :class:`CanceledError`, which stops the engine at once; an
+attempt whose lease ran out (the job went to another attempt) raises :class:`LeaseLostError` and leaves
+everything of the job's alone. A worker that is stopping raises :class:`InterruptedJobError` the same way,
 and the job goes back to the queue.
+
+The attempt writes into its own folder; on success the table's compare-and-set on its token decides
+whether it may publish, and only then are its files renamed into place (:mod:`service.jobs.files`).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,8 +28,9 @@ from pathlib import Path
 from torch import nn
 
 from ..engine import segment, tile_settings
-from ..errors import CanceledError, InterruptedJobError, TilesegError
+from ..errors import CanceledError, InterruptedJobError, JobNotFoundError, LeaseLostError, TilesegError
 from ..preview import render_preview
+from ..settings import Settings
 from ..tiling import TilePlan
 from .files import JobFiles
 from .intake import InputLimits, JobOptions
@@ -42,16 +50,67 @@ class RunConfig:
     limits: InputLimits = InputLimits()
     batch: int = 4
     keep_inputs: bool = False
+    heartbeat: float = 10.0  # seconds between lease renewals; well inside the lease
+
+    @classmethod
+    def of(cls, settings: Settings) -> RunConfig:
+        """How the service's settings say jobs are run."""
+        limits = InputLimits(max_pixels=settings.max_pixels, max_untiled_pixels=settings.max_untiled_pixels)
+        return cls(data_dir=settings.data_dir.resolve(), result_ttl=settings.result_ttl.total_seconds(),
+                   limits=limits, batch=settings.batch, keep_inputs=settings.keep_inputs,
+                   heartbeat=settings.heartbeat)
 
 
 @dataclass(frozen=True)
 class Outcome:
     """How a run ended, for the worker's metrics and logs."""
 
-    status: str  # succeeded, failed, canceled, interrupted, lost
+    status: str  # succeeded, failed, canceled, interrupted (back in the queue), lost (the lease ran out)
     seconds: float
     tiles: int
     error_code: str | None = None
+
+
+class Heartbeat:
+    """Renews a running attempt's lease every ``interval`` seconds in a thread, until stopped.
+
+    :attr:`lost` turns true when a renewal finds that the attempt no longer owns its job (canceled, or
+    handed to another attempt); a database that does not answer is tried again at the next beat, as the
+    lease may well still hold.
+    """
+
+    def __init__(self, store: JobStore, job: Job, interval: float):
+        self.store = store
+        self.job = job
+        self.interval = interval
+        self._lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"tileseg-heartbeat-{job.id[:8]}", daemon=True)
+
+    @property
+    def lost(self) -> bool:
+        """Whether a renewal found the job no longer this attempt's."""
+        return self._lost.is_set()
+
+    def start(self) -> Heartbeat:
+        """Start beating in a thread; returns the heartbeat."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop beating (the lease then runs out unless the job ends first)."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                if not self.store.renew(self.job.id, self.job.token):
+                    self._lost.set()
+                    return
+            except Exception:  # the database is away for a moment: the next beat tries again
+                log.warning("job %s: the heartbeat could not be written", self.job.id, exc_info=True)
 
 
 def run_job(store: JobStore, job: Job, load_model: ModelSource, config: RunConfig,
@@ -60,63 +119,102 @@ def run_job(store: JobStore, job: Job, load_model: ModelSource, config: RunConfi
 
     Never raises for a job's own failure: bad input and unexpected errors alike fail the job with a
     reason, so that the caller carries on with the next one.
+
+    Args:
+        store: the job table.
+        job: the claimed job (its token is this attempt's).
+        load_model: ``(name, prune) -> network``.
+        config: how to run jobs.
+        should_stop: polled after every batch; True sends the job back to the queue (a worker stopping).
+
+    Returns:
+        How the run ended: ``succeeded``, ``failed``, ``canceled``, ``interrupted`` (the job is queued
+        again) or ``lost`` (the lease ran out and another attempt has the job).
     """
     started = time.perf_counter()
     files = JobFiles.of(config.data_dir, job.id)
+    attempt = files.attempt(job.token)
+    heartbeat = Heartbeat(store, job, config.heartbeat).start()
     done = 0
 
     def progress(tiles_done: int, tiles_total: int) -> None:
         nonlocal done
         done = tiles_done
-        if not store.progress(job.id, job.token, tiles_done, tiles_total):
-            raise CanceledError(f"job {job.id} was canceled")
+        if heartbeat.lost or not store.progress(job.id, job.token, tiles_done, tiles_total):
+            raise _not_ours(store, job)
         if should_stop():
             raise InterruptedJobError("the worker is stopping")
 
     def outcome(status: str, code: str | None = None) -> Outcome:
         return Outcome(status, time.perf_counter() - started, done, code)
 
+    def ended_elsewhere() -> Outcome:
+        # the compare-and-set found the job no longer this attempt's: canceled, or gone to another attempt
+        if isinstance(_not_ours(store, job), CanceledError):
+            files.remove()  # a canceled job keeps nothing, not even its upload
+            return outcome("canceled", "canceled")
+        return outcome("lost", LeaseLostError.code)
+
     try:
-        options = JobOptions(**job.options)
-        model = load_model(job.model, options.prune)
-        segment_options = options.segment_options(config.batch)
-        total = len(TilePlan(tile_settings(model.spec, segment_options), job.input["height"], job.input["width"]))
-        progress(0, total)
-        files.root.mkdir(parents=True, exist_ok=True)
-        segment(model, job.input_path, files.mask, segment_options,
-                probabilities=files.probabilities if options.probabilities else None, progress=progress,
-                allowed_drivers=config.limits.allowed_drivers, max_pixels=config.limits.max_pixels)
-        render_preview(files.mask, files.preview)
-    except CanceledError:
-        log.info("job %s canceled", job.id)
-        files.remove()  # a canceled job keeps nothing, not even its upload
-        return outcome("canceled", "canceled")
-    except InterruptedJobError:
-        log.info("job %s goes back to the queue: the worker is stopping", job.id)
-        files.remove_results()
-        store.release(job.id, job.token)
-        return outcome("interrupted", "interrupted")
-    except TilesegError as err:
-        log.info("job %s failed: %s", job.id, err)
-        return _fail(store, job, files, config, err.code, str(err), outcome)
-    except Exception as err:  # one job's bug must not take the worker down: fail it with a reason
-        log.exception("job %s failed unexpectedly", job.id)
-        return _fail(store, job, files, config, "internal_error", f"unexpected error: {type(err).__name__}: {err}",
-                     outcome)
-    if not store.finish(job.id, job.token, JobStatus.SUCCEEDED, expires=time.time() + config.result_ttl):
-        files.remove()  # canceled between the last batch and now
-        return outcome("canceled", "canceled")
-    _drop_input(job, files, config)
-    log.info("job %s succeeded: %d tiles in %.1f s", job.id, done, time.perf_counter() - started)
-    return outcome("succeeded")
+        try:
+            options = JobOptions(**job.options)
+            model = load_model(job.model, options.prune)
+            segment_options = options.segment_options(config.batch)
+            total = len(TilePlan(tile_settings(model.spec, segment_options), job.input["height"],
+                                 job.input["width"]))
+            progress(0, total)
+            attempt.root.mkdir(parents=True, exist_ok=True)
+            segment(model, job.input_path, attempt.mask, segment_options,
+                    probabilities=attempt.probabilities if options.probabilities else None, progress=progress,
+                    allowed_drivers=config.limits.allowed_drivers, max_pixels=config.limits.max_pixels)
+            render_preview(attempt.mask, attempt.preview)
+        except CanceledError:
+            log.info("job %s canceled", job.id)
+            files.remove()
+            return outcome("canceled", "canceled")
+        except LeaseLostError:
+            log.warning("job %s: this attempt lost its lease (another attempt has the job); it stops", job.id)
+            return outcome("lost", LeaseLostError.code)
+        except InterruptedJobError:
+            log.info("job %s goes back to the queue: the worker is stopping", job.id)
+            store.release(job.id, job.token)
+            return outcome("interrupted", "interrupted")
+        except TilesegError as err:
+            log.info("job %s failed: %s", job.id, err)
+            return _fail(store, job, files, config, err.code, str(err), outcome, ended_elsewhere)
+        except Exception as err:  # one job's bug must not take the worker down: fail it with a reason
+            log.exception("job %s failed unexpectedly", job.id)
+            return _fail(store, job, files, config, "internal_error",
+                         f"unexpected error: {type(err).__name__}: {err}", outcome, ended_elsewhere)
+        heartbeat.stop()  # before the end: a beat after it would read as a lost lease
+        if not store.finish(job.id, job.token, JobStatus.SUCCEEDED, expires=time.time() + config.result_ttl):
+            return ended_elsewhere()
+        # the table now names this attempt as the published one; the renames follow (anyone may redo them)
+        files.publish(job.token)
+        log.info("job %s published by attempt %s: %d tiles in %.1f s", job.id, job.token, done,
+                 time.perf_counter() - started)
+        _drop_input(job, files, config)
+        return outcome("succeeded")
+    finally:
+        heartbeat.stop()
+        files.remove_attempt(job.token)  # this attempt's working files, whatever happened
+
+
+def _not_ours(store: JobStore, job: Job) -> TilesegError:
+    """Why the attempt no longer owns its job: canceled (or deleted), or its lease ran out."""
+    try:
+        now = store.get(job.id)
+    except JobNotFoundError:
+        return CanceledError(f"job {job.id} is gone")
+    if now.status is JobStatus.CANCELED:
+        return CanceledError(f"job {job.id} was canceled")
+    return LeaseLostError(f"job {job.id} is {now.status.value} under another attempt")
 
 
 def _fail(store: JobStore, job: Job, files: JobFiles, config: RunConfig, code: str, message: str,
-          outcome: Callable[..., Outcome]) -> Outcome:
-    files.remove_results()
+          outcome: Callable[..., Outcome], ended_elsewhere: Callable[[], Outcome]) -> Outcome:
     if not store.finish(job.id, job.token, JobStatus.FAILED, error=(code, message)):
-        files.remove()
-        return outcome("canceled", "canceled")
+        return ended_elsewhere()
     _drop_input(job, files, config)
     return outcome("failed", code)
 
@@ -126,4 +224,4 @@ def _drop_input(job: Job, files: JobFiles, config: RunConfig) -> None:
         Path(job.input_path).unlink(missing_ok=True)
 
 
-__all__ = ["ModelSource", "Outcome", "RunConfig", "run_job"]
+__all__ = ["Heartbeat", "ModelSource", "Outcome", "RunConfig", "run_job"]

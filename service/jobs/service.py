@@ -1,5 +1,9 @@
-"""The jobs domain as the API uses it: submit, look up, cancel, fetch results; and the embedded runtime
-(model pools, workers, sweeper) that the app starts in its lifespan and stops on shutdown.
+"""The jobs domain as the API uses it: submit, look up, cancel, fetch results; and the runtime that the
+app starts in its lifespan and stops on shutdown.
+
+Embedded mode (the default): model pools, a worker thread per device and the sweeper, in this process.
+Queue mode: no network is loaded (the model cards suffice to check a request), a submitted job is sent to
+the broker for the Celery workers (:mod:`service.jobs.queue`), and the reaper and the sweeper run here.
 
 Nothing here knows of HTTP: the routes call these methods and shape their answers; errors are the
 product's own (:mod:`service.errors`), which one handler maps to status codes.
@@ -26,10 +30,10 @@ from ..errors import (
     ResultNotReadyError,
 )
 from ..metrics import ServiceMetrics
-from ..settings import Settings
+from ..settings import Mode, Settings
 from .files import JobFiles, jobs_root
-from .intake import InputLimits, JobOptions, check_input, resolve_source
-from .modelpool import ModelPool
+from .intake import JobOptions, check_input, resolve_source
+from .modelpool import CardCatalogue, ModelPool
 from .runner import RunConfig
 from .store import ANY_OWNER, Job, JobStatus, JobStore, new_job_id
 from .sweeper import Sweeper, sweep
@@ -54,7 +58,7 @@ class JobService:
 
     Args:
         settings: the service's settings.
-        start_workers: run the embedded workers and sweeper (an API-only process in queue mode would not).
+        start_workers: run the runtime (embedded workers or, in queue mode, the reaper) and the sweeper.
     """
 
     def __init__(self, settings: Settings, start_workers: bool = True):
@@ -64,18 +68,40 @@ class JobService:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         weights = settings.weights_dir or models.weights_dir()
-        self.pools = [ModelPool(weights, settings.models, device) for device in settings.devices]
+        self.queue_mode = settings.mode is Mode.QUEUE
+        self.pools: list[ModelPool] = []
+        self.catalogue: ModelPool | CardCatalogue
+        self.broker = None
+        if self.queue_mode:
+            from .broker import Broker  # Celery is imported only where it is used
+
+            self.catalogue = CardCatalogue(weights, settings.models)
+            self.broker = Broker(settings)
+        else:
+            self.pools = [ModelPool(weights, settings.models, device) for device in settings.devices]
+            self.catalogue = self.pools[0]
         self.store = JobStore(settings.database)
         self.metrics = ServiceMetrics(self.store)
-        self.limits = InputLimits(max_pixels=settings.max_pixels, max_untiled_pixels=settings.max_untiled_pixels)
-        self.run_config = RunConfig(data_dir=self.data_dir, result_ttl=settings.result_ttl.total_seconds(),
-                                    limits=self.limits, batch=settings.batch, keep_inputs=settings.keep_inputs)
+        self.run_config = RunConfig.of(settings)
+        self.limits = self.run_config.limits
         self.workers: list[Worker] = []
         self.sweeper: Sweeper | None = None
+        self.reaper = None
         if start_workers:
             self._start_runtime()
 
     def _start_runtime(self) -> None:
+        if self.queue_mode:
+            # Many processes share this table: a running job may be running on a live worker elsewhere, so
+            # only a lease that ran out says its worker died (the reaper's rule), never a restart of the API.
+            from .reaper import Reaper
+
+            self.reaper = Reaper(self.store, self.broker, lease=self.settings.lease,
+                                 max_attempts=self.settings.max_attempts, requeue_after=self.settings.requeue_after,
+                                 interval=self.settings.reap_interval).start()
+            self.sweeper = Sweeper(self.store, self.data_dir, self.settings.sweep_interval,
+                                   self.settings.keep_inputs).start()
+            return
         # This process is the only worker of its table (embedded mode): whatever reads "running" was running
         # when the server stopped, so every such job goes back to the queue, or fails past its attempts.
         requeued, failed = self.store.recover(stale_before=float("inf"), max_attempts=self.settings.max_attempts)
@@ -96,18 +122,23 @@ class JobService:
         deadline = time.monotonic() + grace
         for worker in self.workers:
             worker.stop(max(0.0, deadline - time.monotonic()))
+        if self.reaper:
+            self.reaper.stop()
         if self.sweeper:
             self.sweeper.stop()
         for pool in self.pools:
             pool.close()
+        if self.broker:
+            self.broker.close()
         self.store.close()
 
     # ---- what the routes call -------------------------------------------------------------------------------
 
     @property
-    def models(self) -> ModelPool:
-        """The first device's pool: every pool serves the same models."""
-        return self.pools[0]
+    def models(self) -> ModelPool | CardCatalogue:
+        """The served models: the first device's pool (every pool serves the same models), or in queue
+        mode the cards."""
+        return self.catalogue
 
     def new_job_files(self) -> tuple[str, JobFiles]:
         """A fresh job id and its (empty) folder, for an upload to be written to."""
@@ -141,9 +172,21 @@ class JobService:
         except BaseException:
             files.remove()
             raise
-        for worker in self.workers:
-            worker.wake()
+        self._dispatch(job.id)
         return job
+
+    def _dispatch(self, job_id: str) -> None:
+        if not self.queue_mode:
+            for worker in self.workers:
+                worker.wake()
+            return
+        try:
+            self.broker.send(job_id)
+        except Exception:  # the job is in the table: the reaper sends it once the broker answers again
+            log.warning("job %s is queued, but the broker did not take its message; it is sent again later",
+                        job_id, exc_info=True)
+            return
+        self.store.enqueued([job_id])
 
     def get(self, job_id: str, owner: Any = ANY_OWNER) -> Job:
         """The job (raises JobNotFoundError, also for another owner's)."""
@@ -180,7 +223,10 @@ class JobService:
             raise JobFailedError(f"job {job.id} failed ({job.error_code}): it has no {kind}")
         if job.status is JobStatus.CANCELED:
             raise JobCanceledError(f"job {job.id} was canceled: it has no {kind}")
-        path = getattr(JobFiles.of(self.data_dir, job.id), kind)
+        files = JobFiles.of(self.data_dir, job.id)
+        path = getattr(files, kind)
+        if job.status is JobStatus.SUCCEEDED and job.published and not path.is_file():
+            files.publish(job.published)  # committed in the table, not yet renamed (or its worker died between)
         if job.status is JobStatus.EXPIRED or not path.is_file():
             raise ResultGoneError(f"the results of job {job.id} have expired and were removed")
         return job, path
@@ -188,8 +234,9 @@ class JobService:
     # ---- health ---------------------------------------------------------------------------------------------
 
     def readiness(self) -> dict[str, bool]:
-        """What ``/readyz`` checks: models loaded, the store writable, disk space, the workers alive."""
-        checks = {"models": all(pool.names for pool in self.pools)}
+        """What ``/readyz`` checks: models loaded (queue mode: their cards read), the store writable, disk
+        space, and the workers alive (queue mode: the broker answers)."""
+        checks = {"models": bool(self.catalogue.names) and all(pool.names for pool in self.pools)}
         try:
             self.store.ping()
             checks["store"] = True
@@ -197,7 +244,10 @@ class JobService:
             log.exception("the job table is not writable")
             checks["store"] = False
         checks["disk"] = shutil.disk_usage(self.data_dir).free >= self.settings.min_free_bytes
-        checks["workers"] = all(w.alive for w in self.workers)
+        if self.queue_mode:
+            checks["broker"] = self.broker.ping()
+        else:
+            checks["workers"] = all(w.alive for w in self.workers)
         return checks
 
 

@@ -7,9 +7,16 @@ claim a job, and a worker whose job was canceled, or handed to another worker af
 finds out at its next progress report (the statement touches no row).
 
 A claim gives the job a fresh *attempt token* and counts the attempt; a running job's *heartbeat* moves
-with its progress. After a crash, :meth:`JobStore.recover` puts running jobs whose heartbeat is older than a
-cut-off back in the queue (the embedded server, being the only worker, recovers every running job at
-start), and fails those that have used up their attempts.
+with its progress and with the worker's heartbeat thread. The heartbeat is the attempt's *lease*: a job
+whose heartbeat is older than the lease belongs to a worker that died (SIGKILL, out of memory, a machine
+lost), and :meth:`JobStore.reap` puts it back in the queue; after a crash of the embedded server,
+:meth:`JobStore.recover` does the same for every running job (that server was their only worker). Both
+fail the jobs that have used up their attempts. Heartbeats and their expiry are read on the database's
+clock, so that machines whose clocks drift apart still agree on which leases have run out.
+
+Only the attempt that holds the job may end it: :meth:`JobStore.finish` is compare-and-set on the token,
+and a success records that token as the *published* attempt, whose files then become the results (see
+:mod:`service.jobs.files`).
 """
 
 from __future__ import annotations
@@ -69,6 +76,8 @@ jobs = sa.Table(
     sa.Column("error_code", sa.String(64), nullable=True),
     sa.Column("error_message", sa.Text, nullable=True),
     sa.Column("expires", sa.Float, nullable=True),
+    sa.Column("enqueued", sa.Float, nullable=True),  # queue mode: when a message for it was last sent
+    sa.Column("published", sa.String(32), nullable=True),  # the token of the attempt whose results are served
     sa.Index("ix_jobs_status_created", "status", "created"),
     sa.Index("ix_jobs_owner_created", "owner", "created"),
 )
@@ -99,6 +108,8 @@ class Job:
     error_code: str | None = None
     error_message: str | None = None
     expires: float | None = None
+    enqueued: float | None = None
+    published: str | None = None
 
     @classmethod
     def from_row(cls, row: sa.Row) -> Job:
@@ -122,7 +133,8 @@ class JobStore:
     def __init__(self, url: str):
         self.url = url
         self.engine = _engine(url)
-        metadata.create_all(self.engine)
+        _create_tables(self.engine)
+        self._now = _clock(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -196,8 +208,28 @@ class JobStore:
     def ping(self) -> None:
         """Write to the database: raises if it cannot be written (``/readyz``)."""
         with self._tx() as conn:
-            if conn.execute(health.update().where(health.c.id == 1).values(at=time.time())).rowcount == 0:
+            if conn.execute(health.update().where(health.c.id == 1).values(at=time.time())).rowcount:
+                return
+        try:
+            with self._tx() as conn:
                 conn.execute(health.insert().values(id=1, at=time.time()))
+        except sa.exc.IntegrityError:
+            pass  # another process wrote the first row at the same moment: the database is writable
+
+    def enqueued(self, job_ids: list[str]) -> None:
+        """Record that a message for each of these jobs was just sent to the broker."""
+        if job_ids:
+            with self._tx() as conn:
+                conn.execute(jobs.update().where(jobs.c.id.in_([str(i) for i in job_ids])).values(enqueued=self._now))
+
+    def unclaimed(self, older_than: float, limit: int = 1000) -> list[str]:
+        """Queued jobs that nobody claimed in the ``older_than`` seconds since their last message was sent
+        (or since they were made): the broker may have lost them. Oldest first."""
+        sent = sa.func.coalesce(jobs.c.enqueued, jobs.c.created)
+        query = (sa.select(jobs.c.id).where(jobs.c.status == JobStatus.QUEUED.value, sent < self._now - older_than)
+                 .order_by(jobs.c.created, jobs.c.id).limit(limit))
+        with self.engine.connect() as conn:
+            return [row[0] for row in conn.execute(query)]
 
     # ---- the workers' side ----------------------------------------------------------------------------------
 
@@ -213,8 +245,8 @@ class JobStore:
         with self._tx() as conn:
             claimed = conn.execute(
                 jobs.update().where(target, jobs.c.status == JobStatus.QUEUED.value)
-                .values(status=JobStatus.RUNNING.value, token=token, worker=worker, started=now, heartbeat=now,
-                        attempts=jobs.c.attempts + 1, tiles_done=0, finished=None)
+                .values(status=JobStatus.RUNNING.value, token=token, worker=worker, started=now,
+                        heartbeat=self._now, attempts=jobs.c.attempts + 1, tiles_done=0, finished=None)
             ).rowcount
         if not claimed:
             return None
@@ -227,18 +259,26 @@ class JobStore:
         with self._tx() as conn:
             return conn.execute(
                 jobs.update().where(*_owned(job_id, token))
-                .values(tiles_done=done, tiles_total=total, heartbeat=time.time())
+                .values(tiles_done=done, tiles_total=total, heartbeat=self._now)
             ).rowcount == 1
+
+    def renew(self, job_id: str, token: str) -> bool:
+        """Beat the heart of a running attempt (renew its lease); False when it no longer owns the job."""
+        with self._tx() as conn:
+            return conn.execute(jobs.update().where(*_owned(job_id, token)).values(heartbeat=self._now)).rowcount == 1
 
     def finish(self, job_id: str, token: str, status: JobStatus, *, error: tuple[str, str] | None = None,
                expires: float | None = None) -> bool:
-        """End an attempt as succeeded or failed; False when it no longer owned the job."""
+        """End an attempt as succeeded or failed; False when it no longer owned the job (canceled, or its
+        lease ran out and the job went to another attempt). A success publishes the attempt: its token is
+        kept as ``published``, the one attempt whose files are the job's results."""
         code, message = error or (None, None)
+        published = token if status is JobStatus.SUCCEEDED else None
         with self._tx() as conn:
             return conn.execute(
                 jobs.update().where(*_owned(job_id, token))
                 .values(status=status.value, finished=time.time(), token=None, error_code=code,
-                        error_message=message, expires=expires)
+                        error_message=message, expires=expires, published=published)
             ).rowcount == 1
 
     def release(self, job_id: str, token: str) -> bool:
@@ -253,6 +293,15 @@ class JobStore:
     def recover(self, stale_before: float, max_attempts: int) -> tuple[list[str], list[str]]:
         """Requeue running jobs whose heartbeat is older than ``stale_before`` (their worker died); fail
         those that have already been started ``max_attempts`` times. Returns (requeued, failed) ids."""
+        return self._requeue_stale(stale_before, max_attempts)
+
+    def reap(self, lease: float, max_attempts: int) -> tuple[list[str], list[str]]:
+        """:meth:`recover` the running jobs whose lease has run out: no heartbeat for ``lease`` seconds, on
+        the database's clock. Safe to run in every process at once: each row moves in one compare-and-set.
+        Returns (requeued, failed) ids."""
+        return self._requeue_stale(self._now - lease, max_attempts)
+
+    def _requeue_stale(self, stale_before: Any, max_attempts: int) -> tuple[list[str], list[str]]:
         stale = sa.and_(jobs.c.status == JobStatus.RUNNING.value,
                         sa.or_(jobs.c.heartbeat.is_(None), jobs.c.heartbeat < stale_before))
         with self.engine.connect() as conn:
@@ -307,6 +356,34 @@ def _owned(job_id: str, token: str) -> tuple:
 
 def _owner_is(owner: str | None):
     return jobs.c.owner.is_(None) if owner is None else jobs.c.owner == owner
+
+
+def _clock(engine: Engine) -> sa.ColumnElement:
+    """The database's own clock in seconds since the epoch, as a SQL expression: heartbeats written and
+    judged on one clock, whichever machine writes or judges them."""
+    if engine.dialect.name == "postgresql":
+        # clock_timestamp, not now(): the time of the statement, not of its transaction's start
+        return sa.cast(sa.extract("epoch", sa.func.clock_timestamp()), sa.Float)
+    if engine.dialect.name == "sqlite":
+        return (sa.func.julianday("now") - 2440587.5) * 86400.0  # julian day of the epoch; seconds a day
+    return sa.bindparam("now", callable_=time.time, type_=sa.Float)
+
+
+def _create_tables(engine: Engine) -> None:
+    """Create the tables, and add the columns that a table made by an older version lacks.
+
+    Many processes start at once against one PostgreSQL database (the API and every worker): there the
+    check-then-create runs under a transaction-wide advisory lock, as two concurrent CREATE TABLEs collide.
+    """
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7340301)"))  # any number, fixed for tileseg
+        metadata.create_all(conn)
+        present = {c["name"] for c in sa.inspect(conn).get_columns("jobs")}
+        for column in jobs.columns:
+            if column.name not in present and column.nullable:
+                kind = column.type.compile(dialect=engine.dialect)
+                conn.execute(sa.text(f'ALTER TABLE jobs ADD COLUMN "{column.name}" {kind}'))
 
 
 def _engine(url: str) -> Engine:

@@ -2,7 +2,8 @@
 
 Each sweep marks succeeded jobs whose ``expires`` has passed as ``expired`` and removes their files, then
 looks at the jobs folder for what a crash may have left: the folders of canceled, expired or unknown jobs,
-and uploads of jobs that have ended.
+uploads of jobs that have ended, results that a worker committed in the table but died before renaming
+into place (the renames are done now), and the working folders of attempts that are over.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from ..errors import JobNotFoundError
 from .files import JobFiles, jobs_root
-from .store import JobStatus, JobStore
+from .store import Job, JobStatus, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,11 @@ def sweep(store: JobStore, data_dir: Path, keep_inputs: bool = False, now: float
     return len(expired)
 
 
+# An attempt's folder that is not the running attempt's is removed only once it is this old: a folder that
+# a worker on another machine has just made may carry that machine's clock.
+STALE_ATTEMPT = 3600.0
+
+
 def _tidy(store: JobStore, folder: Path, keep_inputs: bool) -> None:
     try:
         job = store.get(str(uuid.UUID(folder.name)))
@@ -44,8 +50,33 @@ def _tidy(store: JobStore, folder: Path, keep_inputs: bool) -> None:
         return
     if job.status in (JobStatus.CANCELED, JobStatus.EXPIRED):
         JobFiles(folder).remove()
-    elif job.status.finished and job.input_owned and not keep_inputs:
+        return
+    if job.status.finished and job.input_owned and not keep_inputs:
         Path(job.input_path).unlink(missing_ok=True)
+    _tidy_attempts(job, JobFiles(folder))
+
+
+def _tidy_attempts(job: Job, files: JobFiles) -> None:
+    if not files.attempts.is_dir():
+        return
+    if job.status is JobStatus.SUCCEEDED and job.published and (files.attempts / job.published).is_dir():
+        files.publish(job.published)  # its worker died between the commit and the renames
+        log.info("job %s: the results of attempt %s were moved into place", job.id, job.published)
+    running = job.token if job.status is JobStatus.RUNNING else None
+    try:
+        attempts = list(files.attempts.iterdir())
+    except FileNotFoundError:  # the last attempt's folder was just removed, and the attempts folder with it
+        return
+    for attempt in attempts:
+        try:
+            old = time.time() - attempt.stat().st_mtime > STALE_ATTEMPT
+        except FileNotFoundError:
+            continue
+        if attempt.name != running and old:
+            try:
+                files.remove_attempt(attempt.name)
+            except ValueError:  # not an attempt's folder: not ours to remove
+                pass
 
 
 class Sweeper:

@@ -65,21 +65,25 @@ def free_port() -> int:
 
 
 class Server:
-    """``tileseg serve`` in a subprocess on a free loopback port."""
+    """``tileseg serve`` in a subprocess on a free loopback port.
 
-    def __init__(self, data_dir: Path, env: dict[str, str], log: Path):
+    ``command`` replaces the default command line; ``{port}`` in it becomes the server's port.
+    """
+
+    def __init__(self, data_dir: Path, env: dict[str, str], log: Path, command: list[str] | None = None):
         self.data_dir = data_dir
         self.env = env
         self.log = log
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.command = command or [sys.executable, "-m", "tests.api.serve", "--port", "{port}", "--log-level",
+                                   "warning"]
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 90) -> Server:
+        command = [part.replace("{port}", str(self.port)) for part in self.command]
         with open(self.log, "ab") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "tests.api.serve", "--port", str(self.port),
-                                             "--log-level", "warning"],
-                                            cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -1,5 +1,5 @@
-"""The job table: atomic claims, compare-and-set on the attempt token, recovery after a crash, expiry,
-owners."""
+"""The job table: atomic claims, compare-and-set on the attempt token, recovery after a crash, leases that
+run out, expiry, owners. Every test runs on SQLite and on a real PostgreSQL (the same code, another URL)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,28 @@ import threading
 import time
 
 import pytest
+import sqlalchemy as sa
 
 from service.errors import JobNotFoundError
-from service.jobs.store import ANY_OWNER, JobStatus, JobStore, new_job_id
+from service.jobs.store import ANY_OWNER, JobStatus, JobStore, jobs, new_job_id
 
 
-@pytest.fixture
-def store(tmp_path):
-    jobs = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
-    yield jobs
-    jobs.close()
+@pytest.fixture(scope="module")
+def postgres_url(postgres) -> str:
+    return postgres.create_database("tileseg_store")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    table = JobStore(url)
+    with table.engine.begin() as conn:
+        conn.execute(jobs.delete())  # one PostgreSQL database for the module: each test starts empty
+    yield table
+    table.close()
 
 
 def add(store: JobStore, owner: str | None = None) -> str:
@@ -108,3 +120,61 @@ def test_owners_see_their_own_jobs(store):
     assert [j.id for j in store.list("alice")] == [mine]
     assert {j.id for j in store.list(ANY_OWNER)} == {mine, theirs}
     assert store.count_by_status()[JobStatus.QUEUED] == 2
+
+
+def test_a_lease_runs_out_without_heartbeats(store):
+    job_id = add(store)
+    running = store.claim("w")
+    assert store.reap(lease=30, max_attempts=3) == ([], []), "a fresh heartbeat holds the lease"
+    time.sleep(0.3)
+    assert store.renew(job_id, running.token)
+    assert store.reap(lease=0.2, max_attempts=3) == ([], []), "the renewal moved the heartbeat"
+    time.sleep(0.3)
+    assert store.reap(lease=0.2, max_attempts=3) == ([job_id], [])
+    back = store.get(job_id)
+    assert back.status is JobStatus.QUEUED and back.token is None and back.attempts == 1
+
+
+def test_only_the_attempt_that_holds_the_job_publishes(store):
+    job_id = add(store)
+    first = store.claim("w1")
+    time.sleep(0.05)
+    assert store.reap(lease=0.01, max_attempts=3) == ([job_id], [])  # w1 looks dead
+    second = store.claim("w2", job_id)
+    assert second.attempts == 2 and second.token != first.token
+    # the first attempt, alive after all, has lost the job: it can no longer beat, report or publish
+    assert not store.renew(job_id, first.token)
+    assert not store.progress(job_id, first.token, 3, 4)
+    assert not store.finish(job_id, first.token, JobStatus.SUCCEEDED)
+    assert store.finish(job_id, second.token, JobStatus.SUCCEEDED)
+    done = store.get(job_id)
+    assert done.status is JobStatus.SUCCEEDED and done.published == second.token and done.worker == "w2"
+    assert store.claim("w1", job_id) is None, "a finished job cannot be claimed again"
+
+
+def test_unclaimed_jobs_are_those_not_sent_lately(store):
+    old, fresh = add(store), add(store)
+    store.enqueued([fresh])
+    time.sleep(0.3)
+    assert store.unclaimed(older_than=0.2) == [old, fresh]
+    store.enqueued([old])
+    assert store.unclaimed(older_than=0.2) == [fresh]
+    store.claim("w", fresh)
+    assert store.unclaimed(older_than=0) == [old]
+
+
+def test_a_table_of_an_older_version_gets_the_new_columns(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE jobs (id VARCHAR(36) PRIMARY KEY, owner VARCHAR(64), status VARCHAR(16) "
+                             "NOT NULL, model VARCHAR(200) NOT NULL, options JSON NOT NULL, input JSON NOT NULL, "
+                             "input_path TEXT NOT NULL, input_owned BOOLEAN NOT NULL, tiles_done INTEGER NOT NULL, "
+                             "tiles_total INTEGER NOT NULL, created FLOAT NOT NULL, started FLOAT, finished FLOAT, "
+                             "heartbeat FLOAT, attempts INTEGER NOT NULL, token VARCHAR(32), worker VARCHAR(200), "
+                             "error_code VARCHAR(64), error_message TEXT, expires FLOAT)"))
+    engine.dispose()
+    store = JobStore(url)
+    job_id = add(store)
+    assert store.get(job_id).published is None and store.unclaimed(older_than=-1) == [job_id]
+    store.close()

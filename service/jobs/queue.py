@@ -1,0 +1,132 @@
+"""Scale-out: jobs run by Celery workers on a broker (Redis), any number of them, on any number of machines.
+
+The broker carries nothing but job ids. The job table stays the source of truth, so that the broker may
+lose, repeat or hold back messages without a job being lost or run twice:
+
+* The API writes the job (``queued``) and sends its id. A worker that receives an id claims the job in
+  the table, one compare-and-set; if someone else has it, or it was canceled, the message is a no-op.
+* The claimed job runs through the same job function as in the embedded server
+  (:func:`service.jobs.runner.run_job`), which renews the attempt's lease while it runs and publishes its
+  results only while it still holds the job.
+* The :class:`~service.jobs.reaper.Reaper` (in every worker and in the API) requeues jobs whose lease ran
+  out and sends them again, and sends again the queued jobs that the broker lost (Redis restarted empty).
+
+A worker is one process that runs one job at a time (Celery's ``solo`` pool: the job runs in the process
+that holds the broker connection and the models; one process per GPU), takes one message at a time
+(prefetch 1) and acknowledges it when the job has ended (late acks). SIGTERM makes it take no more jobs
+and gives the running one ``TILESEG_SHUTDOWN_GRACE`` seconds; past that the job goes back to the queue
+(its message is handed back too) and the worker exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+
+import torch
+from celery import signals
+from celery.exceptions import Reject
+
+import models
+
+from ..settings import Settings
+from .broker import TASK, Broker, make_celery
+from .modelpool import ModelPool
+from .reaper import Reaper
+from .runner import RunConfig, run_job
+from .store import JobStore
+
+log = logging.getLogger(__name__)
+
+
+class QueueWorker:
+    """What one ``tileseg worker`` process holds: the models on its device, the job table, the broker, the
+    reaper; and the task's body.
+
+    Args:
+        settings: the service's settings (``TILESEG_DEVICE`` names this worker's one device).
+
+    Raises:
+        ValueError: the settings name more than one device.
+    """
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        devices = settings.devices
+        if len(devices) > 1:
+            raise ValueError(f"a worker runs on one device; TILESEG_DEVICE names {len(devices)}: run one "
+                             f"worker per device")
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.store = JobStore(settings.database)
+        self.pool = ModelPool(settings.weights_dir or models.weights_dir(), settings.models, devices[0])
+        self.config = RunConfig.of(settings)
+        self.broker = Broker(settings)
+        self.reaper = Reaper(self.store, self.broker, lease=settings.lease, max_attempts=settings.max_attempts,
+                             requeue_after=settings.requeue_after, interval=settings.reap_interval)
+        self._stopping_since: float | None = None
+
+    def run(self, job_id: str) -> str:
+        """The task: claim the job, run it, say how it ended.
+
+        Raises:
+            Reject: the worker is stopping; the message goes back to the broker for another worker.
+        """
+        if self._stopping_since is not None:
+            raise Reject("the worker is stopping", requeue=True)
+        job = self.store.claim(self.name, job_id)
+        if job is None:  # another message's worker has it, or it was canceled or is done: nothing to do
+            log.info("job %s: nothing to claim (it is no longer queued)", job_id)
+            return "skipped"
+        log.info("job %s: attempt %s (start %d) on %s", job.id, job.token, job.attempts, self.pool.device)
+        outcome = run_job(self.store, job, self.pool.get, self.config, self._past_grace)
+        if outcome.status == "interrupted":
+            raise Reject("the worker stopped: the job is queued again", requeue=True)
+        return outcome.status
+
+    def stopping(self) -> None:
+        """SIGTERM arrived: take no new job; the running one has the grace period from now."""
+        if self._stopping_since is None:
+            self._stopping_since = time.monotonic()
+            log.info("worker %s stopping: a running job has %g s to finish", self.name, self.settings.shutdown_grace)
+
+    def _past_grace(self) -> bool:
+        since = self._stopping_since
+        return since is not None and time.monotonic() - since > self.settings.shutdown_grace
+
+    def close(self) -> None:
+        """Stop the reaper; release the models, the broker and the job table."""
+        self.reaper.stop()
+        self.pool.close()
+        self.broker.close()
+        self.store.close()
+
+
+def run_worker(settings: Settings, log_level: str = "info") -> int:
+    """Run a Celery worker process for the settings until it is stopped; returns its exit status."""
+    worker = QueueWorker(settings)
+    app = make_celery(settings)
+
+    def segment_job(job_id: str) -> str:
+        """Segment the job ``job_id`` of the job table (the message carries nothing else)."""
+        return worker.run(job_id)
+
+    app.task(name=TASK, acks_late=True, reject_on_worker_lost=True)(segment_job)
+    signals.worker_shutting_down.connect(lambda **_: worker.stopping(), weak=False)
+    worker.reaper.start()
+    try:
+        return app.start(argv=[
+            "worker", "--pool=solo", "--concurrency=1", "--prefetch-multiplier=1",
+            f"--queues={settings.queue_name}", f"--hostname=tileseg-{os.getpid()}@{socket.gethostname()}",
+            f"--loglevel={log_level.upper()}",
+            # no gossip, mingle or event heartbeats: workers share nothing but the queue and the job table
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+        ]) or 0
+    finally:
+        worker.close()
+
+
+__all__ = ["QueueWorker", "run_worker"]

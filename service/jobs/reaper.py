@@ -1,0 +1,105 @@
+"""The reaper: puts back in the queue the jobs whose worker died, and sends again the jobs the broker lost.
+
+Queue mode only (the embedded server, the only worker of its table, recovers its jobs when it starts).
+Every ``interval`` seconds, in every worker and in the API (each step is one compare-and-set per row, so
+many reapers at once do no harm):
+
+1. Running jobs whose lease ran out (no heartbeat for ``lease`` seconds: the worker was SIGKILLed, ran
+   out of memory, or its machine was lost) go back to ``queued``, or fail past ``TILESEG_MAX_ATTEMPTS``;
+   those requeued are sent to the broker at once. A dead worker's job therefore starts again within
+   ``lease + interval`` seconds, not when the broker's own visibility timeout (an hour, on Redis) hands
+   its unacknowledged message back; that message, when it comes, finds the job taken and is a no-op.
+2. Queued jobs that nobody claimed for ``requeue_after`` seconds since their last message, and whose id is
+   not in the broker's queue, are sent again: a broker restarted empty loses its queue, never the jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from .broker import Broker
+from .store import JobStatus, JobStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Reaped:
+    """What one pass did."""
+
+    requeued: list[str] = field(default_factory=list)  # leases that ran out: queued again and sent
+    failed: list[str] = field(default_factory=list)  # leases that ran out once too often
+    resent: list[str] = field(default_factory=list)  # queued jobs the broker had lost
+
+
+def reap(store: JobStore, broker: Broker, *, lease: float, max_attempts: int, requeue_after: float) -> Reaped:
+    """One pass of the reaper (see the module's docstring)."""
+    done = Reaped()
+    done.requeued, done.failed = store.reap(lease, max_attempts)
+    if done.requeued:
+        log.warning("lease ran out for %d job(s); queued again: %s", len(done.requeued), ", ".join(done.requeued))
+        _send(store, broker, done.requeued)
+    if done.failed:
+        log.warning("lease ran out for %d job(s) with no attempts left; failed: %s", len(done.failed),
+                    ", ".join(done.failed))
+    unclaimed = store.unclaimed(requeue_after)
+    if unclaimed:
+        queued = store.count_by_status()[JobStatus.QUEUED]
+        done.resent = broker.missing(unclaimed, queued)
+        if done.resent:
+            log.warning("%d queued job(s) had no message in the broker; sent again", len(done.resent))
+            _send(store, broker, done.resent)
+    return done
+
+
+def _send(store: JobStore, broker: Broker, job_ids: list[str]) -> None:
+    sent = []
+    for job_id in job_ids:
+        try:
+            broker.send(job_id)
+            sent.append(job_id)
+        except Exception:  # the broker is away: the next pass finds the job unclaimed and tries again
+            log.warning("job %s could not be sent to the broker", job_id, exc_info=True)
+            break
+    store.enqueued(sent)
+
+
+class Reaper:
+    """Runs :func:`reap` every ``interval`` seconds in a thread until stopped."""
+
+    def __init__(self, store: JobStore, broker: Broker, *, lease: float, max_attempts: int, requeue_after: float,
+                 interval: float):
+        self.store = store
+        self.broker = broker
+        self.options = dict(lease=lease, max_attempts=max_attempts, requeue_after=requeue_after)
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="tileseg-reaper", daemon=True)
+
+    def start(self) -> Reaper:
+        """Start the passes in a thread; returns the reaper."""
+        self._thread.start()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        """Whether the thread runs."""
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        """Stop after the pass under way, if any."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(30)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                reap(self.store, self.broker, **self.options)
+            except Exception:  # the database or the broker is away: the next pass tries again
+                log.warning("the reaper's pass failed", exc_info=True)
+
+
+__all__ = ["Reaped", "Reaper", "reap"]

@@ -1,0 +1,106 @@
+"""The compose file, rendered by Debian's ``docker-compose config`` (no Docker engine is needed for that):
+valid in the default set-up and in the scale profile, with what each deployment needs, and running the same
+commands as the tests that start the service and the workers (``tests/scale``)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from tests.backends import INSTALL_HINT
+from tests.conftest import REPO
+from tests.scale.launch import SERVE_ARGS, WORKER_ARGS
+
+SERVE_COMMAND = ["tileseg", *(a.replace("127.0.0.1", "0.0.0.0").replace("{port}", "8000") for a in SERVE_ARGS)]
+WORKER_COMMAND = ["tileseg", *WORKER_ARGS]
+
+
+def render(*options: str) -> dict:
+    """``docker-compose OPTIONS config``, parsed; the caller's shell settings left out."""
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.fail(f"docker-compose is not installed: {INSTALL_HINT}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TILESEG_", "COMPOSE_", "POSTGRES_"))}
+    done = subprocess.run([binary, *options, "config"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, f"docker-compose {' '.join(options)} config:\n{done.stderr}"
+    return yaml.safe_load(done.stdout)
+
+
+def active(config: dict, profiles: set[str]) -> dict:
+    """The services that run with these profiles: those without profiles, and those of the profiles."""
+    return {name: service for name, service in config["services"].items()
+            if not service.get("profiles") or profiles & set(service["profiles"])}
+
+
+def seconds(duration: str) -> float:
+    """A compose duration (``1m30s``, ``90s``, ``2m``) in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"([0-9.]+)(ms|h|m|s)", str(duration))
+    if not parts:
+        raise ValueError(f"not a duration: {duration!r}")
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def gpus(service: dict) -> list[dict]:
+    return service["deploy"]["resources"]["reservations"]["devices"]
+
+
+def data_volume(service: dict) -> str:
+    (volume,) = [v for v in service["volumes"] if v.split(":")[1] == "/data"]
+    return volume.split(":")[0]
+
+
+def test_the_default_is_one_api_in_embedded_mode_on_the_gpu():
+    config = render("-f", "docker-compose.yml")
+    services = active(config, set())
+    assert set(services) == {"api"}
+    api = services["api"]
+    assert api["command"] == SERVE_COMMAND
+    env = api["environment"]
+    assert env["TILESEG_MODE"] == "embedded" and not env["TILESEG_DATABASE_URL"] and not env["TILESEG_BROKER_URL"]
+    (gpu,) = gpus(api)
+    assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
+    assert data_volume(api) in config["volumes"], "the data directory is a named volume"
+    assert [p["target"] for p in api["ports"]] == [8000] and api["ports"][0]["published"] == 8000
+    assert "/readyz" in " ".join(api["healthcheck"]["test"])
+    assert seconds(api["stop_grace_period"]) >= float(env["TILESEG_SHUTDOWN_GRACE"]) + 10, \
+        "Docker waits longer than the grace period the running job gets, before it kills"
+
+
+def test_the_scale_profile_queues_on_redis_and_postgres_with_a_worker_per_gpu():
+    config = render("--env-file", "scale.env", "--profile", "scale")
+    services = active(config, {"scale"})
+    workers = {name: s for name, s in services.items() if name.startswith("worker")}
+    assert set(services) == {"api", "redis", "postgres", *workers} and len(workers) >= 2
+    api = services["api"]
+    env = api["environment"]
+    assert env["TILESEG_MODE"] == "queue"
+    database = env["TILESEG_DATABASE_URL"]
+    assert database.startswith("postgresql+psycopg://") and "@postgres:" in database
+    assert env["TILESEG_BROKER_URL"].startswith("redis://redis:")
+    assert api["command"] == SERVE_COMMAND
+    pinned = []
+    for name, worker in workers.items():
+        assert worker["command"] == WORKER_COMMAND, name
+        wenv = worker["environment"]
+        assert wenv["TILESEG_MODE"] == "queue"
+        assert (wenv["TILESEG_DATABASE_URL"], wenv["TILESEG_BROKER_URL"]) == \
+            (env["TILESEG_DATABASE_URL"], env["TILESEG_BROKER_URL"]), f"{name} shares the API's table and broker"
+        assert data_volume(worker) == data_volume(api), f"{name} shares the API's data volume"
+        (gpu,) = gpus(worker)
+        assert len(gpu["device_ids"]) == 1, f"{name} is pinned to one GPU"
+        pinned.append(gpu["device_ids"][0])
+        assert seconds(worker["stop_grace_period"]) >= float(wenv["TILESEG_SHUTDOWN_GRACE"]) + 10
+        assert {dep: spec["condition"] for dep, spec in worker["depends_on"].items()} == \
+            {"redis": "service_healthy", "postgres": "service_healthy"}
+    assert len(set(pinned)) == len(pinned), "one worker per GPU"
+    for backing in ("redis", "postgres"):
+        assert services[backing]["healthcheck"]["test"], backing
+        assert all(p.startswith("127.0.0.1:") for p in services[backing]["ports"]), \
+            f"{backing} is published on loopback unless TILESEG_BIND says otherwise"
