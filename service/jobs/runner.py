@@ -27,11 +27,10 @@ from pathlib import Path
 
 from torch import nn
 
-from ..engine import segment, tile_settings
+from ..engine import segment
 from ..errors import CanceledError, InterruptedJobError, JobNotFoundError, LeaseLostError, TilesegError
 from ..preview import render_preview
 from ..settings import Settings
-from ..tiling import TilePlan
 from .files import JobFiles
 from .intake import InputLimits, JobOptions
 from .store import Job, JobStatus, JobStore
@@ -160,9 +159,6 @@ def run_job(store: JobStore, job: Job, load_model: ModelSource, config: RunConfi
             options = JobOptions(**job.options)
             model = load_model(job.model, options.prune)
             segment_options = options.segment_options(config.batch)
-            total = len(TilePlan(tile_settings(model.spec, segment_options), job.input["height"],
-                                 job.input["width"]))
-            progress(0, total)
             attempt.root.mkdir(parents=True, exist_ok=True)
             segment(model, job.input_path, attempt.mask, segment_options,
                     probabilities=attempt.probabilities if options.probabilities else None, progress=progress,
