@@ -218,7 +218,7 @@ def main() -> None:
 
         print("\n| run | image | seconds | Mpx/s | peak RSS MB |\n|---|---|---|---|---|", flush=True)
         out = str(tmp / "out.tif")
-        for size in map(int, args.sizes.split(",")):
+        for size in [int(v) for v in args.sizes.split(",") if v]:
             src = image(size)
             ours = record("tileseg segment (crop, exact halo)", size,
                           measure("ours", model_path=model_path, image=src, out=out, tile=args.tile, precision=args.precision))
@@ -243,11 +243,11 @@ def main() -> None:
                   f"{seamless_fast['seconds'] / ours['seconds']:.2f}x); efficiency (bare / end-to-end) "
                   f"{bare['seconds'] / ours['seconds']:.2f}\n", flush=True)
         print("| run | image | seconds | Mpx/s | peak RSS MB |\n|---|---|---|---|---|", flush=True)
-        for size in map(int, args.memory_sizes.split(",")):
+        for size in [int(v) for v in args.memory_sizes.split(",") if v]:
             record("tileseg segment (memory)", size,
                    measure("ours", model_path=model_path, image=image(size), out=out, tile=args.tile,
                            precision=args.precision))
-        for size in map(int, args.monai_memory_sizes.split(",")):
+        for size in [int(v) for v in args.monai_memory_sizes.split(",") if v]:
             win = _window(model_path, args.tile)
             record("MONAI gaussian 0.5 (memory, bf16 channels_last)", size,
                    measure("monai", model_path=model_path, image=image(size), out=out, window=win, overlap=0.5,

@@ -40,11 +40,13 @@ from . import __version__
 from .blending import blend_weights
 from .errors import TilesegError
 from .inference import BatchRunner, pick_device, pick_precision
+from .memory import fix_mmap_threshold
 from .raster import ALLOWED_DRIVERS, InputRaster, RasterInfo, StripWriter, gdal_env, mask_profile, write_class_metadata
 from .stitching import BlendStitcher, CropStitcher, Strip
 from .tiling import Tile, TilePlan, TileSettings, parse_blend
 
 log = logging.getLogger(__name__)
+fix_mmap_threshold()  # peak memory must not grow with the image: see service/memory.py
 
 Progress = Callable[[int, int], None]  # (tiles done, tiles total); raising from it stops the run
 
