@@ -40,13 +40,12 @@ from . import __version__
 from .blending import blend_weights
 from .errors import TilesegError
 from .inference import BatchRunner, pick_device, pick_precision
-from .memory import fix_mmap_threshold
+from .memory import release_free_memory
 from .raster import ALLOWED_DRIVERS, InputRaster, RasterInfo, StripWriter, gdal_env, mask_profile, write_class_metadata
 from .stitching import BlendStitcher, CropStitcher, Strip
 from .tiling import Tile, TilePlan, TileSettings, parse_blend
 
 log = logging.getLogger(__name__)
-fix_mmap_threshold()  # peak memory must not grow with the image: see service/memory.py
 
 Progress = Callable[[int, int], None]  # (tiles done, tiles total); raising from it stops the run
 
@@ -207,6 +206,7 @@ def predict_strips(runner: BatchRunner, src: InputRaster, counts: TileCounts | N
             else:
                 strip = stitcher.add(tile, None if i is None else values[i])
             if strip is not None:
+                release_free_memory()  # once a tile row: peak memory must not grow with the image
                 yield strip
         counts.done += len(tiles)
         if progress:

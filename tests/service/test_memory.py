@@ -56,3 +56,10 @@ def test_peak_memory_does_not_grow_with_the_image(tmp_path, data_dir):
     assert big_mb - small_mb < 150, f"peak RSS {small_mb} MB on the scene, {big_mb} MB on 16x the scene"
     with rasterio.open(tmp_path / "big.tif") as out, rasterio.open(tmp_path / "small.tif") as ref:
         np.testing.assert_array_equal(out.read(1, window=Window(0, 0, ref.width, ref.height)), ref.read(1))
+
+
+def test_free_heap_pages_are_handed_back():
+    """On glibc the engine hands free heap pages back once a tile row (service/memory.py)."""
+    from service.memory import release_free_memory
+
+    assert release_free_memory() is True
