@@ -33,6 +33,11 @@ CLASSES = 6
 BATCH = 4
 
 
+def tileseg(*args: str) -> list[str]:
+    """The command line of ``tileseg ARGS`` with this interpreter (the benches run from the source tree)."""
+    return [sys.executable, "-c", "from service.cli import cli; cli()", *args]
+
+
 def make_model(folder: Path, tile: int) -> Path:
     import torch
 

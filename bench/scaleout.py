@@ -38,16 +38,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from engine import make_image, make_model  # noqa: E402  (bench/engine.py: the same network and image)
+from engine import make_image, make_model, tileseg  # noqa: E402  (bench/engine.py: the same network and image)
 
 from tests.backends import PostgresCluster, RedisServer, free_port  # noqa: E402
 
 MODEL = "bench-unet"
-
-
-def tileseg(*args: str) -> list[str]:
-    """The command line of ``tileseg ARGS`` with this interpreter."""
-    return [sys.executable, "-c", "from service.cli import cli; cli()", *args]
 
 
 class Process:

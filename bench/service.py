@@ -33,13 +33,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from engine import make_image, make_model  # noqa: E402  (bench/engine.py: the same network and image)
+from engine import make_image, make_model, tileseg  # noqa: E402  (bench/engine.py: the same network and image)
 
 MODEL = "bench-unet"
-
-
-def tileseg(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from service.cli import cli; cli()", *args]
 
 
 def free_port() -> int:

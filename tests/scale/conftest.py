@@ -8,7 +8,6 @@ every process runs one torch thread.
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from click.testing import CliRunner
 
 from service.cli import cli
 from service.jobs.store import JobStore
-from tests.api.conftest import Server, inputs_root, server_env, test_architectures, weights  # noqa: F401 (fixtures)
+from tests.api.conftest import ChildProcess, Server, inputs_root, server_env, test_architectures, weights  # noqa: F401 (fixtures)
 from tests.conftest import REPO
 
 from .launch import LAUNCH, SERVE_ARGS, WORKER_ARGS
@@ -30,7 +29,7 @@ SCALE_SETTINGS = {"mode": "queue", "lease": 3, "heartbeat": 0.5, "reap_interval"
 PUBLISHED = "published by attempt"
 
 
-class WorkerProcess:
+class WorkerProcess(ChildProcess):
     """``tileseg worker`` in a subprocess; ready once Celery says so in its log."""
 
     def __init__(self, env: dict[str, str], log: Path):
@@ -53,25 +52,6 @@ class WorkerProcess:
                 return self
             time.sleep(0.2)
         raise RuntimeError(f"the worker did not get ready in {timeout} s:\n{self.text()[-4000:]}")
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def signal(self, sig: int) -> None:
-        self.process.send_signal(sig)
-
-    def wait(self, timeout: float) -> int:
-        return self.process.wait(timeout)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
     def text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
