@@ -43,12 +43,13 @@ def mosaic(source: Path, target: Path, size: int) -> None:
 
 
 def metrics_text(card: dict) -> str:
+    """The card's held-out numbers, each beside the majority-class baseline's."""
     m = card.get("metrics", {})
     parts = []
-    if "pixel_error" in m:
-        parts.append(f"pixel error {m['pixel_error']:.4f} (majority {m.get('majority_baseline_pixel_error', float('nan')):.4f})")
-    if "miou" in m:
-        parts.append(f"mIoU {m['miou']:.3f}")
+    for key, label, digits in (("miou", "mIoU", 3), ("pixel_error", "pixel error", 4)):
+        if key in m:
+            baseline = m.get(f"majority_baseline_{key}")
+            parts.append(f"{label} {m[key]:.{digits}f}" + (f" (majority {baseline:.{digits}f})" if baseline is not None else ""))
     return ", ".join(parts) or "—"
 
 

@@ -42,6 +42,10 @@ ISBI_LICENSE = (
     "research use, citing Cardona et al. 2010 'An integrated micro- and macroarchitectural analysis of the "
     "Drosophila brain by computer-assisted serial section electron microscopy' and the ISBI 2012 challenge."
 )
+DUBAI_PIXEL_SIZE = (
+    "not established: the images carry no georeferencing and the data set does not publish a ground sampling "
+    "distance (MBRSC satellite imagery, cut into tiles of varying size)"
+)
 DUBAI_LICENSE = (
     "CC0 1.0: 'Semantic segmentation of aerial imagery' by Humans in the Loop / MBRSC "
     "(Mohammed Bin Rashid Space Center)."
@@ -97,6 +101,7 @@ class DataSource:
     split: str
     val_split: str  # the validation part alone, for the metrics
     citation: str = ""
+    pixel_size: str = ""  # the imagery's ground sampling distance, or what is known of it
     instance_channel: int | None = None  # the channel whose connected regions are separate objects (cells)
 
     def load(self) -> Dataset:
@@ -326,6 +331,7 @@ def dubai(root: str | Path) -> DataSource:
         split=f"{tiles[0].name}-{tiles[-2].name} train, {val_tile} validation",
         val_split=f"{val_tile} ({len(per_tile[-1])} images)",
         citation="Humans in the Loop / MBRSC, Semantic segmentation of aerial imagery",
+        pixel_size=DUBAI_PIXEL_SIZE,
     )
 
 

@@ -745,6 +745,8 @@ def _finish(config: TrainConfig, data: Dataset, source, net: nn.Module, geometry
         "val_images": [s.name for s in data.val],
         "bands": data.bands,
     }
+    if source.pixel_size:
+        data_card["pixel_size"] = source.pixel_size
     if config.dataset == "dubai":
         data_card["ignored_label"] = "mask value 0 (unlabeled): not learnt, not scored, never predicted"
     path = checkpoint.save(shipped, spec, config.out, training=training, metrics=metrics, license=source.license,

@@ -6,8 +6,8 @@ Pixels labelled :data:`~models.training.data.IGNORE_INDEX` are not counted. From
 * IoU of class c: ``TP / (TP + FP + FN)``; NaN when the class is neither present nor predicted.
 * mIoU: the mean over the classes that have an IoU.
 * pixel error: the fraction of labelled pixels predicted wrong, ``1 - trace / total``.
-* majority baseline: the pixel error of always answering the most frequent true class; a model that does
-  not beat it has learnt nothing.
+* majority baseline: the pixel error (and mIoU) of always answering the most frequent true class; a model
+  that does not beat it has learnt nothing.
 """
 
 from __future__ import annotations
@@ -68,6 +68,12 @@ def majority_baseline_pixel_error(cm: np.ndarray) -> float:
     return float(1.0 - cm.sum(axis=1).max() / total) if total else float("nan")
 
 
+def majority_baseline_miou(cm: np.ndarray) -> float:
+    """mIoU of always predicting the most frequent true class: that class scores its share of the labelled
+    pixels, every other class present scores 0, classes absent from the truth have no IoU."""
+    return mean_iou(np.outer(cm.sum(axis=1), np.eye(len(cm))[int(cm.sum(axis=1).argmax())]))
+
+
 def summarize(cm: np.ndarray, class_names: Sequence[str]) -> dict:
     """The metrics of a confusion matrix as the model card stores them (NaN IoUs become null)."""
     iou = per_class_iou(cm)
@@ -76,6 +82,7 @@ def summarize(cm: np.ndarray, class_names: Sequence[str]) -> dict:
         "miou": round(mean_iou(cm), 6),
         "pixel_error": round(pixel_error(cm), 6),
         "majority_baseline_pixel_error": round(majority_baseline_pixel_error(cm), 6),
+        "majority_baseline_miou": round(majority_baseline_miou(cm), 6),
         "labelled_pixels": int(cm.sum()),
     }
 

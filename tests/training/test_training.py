@@ -67,6 +67,8 @@ def test_iou_miou_pixel_error_known_answers():
     assert metrics.mean_iou(cm) == pytest.approx((5 / 8 + 2 / 5) / 2)
     assert metrics.pixel_error(cm) == pytest.approx(3 / 10)
     assert metrics.majority_baseline_pixel_error(cm) == pytest.approx(4 / 10)
+    # always class 0: IoU 6/10 for it, 0 for class 1, none for the absent class 2
+    assert metrics.majority_baseline_miou(cm) == pytest.approx((6 / 10 + 0) / 2)
     summary = metrics.summarize(cm, ["a", "b", "c"])
     assert summary["per_class_iou"]["c"] is None and summary["labelled_pixels"] == 10
 
