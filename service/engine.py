@@ -95,13 +95,14 @@ def tile_settings(spec: models.ModelSpec, options: SegmentOptions, shape: tuple[
     Without ``--tile``, and given the image's ``shape``, the model's default core is evened out over the
     image: the fewest cores of at most the default that cover it, each as small as the stride allows. A
     512-pixel image then takes two 256-pixel cores a side rather than two of 384, 40 % less work for the
-    same exact result; on large images nothing changes.
+    same exact result; on large images nothing changes. Networks that are not translation-equivariant
+    (transformers) keep their default core, whose window is the size they were trained on.
     """
     geometry = spec.geometry
     core = options.tile
     if core is None:
         core = geometry.default_tile
-        if shape is not None:
+        if shape is not None and geometry.equivariant:
             longest = max(shape)
             count = math.ceil(longest / core)
             core = min(core, math.ceil(math.ceil(longest / count) / geometry.multiple) * geometry.multiple)

@@ -97,7 +97,7 @@ class TrainConfig:
     class_names: list[str] | None = None
     data_license: str | None = None
     default_tile: int | None = None
-    eval_tile: int = 1024
+    eval_tile: int | None = None  # validation cores; None: see evaluation_tile()
     val_every: int = 0
     progress: bool = True
 
@@ -105,7 +105,7 @@ class TrainConfig:
         positive = {"crop": self.crop, "batch": self.batch, "steps": self.steps,
                     "checkpoint_every": self.checkpoint_every, "eval_tile": self.eval_tile}
         for name, value in positive.items():
-            if value < 1:
+            if value is not None and value < 1:
                 raise TrainingConfigError(f"{name} must be at least 1, got {value}")
         if self.lr <= 0 or self.weight_decay < 0:
             raise TrainingConfigError("need lr > 0 and weight_decay >= 0")
@@ -121,6 +121,16 @@ class TrainConfig:
             raise TrainingConfigError("session_steps must be at least 1")
         if self.threads is not None and self.threads < 1:
             raise TrainingConfigError("threads must be at least 1")
+
+    def evaluation_tile(self, geometry: Geometry) -> int:
+        """The largest core side in validation: ``eval_tile`` when given; else 1024 for translation-equivariant
+        networks (any tile gives them their whole-image result) and the default tile for the others, whose
+        window is then the size they were trained on, as the engine runs them."""
+        if self.eval_tile is not None:
+            return self.eval_tile
+        if geometry.equivariant:
+            return 1024
+        return self.default_tile or geometry.default_tile
 
     def warmup_steps(self) -> int:
         """The warmup length actually used."""
@@ -651,7 +661,8 @@ def _train(config: TrainConfig, procs: Processes, device: torch.device, say: Cal
                 so_far = seconds + time.monotonic() - session_start
                 save_state(directory, step, net, optimizer, scaler, extra_state(so_far))
             if procs.main and config.val_every and step % config.val_every == 0 and step < config.steps:
-                cm, _ = evaluate(net, data.val, mean, std, geometry, num_classes, config.eval_tile, device)
+                cm, _ = evaluate(net, data.val, mean, std, geometry, num_classes, config.evaluation_tile(geometry),
+                                 device)
                 found = summarize(cm, [c.name for c in data.classes])
                 _write(progress, say,
                        f"step {step}: validation pixel error {found['pixel_error']:.4f}, mIoU {found['miou']:.4f}")
@@ -694,13 +705,15 @@ def _finish(config: TrainConfig, data: Dataset, source, net: nn.Module, geometry
     shipped.load_state_dict({k: v.detach().to(torch.float16).to(v.dtype) if v.is_floating_point() else v
                              for k, v in net.state_dict().items()})
     shipped = shipped.to(device=device, memory_format=torch.channels_last).eval()
-    cm, fp32_masks = evaluate(shipped, data.val, mean, std, geometry, len(data.classes), config.eval_tile, device)
-    _, bf16_masks = evaluate(shipped, data.val, mean, std, geometry, len(data.classes), config.eval_tile, device,
+    tile = config.evaluation_tile(geometry)
+    cm, fp32_masks = evaluate(shipped, data.val, mean, std, geometry, len(data.classes), tile, device)
+    _, bf16_masks = evaluate(shipped, data.val, mean, std, geometry, len(data.classes), tile, device,
                              autocast=torch.bfloat16)
     metrics = {"split": f"{config.dataset} validation, {source.val_split}", **summarize(cm, names),
                "bf16_agreement": round(agreement(fp32_masks, bf16_masks), 6),
-               "evaluation": f"whole images, mirror-padded, cores of at most {config.eval_tile} px, "
-                             f"fp32 on {device.type}"}
+               "evaluation": f"whole images, mirror-padded, cores of at most {tile} px"
+                             + ("" if geometry.equivariant else f" (windows of {tile + 2 * geometry.halo} px), "
+                                "each core kept whole, not blended") + f", fp32 on {device.type}"}
     if loss_ema is not None:
         metrics["final_training_loss"] = round(loss_ema, 6)
     geo = geometry if config.default_tile is None else dataclasses.replace(geometry, default_tile=config.default_tile)

@@ -105,7 +105,9 @@ def predict_image(
     The same overlap-tile rules as the serving engine, so that a card's metrics are what users get: cores
     of about ``tile`` pixels (one core when the image is smaller) on the stride grid, each predicted from a
     window enlarged by the halo and mirrored past the image border, only the core of the output kept. For
-    convolutional networks this equals the whole-image prediction. ``autocast`` runs the network under
+    convolutional networks this equals the whole-image prediction; for the others (transformers) give the
+    default tile, so that each window is the training size, and note that the engine blends overlapping
+    windows where this keeps each core whole. ``autocast`` runs the network under
     ``torch.autocast`` with that dtype (bf16, to measure its agreement with fp32).
     """
     device = torch.device(device)

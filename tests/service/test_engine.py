@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import rasterio
 import torch
 
+from models.spec import BlendMode
 from service.engine import SegmentOptions, predict_strips, segment, tile_settings
 from service.inference import BatchRunner
 from service.raster import InputRaster
@@ -176,6 +179,9 @@ def test_default_core_is_evened_out_over_the_image(tmp_path, raster_factory):
     assert tile_settings(spec, SegmentOptions(), (100, 40)).core == 32
     assert tile_settings(spec, SegmentOptions(), (70, 40)).core == 24  # ceil(70 / 3) = 24: three cores
     assert tile_settings(spec, SegmentOptions(tile=32), (70, 40)).core == 32  # an explicit tile is kept
+    # a transformer keeps its default core: its window stays the size it was trained on
+    blended = replace(spec, geometry=replace(spec.geometry, equivariant=False, blend=BlendMode.GAUSSIAN))
+    assert tile_settings(blended, SegmentOptions(), (70, 40)).core == 32
     path = raster_factory(70, 40)
     out = tmp_path / "mask.tif"
     result = segment(model, path, out)
