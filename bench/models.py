@@ -1,11 +1,17 @@
-"""The README's model table: every installed model's parameters, file size, held-out metrics from its card,
-CPU throughput at its default tile, and default blend mode.
+"""The README's model table: every installed model's parameters, file size, held-out metrics, CPU
+throughput at its default tile, and default blend mode.
 
     python bench/models.py                 # all installed models, a 2048^2 input each
     python bench/models.py --size 1024 unet-em
+    python bench/models.py --no-evaluate   # the card's metrics only, no re-measurement
 
 Throughput is `segment()` end to end (read, tile, run, stitch, write a mask GeoTIFF) on a mirrored mosaic of
 a real image with the model's band count, at the precision its card allows, over the whole input's pixels.
+
+The held-out metrics are those of the card (measured at the end of training on the shipped fp16 weights,
+fp32 arithmetic, each core kept whole) and, unless ``--no-evaluate``, measured again here the way users
+run the model: every validation image that the card names, read from the shared data, through
+`segment()` with the default options (default tile and blend, the card's precision).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 DATA = Path(os.environ.get("TILESEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 SOURCES = {1: DATA / "isbi2012" / "test" / "images" / "0.png", 3: DATA / "geotiff" / "cogeo.tif"}
+DATA_FOLDERS = {"isbi2012": DATA / "isbi2012", "dubai": DATA / "dubai_aerial"}  # a card's data set, on disk
 
 
 def mosaic(source: Path, target: Path, size: int) -> None:
@@ -53,11 +60,43 @@ def metrics_text(card: dict) -> str:
     return ", ".join(parts) or "—"
 
 
+def evaluate_served(model, folder: Path) -> dict | None:
+    """Metrics of ``model`` on its card's validation split, every image through ``segment()`` as users run it;
+    None when the card names no data set that is here."""
+    from models.training.data import IGNORE_INDEX, open_source, read_mask
+    from models.training.metrics import confusion_matrix, summarize
+    from service.engine import SegmentOptions, segment
+
+    data = model.card.get("data", {})
+    root = DATA_FOLDERS.get(data.get("dataset"))
+    if root is None or not root.is_dir() or not data.get("val_images"):
+        return None
+    source = open_source(data["dataset"], root)
+    wanted = set(data["val_images"])
+    pairs = [p for p in source.val if p.name in wanted]
+    if {p.name for p in pairs} != wanted:
+        raise SystemExit(f"{model.card['name']}: the card's validation images "
+                         f"{sorted(wanted - {p.name for p in pairs})} are not in {root}'s validation split")
+    classes = model.spec.classes
+    to_channel = np.full(65536, IGNORE_INDEX, dtype=np.uint8)  # mask value (class index) -> channel
+    to_channel[[c.index for c in classes]] = np.arange(len(classes))
+    cm = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    for pair in pairs:
+        out = folder / "served.tif"
+        segment(model, pair.image, out, SegmentOptions())
+        with rasterio.open(out) as dst:
+            predicted = to_channel[dst.read(1)]
+        cm += confusion_matrix(predicted, source.lut[read_mask(pair.mask)], len(classes))
+    return summarize(cm, [c.name for c in classes])
+
+
 def main() -> None:
     warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # ISBI PNGs carry no georeferencing
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", help="models (default: every installed one)")
     parser.add_argument("--size", type=int, default=2048, help="side of the input mosaic")
+    parser.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
+                        help="measure the held-out metrics again through segment() (default: on)")
     args = parser.parse_args()
 
     import torch
@@ -68,8 +107,9 @@ def main() -> None:
     names = args.names or models.available()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, input {args.size}², "
           f"segment() end to end\n")
-    print("| model | params | file | held-out metrics | CPU Mpx/s (default tile, precision) | blend |")
-    print("|---|---|---|---|---|---|")
+    served = " | served: mIoU / pixel error" if args.evaluate else ""
+    print(f"| model | params | file | held-out metrics (card){served} | CPU Mpx/s (default tile, precision) | blend |")
+    print("|---|---|---|---|---|---|" + ("---|" if args.evaluate else ""))
     with tempfile.TemporaryDirectory() as tmp:
         inputs: dict[int, Path] = {}
         for name in names:
@@ -86,7 +126,11 @@ def main() -> None:
             seconds = time.perf_counter() - start
             params = sum(p.numel() for p in model.parameters())
             size_mb = model.checkpoint_path.stat().st_size / 1e6
-            print(f"| `{name}` | {params / 1e6:.2f} M | {size_mb:.1f} MB | {metrics_text(model.card)} | "
+            again = ""
+            if args.evaluate:
+                found = evaluate_served(model, Path(tmp))
+                again = f" {found['miou']:.3f} / {found['pixel_error']:.4f} |" if found else " — |"
+            print(f"| `{name}` | {params / 1e6:.2f} M | {size_mb:.1f} MB | {metrics_text(model.card)} |{again} "
                   f"{args.size**2 / seconds / 1e6:.2f} (tile {result.settings['tile']}, "
                   f"{result.settings['precision']}) | {result.settings['blend']} |", flush=True)
 

@@ -102,6 +102,11 @@ class Geometry:
         """The smallest output length the network accepts that is at least ``min_output``."""
         return min_output + (self.offset - min_output) % self.multiple
 
+    def window(self, core: int) -> int:
+        """The input window around a ``core``: the core with the halo on each side, grown to a length the
+        network accepts."""
+        return self.input_length(self.window_output(core + 2 * (self.halo - self.shrink)))
+
 
 def reflect_indices(start: int, length: int, size: int) -> np.ndarray:
     """Indices into an axis of ``size`` pixels for positions ``start .. start + length - 1``, mirrored at both

@@ -83,7 +83,7 @@ class TileSettings:
     @property
     def window(self) -> int:
         """Length of the input window fed to the network."""
-        return self.geometry.input_length(self.output_size)
+        return self.geometry.window(self.core)
 
     @property
     def step(self) -> int:

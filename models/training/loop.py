@@ -573,6 +573,11 @@ def _train(config: TrainConfig, procs: Processes, device: torch.device, say: Cal
     num_classes = len(data.classes)
     net, geometry, output, deep = _build_net(config, data, say)
     input_size = geometry.input_length(output)
+    served = geometry.window(config.default_tile or geometry.default_tile)
+    if not geometry.equivariant and served != input_size:
+        say(f"note: {config.arch} is not translation-equivariant and will be served on windows of {served} px "
+            f"(its default tile), but trains on {input_size}-pixel crops: give --crop {served}, or set the net's "
+            "training size to the crop (SETR: --param img_size)")
 
     class_weights = parse_class_weights(config.class_weights, [s.label for s in data.train], num_classes)
     pixel_weights = None
@@ -712,7 +717,7 @@ def _finish(config: TrainConfig, data: Dataset, source, net: nn.Module, geometry
     metrics = {"split": f"{config.dataset} validation, {source.val_split}", **summarize(cm, names),
                "bf16_agreement": round(agreement(fp32_masks, bf16_masks), 6),
                "evaluation": f"whole images, mirror-padded, cores of at most {tile} px"
-                             + ("" if geometry.equivariant else f" (windows of {tile + 2 * geometry.halo} px), "
+                             + ("" if geometry.equivariant else f" (windows of {geometry.window(tile)} px), "
                                 "each core kept whole, not blended") + f", fp32 on {device.type}"}
     if loss_ema is not None:
         metrics["final_training_loss"] = round(loss_ema, 6)

@@ -115,11 +115,12 @@ def predict_image(
     _, h, w = image.shape
 
     def core(length: int) -> int:
-        return -(-min(tile, length) // geometry.multiple) * geometry.multiple
+        # one core fits a small image, but a transformer keeps its window whatever the image, as in the engine
+        side = min(tile, length) if geometry.equivariant else tile
+        return -(-side // geometry.multiple) * geometry.multiple
 
     core_h, core_w = core(h), core(w)
-    in_h = geometry.input_length(geometry.window_output(core_h + 2 * margin))
-    in_w = geometry.input_length(geometry.window_output(core_w + 2 * margin))
+    in_h, in_w = geometry.window(core_h), geometry.window(core_w)
     out = np.empty((h, w), dtype=np.uint8)
     amp = torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
     for top in range(0, h, core_h):

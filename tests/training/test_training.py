@@ -93,6 +93,30 @@ def test_predict_image_of_a_constant_net_covers_the_whole_image():
     assert pred.shape == (37, 23) and (pred == 1).all()
 
 
+def test_transformers_are_validated_on_the_window_they_are_served_on():
+    """Convolutional nets: cores of up to 1024 (any tile gives them the same result). Transformers: their
+    default tile, and its full window even on an image smaller than it, as the engine runs them."""
+    conv = models.Geometry(halo=8, multiple=16, default_tile=64)
+    vit = models.Geometry(halo=32, multiple=16, default_tile=192, equivariant=False, blend="gaussian")
+    config = loop.TrainConfig(arch="setr-naive", data="d", dataset="dubai", out="o")
+    assert config.evaluation_tile(conv) == 1024 and config.evaluation_tile(vit) == 192
+    assert loop.TrainConfig(arch="a", data="d", dataset="dubai", out="o", default_tile=96).evaluation_tile(vit) == 96
+    assert loop.TrainConfig(arch="a", data="d", dataset="dubai", out="o", eval_tile=320).evaluation_tile(vit) == 320
+    assert vit.window(192) == 256 and conv.window(64) == 80
+
+    windows = []
+
+    class Record(torch.nn.Module):
+        def forward(self, x):
+            windows.append(tuple(x.shape[-2:]))
+            return torch.zeros(x.shape[0], 2, *x.shape[-2:])
+
+    image = np.zeros((1, 100, 70), dtype=np.uint8)
+    metrics.predict_image(Record(), image, (0.5,), (0.2,), vit, tile=192)
+    metrics.predict_image(Record(), image, (0.5,), (0.2,), conv, tile=1024)
+    assert windows == [(256, 256), (112 + 16, 80 + 16)]  # one 256 window; one core of 112 x 80 and its halo
+
+
 # --- data ----------------------------------------------------------------------------------------------
 
 def test_normalize_is_scale_then_standardise():
