@@ -596,7 +596,7 @@ def _train(config: TrainConfig, procs: Processes, device: torch.device, say: Cal
     optimizer = torch.optim.AdamW(_param_groups(net, config.weight_decay), lr=config.lr)
     scaler = torch.amp.GradScaler("cuda") if autocast == torch.float16 else None
     directory = state_dir(config.out)
-    start, seconds, sessions = _restore(directory, config, net, optimizer, scaler, say)
+    start, seconds, sessions, loss_ema = _restore(directory, config, net, optimizer, scaler, say)
     sessions += 1
 
     if procs.distributed and device.type == "cuda":
@@ -613,13 +613,12 @@ def _train(config: TrainConfig, procs: Processes, device: torch.device, say: Cal
 
     def extra_state(step_seconds: float) -> dict[str, Any]:
         return {"seconds": step_seconds, "sessions": sessions, "config": config.to_json(), "crop": output,
-                "world_size": procs.world, "mean": list(mean), "std": list(std)}
+                "world_size": procs.world, "mean": list(mean), "std": list(std), "loss_ema": loss_ema}
 
     step = start
     stop_reason = "done"
     signum = None
     progress = _progress(config, procs, start)
-    loss_ema = None
     model.train()
     with StopSignals() as signals:
         say(f"training steps {step}..{config.steps}; SIGINT or SIGTERM saves the state and stops")
@@ -807,10 +806,11 @@ def _build_net(config: TrainConfig, data: Dataset, say: Callable[[str], None]):
 
 
 def _restore(directory: Path, config: TrainConfig, net: nn.Module, optimizer: torch.optim.Optimizer,
-             scaler: torch.amp.GradScaler | None, say: Callable[[str], None]) -> tuple[int, float, int]:
-    """Load a saved state into the net and optimizer; ``(step, seconds, sessions)`` so far (zeros if none)."""
+             scaler: torch.amp.GradScaler | None, say: Callable[[str], None]) -> tuple[int, float, int, float | None]:
+    """Load a saved state into the net and optimizer; ``(step, seconds, sessions, smoothed loss)`` so far
+    (zeros and None if none)."""
     if not (directory / "state.json").is_file():
-        return 0, 0.0, 0
+        return 0, 0.0, 0, None
     if not config.resume:
         raise TrainingConfigError(f"{directory} holds a saved run: pass --resume to continue it, or remove "
                                   "the folder to start again")
@@ -821,7 +821,7 @@ def _restore(directory: Path, config: TrainConfig, net: nn.Module, optimizer: to
         scaler.load_state_dict(state["scaler"])
     start, seconds = int(state["step"]), float(state.get("seconds", 0.0))
     say(f"resuming from step {start} of {config.steps} ({seconds / 60:.1f} min trained so far)")
-    return start, seconds, int(state.get("sessions", 0))
+    return start, seconds, int(state.get("sessions", 0)), state.get("loss_ema")
 
 
 def _param_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -349,7 +349,7 @@ def test_resume_continues_from_the_saved_step(straight_run, isbi_dir, tmp_path):
     assert "stopped at step 2 of 4" in result.output
     assert not split.with_suffix(".json").exists()
     state = json.loads((tmp_path / "split.train" / "state.json").read_text())
-    assert state["step"] == 2 and state["config"]["seed"] == 7
+    assert state["step"] == 2 and state["config"]["seed"] == 7 and state["loss_ema"] > 0
     # a saved run is not overwritten by accident
     result = CliRunner().invoke(train_command, _isbi_args(isbi_dir, split, "--seed", "7"))
     assert result.exit_code != 0 and "--resume" in result.output
@@ -361,6 +361,9 @@ def test_resume_continues_from_the_saved_step(straight_run, isbi_dir, tmp_path):
     assert "resuming from step 2 of 4" in result.output
     card = models.read_card(split.with_suffix(".json"))
     assert card["training"]["steps"] == 4 and card["training"]["sessions"] == 2
+    # the smoothed training loss goes on across sessions, as if the run had not stopped
+    straight_loss = models.read_card(out.with_suffix(".json"))["metrics"]["final_training_loss"]
+    assert card["metrics"]["final_training_loss"] == straight_loss
     # the crops of steps 3 and 4 come from (seed, rank, step): resuming changes nothing
     first, resumed = _tensors(out), _tensors(split)
     assert all(torch.equal(first[k], resumed[k]) for k in first)
