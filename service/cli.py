@@ -75,19 +75,23 @@ def cli() -> None:
 @click.option("--cog", is_flag=True, help="Write a Cloud Optimized GeoTIFF with overviews.")
 @click.option("--probabilities", type=click.Path(path_type=Path), help="Also write per-class probabilities here.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
-              help="auto: what the model card allows.")
+              help="auto: the fastest the model card allows, measured on this device.")
+@click.option("--compile", "compile_", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="torch.compile; auto: when measured to save more time than it costs.")
 @click.option("--prune", type=int, help="U-Net++: run only the L1..L4 sub-network.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @user_errors
 def segment(input_path, output_path, model_name, weights_path, tile, blend, overlap, batch, device, bands, tta, cog,
-            probabilities, precision, prune, quiet) -> None:
+            probabilities, precision, compile_, prune, quiet) -> None:
     """Segment INPUT (any raster GDAL reads) into the mask GeoTIFF OUTPUT."""
     from .engine import SegmentOptions, run_file
+    from .runtime import configure_threads
 
     if bool(model_name) == bool(weights_path):
         raise click.UsageError("give exactly one of --model NAME or --weights PATH")
     options = SegmentOptions(tile=tile, blend=BlendMode(blend) if blend else None, overlap=overlap, batch=batch,
-                             bands=bands, tta=tta, cog=cog, precision=precision)
+                             bands=bands, tta=tta, cog=cog, precision=precision, compile=compile_)
+    configure_threads()
     model_options = {"prune": prune} if prune is not None else {}
     with tqdm(total=0, unit="tile", disable=quiet, desc=input_path.name) as bar:
         def progress(done: int, total: int) -> None:
@@ -102,14 +106,18 @@ def segment(input_path, output_path, model_name, weights_path, tile, blend, over
         info = result.input
         click.echo(f"{output_path}: {info.width}x{info.height}, {result.tiles_total} tiles "
                    f"({result.tiles_skipped} nodata), {result.seconds:.1f} s, "
-                   f"{info.width * info.height / result.seconds / 1e6:.2f} Mpx/s", err=True)
+                   f"{info.width * info.height / result.seconds / 1e6:.2f} Mpx/s, "
+                   f"{result.settings['runtime']} on {result.settings['device']}", err=True)
 
 
-@cli.command("models")
+@cli.group("models", invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the model cards as JSON.")
+@click.pass_context
 @user_errors
-def list_models(as_json: bool) -> None:
-    """List the installed models."""
+def list_models(ctx: click.Context, as_json: bool) -> None:
+    """List the installed models (and measure them: `tileseg models bench NAME`)."""
+    if ctx.invoked_subcommand is not None:
+        return
     entries = [models.describe(name) for name in models.available()]
     if as_json:
         click.echo(json.dumps({"models": entries}, indent=2))
@@ -123,6 +131,57 @@ def list_models(as_json: bool) -> None:
         classes = ", ".join(c["name"] for c in e["classes"])
         click.echo(f"{e['name']:<20} {e['arch']:<11} {e['bands']:>5}  {geometry['default_tile']:>5}  "
                    f"{geometry['blend']:<8} {classes}")
+
+
+@list_models.command("bench")
+@click.argument("name")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--batch", type=int, default=4, show_default=True, help="Tiles per forward pass.")
+@click.option("--pixels", type=int, default=2048 * 2048, show_default=True,
+              help="The run to choose for: compilation pays only on long runs.")
+@user_errors
+def bench_model(name: str, device: str, batch: int, pixels: int) -> None:
+    """Measure how NAME runs here in every precision, memory format and compilation the card allows."""
+    import math
+
+    from .runtime import Tuner, configure_threads, describe_device, pick_device
+
+    configure_threads()
+    model = models.load(name, device=pick_device(device))
+    geometry = model.spec.geometry
+    window, core = geometry.window(geometry.default_tile), geometry.default_tile
+    tiles = math.ceil(math.sqrt(pixels) / core) ** 2
+    machine = describe_device(next(model.parameters()).device)
+    click.echo(f"{name} on {machine['name']} ({machine['capability']}, native bf16: {machine['native_bf16']}"
+               + (f", {machine['threads']} threads" if "threads" in machine else "") + f"), torch {torch_version()}")
+    click.echo(f"window {window} px (core {core}), batch {batch}; choosing for {tiles} tiles "
+               f"({pixels / 1e6:.1f} Mpx)")
+    choice = Tuner(cache=None).choose(model, next(model.parameters()).device, window, batch,
+                                      batches=math.ceil(tiles / batch), measure_compile=True)
+    small = _screen_window_core(model)
+    click.echo(f"{'runtime':<30} {'Mpx/s':>7} {'screen':>7} {'setup s':>8}  status")
+    for row in choice.table():
+        seconds, screen = row["seconds_per_batch"], row["screen_seconds"]
+        speed = f"{batch * core * core / seconds / 1e6:7.3f}" if seconds else f"{'-':>7}"
+        speed += f" {small * small / screen / 1e6:7.3f}" if screen else f" {'-':>7}"
+        mark = "  <- chosen" if row["chosen"] else ""
+        note = f" ({row['error'][:60]})" if row["error"] else ""
+        click.echo(f"{row['runtime']:<30} {speed} {row['setup_seconds']:>8.1f}  {row['status']}{note}{mark}")
+    click.echo(f"chosen: {choice.runtime.label} ({choice.reason})")
+
+
+def _screen_window_core(model) -> int:
+    from .runtime import _screen_window
+
+    geometry = model.spec.geometry
+    window = _screen_window(model, geometry.window(geometry.default_tile))
+    return window - 2 * (geometry.halo - geometry.shrink) - 2 * geometry.shrink
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
 
 
 LOG_LEVELS = click.Choice(["critical", "error", "warning", "info", "debug"])

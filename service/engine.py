@@ -39,8 +39,9 @@ from models.spec import BlendMode
 from . import __version__
 from .blending import blend_weights
 from .errors import TilesegError
-from .inference import BatchRunner, pick_device, pick_precision
+from .inference import BatchRunner
 from .memory import release_free_memory
+from .runtime import Choice, pick_device, tuner
 from .raster import ALLOWED_DRIVERS, InputRaster, RasterInfo, StripWriter, gdal_env, mask_profile, write_class_metadata
 from .stitching import BlendStitcher, CropStitcher, Strip
 from .tiling import Tile, TilePlan, TileSettings, parse_blend
@@ -62,6 +63,7 @@ class SegmentOptions:
     tta: bool = False
     cog: bool = False
     precision: str = "auto"
+    compile: str = "auto"
     readers: int = 2
 
     def __post_init__(self) -> None:
@@ -137,10 +139,11 @@ def segment(
     started = time.perf_counter()
     spec = model.spec
     device = next(model.parameters()).device
-    precision = pick_precision(options.precision, spec.precision, device)
     output = Path(output)
     with gdal_env(), InputRaster(source, spec, options.bands, allowed_drivers, max_pixels) as src:
         settings = tile_settings(spec, options, (src.height, src.width))
+        choice = choose_runtime(model, device, settings, len(TilePlan(settings, src.height, src.width)), options)
+        runtime = choice.runtime
         notes = _pixel_size_warnings(src, spec)
         out_dtype, nodata = ("uint8", 255) if max(c.index for c in spec.classes) < 255 else ("uint16", 65535)
         tags = {
@@ -148,11 +151,12 @@ def segment(
             "TILESEG_CARD_SHA256": _card_hash(model),
             "TILESEG_VERSION": __version__,
             "TILESEG_OPTIONS": json.dumps({**options.to_dict(), "tile": settings.core, "blend": settings.blend.value,
-                                           "precision": precision}),
+                                           "precision": runtime.precision}),
+            "TILESEG_RUNTIME": json.dumps({"runtime": runtime.label, "device": str(device), "why": choice.reason}),
             "TILESEG_SOURCE": src.info.name,
         }
         sink = _Sink(src, spec, output, probabilities, out_dtype, nodata)
-        runner = BatchRunner(model, settings, src.scaling, device, precision, options.tta, probabilities is not None)
+        runner = BatchRunner(model, settings, src.scaling, device, runtime, options.tta, probabilities is not None)
         counts = TileCounts()
         try:
             with _BackgroundWriter(sink) as writer:
@@ -166,9 +170,20 @@ def segment(
         output=output, probabilities=Path(probabilities) if probabilities else None, input=src.info,
         tiles_total=counts.total, tiles_skipped=counts.skipped, seconds=time.perf_counter() - started,
         settings={"tile": settings.core, "window": settings.window, "step": settings.step,
-                  "blend": settings.blend.value, "precision": precision, "device": str(device)},
+                  "blend": settings.blend.value, "precision": runner.runtime.precision,
+                  "runtime": runner.runtime.label, "runtime_reason": choice.reason, "device": str(device)},
         warnings=notes,
     )
+
+
+def choose_runtime(model: nn.Module, device, settings: TileSettings, tiles: int, options: SegmentOptions) -> Choice:
+    """The runtime for a run of ``tiles`` tiles: measured at the model's default window (cached), scaled to
+    this run's window (see :mod:`service.runtime`)."""
+    geometry = model.spec.geometry
+    default_window = geometry.window(geometry.default_tile)
+    return tuner().choose(model, device, default_window, settings.batch, batches=math.ceil(tiles / settings.batch),
+                          precision=options.precision, compile=options.compile,
+                          window_pixels=settings.window**2)
 
 
 @dataclass

@@ -6,7 +6,7 @@ pixel comes back (one byte a pixel instead of a float per class).
 
 from __future__ import annotations
 
-import contextlib
+import logging
 
 import numpy as np
 import torch
@@ -14,35 +14,11 @@ from torch import nn
 
 from models.spec import BlendMode
 
-from .errors import TileGeometryError
 from .raster import Scaling
+from .runtime import BASELINE, Runtime, run_forward
 from .tiling import TileSettings
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    """``auto``: the GPU when there is one, else the CPU."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise TileGeometryError("--device cuda was asked for, but no CUDA device is available")
-    try:
-        return torch.device(requested)
-    except RuntimeError:
-        raise TileGeometryError(f"unknown device {requested!r}; use auto, cpu or cuda") from None
-
-
-def pick_precision(requested: str, spec_precision: str, device: torch.device) -> str:
-    """``auto`` takes the precision the model card allows (measured agreement with fp32 on its
-    validation split); fp16 is a GPU option."""
-    precision = spec_precision if requested == "auto" else requested
-    if precision not in PRECISIONS:
-        raise TileGeometryError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
-    if precision == "fp16" and device.type == "cpu":
-        return "bf16"
-    return precision
-
+log = logging.getLogger(__name__)
 
 class BatchRunner:
     """Runs ``(B, bands, window, window)`` batches of raw values and returns what the stitcher needs.
@@ -56,14 +32,14 @@ class BatchRunner:
     """
 
     def __init__(self, model: nn.Module, settings: TileSettings, scaling: Scaling, device: torch.device,
-                 precision: str = "fp32", tta: bool = False, probabilities: bool = False, logits: bool = False):
+                 runtime: Runtime = BASELINE, tta: bool = False, probabilities: bool = False, logits: bool = False):
         self.model = model
         self.clip = scaling.clip
         self.low, self.high, self.a, self.b = (torch.as_tensor(v, device=device).view(1, -1, 1, 1)
                                                for v in (scaling.low, scaling.high, scaling.a, scaling.b))
         self.settings = settings
         self.device = device
-        self.dtype = PRECISIONS[precision]
+        self.runtime = runtime
         self.tta = tta
         self.logits = logits
         self.want_probs = probabilities or tta or settings.blend is not BlendMode.CROP
@@ -71,14 +47,20 @@ class BatchRunner:
         self.keep = slice(settings.margin, settings.margin + settings.core)
         self.index_dtype = torch.uint8 if model.spec.num_classes <= 256 else torch.int16
 
-    def _autocast(self):
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        with self._autocast():
-            return self.model(x)
+        if self.runtime.compiled and x.shape[0] < self.settings.batch:
+            # a compiled network is specialised to the full batch: pad the last one rather than compile again
+            pad = x.new_zeros((self.settings.batch - x.shape[0], *x.shape[1:]))
+            return self._forward(torch.cat([x, pad]))[: x.shape[0]]
+        try:
+            return run_forward(self.model, self.runtime, x, self.device)
+        except Exception as err:
+            if self.runtime == BASELINE:
+                raise
+            log.warning("runtime %s failed (%s: %s); running eager fp32 instead", self.runtime.label,
+                        type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+            self.runtime = BASELINE
+            return run_forward(self.model, self.runtime, x, self.device)
 
     def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
         if not self.tta:

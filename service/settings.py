@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     keep_inputs: bool = Field(False, description="Keep uploaded inputs after their job ends.")
     min_free_bytes: int = Field(256 << 20, ge=0, description="/readyz fails below this much free disk.")
     batch: int = Field(4, ge=1, description="Tiles per forward pass.")
-    torch_threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: torch's own.")
+    torch_threads: int | None = Field(None, ge=1, description="CPU threads for the network; default: every core the process may use.")
     mode: Mode = Field(Mode.EMBEDDED, description="embedded: workers inside the server; queue: Celery workers.")
     broker_url: str | None = Field(None, description="Queue mode: the Celery broker (redis://host:6379/0).")
     queue_name: str = Field("tileseg", min_length=1, description="Queue mode: the broker queue of the jobs.")

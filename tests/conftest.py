@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ import rasterio
 from affine import Affine
 
 REPO = Path(__file__).resolve().parent.parent
+# Runtime measurements go to a folder of the test session's own, not the user's cache (servers inherit it).
+os.environ["TILESEG_CACHE_DIR"] = tempfile.mkdtemp(prefix="tileseg-cache-")
 
 
 @pytest.fixture(scope="session")

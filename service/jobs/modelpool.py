@@ -22,7 +22,7 @@ import models
 from models.spec import ModelSpec
 
 from ..errors import CheckpointError, ModelNotFoundError, OptionsError
-from ..inference import pick_device
+from ..runtime import pick_device
 
 log = logging.getLogger(__name__)
 

@@ -25,12 +25,12 @@ import os
 import socket
 import time
 
-import torch
 from celery import signals
 from celery.exceptions import Reject
 
 import models
 
+from ..runtime import configure_threads
 from ..settings import Settings
 from .broker import TASK, Broker, make_celery
 from .modelpool import ModelPool
@@ -58,8 +58,7 @@ class QueueWorker:
         if len(devices) > 1:
             raise ValueError(f"a worker runs on one device; TILESEG_DEVICE names {len(devices)}: run one "
                              f"worker per device")
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
+        configure_threads(settings.torch_threads)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.store = JobStore(settings.database)
         self.pool = ModelPool(settings.weights_dir or models.weights_dir(), settings.models, devices[0])

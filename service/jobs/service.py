@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 
 import models
 
@@ -30,6 +29,7 @@ from ..errors import (
     ResultNotReadyError,
 )
 from ..metrics import ServiceMetrics
+from ..runtime import configure_threads
 from ..settings import Mode, Settings
 from .files import JobFiles, jobs_root
 from .intake import JobOptions, check_input, resolve_source
@@ -65,8 +65,7 @@ class JobService:
         self.settings = settings
         self.data_dir = settings.data_dir.resolve()
         jobs_root(self.data_dir).mkdir(parents=True, exist_ok=True)
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
+        configure_threads(settings.torch_threads)
         weights = settings.weights_dir or models.weights_dir()
         self.queue_mode = settings.mode is Mode.QUEUE
         self.pools: list[ModelPool] = []

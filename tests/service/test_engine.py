@@ -36,7 +36,7 @@ def reference_logits(model, path) -> np.ndarray:
 def tiled_logits(model, path, tile: int, batch: int = 3) -> np.ndarray:
     settings = tile_settings(model.spec, SegmentOptions(tile=tile, batch=batch))
     with InputRaster(path, model.spec) as src:
-        runner = BatchRunner(model, settings, src.scaling, torch.device("cpu"), "fp32", logits=True)
+        runner = BatchRunner(model, settings, src.scaling, torch.device("cpu"), logits=True)
         strips = list(predict_strips(runner, src))
     return np.concatenate([s.probabilities for s in strips], axis=1)
 

@@ -1,0 +1,133 @@
+"""Is the default fast on this machine? `tileseg segment` with defaults against every fixed choice, per model.
+
+    python bench/runtime.py                  # every installed model, a 2048^2 input
+    python bench/runtime.py unet-aerial --size 1024
+
+For each model, in one run, each a fresh `tileseg segment` process end to end (start-up, read, tile, run,
+stitch, write) on a mirrored mosaic of a real image with the model's band count:
+
+* ``auto (measuring)``: the defaults with an empty measurement cache: what the first run on a machine costs;
+* ``auto``: the defaults again, the measurements cached: what every later run costs;
+* every fixed option: ``--precision fp32|bf16`` (bf16 where the card allows it) x ``--compile off|on``.
+
+The table gives seconds and the ratio of ``auto`` to the fastest fixed option (the goal: at most 1.10), with
+the CPU's name and capability. Then the readers' share: ``auto`` with 0-1 reader threads against the default
+2, to see whether reading steals the network's cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from models import available, card_spec  # noqa: E402
+
+
+def _bench_models():
+    """bench/models.py (the model table), for its mosaic of real images."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_models", REPO / "bench" / "models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SOURCES, mosaic = _bench_models().SOURCES, _bench_models().mosaic
+
+TILESEG = Path(sys.executable).with_name("tileseg")
+
+
+def run(image: Path, out: Path, name: str, cache: Path, *args: str) -> tuple[float, str]:
+    """Seconds of one `tileseg segment` process, and the runtime its summary line names."""
+    env = {**os.environ, "TILESEG_CACHE_DIR": str(cache)}
+    started = time.perf_counter()
+    done = subprocess.run([str(TILESEG), "segment", str(image), str(out), "--model", name, *args],
+                          env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(f"{name} {' '.join(args)} failed: {done.stderr.strip()[-500:]}")
+    summary = done.stderr.strip().splitlines()[-1]
+    return seconds, summary.rsplit(", ", 1)[-1].split(" on ")[0]
+
+
+def machine() -> str:
+    import torch
+
+    from service.runtime import configure_threads, describe_device
+
+    configure_threads()
+    d = describe_device(torch.device("cpu"))
+    return f"{d['name']}, torch capability {d['capability']}, native bf16 {d['native_bf16']}, {d['threads']} threads"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", help="models (default: every installed one)")
+    parser.add_argument("--size", type=int, default=2048, help="side of the input mosaic")
+    parser.add_argument("--no-compile", action="store_true", help="leave out the --compile on columns")
+    parser.add_argument("--readers", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure the reader threads' share (first model only)")
+    args = parser.parse_args()
+    names = args.names or available()
+    print(f"{machine()}; torch.compile {'measured' if not args.no_compile else 'left out'}; "
+          f"input {args.size}², `tileseg segment` end to end, one process a cell\n")
+    print("| model | auto (measuring) | auto | fixed options, s | best fixed | auto / best |")
+    print("|---|---|---|---|---|---|")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        inputs: dict[int, Path] = {}
+        for name in names:
+            spec = card_spec(name)
+            bands = spec.input.bands
+            if bands not in inputs:
+                inputs[bands] = tmp / f"in{bands}.tif"
+                mosaic(SOURCES[bands], inputs[bands], args.size)
+            image, out, cache = inputs[bands], tmp / "out.tif", tmp / f"cache-{name}"
+            first, _ = run(image, out, name, cache)
+            auto, chosen = run(image, out, name, cache)
+            fixed = {}
+            for precision in ["fp32"] + ([spec.precision] if spec.precision == "bf16" else []):
+                for compile_ in ["off"] + ([] if args.no_compile else ["on"]):
+                    fixed[f"{precision}/{compile_}"], _ = run(image, out, name, cache, "--precision", precision,
+                                                             "--compile", compile_)
+            best = min(fixed, key=fixed.get)
+            cells = ", ".join(f"{k} {v:.1f}" for k, v in fixed.items())
+            ratio = auto / fixed[best]
+            rows.append({"model": name, "first": first, "auto": auto, "chosen": chosen, "fixed": fixed,
+                         "ratio": ratio})
+            print(f"| `{name}` | {first:.1f} s | {auto:.1f} s ({chosen}) | {cells} | {best} | {ratio:.2f} |",
+                  flush=True)
+        if args.readers and names:
+            name = names[0]
+            image = inputs[card_spec(name).input.bands]
+            cache = tmp / f"cache-{name}"
+            print(f"\nreader threads, `{name}`, auto (cached):")
+            for readers in (1, 2, 4):
+                seconds, _ = run_with_readers(image, tmp / "out.tif", name, cache, readers)
+                print(f"  {readers} reader thread(s): {seconds:.1f} s")
+    (Path(tempfile.gettempdir()) / "tileseg-bench-runtime.json").write_text(json.dumps(rows, indent=1))
+
+
+def run_with_readers(image: Path, out: Path, name: str, cache: Path, readers: int) -> tuple[float, str]:
+    code = ("import sys, time; from service.engine import run_file, SegmentOptions; "
+            "from service.runtime import configure_threads; configure_threads(); t = time.perf_counter(); "
+            f"run_file({name!r}, {str(image)!r}, {str(out)!r}, SegmentOptions(readers={readers})); "
+            "print(time.perf_counter() - t)")
+    env = {**os.environ, "TILESEG_CACHE_DIR": str(cache)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO, check=True)
+    return float(done.stdout.strip().splitlines()[-1]), ""
+
+
+if __name__ == "__main__":
+    main()
