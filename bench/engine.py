@@ -35,14 +35,14 @@ BATCH = 4
 
 def tileseg(*args: str) -> list[str]:
     """The command line of ``tileseg ARGS`` with this interpreter (the benches run from the source tree)."""
-    return [sys.executable, "-c", "from service.cli import cli; cli()", *args]
+    return [sys.executable, "-c", "from tileseg.cli import cli; cli()", *args]
 
 
 def make_model(folder: Path, tile: int) -> Path:
     import torch
 
-    import models
-    from models.spec import ClassInfo, InputSpec, ModelSpec
+    from tileseg import models
+    from tileseg.models.spec import ClassInfo, InputSpec, ModelSpec
 
     torch.manual_seed(0)
     hparams = {k: v for k, v in ARCH.items() if k != "arch"}
@@ -79,8 +79,8 @@ def make_image(path: Path, size: int) -> None:
 
 
 def run_ours(model_path: str, image: str, out: str, tile: int, precision: str) -> dict:
-    import models
-    from service.engine import SegmentOptions, segment
+    from tileseg import models
+    from tileseg.engine import SegmentOptions, segment
 
     model = models.load(model_path)
     start = time.perf_counter()
@@ -95,8 +95,8 @@ def run_bare(model_path: str, image: str, out: str, tile: int, precision: str) -
     import rasterio
     import torch
 
-    import models
-    from service.engine import SegmentOptions, tile_settings
+    from tileseg import models
+    from tileseg.engine import SegmentOptions, tile_settings
 
     model = models.load(model_path)
     settings = tile_settings(model.spec, SegmentOptions(tile=tile, batch=BATCH))
@@ -119,7 +119,7 @@ def run_monai(model_path: str, image: str, out: str, window: int, overlap: float
     import torch
     from monai.inferers import sliding_window_inference
 
-    import models
+    from tileseg import models
 
     model = models.load(model_path)
     if not fast:
@@ -163,8 +163,8 @@ def measure(kind: str, **kwargs) -> dict:
 
 
 def _window(model_path: str, tile: int) -> int:
-    import models
-    from service.engine import SegmentOptions, tile_settings
+    from tileseg import models
+    from tileseg.engine import SegmentOptions, tile_settings
 
     return tile_settings(models.load(model_path).spec, SegmentOptions(tile=tile)).window
 
@@ -198,7 +198,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model_path = str(make_model(tmp, args.tile))
-        import models
+        from tileseg import models
 
         geometry = models.load(model_path).spec.geometry
         print(f"network: U-Net (same padding, depth 4, base 16), {CLASSES} classes; halo {geometry.halo}, "

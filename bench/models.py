@@ -63,9 +63,9 @@ def metrics_text(card: dict) -> str:
 def evaluate_served(model, folder: Path) -> dict | None:
     """Metrics of ``model`` on its card's validation split, every image through ``segment()`` as users run it;
     None when the card names no data set that is here."""
-    from models.training.data import IGNORE_INDEX, open_source, read_mask
-    from models.training.metrics import confusion_matrix, summarize
-    from service.engine import SegmentOptions, segment
+    from tileseg.models.training.data import IGNORE_INDEX, open_source, read_mask
+    from tileseg.models.training.metrics import confusion_matrix, summarize
+    from tileseg.engine import SegmentOptions, segment
 
     data = model.card.get("data", {})
     root = DATA_FOLDERS.get(data.get("dataset"))
@@ -101,8 +101,8 @@ def main() -> None:
 
     import torch
 
-    import models
-    from service.engine import SegmentOptions, segment
+    from tileseg import models
+    from tileseg.engine import SegmentOptions, segment
 
     names = args.names or models.available()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, input {args.size}², "

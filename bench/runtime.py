@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from models import available, card_spec  # noqa: E402
+from tileseg.models import available, card_spec  # noqa: E402
 
 
 def _bench_models():
@@ -63,7 +63,7 @@ def run(image: Path, out: Path, name: str, cache: Path, *args: str) -> tuple[flo
 def machine() -> str:
     import torch
 
-    from service.runtime import configure_threads, describe_device
+    from tileseg.engine.runtime import configure_threads, describe_device
 
     configure_threads()
     d = describe_device(torch.device("cpu"))
@@ -120,8 +120,8 @@ def main() -> None:
 
 
 def run_with_readers(image: Path, out: Path, name: str, cache: Path, readers: int) -> tuple[float, str]:
-    code = ("import sys, time; from service.engine import run_file, SegmentOptions; "
-            "from service.runtime import configure_threads; configure_threads(); t = time.perf_counter(); "
+    code = ("import sys, time; from tileseg.engine import run_file, SegmentOptions; "
+            "from tileseg.engine.runtime import configure_threads; configure_threads(); t = time.perf_counter(); "
             f"run_file({name!r}, {str(image)!r}, {str(out)!r}, SegmentOptions(readers={readers})); "
             "print(time.perf_counter() - t)")
     env = {**os.environ, "TILESEG_CACHE_DIR": str(cache)}

@@ -110,7 +110,7 @@ def recovery(url: str, database: str, workers: list[Process], source: str, tile:
     """Kill the worker of a running job; seconds until the job is queued again, and until it runs again."""
     import httpx
 
-    from service.jobs.store import JobStatus, JobStore
+    from tileseg.jobs.store import JobStatus, JobStore
 
     store = JobStore(database)
     try:

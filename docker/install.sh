@@ -43,5 +43,5 @@ fi
 
 # fail here, not at the first request, if the install is broken
 "$VENV/bin/tileseg" --version
-"$VENV/bin/python" -c "import torch, rasterio, celery, psycopg, service.api, service.jobs.queue; \
+"$VENV/bin/python" -c "import torch, rasterio, celery, psycopg, tileseg.api, tileseg.jobs.queue; \
 print('install.sh: torch', torch.__version__, '| cuda build' if torch.version.cuda else '| cpu build')"

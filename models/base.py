@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from torch import nn
 
-from .spec import Geometry
+from tileseg.models.spec import Geometry, ModelSpec
 
 
 class SegmentationNet(nn.Module):
@@ -15,6 +18,10 @@ class SegmentationNet(nn.Module):
     """
 
     hparams: dict
+    # set by :func:`tileseg.models.load`: what the engine reads, the whole card, and where it came from
+    spec: ModelSpec
+    card: dict[str, Any]
+    checkpoint_path: Path | None = None
 
     def geometry(self) -> Geometry:
         raise NotImplementedError

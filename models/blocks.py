@@ -86,7 +86,7 @@ def check_sizes(net: str, x: torch.Tensor, multiple: int, offset: int = 0, shrin
     Args:
         net: the network's description, for the message.
         x: the ``(B, C, H, W)`` input.
-        multiple, offset, shrink: as in :class:`models.spec.Geometry`.
+        multiple, offset, shrink: as in :class:`tileseg.models.spec.Geometry`.
         min_output: the smallest output length the net can produce (defaults to ``multiple``, or
             ``offset`` when that is positive).
     """

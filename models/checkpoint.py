@@ -23,10 +23,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .base import SegmentationNet
-from .errors import CheckpointError, ModelNotFoundError, UnknownArchitectureError
-from .registry import build_model
-from .spec import ModelSpec
+from tileseg.models.base import SegmentationNet
+from tileseg.models.errors import CheckpointError, ModelNotFoundError, UnknownArchitectureError
+from tileseg.models.registry import build_model
+from tileseg.models.spec import ModelSpec
 
 # In the source tree ``models/weights`` is a link to the repository's ``weights/``; a built wheel carries
 # the shipped checkpoints there as files, so an installed package and the Docker image find them too.

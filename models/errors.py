@@ -2,7 +2,7 @@
 
 Each error also inherits the builtin it resembles, so callers that catch ``ValueError`` or ``LookupError``
 keep working. Every error carries a short machine-readable ``code`` (used in HTTP error bodies) and a
-message a user can act on. The engine's own errors (rasters, tiles) live in ``service.errors`` and derive
+message a user can act on. The engine's own errors (rasters, tiles) live in ``tileseg.errors`` and derive
 from the same root.
 """
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import SegmentationNet
-from .blocks import ConvStack, Span, check_choice, check_input, check_int, check_sizes, default_tile
-from .spec import BlendMode, Geometry
+from tileseg.models.base import SegmentationNet
+from tileseg.models.blocks import ConvStack, Span, check_choice, check_input, check_int, check_sizes, default_tile
+from tileseg.models.spec import BlendMode, Geometry
 
 VARIANTS = ("32s", "16s", "8s")
 STRIDE = 32  # five 2x2 poolings

@@ -6,12 +6,12 @@ import difflib
 from collections.abc import Callable
 from functools import partial
 
-from .base import SegmentationNet
-from .errors import UnknownArchitectureError
-from .fcn import FCN
-from .setr import SETR
-from .unet import UNet
-from .unetpp import UNetPlusPlus
+from tileseg.models.base import SegmentationNet
+from tileseg.models.errors import UnknownArchitectureError
+from tileseg.models.fcn import FCN
+from tileseg.models.setr import SETR
+from tileseg.models.unet import UNet
+from tileseg.models.unetpp import UNetPlusPlus
 
 ARCHITECTURES: dict[str, Callable[..., SegmentationNet]] = {
     "fcn32s": partial(FCN, variant="32s"),

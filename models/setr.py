@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import SegmentationNet
-from .blocks import check_choice, check_input, check_int, check_sizes
-from .spec import BlendMode, Geometry
+from tileseg.models.base import SegmentationNet
+from tileseg.models.blocks import check_choice, check_input, check_int, check_sizes
+from tileseg.models.spec import BlendMode, Geometry
 
 DECODERS = ("naive", "pup", "mla")
 PATCH = 16

@@ -122,7 +122,7 @@ def reflect_indices(start: int, length: int, size: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """The part of a model card that the engine reads (``models.load(...).spec``)."""
+    """The part of a model card that the engine reads (``tileseg.models.load(...).spec``)."""
 
     name: str
     arch: str

@@ -1,4 +1,9 @@
-"""tileseg's service: the overlap-tile engine, raster IO, the command line and (later) the HTTP API."""
+"""tileseg: segment arbitrarily large images tile by tile with trained networks, into seamless mask GeoTIFFs.
+
+Packages, each depending only on those before it: ``tileseg.models`` (geometry, architectures, checkpoints)
+<- ``tileseg.engine`` (tiling, raster IO, running, stitching) <- ``tileseg.models.training`` (validates through
+the engine) and ``tileseg.jobs`` (the job table and workers) <- ``tileseg.api`` (HTTP) and ``tileseg.cli``.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 

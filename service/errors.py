@@ -1,5 +1,5 @@
 """The product's errors below the model zoo: bad rasters and options (the engine's), bad requests and jobs
-(the service's). All derive from :class:`models.errors.TilesegError`.
+(the service's). All derive from :class:`tileseg.models.errors.TilesegError`.
 
 Each carries a message a user can act on; the CLI prints it (no traceback) and the HTTP layer maps the
 classes to status codes through one handler.
@@ -7,7 +7,7 @@ classes to status codes through one handler.
 
 from __future__ import annotations
 
-from models.errors import CheckpointError, ModelNotFoundError, TilesegError, UnknownArchitectureError
+from tileseg.models.errors import CheckpointError, ModelNotFoundError, TilesegError, UnknownArchitectureError
 
 
 class InputError(TilesegError, ValueError):

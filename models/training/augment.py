@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..spec import reflect_indices
-from .data import IGNORE_INDEX
+from tileseg.models.spec import reflect_indices
+from tileseg.models.training.data import IGNORE_INDEX
 
 
 def mirror_window(array: np.ndarray, top: int, left: int, height: int, width: int) -> np.ndarray:

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import TilesegError
-from ..spec import ClassInfo
+from tileseg.models.errors import TilesegError
+from tileseg.models.spec import ClassInfo
 
 IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")

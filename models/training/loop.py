@@ -36,13 +36,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .. import checkpoint
-from ..errors import TilesegError
-from ..registry import build_model
-from ..spec import Geometry, InputSpec, ModelSpec
-from .augment import Augment, border_weights, sample_crop
-from .data import IGNORE_INDEX, Dataset, normalize, open_source
-from .metrics import agreement, evaluate, summarize
+from tileseg.models import checkpoint
+from tileseg.models.errors import TilesegError
+from tileseg.models.registry import build_model
+from tileseg.models.spec import Geometry, InputSpec, ModelSpec
+from tileseg.models.training.augment import Augment, border_weights, sample_crop
+from tileseg.models.training.data import IGNORE_INDEX, Dataset, normalize, open_source
+from tileseg.models.training.metrics import agreement, evaluate, summarize
 
 STATE_VERSION = 1
 BF16_AGREEMENT_FOR_BF16 = 0.995  # the card offers bf16 when its masks agree with fp32 on this share of pixels

@@ -18,9 +18,9 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
-from ..spec import Geometry
-from .augment import mirror_window
-from .data import IGNORE_INDEX, Sample, normalize
+from tileseg.models.spec import Geometry
+from tileseg.models.training.augment import mirror_window
+from tileseg.models.training.data import IGNORE_INDEX, Sample, normalize
 
 
 def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int,

@@ -1,5 +1,5 @@
-"""The HTTP API: a thin skin over the jobs domain (:mod:`service.jobs`) and the model zoo."""
+"""The HTTP API: a thin skin over the jobs domain (:mod:`tileseg.jobs`) and the model zoo."""
 
-from .main import create_app
+from tileseg.api.main import create_app
 
 __all__ = ["create_app"]

@@ -9,9 +9,9 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
-from ..errors import AuthenticationError
-from ..jobs.service import JobService
-from ..settings import Settings, get_settings
+from tileseg.errors import AuthenticationError
+from tileseg.jobs.service import JobService
+from tileseg.settings import Settings, get_settings
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                               description="Needed on every route but the health probes when the server has keys.")

@@ -15,8 +15,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from ..errors import TilesegError
-from .schemas import ErrorBody, describe_validation
+from tileseg.errors import TilesegError
+from tileseg.api.schemas import ErrorBody, describe_validation
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
-from .. import __version__
-from ..jobs.service import JobService
-from ..settings import Settings, get_settings
-from . import errors, routes_health, routes_jobs, routes_models
-from .middleware import ResponseCounter
+from tileseg import __version__
+from tileseg.jobs.service import JobService
+from tileseg.settings import Settings, get_settings
+from tileseg.api import errors, routes_health, routes_jobs, routes_models
+from tileseg.api.middleware import ResponseCounter
 
 DESCRIPTION = """Segment arbitrarily large rasters, tile by tile, into mask GeoTIFFs.
 

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..metrics import CONTENT_TYPE
-from .deps import JobsDep, get_owner
-from .errors import ERROR_RESPONSES
+from tileseg.api.metrics import CONTENT_TYPE
+from tileseg.api.deps import JobsDep, get_owner
+from tileseg.api.errors import ERROR_RESPONSES
 
 router = APIRouter(tags=["health"])
 

@@ -11,13 +11,13 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import ResultGoneError
-from ..jobs.service import Upload
-from ..jobs.store import Job
-from .deps import JobsDep, OwnerDep, SettingsDep
-from .errors import ERROR_RESPONSES
-from .schemas import FORM_FIELDS, SEGMENT_FORM_SCHEMA, JobList, JobOut, SegmentForm
-from .uploads import receive_form
+from tileseg.errors import ResultGoneError
+from tileseg.jobs.service import Upload
+from tileseg.jobs.store import Job
+from tileseg.api.deps import JobsDep, OwnerDep, SettingsDep
+from tileseg.api.errors import ERROR_RESPONSES
+from tileseg.api.schemas import FORM_FIELDS, SEGMENT_FORM_SCHEMA, JobList, JobOut, SegmentForm
+from tileseg.api.uploads import receive_form
 
 router = APIRouter(tags=["jobs"])
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from .deps import JobsDep, get_owner
-from .errors import ERROR_RESPONSES
+from tileseg.api.deps import JobsDep, get_owner
+from tileseg.api.errors import ERROR_RESPONSES
 
 router = APIRouter(tags=["models"], dependencies=[Depends(get_owner)])  # keys, when the server has them
 

@@ -7,11 +7,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from models.spec import BlendMode
+from tileseg.models.spec import BlendMode
 
-from ..errors import RequestError
-from ..jobs.intake import BANDS_PATTERN, JobOptions
-from ..jobs.store import Job, JobStatus
+from tileseg.errors import RequestError
+from tileseg.jobs.intake import BANDS_PATTERN, JobOptions
+from tileseg.jobs.store import Job, JobStatus
 
 
 class ErrorDetail(BaseModel):

@@ -6,7 +6,7 @@ jobs folder.
 Each attempt at a job writes its results into a folder of its own, ``attempts/<token>/``, never where the
 results are served from: two attempts may run at once (a worker that lost its lease has not noticed yet),
 and neither may overwrite what the other wrote. The attempt that the job table accepts (the compare-and-set
-of :meth:`service.jobs.store.JobStore.finish`) is then *published*: its files are renamed into the job's
+of :meth:`tileseg.jobs.store.JobStore.finish`) is then *published*: its files are renamed into the job's
 folder, each rename atomic. The table is the commit point; the renames can be redone by anyone
 (:meth:`JobFiles.publish` is idempotent), so a worker that dies between the two loses nothing.
 """

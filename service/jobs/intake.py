@@ -15,11 +15,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from models.spec import BlendMode, ModelSpec
+from tileseg.models.spec import BlendMode, ModelSpec
 
-from ..engine import SegmentOptions, tile_settings
-from ..errors import SourceNotAllowedError, TooLargeError
-from ..raster import ALLOWED_DRIVERS, RasterInfo, check_dtype, gdal_env, inspect, open_raster, select_bands
+from tileseg.engine import SegmentOptions, tile_settings
+from tileseg.errors import SourceNotAllowedError, TooLargeError
+from tileseg.engine.io import ALLOWED_DRIVERS, RasterInfo, check_dtype, gdal_env, inspect, open_raster, select_bands
 
 # Formats without internal tiles: reaching any window decodes every row above it, so their size is
 # bounded more tightly than that of tiled GeoTIFFs (a small PNG can claim 10^10 pixels).

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
-import models
-from models.spec import ModelSpec
+from tileseg import models
+from tileseg.models.spec import ModelSpec
 
-from ..errors import CheckpointError, ModelNotFoundError, OptionsError
-from ..runtime import pick_device
+from tileseg.errors import CheckpointError, ModelNotFoundError, OptionsError
+from tileseg.engine.runtime import pick_device
 
 log = logging.getLogger(__name__)
 

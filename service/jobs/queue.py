@@ -6,9 +6,9 @@ lose, repeat or hold back messages without a job being lost or run twice:
 * The API writes the job (``queued``) and sends its id. A worker that receives an id claims the job in
   the table, one compare-and-set; if someone else has it, or it was canceled, the message is a no-op.
 * The claimed job runs through the same job function as in the embedded server
-  (:func:`service.jobs.runner.run_job`), which renews the attempt's lease while it runs and publishes its
+  (:func:`tileseg.jobs.runner.run_job`), which renews the attempt's lease while it runs and publishes its
   results only while it still holds the job.
-* The :class:`~service.jobs.reaper.Reaper` (in every worker and in the API) requeues jobs whose lease ran
+* The :class:`~tileseg.jobs.reaper.Reaper` (in every worker and in the API) requeues jobs whose lease ran
   out and sends them again, and sends again the queued jobs that the broker lost (Redis restarted empty).
 
 A worker is one process that runs one job at a time (Celery's ``solo`` pool: the job runs in the process
@@ -28,15 +28,15 @@ import time
 from celery import signals
 from celery.exceptions import Reject
 
-import models
+from tileseg import models
 
-from ..runtime import configure_threads
-from ..settings import Settings
-from .broker import TASK, Broker, make_celery
-from .modelpool import ModelPool
-from .reaper import Reaper
-from .runner import RunConfig, run_job
-from .store import JobStore
+from tileseg.engine.runtime import configure_threads
+from tileseg.settings import Settings
+from tileseg.jobs.broker import TASK, Broker, make_celery
+from tileseg.jobs.modelpool import ModelPool
+from tileseg.jobs.reaper import Reaper
+from tileseg.jobs.runner import RunConfig, run_job
+from tileseg.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from .broker import Broker
-from .store import JobStatus, JobStore
+from tileseg.jobs.broker import Broker
+from tileseg.jobs.store import JobStatus, JobStore
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The job function: run one claimed job through the engine and record what happened in the job table.
 
 It knows nothing of HTTP or of how it was called: the embedded worker thread and the Celery queue worker
-(:mod:`service.jobs.queue`) both claim a job and call it. Everything it needs comes in as arguments.
+(:mod:`tileseg.jobs.queue`) both claim a job and call it. Everything it needs comes in as arguments.
 
 While the job runs, a :class:`Heartbeat` thread renews the attempt's lease every few seconds, so that a
 job whose worker dies is known to be orphaned within the lease (the reaper requeues it), while a worker
@@ -13,7 +13,7 @@ everything of the job's alone. A worker that is stopping raises :class:`Interrup
 and the job goes back to the queue.
 
 The attempt writes into its own folder; on success the table's compare-and-set on its token decides
-whether it may publish, and only then are its files renamed into place (:mod:`service.jobs.files`).
+whether it may publish, and only then are its files renamed into place (:mod:`tileseg.jobs.files`).
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from pathlib import Path
 
 from torch import nn
 
-from ..engine import segment
-from ..errors import CanceledError, InterruptedJobError, JobNotFoundError, LeaseLostError, TilesegError
-from ..preview import render_preview
-from ..settings import Settings
-from .files import JobFiles
-from .intake import InputLimits, JobOptions
-from .store import Job, JobStatus, JobStore
+from tileseg.engine import segment
+from tileseg.errors import CanceledError, InterruptedJobError, JobNotFoundError, LeaseLostError, TilesegError
+from tileseg.engine.preview import render_preview
+from tileseg.settings import Settings
+from tileseg.jobs.files import JobFiles
+from tileseg.jobs.intake import InputLimits, JobOptions
+from tileseg.jobs.store import Job, JobStatus, JobStore
 
 log = logging.getLogger(__name__)
 

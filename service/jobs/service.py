@@ -3,10 +3,10 @@ app starts in its lifespan and stops on shutdown.
 
 Embedded mode (the default): model pools, a worker thread per device and the sweeper, in this process.
 Queue mode: no network is loaded (the model cards suffice to check a request), a submitted job is sent to
-the broker for the Celery workers (:mod:`service.jobs.queue`), and the reaper and the sweeper run here.
+the broker for the Celery workers (:mod:`tileseg.jobs.queue`), and the reaper and the sweeper run here.
 
 Nothing here knows of HTTP: the routes call these methods and shape their answers; errors are the
-product's own (:mod:`service.errors`), which one handler maps to status codes.
+product's own (:mod:`tileseg.errors`), which one handler maps to status codes.
 """
 
 from __future__ import annotations
@@ -19,25 +19,25 @@ from pathlib import Path
 from typing import Any
 
 
-import models
+from tileseg import models
 
-from ..errors import (
+from tileseg.errors import (
     JobCanceledError,
     JobFailedError,
     ResultGoneError,
     ResultNotFoundError,
     ResultNotReadyError,
 )
-from ..metrics import ServiceMetrics
-from ..runtime import configure_threads
-from ..settings import Mode, Settings
-from .files import JobFiles, jobs_root
-from .intake import JobOptions, check_input, resolve_source
-from .modelpool import CardCatalogue, ModelPool
-from .runner import RunConfig
-from .store import ANY_OWNER, Job, JobStatus, JobStore, new_job_id
-from .sweeper import Sweeper, sweep
-from .worker import Worker
+from tileseg.api.metrics import ServiceMetrics
+from tileseg.engine.runtime import configure_threads
+from tileseg.settings import Mode, Settings
+from tileseg.jobs.files import JobFiles, jobs_root
+from tileseg.jobs.intake import JobOptions, check_input, resolve_source
+from tileseg.jobs.modelpool import CardCatalogue, ModelPool
+from tileseg.jobs.runner import RunConfig
+from tileseg.jobs.store import ANY_OWNER, Job, JobStatus, JobStore, new_job_id
+from tileseg.jobs.sweeper import Sweeper, sweep
+from tileseg.jobs.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class JobService:
         self.catalogue: ModelPool | CardCatalogue
         self.broker = None
         if self.queue_mode:
-            from .broker import Broker  # Celery is imported only where it is used
+            from tileseg.jobs.broker import Broker  # Celery is imported only where it is used
 
             self.catalogue = CardCatalogue(weights, settings.models)
             self.broker = Broker(settings)
@@ -93,7 +93,7 @@ class JobService:
         if self.queue_mode:
             # Many processes share this table: a running job may be running on a live worker elsewhere, so
             # only a lease that ran out says its worker died (the reaper's rule), never a restart of the API.
-            from .reaper import Reaper
+            from tileseg.jobs.reaper import Reaper
 
             self.reaper = Reaper(self.store, self.broker, lease=self.settings.lease,
                                  max_attempts=self.settings.max_attempts, requeue_after=self.settings.requeue_after,
@@ -155,7 +155,7 @@ class JobService:
 
         Raises:
             ModelNotFoundError, OptionsError, SourceNotAllowedError, and the input checks' errors
-            (:func:`service.jobs.intake.check_input`).
+            (:func:`tileseg.jobs.intake.check_input`).
         """
         files = JobFiles.of(self.data_dir, job_id)
         try:

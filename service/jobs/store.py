@@ -16,7 +16,7 @@ clock, so that machines whose clocks drift apart still agree on which leases hav
 
 Only the attempt that holds the job may end it: :meth:`JobStore.finish` is compare-and-set on the token,
 and a success records that token as the *published* attempt, whose files then become the results (see
-:mod:`service.jobs.files`).
+:mod:`tileseg.jobs.files`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from ..errors import JobNotFoundError
+from tileseg.errors import JobNotFoundError
 
 
 class JobStatus(str, enum.Enum):

@@ -14,9 +14,9 @@ import time
 import uuid
 from pathlib import Path
 
-from ..errors import JobNotFoundError
-from .files import JobFiles, jobs_root
-from .store import Job, JobStatus, JobStore
+from tileseg.errors import JobNotFoundError
+from tileseg.jobs.files import JobFiles, jobs_root
+from tileseg.jobs.store import Job, JobStatus, JobStore
 
 log = logging.getLogger(__name__)
 

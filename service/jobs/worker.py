@@ -13,8 +13,8 @@ import socket
 import threading
 from collections.abc import Callable
 
-from .runner import ModelSource, Outcome, RunConfig, run_job
-from .store import JobStore
+from tileseg.jobs.runner import ModelSource, Outcome, RunConfig, run_job
+from tileseg.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ import pytest
 
 from tests.backends import free_port
 from tests.conftest import REPO
-from tests.service.nets import checkpoint
+from tests.engine.nets import checkpoint
 
-from . import nets
+from tests.api import nets
 
 KEY_A = "key-a-0123456789abcdef"
 KEY_B = "key-b-0123456789abcdef"

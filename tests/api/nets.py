@@ -1,6 +1,6 @@
 """The API tests' networks: the engine's test networks, and one that takes its time.
 
-``SlowNet`` is :class:`tests.service.nets.ShiftNet` (a known answer) that sleeps in every forward pass, so
+``SlowNet`` is :class:`tests.engine.nets.ShiftNet` (a known answer) that sleeps in every forward pass, so
 that a job runs for as long as a test needs (to cancel it, kill the server under it, stop it with
 SIGTERM) without using the CPU.
 """
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 
-from models.registry import ARCHITECTURES
-from tests.service import nets
-from tests.service.nets import ShiftNet
+from tileseg.models.registry import ARCHITECTURES
+from tests.engine import nets
+from tests.engine.nets import ShiftNet
 
 
 class SlowNet(ShiftNet):

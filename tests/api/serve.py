@@ -9,6 +9,6 @@ from tests.api.nets import register
 
 if __name__ == "__main__":
     register()
-    from service.cli import cli
+    from tileseg.cli import cli
 
     cli(["serve", *sys.argv[1:]], prog_name="tileseg")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import KEY_B, submit, wait_for
+from tests.api.conftest import KEY_B, submit, wait_for
 
 JOB = "00000000-0000-4000-8000-000000000000"
 

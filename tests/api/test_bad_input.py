@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import MAX_UPLOAD, submit, wait_for
+from tests.api.conftest import MAX_UPLOAD, submit, wait_for
 
 
 def png_claiming(width: int, height: int) -> bytes:

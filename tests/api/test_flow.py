@@ -13,9 +13,9 @@ import rasterio
 from click.testing import CliRunner
 from PIL import Image
 
-from service.cli import cli
+from tileseg.cli import cli
 
-from .conftest import SHIPPED_MODELS, submit, wait_for
+from tests.api.conftest import SHIPPED_MODELS, submit, wait_for
 
 
 def run_cli(weights: Path, source: Path, out: Path, model: str, *options: str) -> Path:

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-import models
-from service.engine import SegmentOptions, segment
-from service.jobs.store import JobStatus, JobStore
+from tileseg import models
+from tileseg.engine import SegmentOptions, segment
+from tileseg.jobs.store import JobStatus, JobStore
 
-from .conftest import submit, wait_for
+from tests.api.conftest import submit, wait_for
 
 
 def isbi(data_dir: Path) -> Path:

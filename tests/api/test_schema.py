@@ -11,7 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from .conftest import KEY_A
+from tests.api.conftest import KEY_A
 
 CHECKS = ["not_a_server_error", "status_code_conformance", "content_type_conformance",
           "response_headers_conformance", "response_schema_conformance", "negative_data_rejection",

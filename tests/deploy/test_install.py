@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import rasterio
 
-from service.engine import SegmentOptions, segment
+from tileseg.engine import SegmentOptions, segment
 from tests.backends import free_port
 from tests.conftest import REPO
-from tests.service import nets
+from tests.engine import nets
 
 pytestmark = pytest.mark.slow
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from service.errors import ModelNotFoundError, OptionsError
-from service.jobs.modelpool import CardCatalogue, ModelPool
-from tests.service import nets
+from tileseg.errors import ModelNotFoundError, OptionsError
+from tileseg.jobs.modelpool import CardCatalogue, ModelPool
+from tests.engine import nets
 
 
 @pytest.fixture

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import rasterio
 
-from service.jobs.files import JobFiles
-from service.jobs.intake import JobOptions
-from service.jobs.runner import Heartbeat, RunConfig, run_job
-from service.jobs.store import JobStatus, JobStore, new_job_id
-from service.jobs.sweeper import sweep
-from tests.service import nets
+from tileseg.jobs.files import JobFiles
+from tileseg.jobs.intake import JobOptions
+from tileseg.jobs.runner import Heartbeat, RunConfig, run_job
+from tileseg.jobs.store import JobStatus, JobStore, new_job_id
+from tileseg.jobs.sweeper import sweep
+from tests.engine import nets
 
 
 @pytest.fixture

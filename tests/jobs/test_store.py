@@ -9,8 +9,8 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from service.errors import JobNotFoundError
-from service.jobs.store import ANY_OWNER, JobStatus, JobStore, jobs, new_job_id
+from tileseg.errors import JobNotFoundError
+from tileseg.jobs.store import ANY_OWNER, JobStatus, JobStore, jobs, new_job_id
 
 
 @pytest.fixture(scope="module")

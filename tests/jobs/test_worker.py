@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from service.jobs.intake import JobOptions
-from service.jobs.runner import RunConfig
-from service.jobs.store import JobStatus, JobStore, new_job_id
-from service.jobs.worker import Worker
-from tests.service import nets
+from tileseg.jobs.intake import JobOptions
+from tileseg.jobs.runner import RunConfig
+from tileseg.jobs.store import JobStatus, JobStore, new_job_id
+from tileseg.jobs.worker import Worker
+from tests.engine import nets
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.registry import build_model
+from tileseg.models.registry import build_model
 
 _FCN = {"widths": [2, 4, 4, 8, 8], "convs": [1, 1, 2, 1, 1], "fc_width": 8}
 _SETR = {"img_size": 64, "embed_dim": 16, "depth": 2, "heads": 2, "mla_streams": 2, "decoder_channels": 8}

@@ -15,13 +15,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.base import SegmentationNet
-from models.fcn import FCN, bilinear_upsampling
-from models.registry import ARCHITECTURES, build_model
-from models.setr import SETR
-from models.spec import BlendMode, Geometry
-from models.unet import UNet
-from models.unetpp import UNetPlusPlus
+from tileseg.models.base import SegmentationNet
+from tileseg.models.fcn import FCN, bilinear_upsampling
+from tileseg.models.registry import ARCHITECTURES, build_model
+from tileseg.models.setr import SETR
+from tileseg.models.spec import BlendMode, Geometry
+from tileseg.models.unet import UNet
+from tileseg.models.unetpp import UNetPlusPlus
 
 ARCHS = sorted(ARCHITECTURES)
 

@@ -18,12 +18,12 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 
-from service.cli import cli
-from service.jobs.store import JobStore
+from tileseg.cli import cli
+from tileseg.jobs.store import JobStore
 from tests.api.conftest import ChildProcess, Server, inputs_root, server_env, test_architectures, weights  # noqa: F401 (fixtures)
 from tests.conftest import REPO
 
-from .launch import LAUNCH, SERVE_ARGS, WORKER_ARGS
+from tests.scale.launch import LAUNCH, SERVE_ARGS, WORKER_ARGS
 
 SCALE_SETTINGS = {"mode": "queue", "lease": 3, "heartbeat": 0.5, "reap_interval": 0.5, "requeue_after": 2}
 PUBLISHED = "published by attempt"

@@ -15,6 +15,6 @@ if __name__ == "__main__":
     from tests.api.nets import register
 
     register()
-    from service.cli import cli
+    from tileseg.cli import cli
 
     cli(sys.argv[1:], prog_name="tileseg")

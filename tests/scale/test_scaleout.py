@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.jobs.store import JobStatus
+from tileseg.jobs.store import JobStatus
 from tests.api.conftest import submit, wait_for
 
-from .conftest import PUBLISHED, cli_mask, mask_of, wait_running
+from tests.scale.conftest import PUBLISHED, cli_mask, mask_of, wait_running
 
 pytestmark = pytest.mark.slow
 

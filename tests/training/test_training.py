@@ -21,11 +21,11 @@ from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import load_file
 
-import models
-from models.training import augment, data, loop, metrics
-from models.spec import reflect_indices
-from models.training.data import IGNORE_INDEX, TrainingDataError
-from service.commands.train import train as train_command
+from tileseg import models
+from tileseg.models.training import augment, data, loop, metrics
+from tileseg.models.spec import reflect_indices
+from tileseg.models.training.data import IGNORE_INDEX, TrainingDataError
+from tileseg.cli.train import train as train_command
 
 REPO = Path(models.__file__).parent.parent
 DATA = Path(os.environ.get("TILESEG_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -391,7 +391,7 @@ def test_two_process_gloo_run_writes_a_loadable_checkpoint(isbi_dir, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "service.commands.train", *_isbi_args(isbi_dir, out, "--steps", "2")]
+           "-m", "tileseg.cli.train", *_isbi_args(isbi_dir, out, "--steps", "2")]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     card = models.read_card(out.with_suffix(".json"))
@@ -403,7 +403,7 @@ def test_sigterm_stops_cleanly_and_saves_the_state(isbi_dir, tmp_path):
     out = tmp_path / "stopped"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     args = _isbi_args(isbi_dir, out, "--steps", "100000", "--checkpoint-every", "100000")
-    proc = subprocess.Popen([sys.executable, "-m", "service.commands.train", *args], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "tileseg.cli.train", *args], cwd=REPO, env=env,
                             stderr=subprocess.PIPE, text=True)
     try:
         # this line comes once the signal handlers are in place, just before the first step

@@ -10,15 +10,15 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from ..conftest import REPO
-from .nets import checkpoint
+from tests.conftest import REPO
+from tests.engine.nets import checkpoint
 
 CHILD = textwrap.dedent("""
     import resource, sys
-    import models
-    import tests.service.nets
-    tests.service.nets.register()
-    from service.engine import SegmentOptions, segment
+    from tileseg import models
+    import tests.engine.nets
+    tests.engine.nets.register()
+    from tileseg.engine import SegmentOptions, segment
     model = models.load(sys.argv[1])
     segment(model, sys.argv[2], sys.argv[3], SegmentOptions(tile=256, batch=4))
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
@@ -59,7 +59,7 @@ def test_peak_memory_does_not_grow_with_the_image(tmp_path, data_dir):
 
 
 def test_free_heap_pages_are_handed_back():
-    """On glibc the engine hands free heap pages back once a tile row (service/memory.py)."""
-    from service.memory import release_free_memory
+    """On glibc the engine hands free heap pages back once a tile row (service/engine/memory.py)."""
+    from tileseg.engine.memory import release_free_memory
 
     assert release_free_memory() is True

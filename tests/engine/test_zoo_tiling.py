@@ -8,8 +8,8 @@ import torch
 
 from tests.models.conftest import TINY_HPARAMS
 
-from .nets import checkpoint
-from .test_engine import reference_logits, tiled_logits
+from tests.engine.nets import checkpoint
+from tests.engine.test_engine import reference_logits, tiled_logits
 
 CASES = [
     ("fcn32s", {}), ("fcn16s", {}), ("fcn8s", {}),

@@ -9,13 +9,13 @@ import pytest
 import rasterio
 import torch
 
-from models.spec import BlendMode
-from service.engine import SegmentOptions, predict_strips, segment, tile_settings
-from service.inference import BatchRunner
-from service.raster import InputRaster
-from service.tiling import TilePlan, TileSettings
+from tileseg.models.spec import BlendMode
+from tileseg.engine import SegmentOptions, predict_strips, segment, tile_settings
+from tileseg.engine.runner import BatchRunner
+from tileseg.engine.io import InputRaster
+from tileseg.engine.tiling import TilePlan, TileSettings
 
-from .nets import checkpoint
+from tests.engine.nets import checkpoint
 
 
 def reference_logits(model, path) -> np.ndarray:
@@ -122,8 +122,8 @@ def test_blend_stays_close_to_whole_image_for_a_conv_net(tmp_path, raster_factor
 
 
 def test_tile_settings_reject_broken_geometry():
-    from service.errors import TileGeometryError
-    from models.spec import Geometry
+    from tileseg.errors import TileGeometryError
+    from tileseg.models.spec import Geometry
 
     g = Geometry(halo=92, multiple=16, offset=4, shrink=92)
     with pytest.raises(TileGeometryError, match="nearest valid: 384, 400"):
@@ -137,7 +137,7 @@ def test_tile_settings_reject_broken_geometry():
 
 
 def test_plan_covers_the_image_exactly():
-    from models.spec import Geometry
+    from tileseg.models.spec import Geometry
 
     settings = TileSettings(Geometry(halo=8, multiple=4), core=12)
     plan = TilePlan(settings, 25, 13)
@@ -149,7 +149,7 @@ def test_plan_covers_the_image_exactly():
 
 
 def test_progress_and_cancel(tmp_path, raster_factory):
-    from service.errors import CanceledError
+    from tileseg.errors import CanceledError
 
     model = checkpoint(tmp_path, "test-pool", bands=1, classes=3)
     path = raster_factory(64, 64)

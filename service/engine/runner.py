@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.spec import BlendMode
+from tileseg.models.spec import BlendMode
 
-from .raster import Scaling
-from .runtime import BASELINE, Runtime, run_forward
-from .tiling import TileSettings
+from tileseg.engine.io import Scaling
+from tileseg.engine.runtime import BASELINE, Runtime, run_forward
+from tileseg.engine.tiling import TileSettings
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ class BatchRunner:
     """Runs ``(B, bands, window, window)`` batches of raw values and returns what the stitcher needs.
 
     The raw batch (uint8, or float32 for other dtypes) goes to the device as it is, through pinned memory on
-    a GPU, and is scaled there (:class:`service.raster.Scaling`).
+    a GPU, and is scaled there (:class:`tileseg.engine.io.Scaling`).
 
     crop mode: class channels ``(B, core, core)`` uint8/int16 and, if asked, probabilities
     ``(B, K, core, core)`` float32 of the cores; blended modes: probabilities of the whole output window.

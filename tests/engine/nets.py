@@ -13,10 +13,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import models
-from models.base import SegmentationNet
-from models.registry import ARCHITECTURES
-from models.spec import ClassInfo, Geometry, InputSpec, ModelSpec
+from tileseg import models
+from tileseg.models.base import SegmentationNet
+from tileseg.models.registry import ARCHITECTURES
+from tileseg.models.spec import ClassInfo, Geometry, InputSpec, ModelSpec
 
 
 class ShiftNet(SegmentationNet):
@@ -109,7 +109,7 @@ TEST_ARCHITECTURES = {"test-shift": ShiftNet, "test-pool": PoolNet, "test-valid"
 
 
 def register() -> None:
-    """Make the test architectures loadable by name (``tests/service/conftest.py`` does it per test)."""
+    """Make the test architectures loadable by name (``tests/engine/conftest.py`` does it per test)."""
     ARCHITECTURES.update(TEST_ARCHITECTURES)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.spec import BlendMode
+from tileseg.models.spec import BlendMode
 
 FLOOR = 1e-3  # keeps every pixel's weight positive, so a pixel seen by a single window is still defined
 

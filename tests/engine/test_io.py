@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import rasterio
 
-from service.engine import SegmentOptions, segment
-from service.errors import BandMismatchError, DtypeError
+from tileseg.engine import SegmentOptions, segment
+from tileseg.errors import BandMismatchError, DtypeError
 
-from .nets import checkpoint
+from tests.engine.nets import checkpoint
 
 
 @pytest.fixture

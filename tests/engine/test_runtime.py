@@ -12,12 +12,12 @@ import pytest
 import rasterio
 import torch
 
-from service import runtime as rt
-from service.engine import SegmentOptions, segment
-from service.errors import OptionsError
-from service.runtime import BASELINE, MeasurementCache, Runtime, Tuner
+from tileseg.engine import runtime as rt
+from tileseg.engine import SegmentOptions, segment
+from tileseg.errors import OptionsError
+from tileseg.engine.runtime import BASELINE, MeasurementCache, Runtime, Tuner
 
-from .nets import checkpoint
+from tests.engine.nets import checkpoint
 
 
 class FakeTimer:

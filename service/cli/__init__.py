@@ -19,11 +19,11 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-import models
-from models.spec import BlendMode
+from tileseg import models
+from tileseg.models.spec import BlendMode
 
-from .commands.train import train
-from .errors import TilesegError
+from tileseg.cli.train import train
+from tileseg.errors import TilesegError
 
 EXIT_USER_ERROR = 1
 
@@ -84,8 +84,8 @@ def cli() -> None:
 def segment(input_path, output_path, model_name, weights_path, tile, blend, overlap, batch, device, bands, tta, cog,
             probabilities, precision, compile_, prune, quiet) -> None:
     """Segment INPUT (any raster GDAL reads) into the mask GeoTIFF OUTPUT."""
-    from .engine import SegmentOptions, run_file
-    from .runtime import configure_threads
+    from tileseg.engine import SegmentOptions, run_file
+    from tileseg.engine.runtime import configure_threads
 
     if bool(model_name) == bool(weights_path):
         raise click.UsageError("give exactly one of --model NAME or --weights PATH")
@@ -144,7 +144,7 @@ def bench_model(name: str, device: str, batch: int, pixels: int) -> None:
     """Measure how NAME runs here in every precision, memory format and compilation the card allows."""
     import math
 
-    from .runtime import Tuner, configure_threads, describe_device, pick_device
+    from tileseg.engine.runtime import Tuner, configure_threads, describe_device, pick_device
 
     configure_threads()
     model = models.load(name, device=pick_device(device))
@@ -171,7 +171,7 @@ def bench_model(name: str, device: str, batch: int, pixels: int) -> None:
 
 
 def _screen_window_core(model) -> int:
-    from .runtime import _screen_window
+    from tileseg.engine.runtime import _screen_window
 
     geometry = model.spec.geometry
     window = _screen_window(model, geometry.window(geometry.default_tile))
@@ -195,7 +195,7 @@ def service_settings():
     """
     from pydantic import ValidationError
 
-    from .settings import get_settings
+    from tileseg.settings import get_settings
 
     try:
         settings = get_settings()
@@ -238,7 +238,7 @@ def serve(host: str, port: int, log_level: str) -> None:
 
     import uvicorn
 
-    from .api import create_app
+    from tileseg.api import create_app
 
     settings = service_settings()
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -260,8 +260,8 @@ def worker(log_level: str) -> None:
     GPU. SIGTERM: take no more jobs, give the running one TILESEG_SHUTDOWN_GRACE seconds, else hand it back
     to the queue, and exit.
     """
-    from .jobs.queue import run_worker
-    from .settings import Mode
+    from tileseg.jobs.queue import run_worker
+    from tileseg.settings import Mode
 
     settings = service_settings()
     if settings.mode is not Mode.QUEUE:

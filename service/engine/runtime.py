@@ -17,7 +17,7 @@ once a machine, and keeps the fastest:
 Measurements are cached on disk (``TILESEG_CACHE_DIR``, default ``~/.cache/tileseg``) per checkpoint hash,
 device and its capability, torch version, thread count, window and batch. A candidate that fails (a compile
 error, an operator the precision lacks) is recorded as failed and never chosen; a chosen runtime that fails
-during a run falls back to eager fp32 with one log line (:class:`service.inference.BatchRunner`).
+during a run falls back to eager fp32 with one log line (:class:`tileseg.engine.runner.BatchRunner`).
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.spec import ModelSpec
+from tileseg.models.spec import ModelSpec
 
-from .errors import OptionsError
+from tileseg.errors import OptionsError
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +353,7 @@ def model_key(model: nn.Module) -> str | None:
     path = getattr(model, "checkpoint_path", None)
     if path is None:
         return None
-    import models
+    from tileseg import models
 
     return models.card_hash(path)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .tiling import Tile, TilePlan
+from tileseg.engine.tiling import Tile, TilePlan
 
 
 @dataclass

@@ -1,10 +1,10 @@
 """``tileseg train``: train a registered architecture on a data set and write a checkpoint with its card.
 
-A thin layer over :func:`models.training.train`: it parses options, builds the config (completing it from
+A thin layer over :func:`tileseg.models.training.train`: it parses options, builds the config (completing it from
 the saved run with ``--resume``), and turns the product's errors into messages without tracebacks.
 
-Run it standalone with ``python -m service.commands.train ...``, and data-parallel with
-``torchrun --nproc_per_node N -m service.commands.train ...``.
+Run it standalone with ``python -m tileseg.cli.train ...``, and data-parallel with
+``torchrun --nproc_per_node N -m tileseg.cli.train ...``.
 
 Exit status: 0 when the run finished, or stopped cleanly at ``--time-budget`` / ``--session-steps`` (run
 again with ``--resume``); 128 + the signal number when SIGINT or SIGTERM stopped it (its state is saved).
@@ -18,7 +18,7 @@ DATASETS = ("isbi2012", "dubai", "folder")
 
 
 def _params(ctx: click.Context, option: click.Parameter, values: tuple[str, ...]) -> dict | None:
-    from models.training.loop import TrainingConfigError, parse_param
+    from tileseg.models.training.loop import TrainingConfigError, parse_param
 
     if not values:
         return None
@@ -91,9 +91,9 @@ def train(out: str, resume: bool, class_names: str | None, **options) -> None:
         --dataset isbi2012 --out weights/unet-em --crop 196 --batch 4 \\
         --steps 2000 --amp --elastic --time-budget 45 --resume
     """
-    from models.errors import TilesegError
-    from models.training.loop import make_config
-    from models.training.loop import train as run_training
+    from tileseg.models.errors import TilesegError
+    from tileseg.models.training.loop import make_config
+    from tileseg.models.training.loop import train as run_training
 
     if class_names is not None:
         options["class_names"] = [n.strip() for n in class_names.split(",")]

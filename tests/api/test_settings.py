@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from pydantic import ValidationError
 
-from service.settings import Settings
+from tileseg.settings import Settings
 
 
 def test_settings_from_the_environment(tmp_path, monkeypatch):

@@ -21,9 +21,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 
-from models.spec import BlendMode, Geometry
+from tileseg.models.spec import BlendMode, Geometry
 
-from .errors import TileGeometryError
+from tileseg.errors import TileGeometryError
 
 MAX_TILE = 8192
 

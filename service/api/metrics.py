@@ -12,8 +12,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from .jobs.runner import Outcome
-from .jobs.store import JobStatus, JobStore
+from tileseg.jobs.runner import Outcome
+from tileseg.jobs.store import JobStatus, JobStore
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -2,11 +2,11 @@
 
 The pipeline, each step a small piece of its own:
 
-1. plan the tiles (:mod:`service.tiling`);
+1. plan the tiles (:mod:`tileseg.engine.tiling`);
 2. read windows, mirror-padded and normalised, a batch at a time, in reader threads that run ahead of
-   the network (:mod:`service.raster`); tiles that are wholly nodata are skipped;
-3. run each batch, reduced to class indices on the device (:mod:`service.inference`);
-4. stitch cores, or blend windows, into finished rows (:mod:`service.stitching`);
+   the network (:mod:`tileseg.engine.io`); tiles that are wholly nodata are skipped;
+3. run each batch, reduced to class indices on the device (:mod:`tileseg.engine.runner`);
+4. stitch cores, or blend windows, into finished rows (:mod:`tileseg.engine.stitching`);
 5. write the rows in a writer thread, block-aligned, to a temporary file renamed into place at the end.
 
 Memory is bounded by the batch, the readers' lead and one band of tile rows: never by the image.
@@ -33,18 +33,19 @@ import numpy as np
 import rasterio.shutil
 from torch import nn
 
-import models
-from models.spec import BlendMode
+from tileseg import models
+from tileseg.models.spec import BlendMode
 
-from . import __version__
-from .blending import blend_weights
-from .errors import TilesegError
-from .inference import BatchRunner
-from .memory import release_free_memory
-from .runtime import Choice, pick_device, tuner
-from .raster import ALLOWED_DRIVERS, InputRaster, RasterInfo, StripWriter, gdal_env, mask_profile, write_class_metadata
-from .stitching import BlendStitcher, CropStitcher, Strip
-from .tiling import Tile, TilePlan, TileSettings, parse_blend
+from tileseg import __version__
+from tileseg.engine.blending import blend_weights
+from tileseg.errors import TilesegError
+from tileseg.engine.runner import BatchRunner
+from tileseg.engine.memory import release_free_memory
+from tileseg.engine.runtime import Choice, pick_device, tuner
+from tileseg.engine.io.read import ALLOWED_DRIVERS, InputRaster, RasterInfo, gdal_env
+from tileseg.engine.io.write import BackgroundWriter, MaskSink
+from tileseg.engine.stitching import BlendStitcher, CropStitcher, Strip
+from tileseg.engine.tiling import Tile, TilePlan, TileSettings, parse_blend
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def segment(
     """Segment the raster at ``source`` into a class-index GeoTIFF at ``output``.
 
     Args:
-        model: a network from :func:`models.load` (it carries its ``.spec``), on the device to run on.
+        model: a network from :func:`tileseg.models.load` (it carries its ``.spec``), on the device to run on.
         source: any raster GDAL reads (GeoTIFF/BigTIFF/COG, PNG, JPEG, Aperio SVS level 0).
         output: the mask to write; it appears only when complete.
         options: tiling, bands, flips, precision (see :class:`SegmentOptions`).
@@ -155,11 +156,11 @@ def segment(
             "TILESEG_RUNTIME": json.dumps({"runtime": runtime.label, "device": str(device), "why": choice.reason}),
             "TILESEG_SOURCE": src.info.name,
         }
-        sink = _Sink(src, spec, output, probabilities, out_dtype, nodata)
+        sink = MaskSink(src, spec, output, probabilities, out_dtype, nodata)
         runner = BatchRunner(model, settings, src.scaling, device, runtime, options.tta, probabilities is not None)
         counts = TileCounts()
         try:
-            with _BackgroundWriter(sink) as writer:
+            with BackgroundWriter(sink) as writer:
                 for strip in predict_strips(runner, src, counts, options.readers, progress):
                     writer.put(strip)
             sink.finish(tags, spec, options.cog)
@@ -178,7 +179,7 @@ def segment(
 
 def choose_runtime(model: nn.Module, device, settings: TileSettings, tiles: int, options: SegmentOptions) -> Choice:
     """The runtime for a run of ``tiles`` tiles: measured at the model's default window (cached), scaled to
-    this run's window (see :mod:`service.runtime`)."""
+    this run's window (see :mod:`tileseg.engine.runtime`)."""
     geometry = model.spec.geometry
     default_window = geometry.window(geometry.default_tile)
     return tuner().choose(model, device, default_window, settings.batch, batches=math.ceil(tiles / settings.batch),
@@ -264,101 +265,6 @@ def _prefetch(fn: Callable, items: Iterable, workers: int) -> Iterator:
         finally:
             for future in pending:
                 future.cancel()
-
-
-class _Sink:
-    """Where finished strips go: the mask and, if asked, the probabilities, with nodata applied."""
-
-    def __init__(self, src: InputRaster, spec: models.ModelSpec, output: Path, probabilities, dtype: str, nodata: int):
-        self.src = src
-        self.nodata = nodata
-        self.dtype = np.dtype(dtype)
-        indices = np.array([c.index for c in spec.classes])
-        self.lut = None if np.array_equal(indices, np.arange(len(indices))) else indices.astype(self.dtype)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        self.mask = StripWriter(output, mask_profile(src, 1, dtype, nodata))
-        self.probs = None
-        if probabilities is not None:
-            Path(probabilities).parent.mkdir(parents=True, exist_ok=True)
-            self.probs = StripWriter(probabilities, mask_profile(src, spec.num_classes, "uint8", None))
-
-    def write(self, strip: Strip) -> None:
-        classes = strip.channels.astype(self.dtype, copy=False)
-        if self.lut is not None:
-            classes = self.lut[strip.channels]
-        valid = self.src.read_valid(strip.y, 0, strip.height, self.src.width)
-        if valid is not None:
-            classes = np.where(valid, classes, self.dtype.type(self.nodata))
-        self.mask.write_rows(classes[None])
-        if self.probs is not None:
-            scaled = np.rint(strip.probabilities * 255).astype(np.uint8)
-            if valid is not None:
-                scaled *= valid[None]
-            self.probs.write_rows(scaled)
-
-    def finish(self, tags: dict[str, str], spec: models.ModelSpec, cog: bool) -> None:
-        write_class_metadata(self.mask.dataset, spec, tags)
-        self.mask.close()
-        writers = [self.mask]
-        if self.probs is not None:
-            self.probs.dataset.update_tags(**tags)
-            for c in spec.classes:
-                self.probs.dataset.set_band_description(spec.classes.index(c) + 1, f"p({c.name})")
-            self.probs.close()
-            writers.append(self.probs)
-        for writer in writers:
-            if cog:
-                _to_cog(writer.tmp)
-            os.replace(writer.tmp, writer.path)
-
-    def discard(self) -> None:
-        self.mask.discard()
-        if self.probs is not None:
-            self.probs.discard()
-
-
-def _to_cog(path: Path) -> None:
-    """Rewrite a finished GeoTIFF as a Cloud Optimized GeoTIFF with overviews (nearest: class indices)."""
-    cog = path.with_name(path.name + ".cog")
-    try:
-        rasterio.shutil.copy(path, cog, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512, BIGTIFF="IF_SAFER",
-                             OVERVIEW_RESAMPLING="NEAREST")
-        os.replace(cog, path)
-    finally:
-        cog.unlink(missing_ok=True)
-
-
-class _BackgroundWriter:
-    """A thread that writes strips while the network runs; its errors surface in the caller."""
-
-    def __init__(self, sink: _Sink):
-        self.sink = sink
-        self.queue: queue.Queue = queue.Queue(maxsize=4)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="tileseg-write", daemon=True)
-
-    def __enter__(self) -> _BackgroundWriter:
-        self.thread.start()
-        return self
-
-    def _run(self) -> None:
-        while (strip := self.queue.get()) is not None:
-            if self.error is None:
-                try:
-                    self.sink.write(strip)
-                except BaseException as err:  # handed to the caller, which re-raises it
-                    self.error = err
-
-    def put(self, strip: Strip) -> None:
-        if self.error is not None:
-            raise self.error
-        self.queue.put(strip)
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.queue.put(None)
-        self.thread.join()
-        if self.error is not None and exc is None:
-            raise self.error
 
 
 def _card_hash(model: nn.Module) -> str:

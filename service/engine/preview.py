@@ -15,7 +15,7 @@ import rasterio
 from PIL import Image
 from rasterio.enums import Resampling
 
-from .raster import gdal_env
+from tileseg.engine.io import gdal_env
 
 PREVIEW_SIDE = 512
 

@@ -25,9 +25,9 @@ from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
-from models.spec import ModelSpec, reflect_indices
+from tileseg.models.spec import ModelSpec, reflect_indices
 
-from .errors import BandMismatchError, DtypeError, TooLargeError, UnreadableInputError, UnsupportedFormatError
+from tileseg.errors import BandMismatchError, DtypeError, TooLargeError, UnreadableInputError, UnsupportedFormatError
 
 # Formats accepted as input, by GDAL driver (decided from the content, not the name). VRT is left out on
 # purpose: a VRT names other files, which would let a request reach outside what it was given.
@@ -164,7 +164,7 @@ def check_dtype(src, spec: ModelSpec, bands: tuple[int, ...]) -> str:
 class Scaling:
     """How raw band values become the network's input: clip to ``[low, high]`` (dtypes other than uint8),
     then ``x * a + b``, which is the dtype's scaling to [0, 1] folded into the spec's mean/std. The
-    arithmetic runs where the network does (:class:`service.inference.BatchRunner`), so that windows travel
+    arithmetic runs where the network does (:class:`tileseg.engine.runner.BatchRunner`), so that windows travel
     to the device as raw uint8."""
 
     low: np.ndarray
@@ -290,76 +290,3 @@ class InputRaster:
             return fn(self._dataset())
         except RasterioError as err:
             raise UnreadableInputError(f"{self.info.name} could not be read (truncated or corrupt?): {err}") from err
-
-
-class StripWriter:
-    """Writes full-width rows of a raster in order, in strips aligned to the output blocks.
-
-    The rows go to a temporary file beside ``path``; :meth:`commit` renames it into place, and leaving
-    the context without committing removes it, so a failed run never leaves a partial file.
-    """
-
-    def __init__(self, path: str | os.PathLike, profile: dict[str, Any]):
-        self.path = Path(path)
-        self.profile = profile
-        self.tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp.tif")
-        self._pending: list[np.ndarray] = []
-        self._pending_rows = 0
-        self._next_row = 0
-        with warnings.catch_warnings():  # an input without georeferencing gives an output without it: fine
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            self._dst = rasterio.open(self.tmp, "w", **profile)
-
-    @property
-    def dataset(self):
-        return self._dst
-
-    def write_rows(self, rows: np.ndarray) -> None:
-        """Append ``(bands, n, width)`` rows; full block rows are written at once."""
-        self._pending.append(rows)
-        self._pending_rows += rows.shape[1]
-        block = self.profile.get("blockysize", OUTPUT_BLOCK)
-        if self._pending_rows >= block:
-            data = np.concatenate(self._pending, axis=1)
-            cut = data.shape[1] - data.shape[1] % block
-            self._write(data[:, :cut])
-            rest = data[:, cut:]
-            self._pending = [rest] if rest.shape[1] else []
-            self._pending_rows = rest.shape[1]
-
-    def _write(self, data: np.ndarray) -> None:
-        window = Window(0, self._next_row, data.shape[2], data.shape[1])
-        self._dst.write(data, window=window)
-        self._next_row += data.shape[1]
-
-    def close(self) -> None:
-        if self._pending_rows:
-            self._write(np.concatenate(self._pending, axis=1))
-            self._pending, self._pending_rows = [], 0
-        self._dst.close()
-
-    def discard(self) -> None:
-        if not self._dst.closed:
-            self._dst.close()
-        self.tmp.unlink(missing_ok=True)
-
-
-def mask_profile(source: InputRaster, num_bands: int, dtype: str, nodata: int | None) -> dict[str, Any]:
-    """The output profile: the input's grid (size, CRS, transform), tiled, compressed, BigTIFF if needed."""
-    profile = {
-        "driver": "GTiff", "width": source.width, "height": source.height, "count": num_bands, "dtype": dtype,
-        "crs": source.crs, "transform": source.transform, "tiled": True, "blockxsize": OUTPUT_BLOCK,
-        "blockysize": OUTPUT_BLOCK, "compress": "deflate", "BIGTIFF": "IF_SAFER", "interleave": "band",
-    }
-    if nodata is not None:
-        profile["nodata"] = nodata
-    return profile
-
-
-def write_class_metadata(dst, spec: ModelSpec, tags: dict[str, str]) -> None:
-    """Colour table, class names and provenance tags on a finished mask."""
-    if dst.dtypes[0] == "uint8":
-        dst.write_colormap(1, {c.index: (*c.rgb, 255) for c in spec.classes if c.index < 255})
-    dst.set_band_description(1, "class")
-    dst.update_tags(1, CLASSES=json.dumps([{"index": c.index, "name": c.name, "color": c.color} for c in spec.classes]))
-    dst.update_tags(**tags)

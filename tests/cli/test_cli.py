@@ -10,9 +10,9 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 
-from service.cli import cli
+from tileseg.cli import cli
 
-from .nets import checkpoint
+from tests.engine.nets import checkpoint
 
 
 @pytest.fixture

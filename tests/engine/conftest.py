@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from . import nets
+from tests.engine import nets
 
 
 @pytest.fixture(autouse=True)

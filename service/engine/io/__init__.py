@@ -1,0 +1,17 @@
+"""Raster input and output with rasterio: windows in (:mod:`.read`), finished rows out (:mod:`.write`)."""
+
+from tileseg.engine.io.read import (
+    ALLOWED_DRIVERS,
+    InputRaster,
+    RasterInfo,
+    Scaling,
+    check_dtype,
+    gdal_env,
+    inspect,
+    open_raster,
+    select_bands,
+)
+from tileseg.engine.io.write import MaskSink, StripWriter, mask_profile, write_class_metadata
+
+__all__ = ["ALLOWED_DRIVERS", "InputRaster", "MaskSink", "RasterInfo", "Scaling", "StripWriter", "check_dtype",
+           "gdal_env", "inspect", "mask_profile", "open_raster", "select_bands", "write_class_metadata"]
