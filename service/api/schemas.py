@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime, timezone
 from typing import Any
 
+from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tileseg.models.spec import BlendMode
-
+from tileseg.engine.options import BANDS_PATTERN, base_type
 from tileseg.errors import RequestError
-from tileseg.jobs.intake import BANDS_PATTERN, JobOptions
+from tileseg.jobs.intake import JobOptions, JobOptionsRecord, form_fields
 from tileseg.jobs.store import Job, JobStatus
 
 
@@ -62,7 +63,7 @@ class JobOut(BaseModel):
     id: str
     status: JobStatus
     model: str
-    options: JobOptions
+    options: JobOptionsRecord
     input: InputInfo
     progress: Progress
     timings: Timings
@@ -80,7 +81,7 @@ class JobOut(BaseModel):
         if job.started is not None:
             seconds = round((job.finished or _now()) - job.started, 3)
         return cls(
-            id=job.id, status=job.status, model=job.model, options=JobOptions(**job.options),
+            id=job.id, status=job.status, model=job.model, options=JobOptionsRecord(**JobOptions(**job.options).to_record()),
             input=InputInfo(**job.input),
             progress=Progress(tiles_done=job.tiles_done, tiles_total=total, percent=round(percent, 1)),
             timings=Timings(created=_time(job.created), started=_time(job.started), finished=_time(job.finished),
@@ -115,6 +116,9 @@ class SegmentForm(BaseModel):
         """
         own = {k: v for k, v in fields.items() if k in cls.model_fields}
         options = {k: v for k, v in fields.items() if k not in cls.model_fields and v != ""}
+        unknown = sorted(set(options) - set(form_fields()))
+        if unknown:  # the server's own settings (batch, readers) are not the client's to set
+            raise RequestError(f"{unknown[0]}: not a field of this form")
         try:
             form = cls(**own)
             job_options = JobOptions(**options)
@@ -125,7 +129,32 @@ class SegmentForm(BaseModel):
         return form, job_options
 
 
-FORM_FIELDS = frozenset({"file", "source", "model", *JobOptions.model_fields})
+def form_properties() -> dict[str, dict[str, Any]]:
+    """The OpenAPI schema of each option field of the form, derived from the options model's types and
+    constraints, so that the schema and the validation cannot drift apart."""
+    properties = {}
+    for name in form_fields():
+        field = JobOptions.model_fields[name]
+        kind = base_type(field.annotation)
+        prop: dict[str, Any] = {"description": field.description}
+        if kind is bool:
+            prop["type"] = "boolean"
+        elif isinstance(kind, type) and issubclass(kind, enum.Enum):
+            prop.update(type="string", enum=[m.value for m in kind])
+        elif kind is int or kind is float:
+            prop["type"] = "integer" if kind is int else "number"
+            for rule in field.metadata:
+                for cls, key in ((Ge, "minimum"), (Le, "maximum"), (Gt, "exclusiveMinimum"), (Lt, "exclusiveMaximum")):
+                    if isinstance(rule, cls):
+                        prop[key] = getattr(rule, {"minimum": "ge", "maximum": "le", "exclusiveMinimum": "gt",
+                                                   "exclusiveMaximum": "lt"}[key])
+        else:  # bands: text in a form
+            prop.update(type="string", pattern=BANDS_PATTERN)
+        properties[name] = prop
+    return properties
+
+
+FORM_FIELDS = frozenset({"file", "source", "model", *form_fields()})
 
 SEGMENT_FORM_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -136,14 +165,7 @@ SEGMENT_FORM_SCHEMA: dict[str, Any] = {
         "source": {"type": "string", "minLength": 1, "maxLength": 4096,
                    "description": "A path under one of the server's TILESEG_INPUT_ROOTS, instead of an upload."},
         "model": {"type": "string", "minLength": 1, "maxLength": 200, "description": "A served model (GET /models)."},
-        "tile": {"type": "integer", "minimum": 1, "maximum": 8192, "description": "Output core size in pixels."},
-        "blend": {"type": "string", "enum": [m.value for m in BlendMode]},
-        "overlap": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
-        "prune": {"type": "integer", "minimum": 1, "maximum": 16, "description": "U-Net++: run level L only."},
-        "bands": {"type": "string", "pattern": BANDS_PATTERN, "description": "1-based band numbers, e.g. 1,2,3"},
-        "tta": {"type": "boolean"},
-        "cog": {"type": "boolean"},
-        "probabilities": {"type": "boolean", "description": "Also write per-class probabilities."},
+        **form_properties(),
     },
 }
 

@@ -20,9 +20,10 @@ import click
 from tqdm import tqdm
 
 from tileseg import models
-from tileseg.models.spec import BlendMode
 
+from tileseg.cli.options import build, click_options
 from tileseg.cli.train import train
+from tileseg.engine.options import SegmentOptions
 from tileseg.errors import TilesegError
 
 EXIT_USER_ERROR = 1
@@ -42,18 +43,6 @@ def user_errors(fn):
     return wrapper
 
 
-def parse_bands(ctx, param, value: str | None) -> tuple[int, ...] | None:
-    if not value:
-        return None
-    try:
-        bands = tuple(int(part) for part in value.split(","))
-    except ValueError:
-        raise click.BadParameter("give 1-based band numbers separated by commas, e.g. 1,2,3") from None
-    if any(b < 1 for b in bands):
-        raise click.BadParameter("band numbers start at 1")
-    return bands
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tileseg", message="tileseg %(version)s")
 def cli() -> None:
@@ -65,41 +54,28 @@ def cli() -> None:
 @click.argument("output_path", metavar="OUTPUT", type=click.Path(path_type=Path))
 @click.option("--model", "model_name", help="An installed model (see `tileseg models`).")
 @click.option("--weights", "weights_path", type=click.Path(path_type=Path), help="A checkpoint NAME.safetensors.")
-@click.option("--tile", type=int, help="Output core size in pixels (default: the model's).")
-@click.option("--blend", type=click.Choice([m.value for m in BlendMode]), help="Default: the model's.")
-@click.option("--overlap", type=float, default=0.0, show_default=True, help="Blended modes: extra overlap, a fraction of the window.")
-@click.option("--batch", type=int, default=4, show_default=True, help="Tiles per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--bands", callback=parse_bands, help="1-based bands to use, e.g. 1,2,3.")
-@click.option("--tta", is_flag=True, help="Average probabilities over flips.")
-@click.option("--cog", is_flag=True, help="Write a Cloud Optimized GeoTIFF with overviews.")
 @click.option("--probabilities", type=click.Path(path_type=Path), help="Also write per-class probabilities here.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
-              help="auto: the fastest the model card allows, measured on this device.")
-@click.option("--compile", "compile_", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-              help="torch.compile; auto: when measured to save more time than it costs.")
-@click.option("--prune", type=int, help="U-Net++: run only the L1..L4 sub-network.")
+@click_options(SegmentOptions)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @user_errors
-def segment(input_path, output_path, model_name, weights_path, tile, blend, overlap, batch, device, bands, tta, cog,
-            probabilities, precision, compile_, prune, quiet) -> None:
+def segment(input_path: Path, output_path: Path, model_name: str | None, weights_path: Path | None, device: str,
+            probabilities: Path | None, quiet: bool, **values) -> None:
     """Segment INPUT (any raster GDAL reads) into the mask GeoTIFF OUTPUT."""
-    from tileseg.engine import SegmentOptions, run_file
+    from tileseg.engine import run_file
     from tileseg.engine.runtime import configure_threads
 
     if bool(model_name) == bool(weights_path):
         raise click.UsageError("give exactly one of --model NAME or --weights PATH")
-    options = SegmentOptions(tile=tile, blend=BlendMode(blend) if blend else None, overlap=overlap, batch=batch,
-                             bands=bands, tta=tta, cog=cog, precision=precision, compile=compile_)
+    options = build(SegmentOptions, values)
     configure_threads()
-    model_options = {"prune": prune} if prune is not None else {}
     with tqdm(total=0, unit="tile", disable=quiet, desc=input_path.name) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
         result = run_file(str(model_name or weights_path), input_path, output_path, options, device,
-                          probabilities, progress, **model_options)
+                          probabilities, progress)
     for note in result.warnings:
         click.echo(f"warning: {note}", err=True)
     if not quiet:

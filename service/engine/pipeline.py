@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -45,37 +45,12 @@ from tileseg.engine.runtime import Choice, pick_device, tuner
 from tileseg.engine.io.read import ALLOWED_DRIVERS, InputRaster, RasterInfo, gdal_env
 from tileseg.engine.io.write import BackgroundWriter, MaskSink
 from tileseg.engine.stitching import BlendStitcher, CropStitcher, Strip
-from tileseg.engine.tiling import Tile, TilePlan, TileSettings, parse_blend
+from tileseg.engine.options import SegmentOptions
+from tileseg.engine.tiling import Tile, TilePlan, TileSettings
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (tiles done, tiles total); raising from it stops the run
-
-
-@dataclass(frozen=True)
-class SegmentOptions:
-    """What a run may change; None means the model's default. The CLI and the API take the same names."""
-
-    tile: int | None = None
-    blend: BlendMode | None = None
-    overlap: float = 0.0
-    batch: int = 4
-    bands: tuple[int, ...] | None = None
-    tta: bool = False
-    cog: bool = False
-    precision: str = "auto"
-    compile: str = "auto"
-    readers: int = 2
-
-    def __post_init__(self) -> None:
-        if self.blend is not None:
-            object.__setattr__(self, "blend", parse_blend(self.blend))
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["blend"] = self.blend.value if self.blend else None
-        data["bands"] = list(self.bands) if self.bands else None
-        return data
 
 
 @dataclass
@@ -151,7 +126,7 @@ def segment(
             "TILESEG_MODEL": spec.name,
             "TILESEG_CARD_SHA256": _card_hash(model),
             "TILESEG_VERSION": __version__,
-            "TILESEG_OPTIONS": json.dumps({**options.to_dict(), "tile": settings.core, "blend": settings.blend.value,
+            "TILESEG_OPTIONS": json.dumps({**options.to_record(), "tile": settings.core, "blend": settings.blend.value,
                                            "precision": runtime.precision}),
             "TILESEG_RUNTIME": json.dumps({"runtime": runtime.label, "device": str(device), "why": choice.reason}),
             "TILESEG_SOURCE": src.info.name,
@@ -183,7 +158,7 @@ def choose_runtime(model: nn.Module, device, settings: TileSettings, tiles: int,
     geometry = model.spec.geometry
     default_window = geometry.window(geometry.default_tile)
     return tuner().choose(model, device, default_window, settings.batch, batches=math.ceil(tiles / settings.batch),
-                          precision=options.precision, compile=options.compile,
+                          precision=options.precision.value, compile=options.compile.value,
                           window_pixels=settings.window**2)
 
 
@@ -290,8 +265,9 @@ def _pixel_size_warnings(src: InputRaster, spec: models.ModelSpec) -> list[str]:
 
 
 def run_file(name_or_path: str, source, output, options: SegmentOptions = SegmentOptions(), device: str = "auto",
-             probabilities=None, progress: Progress | None = None, **model_options: Any) -> SegmentResult:
-    """Load a model and segment one file: what ``tileseg segment`` does."""
+             probabilities=None, progress: Progress | None = None) -> SegmentResult:
+    """Load a model (with ``options.prune``) and segment one file: what ``tileseg segment`` does."""
+    model_options = {"prune": options.prune} if options.prune is not None else {}
     model = models.load(name_or_path, device=pick_device(device), **model_options)
     return segment(model, source, output, options, probabilities, progress)
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 from tileseg.models.spec import BlendMode, Geometry
 
+from tileseg.engine.options import MAX_TILE
 from tileseg.errors import TileGeometryError
 
-MAX_TILE = 8192
 
 
 @dataclass(frozen=True)

@@ -8,62 +8,50 @@ The same checks run again, fully, when the engine opens the input; these only an
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, create_model
 
-from tileseg.models.spec import BlendMode, ModelSpec
+from tileseg.models.spec import ModelSpec
 
-from tileseg.engine import SegmentOptions, tile_settings
+from tileseg.engine import tile_settings
+from tileseg.engine.options import SegmentOptions, scope
 from tileseg.errors import SourceNotAllowedError, TooLargeError
 from tileseg.engine.io import ALLOWED_DRIVERS, RasterInfo, check_dtype, gdal_env, inspect, open_raster, select_bands
 
 # Formats without internal tiles: reaching any window decodes every row above it, so their size is
 # bounded more tightly than that of tiled GeoTIFFs (a small PNG can claim 10^10 pixels).
 UNTILED_DRIVERS = frozenset({"PNG", "JPEG", "BMP", "WEBP"})
-BANDS_PATTERN = r"^[0-9]{1,4}(,[0-9]{1,4})*$"
 
 
-class JobOptions(BaseModel):
-    """A job's options: the command line's, under the same names; None means the model's default."""
+class JobOptions(SegmentOptions):
+    """A job's options: the engine's (:class:`tileseg.engine.options.SegmentOptions`), of which the form takes
+    those not scoped to the command line, and what only jobs have."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    tile: int | None = Field(None, ge=1, le=8192, description="Output core size in pixels.")
-    blend: BlendMode | None = Field(None, description="crop, gaussian or cosine.")
-    overlap: float = Field(0.0, ge=0, lt=1, description="Blended modes: extra overlap, a fraction of the window.")
-    prune: int | None = Field(None, ge=1, le=16, description="U-Net++: run only the L-level sub-network.")
-    bands: tuple[int, ...] | None = Field(None, description="1-based bands to use, e.g. 1,2,3.")
-    tta: bool = Field(False, description="Average probabilities over flips.")
-    cog: bool = Field(False, description="Write a Cloud Optimized GeoTIFF with overviews.")
     probabilities: bool = Field(False, description="Also write per-class probabilities.")
 
-    @field_validator("bands", mode="before")
-    @classmethod
-    def _parse_bands(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            if not value:
-                return None
-            if not re.fullmatch(BANDS_PATTERN, value):
-                raise ValueError("give 1-based band numbers separated by commas, e.g. 1,2,3")
-            value = tuple(int(part) for part in value.split(","))
-        if value is not None and any(b < 1 for b in value):
-            raise ValueError("band numbers start at 1")
-        return value
-
     def segment_options(self, batch: int = 4) -> SegmentOptions:
-        """The engine's options for this job."""
-        return SegmentOptions(tile=self.tile, blend=self.blend, overlap=self.overlap, batch=batch, bands=self.bands,
-                              tta=self.tta, cog=self.cog)
+        """The engine's options for this job, with the server's batch size."""
+        return SegmentOptions(**{**self.model_dump(exclude={"probabilities"}), "batch": batch})
 
     def to_record(self) -> dict[str, Any]:
-        """The options as the job table and the API show them."""
-        data = self.model_dump(mode="json")
-        data["bands"] = list(self.bands) if self.bands else None
-        return data
+        """The options as the job table and the API show them: the form's fields."""
+        data = super().to_record()
+        return {name: data[name] for name in form_fields()}
+
+
+def form_fields() -> list[str]:
+    """The option fields of ``POST /segment`` (those not scoped to the command line), in declaration order."""
+    return [name for name in JobOptions.model_fields if scope(JobOptions, name) != "cli"]
+
+
+# The job record's options, as the API shows them: the form's fields of JobOptions, typed and described as there.
+JobOptionsRecord = create_model(
+    "JobOptionsRecord", __config__=ConfigDict(frozen=True),
+    **{name: (JobOptions.model_fields[name].annotation, JobOptions.model_fields[name]) for name in form_fields()},
+)
 
 
 @dataclass(frozen=True)
@@ -134,4 +122,4 @@ def check_input(path: str | os.PathLike, spec: ModelSpec, options: JobOptions, l
                       crs=info.crs, driver=info.driver)
 
 
-__all__ = ["InputLimits", "JobOptions", "UNTILED_DRIVERS", "check_input", "resolve_source"]
+__all__ = ["InputLimits", "JobOptions", "JobOptionsRecord", "form_fields", "UNTILED_DRIVERS", "check_input", "resolve_source"]

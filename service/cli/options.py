@@ -1,0 +1,59 @@
+"""Command-line options made from the options model (:mod:`tileseg.engine.options`): a field is a ``--flag``
+with the field's type, default, choices and description, so that nothing is declared twice."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any
+
+import click
+from pydantic import BaseModel, ValidationError
+
+from tileseg.engine.options import base_type
+
+
+def click_options(model: type[BaseModel]) -> Callable:
+    """A decorator adding one click option per field of ``model`` (fields in declaration order)."""
+
+    def decorate(command: Callable) -> Callable:
+        for name in reversed(list(model.model_fields)):
+            command = _option(model, name)(command)
+        return command
+
+    return decorate
+
+
+def _option(model: type[BaseModel], name: str) -> Callable:
+    field = model.model_fields[name]
+    flag = f"--{name.replace('_', '-')}"
+    kind = base_type(field.annotation)
+    default = field.default.value if isinstance(field.default, enum.Enum) else field.default
+    common: dict[str, Any] = {"help": field.description, "default": default}
+    if kind is bool:
+        return click.option(flag, name, is_flag=True, **common)
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return click.option(flag, name, type=click.Choice([m.value for m in kind]),
+                            show_default=default is not None, **common)
+    if kind in (int, float):
+        return click.option(flag, name, type=kind, show_default=default is not None, **common)
+    return click.option(flag, name, type=str, **common)  # bands: "1,2,3", parsed by the model
+
+
+def build(model: type[BaseModel], values: dict[str, Any]) -> BaseModel:
+    """The options model from a command's keyword arguments (only the model's own fields are taken).
+
+    Raises:
+        click.BadParameter: a value the model refuses, naming the option and the reason.
+    """
+    own = {k: v for k, v in values.items() if k in model.model_fields and v is not None}
+    try:
+        return model(**own)
+    except ValidationError as err:
+        first = err.errors()[0]
+        name = str(first["loc"][0]) if first.get("loc") else "options"
+        raise click.BadParameter(first["msg"].removeprefix("Value error, "),
+                                 param_hint=f"--{name.replace('_', '-')}") from None
+
+
+__all__ = ["build", "click_options"]

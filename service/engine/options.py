@@ -1,0 +1,107 @@
+"""A run's options, declared once: the engine takes them, and the ``tileseg segment`` command, the HTTP form
+of ``POST /segment`` (with its OpenAPI schema) and the job record derive from them.
+
+Each field says where it applies through ``json_schema_extra={"scope": ...}``: ``both`` (the default), or
+``cli`` for what a server decides itself (its batch size, its reader threads). A new option is one field
+here: the command line gets a ``--flag`` (:func:`tileseg.cli.options.click_options`), the form a field and
+its schema a property (:func:`tileseg.api.schemas.form_properties`), the job record a key
+(:class:`tileseg.jobs.intake.JobOptions` adds what only jobs have: ``probabilities``).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tileseg.models.spec import BlendMode
+
+BANDS_PATTERN = r"^[0-9]{1,4}(,[0-9]{1,4})*$"
+MAX_TILE = 8192  # the largest core: a window of 8192^2 already takes gigabytes of activations
+
+
+class Precision(str, enum.Enum):
+    """The network's arithmetic: ``auto`` measures what the card allows on the device and takes the fastest."""
+
+    AUTO = "auto"
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+class Compile(str, enum.Enum):
+    """``torch.compile``: ``auto`` compiles when measured to save more time than compiling costs."""
+
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+
+def _cli_only(description: str) -> dict[str, Any]:
+    return {"description": description, "json_schema_extra": {"scope": "cli"}}
+
+
+class SegmentOptions(BaseModel):
+    """What a run may change; None means the model's default. The command line takes the same names."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+
+    tile: int | None = Field(None, ge=1, le=MAX_TILE, description="Output core size in pixels (default: the "
+                             "model's); a multiple of the network's stride.")
+    blend: BlendMode | None = Field(None, description="crop (exact), gaussian or cosine (default: the model's).")
+    overlap: float = Field(0.0, ge=0, lt=1, description="Blended modes: extra overlap, a fraction of the window.")
+    bands: tuple[int, ...] | None = Field(None, description="1-based bands to use, e.g. 1,2,3.")
+    tta: bool = Field(False, description="Average probabilities over flips.")
+    cog: bool = Field(False, description="Write a Cloud Optimized GeoTIFF with overviews.")
+    precision: Precision = Field(Precision.AUTO, description="auto: the fastest the model card allows, measured "
+                                 "on this device.")
+    compile: Compile = Field(Compile.AUTO, **_cli_only("torch.compile; auto: when measured to save more time "
+                                                      "than it costs."))
+    prune: int | None = Field(None, ge=1, le=16, description="U-Net++: run only the L-level sub-network (applied "
+                              "when the model is loaded).")
+    batch: int = Field(4, ge=1, le=1024, **_cli_only("Tiles per forward pass."))
+    readers: int = Field(2, ge=1, le=64, **_cli_only("Reader threads preparing batches ahead of the network."))
+
+    @field_validator("bands", mode="before")
+    @classmethod
+    def _parse_bands(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value:
+                return None
+            if not re.fullmatch(BANDS_PATTERN, value):
+                raise ValueError("give 1-based band numbers separated by commas, e.g. 1,2,3")
+            value = tuple(int(part) for part in value.split(","))
+        if value is not None and any(int(b) < 1 for b in value):
+            raise ValueError("band numbers start at 1")
+        return value
+
+    @field_validator("bands")
+    @classmethod
+    def _some_bands(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        return value or None
+
+    def to_record(self) -> dict[str, Any]:
+        """The options as JSON (enums as their values, bands as a list): tags, job records, the API."""
+        data = self.model_dump(mode="json")
+        data["bands"] = list(self.bands) if self.bands else None
+        return data
+
+
+def base_type(annotation: Any) -> Any:
+    """The type a field holds, without its ``None``: ``int | None`` -> int, ``tuple[int, ...] | None`` -> tuple,
+    enums and plain types as they are (what the command line and the form schema are made from)."""
+    args = [a for a in getattr(annotation, "__args__", ()) if a is not type(None)]
+    if args and getattr(annotation, "__origin__", None) is not tuple:
+        annotation = args[0]
+    return getattr(annotation, "__origin__", annotation)
+
+
+def scope(model: type[BaseModel], name: str) -> str:
+    """Where a field applies: ``both`` or ``cli``."""
+    extra = model.model_fields[name].json_schema_extra
+    return extra.get("scope", "both") if isinstance(extra, dict) else "both"
+
+
+__all__ = ["BANDS_PATTERN", "MAX_TILE", "Compile", "Precision", "SegmentOptions", "base_type", "scope"]
