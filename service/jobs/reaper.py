@@ -16,10 +16,10 @@ many reapers at once do no harm):
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, field
 
 from tileseg.jobs.broker import Broker
+from tileseg.jobs.periodic import Periodic
 from tileseg.jobs.store import JobStatus, JobStore
 
 log = logging.getLogger(__name__)
@@ -66,40 +66,21 @@ def _send(store: JobStore, broker: Broker, job_ids: list[str]) -> None:
     store.enqueued(sent)
 
 
-class Reaper:
+class Reaper(Periodic):
     """Runs :func:`reap` every ``interval`` seconds in a thread until stopped."""
+
+    stop_wait = 30.0  # a pass may be waiting on the broker's send retries
 
     def __init__(self, store: JobStore, broker: Broker, *, lease: float, max_attempts: int, requeue_after: float,
                  interval: float):
+        super().__init__("tileseg-reaper", interval)
         self.store = store
         self.broker = broker
         self.options = dict(lease=lease, max_attempts=max_attempts, requeue_after=requeue_after)
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="tileseg-reaper", daemon=True)
 
-    def start(self) -> Reaper:
-        """Start the passes in a thread; returns the reaper."""
-        self._thread.start()
-        return self
-
-    @property
-    def alive(self) -> bool:
-        """Whether the thread runs."""
-        return self._thread.is_alive()
-
-    def stop(self) -> None:
-        """Stop after the pass under way, if any."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(30)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                reap(self.store, self.broker, **self.options)
-            except Exception:  # the database or the broker is away: the next pass tries again
-                log.warning("the reaper's pass failed", exc_info=True)
+    def step(self) -> None:
+        """One pass."""
+        reap(self.store, self.broker, **self.options)
 
 
 __all__ = ["Reaped", "Reaper", "reap"]

@@ -33,6 +33,7 @@ from tileseg.engine.preview import render_preview
 from tileseg.settings import Settings
 from tileseg.jobs.files import JobFiles
 from tileseg.jobs.intake import InputLimits, JobOptions
+from tileseg.jobs.periodic import Periodic
 from tileseg.jobs.store import Job, JobStatus, JobStore
 
 log = logging.getLogger(__name__)
@@ -70,46 +71,30 @@ class Outcome:
     error_code: str | None = None
 
 
-class Heartbeat:
+class Heartbeat(Periodic):
     """Renews a running attempt's lease every ``interval`` seconds in a thread, until stopped.
 
     :attr:`lost` turns true when a renewal finds that the attempt no longer owns its job (canceled, or
-    handed to another attempt); a database that does not answer is tried again at the next beat, as the
-    lease may well still hold.
+    handed to another attempt), and the beats stop; a database that does not answer is tried again at the
+    next beat, as the lease may well still hold.
     """
 
     def __init__(self, store: JobStore, job: Job, interval: float):
+        super().__init__(f"tileseg-heartbeat-{job.id[:8]}", interval)
         self.store = store
         self.job = job
-        self.interval = interval
         self._lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"tileseg-heartbeat-{job.id[:8]}", daemon=True)
 
     @property
     def lost(self) -> bool:
         """Whether a renewal found the job no longer this attempt's."""
         return self._lost.is_set()
 
-    def start(self) -> Heartbeat:
-        """Start beating in a thread; returns the heartbeat."""
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop beating (the lease then runs out unless the job ends first)."""
-        self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(10)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                if not self.store.renew(self.job.id, self.job.token):
-                    self._lost.set()
-                    return
-            except Exception:  # the database is away for a moment: the next beat tries again
-                log.warning("job %s: the heartbeat could not be written", self.job.id, exc_info=True)
+    def step(self) -> None:
+        """Renew the lease once."""
+        if not self.store.renew(self.job.id, self.job.token):
+            self._lost.set()
+            self.stop()
 
 
 def run_job(store: JobStore, job: Job, load_model: ModelSource, config: RunConfig,

@@ -9,13 +9,13 @@ into place (the renames are done now), and the working folders of attempts that 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from pathlib import Path
 
 from tileseg.errors import JobNotFoundError
 from tileseg.jobs.files import JobFiles, jobs_root
+from tileseg.jobs.periodic import Periodic
 from tileseg.jobs.store import Job, JobStatus, JobStore
 
 log = logging.getLogger(__name__)
@@ -79,31 +79,18 @@ def _tidy_attempts(job: Job, files: JobFiles) -> None:
                 pass
 
 
-class Sweeper:
+class Sweeper(Periodic):
     """Sweeps every ``interval`` seconds in a thread until stopped."""
 
     def __init__(self, store: JobStore, data_dir: Path, interval: float, keep_inputs: bool = False):
+        super().__init__("tileseg-sweeper", interval)
         self.store = store
         self.data_dir = data_dir
-        self.interval = interval
         self.keep_inputs = keep_inputs
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="tileseg-sweeper", daemon=True)
 
-    def start(self) -> Sweeper:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                sweep(self.store, self.data_dir, self.keep_inputs)
-            except Exception:  # a failed sweep is tried again at the next interval
-                log.exception("sweep failed")
+    def step(self) -> None:
+        """One sweep."""
+        sweep(self.store, self.data_dir, self.keep_inputs)
 
 
 __all__ = ["Sweeper", "sweep"]
