@@ -35,7 +35,7 @@ from tileseg.settings import Settings
 from tileseg.jobs.broker import TASK, Broker, make_celery
 from tileseg.jobs.modelpool import ModelPool
 from tileseg.jobs.reaper import Reaper
-from tileseg.jobs.runner import RunConfig, run_job
+from tileseg.jobs.runner import RunConfig, RunStatus, run_job
 from tileseg.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -82,9 +82,9 @@ class QueueWorker:
             return "skipped"
         log.info("job %s: attempt %s (start %d) on %s", job.id, job.token, job.attempts, self.pool.device)
         outcome = run_job(self.store, job, self.pool.get, self.config, self._past_grace)
-        if outcome.status == "interrupted":
+        if outcome.status is RunStatus.INTERRUPTED:
             raise Reject("the worker stopped: the job is queued again", requeue=True)
-        return outcome.status
+        return outcome.status.value
 
     def stopping(self) -> None:
         """SIGTERM arrived: take no new job; the running one has the grace period from now."""

@@ -18,6 +18,7 @@ whether it may publish, and only then are its files renamed into place (:mod:`ti
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
@@ -61,11 +62,21 @@ class RunConfig:
                    heartbeat=settings.heartbeat)
 
 
+class RunStatus(str, enum.Enum):
+    """How a run ended: the job succeeded, failed or was canceled; or the attempt let go of it."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    INTERRUPTED = "interrupted"  # the worker is stopping: the job is back in the queue
+    LOST = "lost"  # the lease ran out: another attempt has the job
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How a run ended, for the worker's metrics and logs."""
 
-    status: str  # succeeded, failed, canceled, interrupted (back in the queue), lost (the lease ran out)
+    status: RunStatus
     seconds: float
     tiles: int
     error_code: str | None = None
@@ -112,8 +123,7 @@ def run_job(store: JobStore, job: Job, load_model: ModelSource, config: RunConfi
         should_stop: polled after every batch; True sends the job back to the queue (a worker stopping).
 
     Returns:
-        How the run ended: ``succeeded``, ``failed``, ``canceled``, ``interrupted`` (the job is queued
-        again) or ``lost`` (the lease ran out and another attempt has the job).
+        How the run ended (:class:`RunStatus`).
     """
     started = time.perf_counter()
     files = JobFiles.of(config.data_dir, job.id)
@@ -129,15 +139,15 @@ def run_job(store: JobStore, job: Job, load_model: ModelSource, config: RunConfi
         if should_stop():
             raise InterruptedJobError("the worker is stopping")
 
-    def outcome(status: str, code: str | None = None) -> Outcome:
+    def outcome(status: RunStatus, code: str | None = None) -> Outcome:
         return Outcome(status, time.perf_counter() - started, done, code)
 
     def ended_elsewhere() -> Outcome:
         # the compare-and-set found the job no longer this attempt's: canceled, or gone to another attempt
         if isinstance(_not_ours(store, job), CanceledError):
             files.remove()  # a canceled job keeps nothing, not even its upload
-            return outcome("canceled", "canceled")
-        return outcome("lost", LeaseLostError.code)
+            return outcome(RunStatus.CANCELED, "canceled")
+        return outcome(RunStatus.LOST, LeaseLostError.code)
 
     try:
         try:
@@ -152,14 +162,14 @@ def run_job(store: JobStore, job: Job, load_model: ModelSource, config: RunConfi
         except CanceledError:
             log.info("job %s canceled", job.id)
             files.remove()
-            return outcome("canceled", "canceled")
+            return outcome(RunStatus.CANCELED, "canceled")
         except LeaseLostError:
             log.warning("job %s: this attempt lost its lease (another attempt has the job); it stops", job.id)
-            return outcome("lost", LeaseLostError.code)
+            return outcome(RunStatus.LOST, LeaseLostError.code)
         except InterruptedJobError:
             log.info("job %s goes back to the queue: the worker is stopping", job.id)
             store.release(job.id, job.token)
-            return outcome("interrupted", "interrupted")
+            return outcome(RunStatus.INTERRUPTED, "interrupted")
         except TilesegError as err:
             log.info("job %s failed: %s", job.id, err)
             return _fail(store, job, files, config, err.code, str(err), outcome, ended_elsewhere)
@@ -175,7 +185,7 @@ def run_job(store: JobStore, job: Job, load_model: ModelSource, config: RunConfi
         log.info("job %s published by attempt %s: %d tiles in %.1f s", job.id, job.token, done,
                  time.perf_counter() - started)
         _drop_input(job, files, config)
-        return outcome("succeeded")
+        return outcome(RunStatus.SUCCEEDED)
     finally:
         heartbeat.stop()
         files.remove_attempt(job.token)  # this attempt's working files, whatever happened
@@ -197,7 +207,7 @@ def _fail(store: JobStore, job: Job, files: JobFiles, config: RunConfig, code: s
     if not store.finish(job.id, job.token, JobStatus.FAILED, error=(code, message)):
         return ended_elsewhere()
     _drop_input(job, files, config)
-    return outcome("failed", code)
+    return outcome(RunStatus.FAILED, code)
 
 
 def _drop_input(job: Job, files: JobFiles, config: RunConfig) -> None:
@@ -205,4 +215,4 @@ def _drop_input(job: Job, files: JobFiles, config: RunConfig) -> None:
         Path(job.input_path).unlink(missing_ok=True)
 
 
-__all__ = ["Heartbeat", "ModelSource", "Outcome", "RunConfig", "run_job"]
+__all__ = ["Heartbeat", "ModelSource", "Outcome", "RunConfig", "RunStatus", "run_job"]

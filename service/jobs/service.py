@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,13 +29,12 @@ from tileseg.errors import (
     ResultNotFoundError,
     ResultNotReadyError,
 )
-from tileseg.api.metrics import ServiceMetrics
 from tileseg.engine.runtime import configure_threads
 from tileseg.settings import Mode, Settings
 from tileseg.jobs.files import JobFiles, jobs_root
 from tileseg.jobs.intake import JobOptions, check_input, resolve_source
 from tileseg.jobs.modelpool import CardCatalogue, ModelPool
-from tileseg.jobs.runner import RunConfig
+from tileseg.jobs.runner import Outcome, RunConfig
 from tileseg.jobs.store import ANY_OWNER, Job, JobStatus, JobStore, new_job_id
 from tileseg.jobs.sweeper import Sweeper, sweep
 from tileseg.jobs.worker import Worker
@@ -59,9 +59,12 @@ class JobService:
     Args:
         settings: the service's settings.
         start_workers: run the runtime (embedded workers or, in queue mode, the reaper) and the sweeper.
+        on_outcome: called with each run's :class:`~tileseg.jobs.runner.Outcome` by this process's
+            workers (the API's metrics); queue workers are other processes and report nothing here.
     """
 
-    def __init__(self, settings: Settings, start_workers: bool = True):
+    def __init__(self, settings: Settings, start_workers: bool = True,
+                 on_outcome: Callable[[Outcome], None] | None = None):
         self.settings = settings
         self.data_dir = settings.data_dir.resolve()
         jobs_root(self.data_dir).mkdir(parents=True, exist_ok=True)
@@ -80,7 +83,7 @@ class JobService:
             self.pools = [ModelPool(weights, settings.models, device) for device in settings.devices]
             self.catalogue = self.pools[0]
         self.store = JobStore(settings.database)
-        self.metrics = ServiceMetrics(self.store)
+        self.on_outcome = on_outcome
         self.run_config = RunConfig.of(settings)
         self.limits = self.run_config.limits
         self.workers: list[Worker] = []
@@ -109,7 +112,7 @@ class JobService:
                         len(requeued), len(failed))
         sweep(self.store, self.data_dir, self.settings.keep_inputs)
         for pool in self.pools:
-            worker = Worker(self.store, pool.get, self.run_config, on_outcome=self.metrics.job_finished)
+            worker = Worker(self.store, pool.get, self.run_config, on_outcome=self.on_outcome)
             self.workers.append(worker.start())
         self.sweeper = Sweeper(self.store, self.data_dir, self.settings.sweep_interval,
                                self.settings.keep_inputs).start()
@@ -205,6 +208,10 @@ class JobService:
             JobFiles.of(self.data_dir, job_id).remove()
             if before.input_owned:
                 Path(before.input_path).unlink(missing_ok=True)
+
+    def count_by_status(self) -> dict[JobStatus, int]:
+        """How many jobs are in each state (every state present, zero or not)."""
+        return self.store.count_by_status()
 
     def result(self, job_id: str, kind: str, owner: Any = ANY_OWNER) -> tuple[Job, Path]:
         """The job and the path of one of its results (``mask``, ``probabilities``, ``preview``).
