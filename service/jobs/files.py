@@ -20,6 +20,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from tileseg.jobs.store import Job
+
 
 @dataclass(frozen=True)
 class JobFiles:
@@ -51,9 +53,6 @@ class JobFiles:
     @property
     def preview(self) -> Path:
         return self.root / "preview.png"
-
-    def results(self) -> list[Path]:
-        return [self.mask, self.probabilities, self.preview]
 
     @property
     def attempts(self) -> Path:
@@ -93,14 +92,20 @@ class JobFiles:
         except OSError:  # not empty (another attempt's), or gone already
             pass
 
-    def remove_results(self) -> None:
-        """Remove the published results (mask, probabilities, preview)."""
-        for path in self.results():
-            path.unlink(missing_ok=True)
-
     def remove(self) -> None:
         """Remove the job's folder and everything in it."""
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def drop_input(job: Job, keep_inputs: bool = False) -> None:
+    """Delete the job's input if it is an upload (the job owns it), unless uploads are kept.
+
+    Args:
+        job: the job whose input goes.
+        keep_inputs: ``TILESEG_KEEP_INPUTS``: keep the uploads of jobs that ended (not of canceled ones).
+    """
+    if job.input_owned and not keep_inputs:
+        Path(job.input_path).unlink(missing_ok=True)
 
 
 def jobs_root(data_dir: str | Path) -> Path:
@@ -108,4 +113,4 @@ def jobs_root(data_dir: str | Path) -> Path:
     return Path(data_dir) / "jobs"
 
 
-__all__ = ["JobFiles", "jobs_root"]
+__all__ = ["JobFiles", "drop_input", "jobs_root"]

@@ -28,9 +28,8 @@ import time
 from celery import signals
 from celery.exceptions import Reject
 
-from tileseg import models
-
 from tileseg.engine.runtime import configure_threads
+from tileseg.errors import OptionsError
 from tileseg.settings import Settings
 from tileseg.jobs.broker import TASK, Broker, make_celery
 from tileseg.jobs.modelpool import ModelPool
@@ -41,6 +40,19 @@ from tileseg.jobs.store import JobStore
 log = logging.getLogger(__name__)
 
 
+def worker_device(settings: Settings) -> str:
+    """The one device a queue worker runs on (``TILESEG_DEVICE``).
+
+    Raises:
+        OptionsError: the settings name more than one device.
+    """
+    devices = settings.devices
+    if len(devices) > 1:
+        raise OptionsError(f"a worker runs on one device; TILESEG_DEVICE={settings.device} names "
+                           f"{len(devices)}: start one worker per device")
+    return devices[0]
+
+
 class QueueWorker:
     """What one ``tileseg worker`` process holds: the models on its device, the job table, the broker, the
     reaper; and the task's body.
@@ -49,19 +61,16 @@ class QueueWorker:
         settings: the service's settings (``TILESEG_DEVICE`` names this worker's one device).
 
     Raises:
-        ValueError: the settings name more than one device.
+        OptionsError: the settings name more than one device (:func:`worker_device`).
     """
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        devices = settings.devices
-        if len(devices) > 1:
-            raise ValueError(f"a worker runs on one device; TILESEG_DEVICE names {len(devices)}: run one "
-                             f"worker per device")
+        device = worker_device(settings)
         configure_threads(settings.torch_threads)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.store = JobStore(settings.database)
-        self.pool = ModelPool(settings.weights_dir or models.weights_dir(), settings.models, devices[0])
+        self.pool = ModelPool.of(settings, device)
         self.config = RunConfig.of(settings)
         self.broker = Broker(settings)
         self.reaper = Reaper(self.store, self.broker, lease=settings.lease, max_attempts=settings.max_attempts,
@@ -128,4 +137,4 @@ def run_worker(settings: Settings, log_level: str = "info") -> int:
         worker.close()
 
 
-__all__ = ["QueueWorker", "run_worker"]
+__all__ = ["QueueWorker", "run_worker", "worker_device"]

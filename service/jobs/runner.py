@@ -32,7 +32,7 @@ from tileseg.engine import segment
 from tileseg.errors import CanceledError, InterruptedJobError, JobNotFoundError, LeaseLostError, TilesegError
 from tileseg.engine.preview import render_preview
 from tileseg.settings import Settings
-from tileseg.jobs.files import JobFiles
+from tileseg.jobs.files import JobFiles, drop_input
 from tileseg.jobs.intake import InputLimits, JobOptions
 from tileseg.jobs.periodic import Periodic
 from tileseg.jobs.store import Job, JobStatus, JobStore
@@ -172,10 +172,10 @@ def run_job(store: JobStore, job: Job, load_model: ModelSource, config: RunConfi
             return outcome(RunStatus.INTERRUPTED, "interrupted")
         except TilesegError as err:
             log.info("job %s failed: %s", job.id, err)
-            return _fail(store, job, files, config, err.code, str(err), outcome, ended_elsewhere)
+            return _fail(store, job, config, err.code, str(err), outcome, ended_elsewhere)
         except Exception as err:  # one job's bug must not take the worker down: fail it with a reason
             log.exception("job %s failed unexpectedly", job.id)
-            return _fail(store, job, files, config, "internal_error",
+            return _fail(store, job, config, "internal_error",
                          f"unexpected error: {type(err).__name__}: {err}", outcome, ended_elsewhere)
         heartbeat.stop()  # before the end: a beat after it would read as a lost lease
         if not store.finish(job.id, job.token, JobStatus.SUCCEEDED, expires=time.time() + config.result_ttl):
@@ -184,7 +184,7 @@ def run_job(store: JobStore, job: Job, load_model: ModelSource, config: RunConfi
         files.publish(job.token)
         log.info("job %s published by attempt %s: %d tiles in %.1f s", job.id, job.token, done,
                  time.perf_counter() - started)
-        _drop_input(job, files, config)
+        drop_input(job, config.keep_inputs)
         return outcome(RunStatus.SUCCEEDED)
     finally:
         heartbeat.stop()
@@ -202,17 +202,12 @@ def _not_ours(store: JobStore, job: Job) -> TilesegError:
     return LeaseLostError(f"job {job.id} is {now.status.value} under another attempt")
 
 
-def _fail(store: JobStore, job: Job, files: JobFiles, config: RunConfig, code: str, message: str,
+def _fail(store: JobStore, job: Job, config: RunConfig, code: str, message: str,
           outcome: Callable[..., Outcome], ended_elsewhere: Callable[[], Outcome]) -> Outcome:
     if not store.finish(job.id, job.token, JobStatus.FAILED, error=(code, message)):
         return ended_elsewhere()
-    _drop_input(job, files, config)
+    drop_input(job, config.keep_inputs)
     return outcome(RunStatus.FAILED, code)
-
-
-def _drop_input(job: Job, files: JobFiles, config: RunConfig) -> None:
-    if job.input_owned and not config.keep_inputs:
-        Path(job.input_path).unlink(missing_ok=True)
 
 
 __all__ = ["Heartbeat", "ModelSource", "Outcome", "RunConfig", "RunStatus", "run_job"]

@@ -340,12 +340,6 @@ class JobStore:
                 done.append(job)
         return done
 
-    def finished_with_files(self) -> list[Job]:
-        """Jobs whose files should be gone (canceled, expired): the sweeper checks them after a crash."""
-        query = jobs.select().where(jobs.c.status.in_([JobStatus.CANCELED.value, JobStatus.EXPIRED.value]))
-        with self.engine.connect() as conn:
-            return [Job.from_row(r) for r in conn.execute(query)]
-
 
 _ACTIVE = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
 

@@ -14,11 +14,16 @@ import uuid
 from pathlib import Path
 
 from tileseg.errors import JobNotFoundError
-from tileseg.jobs.files import JobFiles, jobs_root
+from tileseg.jobs.files import JobFiles, drop_input, jobs_root
 from tileseg.jobs.periodic import Periodic
 from tileseg.jobs.store import Job, JobStatus, JobStore
 
 log = logging.getLogger(__name__)
+
+# Seconds before a folder that no job accounts for (an upload whose request failed before its job was
+# written), or an attempt's folder that is not the running attempt's, may be removed: younger, it may be a
+# request still arriving, or a folder just made by a worker on another machine, carrying that machine's clock.
+STALE_FOLDER = 3600.0
 
 
 def sweep(store: JobStore, data_dir: Path, keep_inputs: bool = False, now: float | None = None) -> int:
@@ -34,25 +39,19 @@ def sweep(store: JobStore, data_dir: Path, keep_inputs: bool = False, now: float
     return len(expired)
 
 
-# An attempt's folder that is not the running attempt's is removed only once it is this old: a folder that
-# a worker on another machine has just made may carry that machine's clock.
-STALE_ATTEMPT = 3600.0
-
-
 def _tidy(store: JobStore, folder: Path, keep_inputs: bool) -> None:
     try:
         job = store.get(str(uuid.UUID(folder.name)))
     except (ValueError, JobNotFoundError):
-        # an upload whose request failed before its job was written, or something not ours: only remove
-        # what is old enough not to be a request still arriving
-        if folder.is_dir() and time.time() - folder.stat().st_mtime > 3600:
+        # an upload whose request failed before its job was written, or something not ours
+        if folder.is_dir() and time.time() - folder.stat().st_mtime > STALE_FOLDER:
             JobFiles(folder).remove()
         return
     if job.status in (JobStatus.CANCELED, JobStatus.EXPIRED):
         JobFiles(folder).remove()
         return
-    if job.status.finished and job.input_owned and not keep_inputs:
-        Path(job.input_path).unlink(missing_ok=True)
+    if job.status.finished:
+        drop_input(job, keep_inputs)
     _tidy_attempts(job, JobFiles(folder))
 
 
@@ -69,7 +68,7 @@ def _tidy_attempts(job: Job, files: JobFiles) -> None:
         return
     for attempt in attempts:
         try:
-            old = time.time() - attempt.stat().st_mtime > STALE_ATTEMPT
+            old = time.time() - attempt.stat().st_mtime > STALE_FOLDER
         except FileNotFoundError:
             continue
         if attempt.name != running and old:
