@@ -125,30 +125,8 @@ def run_job(store: JobStore, job: Job, load_model: ModelSource, config: RunConfi
     Returns:
         How the run ended (:class:`RunStatus`).
     """
-    started = time.perf_counter()
-    files = JobFiles.of(config.data_dir, job.id)
-    attempt = files.attempt(job.token)
-    heartbeat = Heartbeat(store, job, config.heartbeat).start()
-    done = 0
-
-    def progress(tiles_done: int, tiles_total: int) -> None:
-        nonlocal done
-        done = tiles_done
-        if heartbeat.lost or not store.progress(job.id, job.token, tiles_done, tiles_total):
-            raise _not_ours(store, job)
-        if should_stop():
-            raise InterruptedJobError("the worker is stopping")
-
-    def outcome(status: RunStatus, code: str | None = None) -> Outcome:
-        return Outcome(status, time.perf_counter() - started, done, code)
-
-    def ended_elsewhere() -> Outcome:
-        # the compare-and-set found the job no longer this attempt's: canceled, or gone to another attempt
-        if isinstance(_not_ours(store, job), CanceledError):
-            files.remove()  # a canceled job keeps nothing, not even its upload
-            return outcome(RunStatus.CANCELED, "canceled")
-        return outcome(RunStatus.LOST, LeaseLostError.code)
-
+    run = _Attempt(store, job, config, should_stop)
+    attempt, progress = run.attempt, run.progress
     try:
         try:
             options = JobOptions(**job.options)
@@ -159,36 +137,95 @@ def run_job(store: JobStore, job: Job, load_model: ModelSource, config: RunConfi
                     probabilities=attempt.probabilities if options.probabilities else None, progress=progress,
                     allowed_drivers=config.limits.allowed_drivers, max_pixels=config.limits.max_pixels)
             render_preview(attempt.mask, attempt.preview)
-        except CanceledError:
-            log.info("job %s canceled", job.id)
-            files.remove()
-            return outcome(RunStatus.CANCELED, "canceled")
-        except LeaseLostError:
-            log.warning("job %s: this attempt lost its lease (another attempt has the job); it stops", job.id)
-            return outcome(RunStatus.LOST, LeaseLostError.code)
-        except InterruptedJobError:
-            log.info("job %s goes back to the queue: the worker is stopping", job.id)
-            store.release(job.id, job.token)
-            return outcome(RunStatus.INTERRUPTED, "interrupted")
-        except TilesegError as err:
-            log.info("job %s failed: %s", job.id, err)
-            return _fail(store, job, config, err.code, str(err), outcome, ended_elsewhere)
-        except Exception as err:  # one job's bug must not take the worker down: fail it with a reason
-            log.exception("job %s failed unexpectedly", job.id)
-            return _fail(store, job, config, "internal_error",
-                         f"unexpected error: {type(err).__name__}: {err}", outcome, ended_elsewhere)
-        heartbeat.stop()  # before the end: a beat after it would read as a lost lease
-        if not store.finish(job.id, job.token, JobStatus.SUCCEEDED, expires=time.time() + config.result_ttl):
-            return ended_elsewhere()
-        # the table now names this attempt as the published one; the renames follow (anyone may redo them)
-        files.publish(job.token)
-        log.info("job %s published by attempt %s: %d tiles in %.1f s", job.id, job.token, done,
-                 time.perf_counter() - started)
-        drop_input(job, config.keep_inputs)
-        return outcome(RunStatus.SUCCEEDED)
+        except Exception as err:  # a bug in one job included: it must not take the worker down
+            return run.stopped(err)
+        return run.publish()
     finally:
-        heartbeat.stop()
-        files.remove_attempt(job.token)  # this attempt's working files, whatever happened
+        run.close()
+
+
+class _Attempt:
+    """One run of a claimed job: its files, its heartbeat, the tiles done so far, and each way it can end."""
+
+    def __init__(self, store: JobStore, job: Job, config: RunConfig, should_stop: Callable[[], bool]):
+        self.store = store
+        self.job = job
+        self.config = config
+        self.should_stop = should_stop
+        self.started = time.perf_counter()
+        self.files = JobFiles.of(config.data_dir, job.id)
+        self.attempt = self.files.attempt(job.token)  # where this attempt writes before it publishes
+        self.tiles = 0
+        self.heartbeat = Heartbeat(store, job, config.heartbeat).start()
+
+    def progress(self, tiles_done: int, tiles_total: int) -> None:
+        """The engine's progress callback: record the tiles done and renew the lease.
+
+        Raises:
+            CanceledError, LeaseLostError: the job is no longer this attempt's.
+            InterruptedJobError: the worker is stopping.
+        """
+        self.tiles = tiles_done
+        if self.heartbeat.lost or not self.store.progress(self.job.id, self.job.token, tiles_done, tiles_total):
+            raise _not_ours(self.store, self.job)
+        if self.should_stop():
+            raise InterruptedJobError("the worker is stopping")
+
+    def stopped(self, err: Exception) -> Outcome:
+        """End the run that ``err`` stopped: canceled, lost, interrupted (the job is queued again), or failed
+        (the product's errors with their own code, anything else as ``internal_error``)."""
+        job = self.job
+        if isinstance(err, CanceledError):
+            log.info("job %s canceled", job.id)
+            self.files.remove()
+            return self._outcome(RunStatus.CANCELED, "canceled")
+        if isinstance(err, LeaseLostError):
+            log.warning("job %s: this attempt lost its lease (another attempt has the job); it stops", job.id)
+            return self._outcome(RunStatus.LOST, LeaseLostError.code)
+        if isinstance(err, InterruptedJobError):
+            log.info("job %s goes back to the queue: the worker is stopping", job.id)
+            self.store.release(job.id, job.token)
+            return self._outcome(RunStatus.INTERRUPTED, "interrupted")
+        if isinstance(err, TilesegError):
+            log.info("job %s failed: %s", job.id, err)
+            return self._fail(err.code, str(err))
+        log.error("job %s failed unexpectedly", job.id, exc_info=err)
+        return self._fail("internal_error", f"unexpected error: {type(err).__name__}: {err}")
+
+    def publish(self) -> Outcome:
+        """End the run that made its results: commit the success in the table, then move the files into
+        place and drop the upload."""
+        job = self.job
+        self.heartbeat.stop()  # before the end: a beat after it would read as a lost lease
+        if not self.store.finish(job.id, job.token, JobStatus.SUCCEEDED, ttl=self.config.result_ttl):
+            return self._ended_elsewhere()
+        # the table now names this attempt as the published one; the renames follow (anyone may redo them)
+        self.files.publish(job.token)
+        log.info("job %s published by attempt %s: %d tiles in %.1f s", job.id, job.token, self.tiles,
+                 time.perf_counter() - self.started)
+        drop_input(job, self.config.keep_inputs)
+        return self._outcome(RunStatus.SUCCEEDED)
+
+    def close(self) -> None:
+        """Stop the heartbeat; remove this attempt's working files, whatever happened."""
+        self.heartbeat.stop()
+        self.files.remove_attempt(self.job.token)
+
+    def _fail(self, code: str, message: str) -> Outcome:
+        if not self.store.finish(self.job.id, self.job.token, JobStatus.FAILED, error=(code, message)):
+            return self._ended_elsewhere()
+        drop_input(self.job, self.config.keep_inputs)
+        return self._outcome(RunStatus.FAILED, code)
+
+    def _ended_elsewhere(self) -> Outcome:
+        # the compare-and-set found the job no longer this attempt's: canceled, or gone to another attempt
+        if isinstance(_not_ours(self.store, self.job), CanceledError):
+            self.files.remove()  # a canceled job keeps nothing, not even its upload
+            return self._outcome(RunStatus.CANCELED, "canceled")
+        return self._outcome(RunStatus.LOST, LeaseLostError.code)
+
+    def _outcome(self, status: RunStatus, code: str | None = None) -> Outcome:
+        return Outcome(status, time.perf_counter() - self.started, self.tiles, code)
 
 
 def _not_ours(store: JobStore, job: Job) -> TilesegError:
@@ -200,14 +237,6 @@ def _not_ours(store: JobStore, job: Job) -> TilesegError:
     if now.status is JobStatus.CANCELED:
         return CanceledError(f"job {job.id} was canceled")
     return LeaseLostError(f"job {job.id} is {now.status.value} under another attempt")
-
-
-def _fail(store: JobStore, job: Job, config: RunConfig, code: str, message: str,
-          outcome: Callable[..., Outcome], ended_elsewhere: Callable[[], Outcome]) -> Outcome:
-    if not store.finish(job.id, job.token, JobStatus.FAILED, error=(code, message)):
-        return ended_elsewhere()
-    drop_input(job, config.keep_inputs)
-    return outcome(RunStatus.FAILED, code)
 
 
 __all__ = ["Heartbeat", "ModelSource", "Outcome", "RunConfig", "RunStatus", "run_job"]
