@@ -3,12 +3,9 @@
 A job id is a UUID the server made; it is checked again here, so that no string can lead out of the
 jobs folder.
 
-Each attempt at a job writes its results into a folder of its own, ``attempts/<token>/``, never where the
-results are served from: two attempts may run at once (a worker that lost its lease has not noticed yet),
-and neither may overwrite what the other wrote. The attempt that the job table accepts (the compare-and-set
-of :meth:`tileseg.jobs.store.JobStore.finish`) is then *published*: its files are renamed into the job's
-folder, each rename atomic. The table is the commit point; the renames can be redone by anyone
-(:meth:`JobFiles.publish` is idempotent), so a worker that dies between the two loses nothing.
+Each attempt at a job writes its results into ``attempts/<token>/``; once the job table has published
+the attempt, its files are renamed into the job's folder (:meth:`JobFiles.publish`, which anyone may
+redo). Why: :mod:`tileseg.jobs`.
 """
 
 from __future__ import annotations

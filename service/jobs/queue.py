@@ -1,15 +1,9 @@
 """Scale-out: jobs run by Celery workers on a broker (Redis), any number of them, on any number of machines.
 
-The broker carries nothing but job ids. The job table stays the source of truth, so that the broker may
-lose, repeat or hold back messages without a job being lost or run twice:
-
-* The API writes the job (``queued``) and sends its id. A worker that receives an id claims the job in
-  the table, one compare-and-set; if someone else has it, or it was canceled, the message is a no-op.
-* The claimed job runs through the same job function as in the embedded server
-  (:func:`tileseg.jobs.runner.run_job`), which renews the attempt's lease while it runs and publishes its
-  results only while it still holds the job.
-* The :class:`~tileseg.jobs.reaper.Reaper` (in every worker and in the API) requeues jobs whose lease ran
-  out and sends them again, and sends again the queued jobs that the broker lost (Redis restarted empty).
+The broker carries nothing but job ids. A worker that receives one claims the job in the table and runs it
+through the same job function as the embedded server (:func:`tileseg.jobs.runner.run_job`); if someone
+else has the job, or it was canceled, the message is a no-op. A :class:`~tileseg.jobs.reaper.Reaper`
+runs in every worker. How the table, not the broker, keeps every job: :mod:`tileseg.jobs`.
 
 A worker is one process that runs one job at a time (Celery's ``solo`` pool: the job runs in the process
 that holds the broker connection and the models; one process per GPU), takes one message at a time

@@ -1,16 +1,17 @@
 """The reaper: puts back in the queue the jobs whose worker died, and sends again the jobs the broker lost.
 
 Queue mode only (the embedded server, the only worker of its table, recovers its jobs when it starts).
-Every ``interval`` seconds, in every worker and in the API (each step is one compare-and-set per row, so
+Every ``interval`` seconds, in every worker and in the API (each row moves in one compare-and-set, so
 many reapers at once do no harm):
 
-1. Running jobs whose lease ran out (no heartbeat for ``lease`` seconds: the worker was SIGKILLed, ran
-   out of memory, or its machine was lost) go back to ``queued``, or fail past ``TILESEG_MAX_ATTEMPTS``;
-   those requeued are sent to the broker at once. A dead worker's job therefore starts again within
+1. Running jobs whose lease ran out go back to ``queued``, or fail past ``TILESEG_MAX_ATTEMPTS``; those
+   requeued are sent to the broker at once. A dead worker's job therefore starts again within
    ``lease + interval`` seconds, not when the broker's own visibility timeout (an hour, on Redis) hands
    its unacknowledged message back; that message, when it comes, finds the job taken and is a no-op.
 2. Queued jobs that nobody claimed for ``requeue_after`` seconds since their last message, and whose id is
    not in the broker's queue, are sent again: a broker restarted empty loses its queue, never the jobs.
+
+Its part in keeping every job: :mod:`tileseg.jobs`.
 """
 
 from __future__ import annotations

@@ -1,19 +1,10 @@
 """The job function: run one claimed job through the engine and record what happened in the job table.
 
 It knows nothing of HTTP or of how it was called: the embedded worker thread and the Celery queue worker
-(:mod:`tileseg.jobs.queue`) both claim a job and call it. Everything it needs comes in as arguments.
-
-While the job runs, a :class:`Heartbeat` thread renews the attempt's lease every few seconds, so that a
-job whose worker dies is known to be orphaned within the lease (the reaper requeues it), while a worker
-busy with one long batch keeps its job. The progress callback is the job's line to the table: after each
-batch it records the tiles done and learns whether the attempt still owns the job. A job canceled meanwhile
-makes the record fail, and the callback raises :class:`CanceledError`, which stops the engine at once; an
-attempt whose lease ran out (the job went to another attempt) raises :class:`LeaseLostError` and leaves
-everything of the job's alone. A worker that is stopping raises :class:`InterruptedJobError` the same way,
-and the job goes back to the queue.
-
-The attempt writes into its own folder; on success the table's compare-and-set on its token decides
-whether it may publish, and only then are its files renamed into place (:mod:`tileseg.jobs.files`).
+(:mod:`tileseg.jobs.queue`) both claim a job and call it, with everything it needs as arguments. Its
+progress callback is the job's line to the table, and stops the run when the job is no longer the
+attempt's or the worker is stopping; its :class:`Heartbeat` holds the lease between reports; a success is
+committed in the table before its files are published. Why that keeps every job: :mod:`tileseg.jobs`.
 """
 
 from __future__ import annotations

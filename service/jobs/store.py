@@ -1,22 +1,9 @@
 """The job table: the one source of truth about every job, shared by the API and the workers.
 
 SQLAlchemy Core with portable SQL, so that the same code runs on the embedded SQLite file (WAL) and, when
-several machines share the work, on PostgreSQL. Every change of state is a single compare-and-set
-statement on the row (``... WHERE id = ? AND status = ? AND token = ?``), so two workers can never both
-claim a job, and a worker whose job was canceled, or handed to another worker after its lease ran out,
-finds out at its next progress report (the statement touches no row).
-
-A claim gives the job a fresh *attempt token* and counts the attempt; a running job's *heartbeat* moves
-with its progress and with the worker's heartbeat thread. The heartbeat is the attempt's *lease*: a job
-whose heartbeat is older than the lease belongs to a worker that died (SIGKILL, out of memory, a machine
-lost), and :meth:`JobStore.reap` puts it back in the queue; after a crash of the embedded server,
-:meth:`JobStore.recover` does the same for every running job (that server was their only worker). Both
-fail the jobs that have used up their attempts. Heartbeats and their expiry are read on the database's
-clock, so that machines whose clocks drift apart still agree on which leases have run out.
-
-Only the attempt that holds the job may end it: :meth:`JobStore.finish` is compare-and-set on the token,
-and a success records that token as the *published* attempt, whose files then become the results (see
-:mod:`tileseg.jobs.files`).
+several machines share the work, on PostgreSQL. Every change of state is one compare-and-set statement on
+the row, and every time is the database's clock. How the claims, leases, reaping and publication here keep
+every job, and never publish one twice: :mod:`tileseg.jobs`.
 """
 
 from __future__ import annotations

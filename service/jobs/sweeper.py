@@ -3,7 +3,8 @@
 Each sweep marks succeeded jobs whose ``expires`` has passed as ``expired`` and removes their files, then
 looks at the jobs folder for what a crash may have left: the folders of canceled, expired or unknown jobs,
 uploads of jobs that have ended, results that a worker committed in the table but died before renaming
-into place (the renames are done now), and the working folders of attempts that are over.
+into place (the renames are done now; see :mod:`tileseg.jobs`), and the working folders of attempts that
+are over.
 """
 
 from __future__ import annotations
