@@ -1,4 +1,4 @@
-"""The routes' dependencies, as ``Annotated`` aliases: the settings, the jobs domain, the caller's key."""
+"""The routes' dependencies, as ``Annotated`` aliases: the settings, the jobs, the metrics, the caller's key."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from fastapi.security import APIKeyHeader
 from tileseg.errors import AuthenticationError
 from tileseg.jobs.service import JobService
 from tileseg.settings import Settings, get_settings
+from tileseg.api.metrics import ServiceMetrics
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                               description="Needed on every route but the health probes when the server has keys.")
@@ -25,6 +26,14 @@ def get_jobs(request: Request) -> JobService:
 
 
 JobsDep = Annotated[JobService, Depends(get_jobs)]
+
+
+def get_metrics(request: Request) -> ServiceMetrics:
+    """The app's metrics (made in its lifespan)."""
+    return request.app.state.metrics
+
+
+MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 
 
 def get_owner(settings: SettingsDep, key: Annotated[str | None, Security(api_key_header)] = None) -> str | None:
@@ -48,4 +57,5 @@ def get_owner(settings: SettingsDep, key: Annotated[str | None, Security(api_key
 
 OwnerDep = Annotated[str | None, Depends(get_owner)]
 
-__all__ = ["JobsDep", "OwnerDep", "SettingsDep", "api_key_header", "get_jobs", "get_owner"]
+__all__ = ["JobsDep", "MetricsDep", "OwnerDep", "SettingsDep", "api_key_header", "get_jobs", "get_metrics",
+           "get_owner"]

@@ -1,8 +1,9 @@
 """The FastAPI app: assembled here, and nothing else. ``tileseg serve`` runs it with uvicorn.
 
-The lifespan makes the job service (it loads the models, opens the job table, recovers jobs a crash left
-running, starts a worker per device and the sweeper) and, on shutdown (SIGTERM), stops taking jobs, gives
-the running ones ``TILESEG_SHUTDOWN_GRACE`` seconds and puts them back in the queue past that.
+The lifespan makes the metrics and the job service (it loads the models, opens the job table, recovers
+jobs a crash left running, starts a worker per device and the sweeper; its workers report each run to the
+metrics) and, on shutdown (SIGTERM), stops taking jobs, gives the running ones ``TILESEG_SHUTDOWN_GRACE``
+seconds and puts them back in the queue past that.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tileseg import __version__
 from tileseg.jobs.service import JobService
 from tileseg.settings import Settings, get_settings
 from tileseg.api import errors, routes_health, routes_jobs, routes_models
+from tileseg.api.metrics import ServiceMetrics
 from tileseg.api.middleware import ResponseCounter
 
 DESCRIPTION = """Segment arbitrarily large rasters, tile by tile, into mask GeoTIFFs.
@@ -33,8 +35,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        jobs = await run_in_threadpool(JobService, settings)
-        app.state.jobs = jobs
+        metrics = ServiceMetrics()
+        jobs = await run_in_threadpool(JobService, settings, on_outcome=metrics.job_finished)
+        metrics.watch(jobs.count_by_status)
+        app.state.metrics, app.state.jobs = metrics, jobs
         try:
             yield
         finally:
@@ -50,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["X-API-Key", "Content-Type", "Range"],
                            expose_headers=["Location", "Content-Disposition", "Content-Range"])
-    app.add_middleware(ResponseCounter, record=lambda status: app.state.jobs.metrics.response(status))
+    app.add_middleware(ResponseCounter, record=lambda status: app.state.metrics.response(status))
     return app
 
 

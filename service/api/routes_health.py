@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from tileseg.api.metrics import CONTENT_TYPE
-from tileseg.api.deps import JobsDep, get_owner
+from tileseg.api.deps import JobsDep, MetricsDep, get_owner
 from tileseg.api.errors import ERROR_RESPONSES
 
 router = APIRouter(tags=["health"])
@@ -42,9 +42,9 @@ async def readyz(jobs: JobsDep) -> JSONResponse:
 @router.get("/metrics", summary="Prometheus metrics", dependencies=[Depends(get_owner)],
             response_class=Response,
             responses={200: {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}}}, 401: ERROR_RESPONSES[401]})
-async def metrics(jobs: JobsDep) -> Response:
+async def metrics(service_metrics: MetricsDep) -> Response:
     """Jobs by state, queue depth, job seconds, tiles per second, responses by status code."""
-    body = await run_in_threadpool(jobs.metrics.render)
+    body = await run_in_threadpool(service_metrics.render)
     return Response(body, media_type=CONTENT_TYPE)
 
 

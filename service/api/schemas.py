@@ -77,9 +77,8 @@ class JobOut(BaseModel):
         url = f"{base}/jobs/{job.id}"
         total = job.tiles_total
         percent = 100.0 if job.status is JobStatus.SUCCEEDED else (100.0 * job.tiles_done / total if total else 0.0)
-        seconds = None
-        if job.started is not None:
-            seconds = round((job.finished or _now()) - job.started, 3)
+        end = job.finished or job.read_at  # both on the database's clock, as job.started is
+        seconds = round(end - job.started, 3) if job.started is not None and end is not None else None
         return cls(
             id=job.id, status=job.status, model=job.model, options=JobOptionsRecord(**JobOptions(**job.options).to_record()),
             input=InputInfo(**job.input),
@@ -182,10 +181,6 @@ def describe_validation(errors: list[dict[str, Any]]) -> str:
 
 def _time(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, tz=timezone.utc)
-
-
-def _now() -> float:
-    return datetime.now(tz=timezone.utc).timestamp()
 
 
 __all__ = ["ErrorBody", "FORM_FIELDS", "JobList", "JobOut", "SEGMENT_FORM_SCHEMA", "SegmentForm",

@@ -24,7 +24,7 @@ from tileseg import models
 from tileseg.cli.options import build, click_options
 from tileseg.cli.train import train
 from tileseg.engine.options import SegmentOptions
-from tileseg.errors import TilesegError
+from tileseg.errors import ModelNotFoundError, OptionsError, TilesegError
 
 EXIT_USER_ERROR = 1
 
@@ -171,6 +171,7 @@ def service_settings():
     """
     from pydantic import ValidationError
 
+    from tileseg.jobs.modelpool import served_names, weights_folder
     from tileseg.settings import get_settings
 
     try:
@@ -179,12 +180,10 @@ def service_settings():
         problems = "; ".join(f"TILESEG_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" if e["loc"] else e["msg"]
                              for e in err.errors())
         raise click.UsageError(f"invalid settings: {problems}") from None
-    installed = models.available(settings.weights_dir or models.weights_dir())
-    missing = [name for name in settings.models if name not in installed]
-    if missing or not installed:
-        folder = settings.weights_dir or models.weights_dir()
-        raise click.UsageError(f"model(s) {', '.join(missing) or '(any)'} not installed in {folder}; "
-                               f"installed: {', '.join(installed) or 'none'}")
+    try:
+        served_names(weights_folder(settings), settings.models)
+    except ModelNotFoundError as err:
+        raise click.UsageError(str(err)) from None
     return settings
 
 
@@ -236,16 +235,17 @@ def worker(log_level: str) -> None:
     GPU. SIGTERM: take no more jobs, give the running one TILESEG_SHUTDOWN_GRACE seconds, else hand it back
     to the queue, and exit.
     """
-    from tileseg.jobs.queue import run_worker
+    from tileseg.jobs.queue import run_worker, worker_device
     from tileseg.settings import Mode
 
     settings = service_settings()
     if settings.mode is not Mode.QUEUE:
         raise click.UsageError("tileseg worker takes jobs from a broker: set TILESEG_MODE=queue, "
                                "TILESEG_BROKER_URL and TILESEG_DATABASE_URL (the API's)")
-    if len(settings.devices) > 1:
-        raise click.UsageError(f"a worker runs on one device; TILESEG_DEVICE={settings.device} names "
-                               f"{len(settings.devices)}: start one worker per device")
+    try:
+        worker_device(settings)
+    except OptionsError as err:
+        raise click.UsageError(str(err)) from None
     _quiet_georeferencing()
     sys.exit(run_worker(settings, log_level))
 

@@ -1,7 +1,7 @@
 """The broker as the job table's side sees it (queue mode): send a job's id, tell which ids wait, ping.
 
-The broker carries nothing but job ids; the job table stays the source of truth, so the broker may lose,
-repeat or hold back messages without a job being lost or run twice (see :mod:`tileseg.jobs.queue`).
+The broker carries nothing but job ids; why it may lose, repeat or hold back messages without a job being
+lost or run twice: :mod:`tileseg.jobs`.
 """
 
 from __future__ import annotations

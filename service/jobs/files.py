@@ -3,12 +3,9 @@
 A job id is a UUID the server made; it is checked again here, so that no string can lead out of the
 jobs folder.
 
-Each attempt at a job writes its results into a folder of its own, ``attempts/<token>/``, never where the
-results are served from: two attempts may run at once (a worker that lost its lease has not noticed yet),
-and neither may overwrite what the other wrote. The attempt that the job table accepts (the compare-and-set
-of :meth:`tileseg.jobs.store.JobStore.finish`) is then *published*: its files are renamed into the job's
-folder, each rename atomic. The table is the commit point; the renames can be redone by anyone
-(:meth:`JobFiles.publish` is idempotent), so a worker that dies between the two loses nothing.
+Each attempt at a job writes its results into ``attempts/<token>/``; once the job table has published
+the attempt, its files are renamed into the job's folder (:meth:`JobFiles.publish`, which anyone may
+redo). Why: :mod:`tileseg.jobs`.
 """
 
 from __future__ import annotations
@@ -19,6 +16,8 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from tileseg.jobs.store import Job
 
 
 @dataclass(frozen=True)
@@ -51,9 +50,6 @@ class JobFiles:
     @property
     def preview(self) -> Path:
         return self.root / "preview.png"
-
-    def results(self) -> list[Path]:
-        return [self.mask, self.probabilities, self.preview]
 
     @property
     def attempts(self) -> Path:
@@ -93,14 +89,20 @@ class JobFiles:
         except OSError:  # not empty (another attempt's), or gone already
             pass
 
-    def remove_results(self) -> None:
-        """Remove the published results (mask, probabilities, preview)."""
-        for path in self.results():
-            path.unlink(missing_ok=True)
-
     def remove(self) -> None:
         """Remove the job's folder and everything in it."""
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def drop_input(job: Job, keep_inputs: bool = False) -> None:
+    """Delete the job's input if it is an upload (the job owns it), unless uploads are kept.
+
+    Args:
+        job: the job whose input goes.
+        keep_inputs: ``TILESEG_KEEP_INPUTS``: keep the uploads of jobs that ended (not of canceled ones).
+    """
+    if job.input_owned and not keep_inputs:
+        Path(job.input_path).unlink(missing_ok=True)
 
 
 def jobs_root(data_dir: str | Path) -> Path:
@@ -108,4 +110,4 @@ def jobs_root(data_dir: str | Path) -> Path:
     return Path(data_dir) / "jobs"
 
 
-__all__ = ["JobFiles", "jobs_root"]
+__all__ = ["JobFiles", "drop_input", "jobs_root"]

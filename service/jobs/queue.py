@@ -1,15 +1,9 @@
 """Scale-out: jobs run by Celery workers on a broker (Redis), any number of them, on any number of machines.
 
-The broker carries nothing but job ids. The job table stays the source of truth, so that the broker may
-lose, repeat or hold back messages without a job being lost or run twice:
-
-* The API writes the job (``queued``) and sends its id. A worker that receives an id claims the job in
-  the table, one compare-and-set; if someone else has it, or it was canceled, the message is a no-op.
-* The claimed job runs through the same job function as in the embedded server
-  (:func:`tileseg.jobs.runner.run_job`), which renews the attempt's lease while it runs and publishes its
-  results only while it still holds the job.
-* The :class:`~tileseg.jobs.reaper.Reaper` (in every worker and in the API) requeues jobs whose lease ran
-  out and sends them again, and sends again the queued jobs that the broker lost (Redis restarted empty).
+The broker carries nothing but job ids. A worker that receives one claims the job in the table and runs it
+through the same job function as the embedded server (:func:`tileseg.jobs.runner.run_job`); if someone
+else has the job, or it was canceled, the message is a no-op. A :class:`~tileseg.jobs.reaper.Reaper`
+runs in every worker. How the table, not the broker, keeps every job: :mod:`tileseg.jobs`.
 
 A worker is one process that runs one job at a time (Celery's ``solo`` pool: the job runs in the process
 that holds the broker connection and the models; one process per GPU), takes one message at a time
@@ -28,17 +22,29 @@ import time
 from celery import signals
 from celery.exceptions import Reject
 
-from tileseg import models
-
 from tileseg.engine.runtime import configure_threads
+from tileseg.errors import OptionsError
 from tileseg.settings import Settings
 from tileseg.jobs.broker import TASK, Broker, make_celery
 from tileseg.jobs.modelpool import ModelPool
 from tileseg.jobs.reaper import Reaper
-from tileseg.jobs.runner import RunConfig, run_job
+from tileseg.jobs.runner import RunConfig, RunStatus, run_job
 from tileseg.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
+
+
+def worker_device(settings: Settings) -> str:
+    """The one device a queue worker runs on (``TILESEG_DEVICE``).
+
+    Raises:
+        OptionsError: the settings name more than one device.
+    """
+    devices = settings.devices
+    if len(devices) > 1:
+        raise OptionsError(f"a worker runs on one device; TILESEG_DEVICE={settings.device} names "
+                           f"{len(devices)}: start one worker per device")
+    return devices[0]
 
 
 class QueueWorker:
@@ -49,19 +55,16 @@ class QueueWorker:
         settings: the service's settings (``TILESEG_DEVICE`` names this worker's one device).
 
     Raises:
-        ValueError: the settings name more than one device.
+        OptionsError: the settings name more than one device (:func:`worker_device`).
     """
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        devices = settings.devices
-        if len(devices) > 1:
-            raise ValueError(f"a worker runs on one device; TILESEG_DEVICE names {len(devices)}: run one "
-                             f"worker per device")
+        device = worker_device(settings)
         configure_threads(settings.torch_threads)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.store = JobStore(settings.database)
-        self.pool = ModelPool(settings.weights_dir or models.weights_dir(), settings.models, devices[0])
+        self.pool = ModelPool.of(settings, device)
         self.config = RunConfig.of(settings)
         self.broker = Broker(settings)
         self.reaper = Reaper(self.store, self.broker, lease=settings.lease, max_attempts=settings.max_attempts,
@@ -82,9 +85,9 @@ class QueueWorker:
             return "skipped"
         log.info("job %s: attempt %s (start %d) on %s", job.id, job.token, job.attempts, self.pool.device)
         outcome = run_job(self.store, job, self.pool.get, self.config, self._past_grace)
-        if outcome.status == "interrupted":
+        if outcome.status is RunStatus.INTERRUPTED:
             raise Reject("the worker stopped: the job is queued again", requeue=True)
-        return outcome.status
+        return outcome.status.value
 
     def stopping(self) -> None:
         """SIGTERM arrived: take no new job; the running one has the grace period from now."""
@@ -128,4 +131,4 @@ def run_worker(settings: Settings, log_level: str = "info") -> int:
         worker.close()
 
 
-__all__ = ["QueueWorker", "run_worker"]
+__all__ = ["QueueWorker", "run_worker", "worker_device"]

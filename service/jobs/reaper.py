@@ -1,25 +1,26 @@
 """The reaper: puts back in the queue the jobs whose worker died, and sends again the jobs the broker lost.
 
 Queue mode only (the embedded server, the only worker of its table, recovers its jobs when it starts).
-Every ``interval`` seconds, in every worker and in the API (each step is one compare-and-set per row, so
+Every ``interval`` seconds, in every worker and in the API (each row moves in one compare-and-set, so
 many reapers at once do no harm):
 
-1. Running jobs whose lease ran out (no heartbeat for ``lease`` seconds: the worker was SIGKILLed, ran
-   out of memory, or its machine was lost) go back to ``queued``, or fail past ``TILESEG_MAX_ATTEMPTS``;
-   those requeued are sent to the broker at once. A dead worker's job therefore starts again within
+1. Running jobs whose lease ran out go back to ``queued``, or fail past ``TILESEG_MAX_ATTEMPTS``; those
+   requeued are sent to the broker at once. A dead worker's job therefore starts again within
    ``lease + interval`` seconds, not when the broker's own visibility timeout (an hour, on Redis) hands
    its unacknowledged message back; that message, when it comes, finds the job taken and is a no-op.
 2. Queued jobs that nobody claimed for ``requeue_after`` seconds since their last message, and whose id is
    not in the broker's queue, are sent again: a broker restarted empty loses its queue, never the jobs.
+
+Its part in keeping every job: :mod:`tileseg.jobs`.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, field
 
 from tileseg.jobs.broker import Broker
+from tileseg.jobs.periodic import Periodic
 from tileseg.jobs.store import JobStatus, JobStore
 
 log = logging.getLogger(__name__)
@@ -66,40 +67,21 @@ def _send(store: JobStore, broker: Broker, job_ids: list[str]) -> None:
     store.enqueued(sent)
 
 
-class Reaper:
+class Reaper(Periodic):
     """Runs :func:`reap` every ``interval`` seconds in a thread until stopped."""
+
+    stop_wait = 30.0  # a pass may be waiting on the broker's send retries
 
     def __init__(self, store: JobStore, broker: Broker, *, lease: float, max_attempts: int, requeue_after: float,
                  interval: float):
+        super().__init__("tileseg-reaper", interval)
         self.store = store
         self.broker = broker
         self.options = dict(lease=lease, max_attempts=max_attempts, requeue_after=requeue_after)
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="tileseg-reaper", daemon=True)
 
-    def start(self) -> Reaper:
-        """Start the passes in a thread; returns the reaper."""
-        self._thread.start()
-        return self
-
-    @property
-    def alive(self) -> bool:
-        """Whether the thread runs."""
-        return self._thread.is_alive()
-
-    def stop(self) -> None:
-        """Stop after the pass under way, if any."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(30)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                reap(self.store, self.broker, **self.options)
-            except Exception:  # the database or the broker is away: the next pass tries again
-                log.warning("the reaper's pass failed", exc_info=True)
+    def step(self) -> None:
+        """One pass."""
+        reap(self.store, self.broker, **self.options)
 
 
 __all__ = ["Reaped", "Reaper", "reap"]

@@ -1,23 +1,15 @@
 """The job function: run one claimed job through the engine and record what happened in the job table.
 
 It knows nothing of HTTP or of how it was called: the embedded worker thread and the Celery queue worker
-(:mod:`tileseg.jobs.queue`) both claim a job and call it. Everything it needs comes in as arguments.
-
-While the job runs, a :class:`Heartbeat` thread renews the attempt's lease every few seconds, so that a
-job whose worker dies is known to be orphaned within the lease (the reaper requeues it), while a worker
-busy with one long batch keeps its job. The progress callback is the job's line to the table: after each
-batch it records the tiles done and learns whether the attempt still owns the job. A job canceled meanwhile
-makes the record fail, and the callback raises :class:`CanceledError`, which stops the engine at once; an
-attempt whose lease ran out (the job went to another attempt) raises :class:`LeaseLostError` and leaves
-everything of the job's alone. A worker that is stopping raises :class:`InterruptedJobError` the same way,
-and the job goes back to the queue.
-
-The attempt writes into its own folder; on success the table's compare-and-set on its token decides
-whether it may publish, and only then are its files renamed into place (:mod:`tileseg.jobs.files`).
+(:mod:`tileseg.jobs.queue`) both claim a job and call it, with everything it needs as arguments. Its
+progress callback is the job's line to the table, and stops the run when the job is no longer the
+attempt's or the worker is stopping; its :class:`Heartbeat` holds the lease between reports; a success is
+committed in the table before its files are published. Why that keeps every job: :mod:`tileseg.jobs`.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
@@ -31,8 +23,9 @@ from tileseg.engine import segment
 from tileseg.errors import CanceledError, InterruptedJobError, JobNotFoundError, LeaseLostError, TilesegError
 from tileseg.engine.preview import render_preview
 from tileseg.settings import Settings
-from tileseg.jobs.files import JobFiles
+from tileseg.jobs.files import JobFiles, drop_input
 from tileseg.jobs.intake import InputLimits, JobOptions
+from tileseg.jobs.periodic import Periodic
 from tileseg.jobs.store import Job, JobStatus, JobStore
 
 log = logging.getLogger(__name__)
@@ -60,56 +53,50 @@ class RunConfig:
                    heartbeat=settings.heartbeat)
 
 
+class RunStatus(str, enum.Enum):
+    """How a run ended: the job succeeded, failed or was canceled; or the attempt let go of it."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    INTERRUPTED = "interrupted"  # the worker is stopping: the job is back in the queue
+    LOST = "lost"  # the lease ran out: another attempt has the job
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How a run ended, for the worker's metrics and logs."""
 
-    status: str  # succeeded, failed, canceled, interrupted (back in the queue), lost (the lease ran out)
+    status: RunStatus
     seconds: float
     tiles: int
     error_code: str | None = None
 
 
-class Heartbeat:
+class Heartbeat(Periodic):
     """Renews a running attempt's lease every ``interval`` seconds in a thread, until stopped.
 
     :attr:`lost` turns true when a renewal finds that the attempt no longer owns its job (canceled, or
-    handed to another attempt); a database that does not answer is tried again at the next beat, as the
-    lease may well still hold.
+    handed to another attempt), and the beats stop; a database that does not answer is tried again at the
+    next beat, as the lease may well still hold.
     """
 
     def __init__(self, store: JobStore, job: Job, interval: float):
+        super().__init__(f"tileseg-heartbeat-{job.id[:8]}", interval)
         self.store = store
         self.job = job
-        self.interval = interval
         self._lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"tileseg-heartbeat-{job.id[:8]}", daemon=True)
 
     @property
     def lost(self) -> bool:
         """Whether a renewal found the job no longer this attempt's."""
         return self._lost.is_set()
 
-    def start(self) -> Heartbeat:
-        """Start beating in a thread; returns the heartbeat."""
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop beating (the lease then runs out unless the job ends first)."""
-        self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(10)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                if not self.store.renew(self.job.id, self.job.token):
-                    self._lost.set()
-                    return
-            except Exception:  # the database is away for a moment: the next beat tries again
-                log.warning("job %s: the heartbeat could not be written", self.job.id, exc_info=True)
+    def step(self) -> None:
+        """Renew the lease once."""
+        if not self.store.renew(self.job.id, self.job.token):
+            self._lost.set()
+            self.stop()
 
 
 def run_job(store: JobStore, job: Job, load_model: ModelSource, config: RunConfig,
@@ -127,33 +114,10 @@ def run_job(store: JobStore, job: Job, load_model: ModelSource, config: RunConfi
         should_stop: polled after every batch; True sends the job back to the queue (a worker stopping).
 
     Returns:
-        How the run ended: ``succeeded``, ``failed``, ``canceled``, ``interrupted`` (the job is queued
-        again) or ``lost`` (the lease ran out and another attempt has the job).
+        How the run ended (:class:`RunStatus`).
     """
-    started = time.perf_counter()
-    files = JobFiles.of(config.data_dir, job.id)
-    attempt = files.attempt(job.token)
-    heartbeat = Heartbeat(store, job, config.heartbeat).start()
-    done = 0
-
-    def progress(tiles_done: int, tiles_total: int) -> None:
-        nonlocal done
-        done = tiles_done
-        if heartbeat.lost or not store.progress(job.id, job.token, tiles_done, tiles_total):
-            raise _not_ours(store, job)
-        if should_stop():
-            raise InterruptedJobError("the worker is stopping")
-
-    def outcome(status: str, code: str | None = None) -> Outcome:
-        return Outcome(status, time.perf_counter() - started, done, code)
-
-    def ended_elsewhere() -> Outcome:
-        # the compare-and-set found the job no longer this attempt's: canceled, or gone to another attempt
-        if isinstance(_not_ours(store, job), CanceledError):
-            files.remove()  # a canceled job keeps nothing, not even its upload
-            return outcome("canceled", "canceled")
-        return outcome("lost", LeaseLostError.code)
-
+    run = _Attempt(store, job, config, should_stop)
+    attempt, progress = run.attempt, run.progress
     try:
         try:
             options = JobOptions(**job.options)
@@ -164,36 +128,95 @@ def run_job(store: JobStore, job: Job, load_model: ModelSource, config: RunConfi
                     probabilities=attempt.probabilities if options.probabilities else None, progress=progress,
                     allowed_drivers=config.limits.allowed_drivers, max_pixels=config.limits.max_pixels)
             render_preview(attempt.mask, attempt.preview)
-        except CanceledError:
-            log.info("job %s canceled", job.id)
-            files.remove()
-            return outcome("canceled", "canceled")
-        except LeaseLostError:
-            log.warning("job %s: this attempt lost its lease (another attempt has the job); it stops", job.id)
-            return outcome("lost", LeaseLostError.code)
-        except InterruptedJobError:
-            log.info("job %s goes back to the queue: the worker is stopping", job.id)
-            store.release(job.id, job.token)
-            return outcome("interrupted", "interrupted")
-        except TilesegError as err:
-            log.info("job %s failed: %s", job.id, err)
-            return _fail(store, job, files, config, err.code, str(err), outcome, ended_elsewhere)
-        except Exception as err:  # one job's bug must not take the worker down: fail it with a reason
-            log.exception("job %s failed unexpectedly", job.id)
-            return _fail(store, job, files, config, "internal_error",
-                         f"unexpected error: {type(err).__name__}: {err}", outcome, ended_elsewhere)
-        heartbeat.stop()  # before the end: a beat after it would read as a lost lease
-        if not store.finish(job.id, job.token, JobStatus.SUCCEEDED, expires=time.time() + config.result_ttl):
-            return ended_elsewhere()
-        # the table now names this attempt as the published one; the renames follow (anyone may redo them)
-        files.publish(job.token)
-        log.info("job %s published by attempt %s: %d tiles in %.1f s", job.id, job.token, done,
-                 time.perf_counter() - started)
-        _drop_input(job, files, config)
-        return outcome("succeeded")
+        except Exception as err:  # a bug in one job included: it must not take the worker down
+            return run.stopped(err)
+        return run.publish()
     finally:
-        heartbeat.stop()
-        files.remove_attempt(job.token)  # this attempt's working files, whatever happened
+        run.close()
+
+
+class _Attempt:
+    """One run of a claimed job: its files, its heartbeat, the tiles done so far, and each way it can end."""
+
+    def __init__(self, store: JobStore, job: Job, config: RunConfig, should_stop: Callable[[], bool]):
+        self.store = store
+        self.job = job
+        self.config = config
+        self.should_stop = should_stop
+        self.started = time.perf_counter()
+        self.files = JobFiles.of(config.data_dir, job.id)
+        self.attempt = self.files.attempt(job.token)  # where this attempt writes before it publishes
+        self.tiles = 0
+        self.heartbeat = Heartbeat(store, job, config.heartbeat).start()
+
+    def progress(self, tiles_done: int, tiles_total: int) -> None:
+        """The engine's progress callback: record the tiles done and renew the lease.
+
+        Raises:
+            CanceledError, LeaseLostError: the job is no longer this attempt's.
+            InterruptedJobError: the worker is stopping.
+        """
+        self.tiles = tiles_done
+        if self.heartbeat.lost or not self.store.progress(self.job.id, self.job.token, tiles_done, tiles_total):
+            raise _not_ours(self.store, self.job)
+        if self.should_stop():
+            raise InterruptedJobError("the worker is stopping")
+
+    def stopped(self, err: Exception) -> Outcome:
+        """End the run that ``err`` stopped: canceled, lost, interrupted (the job is queued again), or failed
+        (the product's errors with their own code, anything else as ``internal_error``)."""
+        job = self.job
+        if isinstance(err, CanceledError):
+            log.info("job %s canceled", job.id)
+            self.files.remove()
+            return self._outcome(RunStatus.CANCELED, "canceled")
+        if isinstance(err, LeaseLostError):
+            log.warning("job %s: this attempt lost its lease (another attempt has the job); it stops", job.id)
+            return self._outcome(RunStatus.LOST, LeaseLostError.code)
+        if isinstance(err, InterruptedJobError):
+            log.info("job %s goes back to the queue: the worker is stopping", job.id)
+            self.store.release(job.id, job.token)
+            return self._outcome(RunStatus.INTERRUPTED, "interrupted")
+        if isinstance(err, TilesegError):
+            log.info("job %s failed: %s", job.id, err)
+            return self._fail(err.code, str(err))
+        log.error("job %s failed unexpectedly", job.id, exc_info=err)
+        return self._fail("internal_error", f"unexpected error: {type(err).__name__}: {err}")
+
+    def publish(self) -> Outcome:
+        """End the run that made its results: commit the success in the table, then move the files into
+        place and drop the upload."""
+        job = self.job
+        self.heartbeat.stop()  # before the end: a beat after it would read as a lost lease
+        if not self.store.finish(job.id, job.token, JobStatus.SUCCEEDED, ttl=self.config.result_ttl):
+            return self._ended_elsewhere()
+        # the table now names this attempt as the published one; the renames follow (anyone may redo them)
+        self.files.publish(job.token)
+        log.info("job %s published by attempt %s: %d tiles in %.1f s", job.id, job.token, self.tiles,
+                 time.perf_counter() - self.started)
+        drop_input(job, self.config.keep_inputs)
+        return self._outcome(RunStatus.SUCCEEDED)
+
+    def close(self) -> None:
+        """Stop the heartbeat; remove this attempt's working files, whatever happened."""
+        self.heartbeat.stop()
+        self.files.remove_attempt(self.job.token)
+
+    def _fail(self, code: str, message: str) -> Outcome:
+        if not self.store.finish(self.job.id, self.job.token, JobStatus.FAILED, error=(code, message)):
+            return self._ended_elsewhere()
+        drop_input(self.job, self.config.keep_inputs)
+        return self._outcome(RunStatus.FAILED, code)
+
+    def _ended_elsewhere(self) -> Outcome:
+        # the compare-and-set found the job no longer this attempt's: canceled, or gone to another attempt
+        if isinstance(_not_ours(self.store, self.job), CanceledError):
+            self.files.remove()  # a canceled job keeps nothing, not even its upload
+            return self._outcome(RunStatus.CANCELED, "canceled")
+        return self._outcome(RunStatus.LOST, LeaseLostError.code)
+
+    def _outcome(self, status: RunStatus, code: str | None = None) -> Outcome:
+        return Outcome(status, time.perf_counter() - self.started, self.tiles, code)
 
 
 def _not_ours(store: JobStore, job: Job) -> TilesegError:
@@ -207,17 +230,4 @@ def _not_ours(store: JobStore, job: Job) -> TilesegError:
     return LeaseLostError(f"job {job.id} is {now.status.value} under another attempt")
 
 
-def _fail(store: JobStore, job: Job, files: JobFiles, config: RunConfig, code: str, message: str,
-          outcome: Callable[..., Outcome], ended_elsewhere: Callable[[], Outcome]) -> Outcome:
-    if not store.finish(job.id, job.token, JobStatus.FAILED, error=(code, message)):
-        return ended_elsewhere()
-    _drop_input(job, files, config)
-    return outcome("failed", code)
-
-
-def _drop_input(job: Job, files: JobFiles, config: RunConfig) -> None:
-    if job.input_owned and not config.keep_inputs:
-        Path(job.input_path).unlink(missing_ok=True)
-
-
-__all__ = ["Heartbeat", "ModelSource", "Outcome", "RunConfig", "run_job"]
+__all__ = ["Heartbeat", "ModelSource", "Outcome", "RunConfig", "RunStatus", "run_job"]

@@ -14,12 +14,10 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-
-from tileseg import models
 
 from tileseg.errors import (
     JobCanceledError,
@@ -28,20 +26,17 @@ from tileseg.errors import (
     ResultNotFoundError,
     ResultNotReadyError,
 )
-from tileseg.api.metrics import ServiceMetrics
 from tileseg.engine.runtime import configure_threads
 from tileseg.settings import Mode, Settings
-from tileseg.jobs.files import JobFiles, jobs_root
+from tileseg.jobs.files import JobFiles, drop_input, jobs_root
 from tileseg.jobs.intake import JobOptions, check_input, resolve_source
-from tileseg.jobs.modelpool import CardCatalogue, ModelPool
-from tileseg.jobs.runner import RunConfig
+from tileseg.jobs.modelpool import CardCatalogue, ModelPool, ServedModels
+from tileseg.jobs.runner import Outcome, RunConfig
 from tileseg.jobs.store import ANY_OWNER, Job, JobStatus, JobStore, new_job_id
 from tileseg.jobs.sweeper import Sweeper, sweep
 from tileseg.jobs.worker import Worker
 
 log = logging.getLogger(__name__)
-
-RESULTS = ("mask", "probabilities", "preview")
 
 
 @dataclass(frozen=True)
@@ -59,28 +54,30 @@ class JobService:
     Args:
         settings: the service's settings.
         start_workers: run the runtime (embedded workers or, in queue mode, the reaper) and the sweeper.
+        on_outcome: called with each run's :class:`~tileseg.jobs.runner.Outcome` by this process's
+            workers (the API's metrics); queue workers are other processes and report nothing here.
     """
 
-    def __init__(self, settings: Settings, start_workers: bool = True):
+    def __init__(self, settings: Settings, start_workers: bool = True,
+                 on_outcome: Callable[[Outcome], None] | None = None):
         self.settings = settings
         self.data_dir = settings.data_dir.resolve()
         jobs_root(self.data_dir).mkdir(parents=True, exist_ok=True)
         configure_threads(settings.torch_threads)
-        weights = settings.weights_dir or models.weights_dir()
         self.queue_mode = settings.mode is Mode.QUEUE
         self.pools: list[ModelPool] = []
-        self.catalogue: ModelPool | CardCatalogue
+        self.catalogue: ServedModels
         self.broker = None
         if self.queue_mode:
             from tileseg.jobs.broker import Broker  # Celery is imported only where it is used
 
-            self.catalogue = CardCatalogue(weights, settings.models)
+            self.catalogue = CardCatalogue.of(settings)
             self.broker = Broker(settings)
         else:
-            self.pools = [ModelPool(weights, settings.models, device) for device in settings.devices]
+            self.pools = [ModelPool.of(settings, device) for device in settings.devices]
             self.catalogue = self.pools[0]
         self.store = JobStore(settings.database)
-        self.metrics = ServiceMetrics(self.store)
+        self.on_outcome = on_outcome
         self.run_config = RunConfig.of(settings)
         self.limits = self.run_config.limits
         self.workers: list[Worker] = []
@@ -109,7 +106,7 @@ class JobService:
                         len(requeued), len(failed))
         sweep(self.store, self.data_dir, self.settings.keep_inputs)
         for pool in self.pools:
-            worker = Worker(self.store, pool.get, self.run_config, on_outcome=self.metrics.job_finished)
+            worker = Worker(self.store, pool.get, self.run_config, on_outcome=self.on_outcome)
             self.workers.append(worker.start())
         self.sweeper = Sweeper(self.store, self.data_dir, self.settings.sweep_interval,
                                self.settings.keep_inputs).start()
@@ -134,7 +131,7 @@ class JobService:
     # ---- what the routes call -------------------------------------------------------------------------------
 
     @property
-    def models(self) -> ModelPool | CardCatalogue:
+    def models(self) -> ServedModels:
         """The served models: the first device's pool (every pool serves the same models), or in queue
         mode the cards."""
         return self.catalogue
@@ -203,8 +200,11 @@ class JobService:
         before = self.store.cancel(job_id, owner)
         if before.status is not JobStatus.RUNNING:
             JobFiles.of(self.data_dir, job_id).remove()
-            if before.input_owned:
-                Path(before.input_path).unlink(missing_ok=True)
+            drop_input(before)  # given up: not even an upload that TILESEG_KEEP_INPUTS would keep
+
+    def count_by_status(self) -> dict[JobStatus, int]:
+        """How many jobs are in each state (every state present, zero or not)."""
+        return self.store.count_by_status()
 
     def result(self, job_id: str, kind: str, owner: Any = ANY_OWNER) -> tuple[Job, Path]:
         """The job and the path of one of its results (``mask``, ``probabilities``, ``preview``).
@@ -250,4 +250,4 @@ class JobService:
         return checks
 
 
-__all__ = ["RESULTS", "JobService", "Upload"]
+__all__ = ["JobService", "Upload"]

@@ -1,22 +1,9 @@
 """The job table: the one source of truth about every job, shared by the API and the workers.
 
 SQLAlchemy Core with portable SQL, so that the same code runs on the embedded SQLite file (WAL) and, when
-several machines share the work, on PostgreSQL. Every change of state is a single compare-and-set
-statement on the row (``... WHERE id = ? AND status = ? AND token = ?``), so two workers can never both
-claim a job, and a worker whose job was canceled, or handed to another worker after its lease ran out,
-finds out at its next progress report (the statement touches no row).
-
-A claim gives the job a fresh *attempt token* and counts the attempt; a running job's *heartbeat* moves
-with its progress and with the worker's heartbeat thread. The heartbeat is the attempt's *lease*: a job
-whose heartbeat is older than the lease belongs to a worker that died (SIGKILL, out of memory, a machine
-lost), and :meth:`JobStore.reap` puts it back in the queue; after a crash of the embedded server,
-:meth:`JobStore.recover` does the same for every running job (that server was their only worker). Both
-fail the jobs that have used up their attempts. Heartbeats and their expiry are read on the database's
-clock, so that machines whose clocks drift apart still agree on which leases have run out.
-
-Only the attempt that holds the job may end it: :meth:`JobStore.finish` is compare-and-set on the token,
-and a success records that token as the *published* attempt, whose files then become the results (see
-:mod:`tileseg.jobs.files`).
+several machines share the work, on PostgreSQL. Every change of state is one compare-and-set statement on
+the row, and every time is the database's clock. How the claims, leases, reaping and publication here keep
+every job, and never publish one twice: :mod:`tileseg.jobs`.
 """
 
 from __future__ import annotations
@@ -110,6 +97,7 @@ class Job:
     expires: float | None = None
     enqueued: float | None = None
     published: str | None = None
+    read_at: float | None = None  # not a column: the database's clock when the row was read
 
     @classmethod
     def from_row(cls, row: sa.Row) -> Job:
@@ -144,6 +132,10 @@ class JobStore:
         with self.engine.begin() as conn:
             yield conn
 
+    def _select(self) -> sa.Select:
+        """Whole rows, each with the database's clock as ``read_at``."""
+        return sa.select(jobs, self._now.label("read_at"))
+
     # ---- the API's side -------------------------------------------------------------------------------------
 
     def create(self, *, id: str, owner: str | None, model: str, options: dict[str, Any], input: dict[str, Any],
@@ -151,7 +143,7 @@ class JobStore:
         """Queue a new job and return it."""
         row = dict(id=id, owner=owner, status=JobStatus.QUEUED.value, model=model, options=options, input=input,
                    input_path=input_path, input_owned=input_owned, tiles_done=0, tiles_total=0,
-                   created=time.time(), attempts=0)
+                   created=self._now, attempts=0)
         with self._tx() as conn:
             conn.execute(jobs.insert().values(**row))
         return self.get(id)
@@ -162,7 +154,7 @@ class JobStore:
         Raises:
             JobNotFoundError: no such job, or it belongs to another owner (the two look the same).
         """
-        query = jobs.select().where(jobs.c.id == str(job_id))
+        query = self._select().where(jobs.c.id == str(job_id))
         if owner is not ANY_OWNER:
             query = query.where(_owner_is(owner))
         with self.engine.connect() as conn:
@@ -173,7 +165,7 @@ class JobStore:
 
     def list(self, owner: Any = ANY_OWNER, limit: int = 50, offset: int = 0) -> list[Job]:
         """Jobs, newest first."""
-        query = jobs.select().order_by(jobs.c.created.desc(), jobs.c.id).limit(limit).offset(offset)
+        query = self._select().order_by(jobs.c.created.desc(), jobs.c.id).limit(limit).offset(offset)
         if owner is not ANY_OWNER:
             query = query.where(_owner_is(owner))
         with self.engine.connect() as conn:
@@ -194,25 +186,24 @@ class JobStore:
             JobNotFoundError: as :meth:`get`.
         """
         job = self.get(job_id, owner)
-        now = time.time()
         with self._tx() as conn:
             if not job.status.finished:
                 conn.execute(jobs.update().where(jobs.c.id == job.id, jobs.c.status.in_(_ACTIVE))
-                             .values(status=JobStatus.CANCELED.value, finished=now, token=None,
+                             .values(status=JobStatus.CANCELED.value, finished=self._now, token=None,
                                      error_code="canceled", error_message="canceled by the client"))
             elif job.status is JobStatus.SUCCEEDED:
                 conn.execute(jobs.update().where(jobs.c.id == job.id, jobs.c.status == job.status.value)
-                             .values(status=JobStatus.EXPIRED.value, expires=now))
+                             .values(status=JobStatus.EXPIRED.value, expires=self._now))
         return job
 
     def ping(self) -> None:
         """Write to the database: raises if it cannot be written (``/readyz``)."""
         with self._tx() as conn:
-            if conn.execute(health.update().where(health.c.id == 1).values(at=time.time())).rowcount:
+            if conn.execute(health.update().where(health.c.id == 1).values(at=self._now)).rowcount:
                 return
         try:
             with self._tx() as conn:
-                conn.execute(health.insert().values(id=1, at=time.time()))
+                conn.execute(health.insert().values(id=1, at=self._now))
         except sa.exc.IntegrityError:
             pass  # another process wrote the first row at the same moment: the database is writable
 
@@ -237,7 +228,6 @@ class JobStore:
         """Atomically take the oldest queued job (or the one given), mark it running under a fresh attempt
         token and count the attempt; None when there is nothing to take."""
         token = secrets.token_hex(16)
-        now = time.time()
         oldest = (sa.select(jobs.c.id).where(jobs.c.status == JobStatus.QUEUED.value)
                   .order_by(jobs.c.created, jobs.c.id).limit(1)
                   .with_for_update(skip_locked=True))  # PostgreSQL: workers skip each other's rows; SQLite ignores it
@@ -245,13 +235,13 @@ class JobStore:
         with self._tx() as conn:
             claimed = conn.execute(
                 jobs.update().where(target, jobs.c.status == JobStatus.QUEUED.value)
-                .values(status=JobStatus.RUNNING.value, token=token, worker=worker, started=now,
+                .values(status=JobStatus.RUNNING.value, token=token, worker=worker, started=self._now,
                         heartbeat=self._now, attempts=jobs.c.attempts + 1, tiles_done=0, finished=None)
             ).rowcount
         if not claimed:
             return None
         with self.engine.connect() as conn:
-            row = conn.execute(jobs.select().where(jobs.c.token == token)).first()
+            row = conn.execute(self._select().where(jobs.c.token == token)).first()
         return Job.from_row(row) if row is not None else None
 
     def progress(self, job_id: str, token: str, done: int, total: int) -> bool:
@@ -268,16 +258,24 @@ class JobStore:
             return conn.execute(jobs.update().where(*_owned(job_id, token)).values(heartbeat=self._now)).rowcount == 1
 
     def finish(self, job_id: str, token: str, status: JobStatus, *, error: tuple[str, str] | None = None,
-               expires: float | None = None) -> bool:
+               ttl: float | None = None) -> bool:
         """End an attempt as succeeded or failed; False when it no longer owned the job (canceled, or its
         lease ran out and the job went to another attempt). A success publishes the attempt: its token is
-        kept as ``published``, the one attempt whose files are the job's results."""
+        kept as ``published``, the one attempt whose files are the job's results.
+
+        Args:
+            job_id, token: the job and the attempt that ends it.
+            status: ``succeeded`` or ``failed``.
+            error: a failure's ``(code, message)``.
+            ttl: seconds the results are kept (from now, on the database's clock); None: no end.
+        """
         code, message = error or (None, None)
         published = token if status is JobStatus.SUCCEEDED else None
+        expires = None if ttl is None else self._now + ttl
         with self._tx() as conn:
             return conn.execute(
                 jobs.update().where(*_owned(job_id, token))
-                .values(status=status.value, finished=time.time(), token=None, error_code=code,
+                .values(status=status.value, finished=self._now, token=None, error_code=code,
                         error_message=message, expires=expires, published=published)
             ).rowcount == 1
 
@@ -309,7 +307,7 @@ class JobStore:
         requeued, failed = [], []
         for job_id, attempts in found:
             if attempts >= max_attempts:
-                values = dict(status=JobStatus.FAILED.value, finished=time.time(), token=None,
+                values = dict(status=JobStatus.FAILED.value, finished=self._now, token=None,
                               error_code="too_many_attempts",
                               error_message=f"the job was interrupted {attempts} time(s) (the server stopped or "
                                             f"crashed while it ran); giving up after {max_attempts} attempt(s)")
@@ -325,12 +323,11 @@ class JobStore:
 
     def expire(self, now: float | None = None) -> list[Job]:
         """Mark finished jobs whose results are past their time ``expired``; returns them (their files are
-        the caller's to remove)."""
-        now = time.time() if now is None else now
+        the caller's to remove). ``now``: the time to judge by, default the database's clock."""
         due = sa.and_(jobs.c.status == JobStatus.SUCCEEDED.value,
-                      jobs.c.expires.is_not(None), jobs.c.expires < now)
+                      jobs.c.expires.is_not(None), jobs.c.expires < (self._now if now is None else now))
         with self.engine.connect() as conn:
-            candidates = [Job.from_row(r) for r in conn.execute(jobs.select().where(due))]
+            candidates = [Job.from_row(r) for r in conn.execute(self._select().where(due))]
         done = []
         for job in candidates:
             with self._tx() as conn:
@@ -339,12 +336,6 @@ class JobStore:
             if changed:
                 done.append(job)
         return done
-
-    def finished_with_files(self) -> list[Job]:
-        """Jobs whose files should be gone (canceled, expired): the sweeper checks them after a crash."""
-        query = jobs.select().where(jobs.c.status.in_([JobStatus.CANCELED.value, JobStatus.EXPIRED.value]))
-        with self.engine.connect() as conn:
-            return [Job.from_row(r) for r in conn.execute(query)]
 
 
 _ACTIVE = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
@@ -359,13 +350,14 @@ def _owner_is(owner: str | None):
 
 
 def _clock(engine: Engine) -> sa.ColumnElement:
-    """The database's own clock in seconds since the epoch, as a SQL expression: heartbeats written and
-    judged on one clock, whichever machine writes or judges them."""
+    """The database's own clock in seconds since the epoch, as a SQL expression: every time in the table
+    written and judged on one clock, whichever machine writes or judges it."""
     if engine.dialect.name == "postgresql":
         # clock_timestamp, not now(): the time of the statement, not of its transaction's start
         return sa.cast(sa.extract("epoch", sa.func.clock_timestamp()), sa.Float)
-    if engine.dialect.name == "sqlite":
-        return (sa.func.julianday("now") - 2440587.5) * 86400.0  # julian day of the epoch; seconds a day
+    # SQLite runs in this process, on the one machine that holds its file: its clock is this process's.
+    # Read here rather than with julianday('now'), which reads the same clock to the millisecond only:
+    # jobs made within one millisecond would tie on `created`, and the queue's order with them.
     return sa.bindparam("now", callable_=time.time, type_=sa.Float)
 
 

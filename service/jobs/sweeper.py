@@ -3,22 +3,28 @@
 Each sweep marks succeeded jobs whose ``expires`` has passed as ``expired`` and removes their files, then
 looks at the jobs folder for what a crash may have left: the folders of canceled, expired or unknown jobs,
 uploads of jobs that have ended, results that a worker committed in the table but died before renaming
-into place (the renames are done now), and the working folders of attempts that are over.
+into place (the renames are done now; see :mod:`tileseg.jobs`), and the working folders of attempts that
+are over.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from pathlib import Path
 
 from tileseg.errors import JobNotFoundError
-from tileseg.jobs.files import JobFiles, jobs_root
+from tileseg.jobs.files import JobFiles, drop_input, jobs_root
+from tileseg.jobs.periodic import Periodic
 from tileseg.jobs.store import Job, JobStatus, JobStore
 
 log = logging.getLogger(__name__)
+
+# Seconds before a folder that no job accounts for (an upload whose request failed before its job was
+# written), or an attempt's folder that is not the running attempt's, may be removed: younger, it may be a
+# request still arriving, or a folder just made by a worker on another machine, carrying that machine's clock.
+STALE_FOLDER = 3600.0
 
 
 def sweep(store: JobStore, data_dir: Path, keep_inputs: bool = False, now: float | None = None) -> int:
@@ -34,25 +40,19 @@ def sweep(store: JobStore, data_dir: Path, keep_inputs: bool = False, now: float
     return len(expired)
 
 
-# An attempt's folder that is not the running attempt's is removed only once it is this old: a folder that
-# a worker on another machine has just made may carry that machine's clock.
-STALE_ATTEMPT = 3600.0
-
-
 def _tidy(store: JobStore, folder: Path, keep_inputs: bool) -> None:
     try:
         job = store.get(str(uuid.UUID(folder.name)))
     except (ValueError, JobNotFoundError):
-        # an upload whose request failed before its job was written, or something not ours: only remove
-        # what is old enough not to be a request still arriving
-        if folder.is_dir() and time.time() - folder.stat().st_mtime > 3600:
+        # an upload whose request failed before its job was written, or something not ours
+        if folder.is_dir() and time.time() - folder.stat().st_mtime > STALE_FOLDER:
             JobFiles(folder).remove()
         return
     if job.status in (JobStatus.CANCELED, JobStatus.EXPIRED):
         JobFiles(folder).remove()
         return
-    if job.status.finished and job.input_owned and not keep_inputs:
-        Path(job.input_path).unlink(missing_ok=True)
+    if job.status.finished:
+        drop_input(job, keep_inputs)
     _tidy_attempts(job, JobFiles(folder))
 
 
@@ -69,7 +69,7 @@ def _tidy_attempts(job: Job, files: JobFiles) -> None:
         return
     for attempt in attempts:
         try:
-            old = time.time() - attempt.stat().st_mtime > STALE_ATTEMPT
+            old = time.time() - attempt.stat().st_mtime > STALE_FOLDER
         except FileNotFoundError:
             continue
         if attempt.name != running and old:
@@ -79,31 +79,18 @@ def _tidy_attempts(job: Job, files: JobFiles) -> None:
                 pass
 
 
-class Sweeper:
+class Sweeper(Periodic):
     """Sweeps every ``interval`` seconds in a thread until stopped."""
 
     def __init__(self, store: JobStore, data_dir: Path, interval: float, keep_inputs: bool = False):
+        super().__init__("tileseg-sweeper", interval)
         self.store = store
         self.data_dir = data_dir
-        self.interval = interval
         self.keep_inputs = keep_inputs
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="tileseg-sweeper", daemon=True)
 
-    def start(self) -> Sweeper:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                sweep(self.store, self.data_dir, self.keep_inputs)
-            except Exception:  # a failed sweep is tried again at the next interval
-                log.exception("sweep failed")
+    def step(self) -> None:
+        """One sweep."""
+        sweep(self.store, self.data_dir, self.keep_inputs)
 
 
 __all__ = ["Sweeper", "sweep"]

@@ -13,13 +13,14 @@ import socket
 import threading
 from collections.abc import Callable
 
+from tileseg.jobs.periodic import Periodic
 from tileseg.jobs.runner import ModelSource, Outcome, RunConfig, run_job
 from tileseg.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 
 
-class Worker:
+class Worker(Periodic):
     """Runs queued jobs in a thread.
 
     Args:
@@ -27,71 +28,40 @@ class Worker:
         load_model: ``(name, prune) -> network`` on this worker's device.
         config: how to run jobs.
         name: the worker's name in the job table.
-        on_outcome: called after each job (metrics).
+        on_outcome: called after each job (the API's metrics).
         poll: seconds between looks at the queue when nobody calls :meth:`wake`.
     """
 
     def __init__(self, store: JobStore, load_model: ModelSource, config: RunConfig, name: str | None = None,
                  on_outcome: Callable[[Outcome], None] | None = None, poll: float = 1.0):
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        super().__init__(f"tileseg-worker-{self.name}", poll, at_start=True)
         self.store = store
         self.load_model = load_model
         self.config = config
-        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.on_outcome = on_outcome
-        self.poll = poll
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
         self._interrupt = threading.Event()
-        self._busy = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"tileseg-worker-{self.name}", daemon=True)
 
-    def start(self) -> Worker:
-        self._thread.start()
-        return self
+    def stop(self, grace: float | None = None) -> bool:
+        """Take no more jobs; give the running one ``grace`` seconds (default :attr:`stop_wait`), then send it
+        back to the queue. Returns True when the thread has ended."""
+        if super().stop(grace):
+            return True
+        self._interrupt.set()
+        return self.join(60)  # the job stops at its next batch
 
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    @property
-    def busy(self) -> bool:
-        return self._busy.is_set()
-
-    def wake(self) -> None:
-        """A job was queued: look now."""
-        self._wake.set()
-
-    def stop(self, grace: float) -> bool:
-        """Take no more jobs; give the running one ``grace`` seconds, then send it back to the queue.
-        Returns True when the thread has ended."""
-        self._stopping.set()
-        self._wake.set()
-        self._thread.join(grace)
-        if self._thread.is_alive():
-            self._interrupt.set()
-            self._thread.join(60)  # the job stops at its next batch
-        return not self._thread.is_alive()
-
-    def _loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                job = self.store.claim(self.name)
-            except Exception:  # the database is away for a moment: try again later, do not die
-                log.exception("worker %s could not claim a job", self.name)
-                job = None
-            if job is None:
-                self._wake.wait(self.poll)
-                self._wake.clear()
-                continue
-            self._busy.set()
-            try:
-                outcome = run_job(self.store, job, self.load_model, self.config, self._interrupt.is_set)
-                if self.on_outcome:
-                    self.on_outcome(outcome)
-            except Exception:  # run_job fails jobs itself; this is the store failing under it
-                log.exception("worker %s: job %s ended abnormally", self.name, job.id)
-            finally:
-                self._busy.clear()
+    def step(self) -> bool:
+        """Claim the oldest queued job and run it; False when there was none (then wait for a wake)."""
+        job = self.store.claim(self.name)
+        if job is None:
+            return False
+        try:
+            outcome = run_job(self.store, job, self.load_model, self.config, self._interrupt.is_set)
+            if self.on_outcome:
+                self.on_outcome(outcome)
+        except Exception:  # run_job fails jobs itself; this is the store failing under it
+            log.exception("worker %s: job %s ended abnormally", self.name, job.id)
+        return True
 
 
 __all__ = ["Worker"]

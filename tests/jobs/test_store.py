@@ -104,7 +104,7 @@ def test_release_does_not_count_the_attempt(store):
 def test_results_expire(store):
     job_id = add(store)
     running = store.claim("w")
-    assert store.finish(job_id, running.token, JobStatus.SUCCEEDED, expires=time.time() + 100)
+    assert store.finish(job_id, running.token, JobStatus.SUCCEEDED, ttl=100)
     assert store.expire() == []
     expired = store.expire(now=time.time() + 101)
     assert [j.id for j in expired] == [job_id] and store.get(job_id).status is JobStatus.EXPIRED
