@@ -317,6 +317,15 @@ class MeasurementCache:
         except (KeyError, TypeError):
             return None
 
+    def merge(self, key: str, measurements: list[Measurement]) -> list[Measurement]:
+        """Add ``measurements`` to the entry of ``key``, keeping those already there; returns the entry."""
+        kept = {m.runtime: m for m in (self.get(key) or [])}
+        for m in measurements:
+            kept.setdefault(m.runtime, m)
+        merged = list(kept.values())
+        self.put(key, merged)
+        return merged
+
     def put(self, key: str, measurements: list[Measurement]) -> None:
         data = self._read()
         data[key] = {"measurements": [asdict(m) for m in measurements], "when": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -397,15 +406,17 @@ class Tuner:
                            "batch": batch, "options": model.spec.options}, sort_keys=True)
 
     def _load(self, key: str, persistent: bool) -> list[Measurement]:
-        if key in self._memory:
-            return self._memory[key]
+        # the disk first: every process on the machine then takes the same runtime for the same run
         found = self.cache.get(key) if (self.cache and persistent) else None
-        return found or []
+        return found or self._memory.get(key, [])
 
-    def _store(self, key: str, measured: list[Measurement], persistent: bool) -> None:
-        self._memory[key] = measured
+    def _store(self, key: str, measured: list[Measurement], persistent: bool) -> list[Measurement]:
+        """Keep new measurements; where another process measured the same candidate first, its figure wins
+        (so that two processes measuring at once end up with one choice). Returns what is kept."""
         if self.cache and persistent:
-            self.cache.put(key, measured)
+            measured = self.cache.merge(key, measured)
+        self._memory[key] = measured
+        return measured
 
     def _measurements(self, model, device, window, batch, options, batches, compile) -> list[Measurement]:
         key = self._key(model, device, window, batch)
@@ -427,11 +438,11 @@ class Tuner:
             if worth and target in compiled and target.label not in measured:
                 measured[target.label] = self._measure_one(model, device, target, window, batch)
                 changed = True
-        result = [measured[r.label] if r.label in measured else Measurement(r.label, status="not measured")
-                  for r in options]
         if changed:
-            self._store(key, [m for m in result if m.status != "not measured"], persistent)
-        return result
+            kept = self._store(key, [m for m in measured.values() if m.status != "not measured"], persistent)
+            measured = {m.runtime: m for m in kept}
+        return [measured[r.label] if r.label in measured else Measurement(r.label, status="not measured")
+                for r in options]
 
     def _measure_eager(self, model, device, window, batch, eager: list[Runtime]) -> list[Measurement]:
         small = _screen_window(model, window)

@@ -187,3 +187,15 @@ def test_auto_runs_measure_once_and_record_the_runtime(tmp_path, raster_factory,
     monkeypatch.setattr(rt, "time_forward", lambda *a: calls.append(a) or (1.0, 0.0))
     again = segment(model, path, tmp_path / "b.tif")
     assert calls == [] and again.settings["runtime"] == result.settings["runtime"]
+
+
+def test_the_first_process_to_measure_decides_for_the_machine(model, tmp_path, monkeypatch):
+    monkeypatch.setattr(rt, "native_bf16", lambda device: True)
+    cache = MeasurementCache(tmp_path / "runtime.json")
+    fp32_fast = {**FAST_BF16, "fp32/channels_last/eager": 0.1}
+    first = Tuner(cache, FakeTimer(fp32_fast)).choose(model, torch.device("cpu"), 100, 4, batches=10, compile="off")
+    # a second process that had measured on its own, in memory, before the first wrote the cache
+    late = Tuner(cache, FakeTimer(FAST_BF16))
+    late._memory[late._key(model, torch.device("cpu"), 100, 4)] = []
+    second = late.choose(model, torch.device("cpu"), 100, 4, batches=10, compile="off")
+    assert first.runtime == second.runtime == Runtime("fp32", True, False)
