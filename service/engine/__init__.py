@@ -1,8 +1,9 @@
 """The overlap-tile engine: any-size raster in, seamless mask GeoTIFF out. No HTTP and no jobs in here.
 
 plan the tiles (:mod:`.tiling`) -> read mirror-padded windows (:mod:`.io.read`) -> run batches in the measured
-runtime (:mod:`.runner`, :mod:`.runtime`) -> stitch or blend into finished rows (:mod:`.stitching`,
-:mod:`.blending`) -> write them (:mod:`.io.write`); :mod:`.pipeline` joins the pieces.
+runtime (:mod:`.runner`, :mod:`.runtime`) -> aggregate each tile's prediction (:mod:`.prediction`) into
+finished rows, stitched or blended (:mod:`.stitching`, :mod:`.blending`) -> write them (:mod:`.io.write`);
+:mod:`.pipeline` joins the pieces.
 """
 
 from tileseg.engine.pipeline import (

@@ -5,8 +5,9 @@ The pipeline, each step a small piece of its own:
 1. plan the tiles (:mod:`tileseg.engine.tiling`);
 2. read windows, mirror-padded and normalised, a batch at a time, in reader threads that run ahead of
    the network (:mod:`tileseg.engine.io`); tiles that are wholly nodata are skipped;
-3. run each batch, reduced to class indices on the device (:mod:`tileseg.engine.runner`);
-4. stitch cores, or blend windows, into finished rows (:mod:`tileseg.engine.stitching`);
+3. run each batch, reduced to the winning channel per pixel on the device (:mod:`tileseg.engine.runner`);
+4. stitch cores, or blend windows, into finished rows (:mod:`tileseg.engine.stitching`), through one
+   interface for every blend mode: each tile's prediction is aggregated, then the stitcher is finalized;
 5. write the rows in a writer thread, block-aligned, to a temporary file renamed into place at the end.
 
 Memory is bounded by the batch, the readers' lead and one band of tile rows: never by the image.
@@ -37,15 +38,15 @@ from tileseg import models
 from tileseg.models.spec import BlendMode
 
 from tileseg import __version__
-from tileseg.engine.blending import blend_weights
 from tileseg.errors import TilesegError
 from tileseg.engine.runner import BatchRunner
 from tileseg.engine.memory import release_free_memory
 from tileseg.engine.runtime import Choice, pick_device, tuner
 from tileseg.engine.io.read import ALLOWED_DRIVERS, InputRaster, RasterInfo, gdal_env
 from tileseg.engine.io.write import BackgroundWriter, MaskSink
-from tileseg.engine.stitching import BlendStitcher, CropStitcher, Strip
 from tileseg.engine.options import SegmentOptions
+from tileseg.engine.prediction import TilePrediction
+from tileseg.engine.stitching import Strip, build_stitcher
 from tileseg.engine.tiling import Tile, TilePlan, TileSettings
 
 log = logging.getLogger(__name__)
@@ -173,36 +174,48 @@ def predict_strips(runner: BatchRunner, src: InputRaster, counts: TileCounts | N
                    progress: Progress | None = None) -> Iterator[Strip]:
     """Tile ``src``, run every batch through ``runner`` and yield the stitched output rows in order.
 
-    This is the engine's loop; :func:`segment` adds the writing. ``counts`` is updated as tiles go.
+    This is the engine's loop, the same for every blend mode: split into batches -> run -> aggregate each
+    tile's prediction -> finalize. :func:`segment` adds the writing.
+
+    Args:
+        runner: the network, ready to run batches at the run's tile settings.
+        src: the input.
+        counts: updated as tiles go (total, done, skipped), or None.
+        readers: threads reading windows ahead of the network.
+        progress: called with (tiles done, tiles total) before the first batch and after each.
+
+    Yields:
+        The finished strips, top to bottom; together they cover the image once.
     """
     settings, num_classes = runner.settings, runner.model.spec.num_classes
     plan = TilePlan(settings, src.height, src.width)
     counts = counts if counts is not None else TileCounts()
     counts.total = len(plan)
     index_dtype = np.uint8 if num_classes <= 256 else np.int16
-    if settings.blend is BlendMode.CROP:
-        stitcher = CropStitcher(plan, num_classes, runner.want_probs or runner.logits, index_dtype)
-    else:
-        stitcher = BlendStitcher(plan, num_classes, blend_weights(settings.blend, settings.output_size), index_dtype)
+    stitcher = build_stitcher(plan, num_classes, runner.gives_probabilities, index_dtype)
     if progress:
         progress(0, counts.total)
     for tiles, active, batch in _prefetch(lambda b: _read_batch(src, plan, b), _batches(plan, settings.batch), readers):
         counts.skipped += len(tiles) - len(active)
-        channels, values = runner(batch) if active else (None, None)
-        position = {tile.index: i for i, tile in enumerate(active)}
-        for tile in tiles:
-            i = position.get(tile.index)
-            if settings.blend is BlendMode.CROP:
-                strip = stitcher.add(tile, None if i is None else channels[i],
-                                     None if i is None or values is None else values[i])
-            else:
-                strip = stitcher.add(tile, None if i is None else values[i])
+        for tile, prediction in _predict(runner, tiles, active, batch):
+            strip = stitcher.aggregate(tile, prediction)
             if strip is not None:
                 release_free_memory()  # once a tile row: peak memory must not grow with the image
                 yield strip
         counts.done += len(tiles)
         if progress:
             progress(counts.done, counts.total)
+    rest = stitcher.finalize()
+    if rest is not None:
+        yield rest
+
+
+def _predict(runner: BatchRunner, tiles: list[Tile], active: list[Tile],
+             batch: np.ndarray | None) -> list[tuple[Tile, TilePrediction | None]]:
+    """Each tile of a batch with its prediction: None for the tiles left out of ``batch`` as wholly nodata."""
+    predictions = runner(batch) if active else None
+    position = {tile.index: i for i, tile in enumerate(active)}
+    return [(tile, predictions[position[tile.index]] if tile.index in position else None) for tile in tiles]
 
 
 def _batches(plan: TilePlan, size: int) -> Iterator[list[Tile]]:

@@ -1,7 +1,7 @@
 """Running a batch of windows through the network: device transfer, precision, flips, reduction.
 
-Results are reduced on the device: in crop mode without probabilities only the class index of each core
-pixel comes back (one byte a pixel instead of a float per class).
+Results are reduced on the device: in crop mode without probabilities only the winning channel of each
+core pixel comes back (one byte a pixel instead of a float per channel).
 """
 
 from __future__ import annotations
@@ -15,20 +15,33 @@ from torch import nn
 from tileseg.models.spec import BlendMode
 
 from tileseg.engine.io import Scaling
+from tileseg.engine.prediction import BatchPrediction
 from tileseg.engine.runtime import BASELINE, Runtime, run_forward
 from tileseg.engine.tiling import TileSettings
 
 log = logging.getLogger(__name__)
 
+
 class BatchRunner:
-    """Runs ``(B, bands, window, window)`` batches of raw values and returns what the stitcher needs.
+    """Runs ``(B, bands, window, window)`` batches of raw values and returns what the stitchers need.
 
     The raw batch (uint8, or float32 for other dtypes) goes to the device as it is, through pinned memory on
     a GPU, and is scaled there (:class:`tileseg.engine.io.Scaling`).
 
-    crop mode: class channels ``(B, core, core)`` uint8/int16 and, if asked, probabilities
-    ``(B, K, core, core)`` float32 of the cores; blended modes: probabilities of the whole output window.
+    A call returns a :class:`~tileseg.engine.prediction.BatchPrediction`. Crop mode: the cores' labels
+    ``(B, core, core)`` uint8/int16 and, if asked (or with ``tta``), their probabilities ``(B, K, core, core)``
+    float32; blended modes: the probabilities of the whole output window, no labels.
     ``logits=True`` (crop mode, for exactness checks) returns the raw logits in place of probabilities.
+
+    Args:
+        model: the network, with its ``.spec``, on ``device``.
+        settings: the run's tile settings.
+        scaling: how raw values become the network's input.
+        device: where the network runs.
+        runtime: precision, memory format and compilation (:mod:`tileseg.engine.runtime`).
+        tta: average the predictions of the four flips of each window.
+        probabilities: crop mode: return the cores' probabilities too.
+        logits: crop mode: return the raw logits in place of probabilities.
     """
 
     def __init__(self, model: nn.Module, settings: TileSettings, scaling: Scaling, device: torch.device,
@@ -46,6 +59,11 @@ class BatchRunner:
         self.crop = settings.blend is BlendMode.CROP
         self.keep = slice(settings.margin, settings.margin + settings.core)
         self.index_dtype = torch.uint8 if model.spec.num_classes <= 256 else torch.int16
+
+    @property
+    def gives_probabilities(self) -> bool:
+        """Whether its predictions carry probabilities (or, with ``logits``, the logits)."""
+        return self.want_probs or self.logits
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.runtime.compiled and x.shape[0] < self.settings.batch:
@@ -82,16 +100,20 @@ class BatchRunner:
         return x.mul_(self.a).add_(self.b)
 
     @torch.inference_mode()
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def __call__(self, batch: np.ndarray) -> BatchPrediction:
+        """Run one batch of raw windows ``(B, bands, window, window)``; see the class for what comes back."""
         x = self._scale(torch.from_numpy(batch))
         if self.logits:
             logits = self._forward(x).float()[:, :, self.keep, self.keep]
-            return logits.argmax(dim=1).to(self.index_dtype).cpu().numpy(), logits.cpu().numpy()
+            return BatchPrediction(self._labels(logits), logits.cpu().numpy())
         if not self.want_probs:
-            logits = self._forward(x)[:, :, self.keep, self.keep]
-            return logits.argmax(dim=1).to(self.index_dtype).cpu().numpy(), None
+            return BatchPrediction(labels=self._labels(self._forward(x)[:, :, self.keep, self.keep]))
         probs = self._probabilities(x)
         if self.crop:
             probs = probs[:, :, self.keep, self.keep]
-            return probs.argmax(dim=1).to(self.index_dtype).cpu().numpy(), probs.cpu().numpy()
-        return None, probs.cpu().numpy()
+            return BatchPrediction(self._labels(probs), probs.cpu().numpy())
+        return BatchPrediction(probabilities=probs.cpu().numpy())
+
+    def _labels(self, scores: torch.Tensor) -> np.ndarray:
+        # reduced on the device: one byte a pixel comes back instead of a float per channel
+        return scores.argmax(dim=1).to(self.index_dtype).cpu().numpy()

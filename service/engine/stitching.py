@@ -1,70 +1,151 @@
 """Stitching: turning per-tile predictions into finished, full-width rows of the output, in order.
 
-Tiles arrive in row-major order. A stitcher holds only one band of tile rows and hands back a
-:class:`Strip` as soon as its rows can no longer change, so memory follows the tile row, not the image.
+Every stitcher has the same two calls, in the spirit of MONAI's mergers: :meth:`Stitcher.aggregate` takes
+one tile and its prediction, in the plan's row-major order, and hands back a :class:`Strip` as soon as some
+rows can no longer change; :meth:`Stitcher.finalize` hands back whatever is still held once every tile has
+come. A stitcher holds only one band of rows, so memory follows the tile row, not the image.
+
+* :class:`CropStitcher` (crop mode): each core is final; a tile row's cores side by side make a strip.
+* :class:`BlendStitcher` (gaussian, cosine): weighted probabilities of overlapping windows are summed in a
+  band that rolls down the image.
+
+:func:`build_stitcher` picks the one for a plan's blend mode.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
 
+from tileseg.engine.blending import blend_weights
+from tileseg.engine.prediction import TilePrediction
 from tileseg.engine.tiling import Tile, TilePlan
+from tileseg.models.spec import BlendMode
 
 
 @dataclass
 class Strip:
     """Finished output rows ``y .. y + height`` of the whole image width.
 
-    ``channels``: the winning network channel per pixel ``(height, width)``;
-    ``probabilities``: ``(K, height, width)`` float32 in [0, 1], or None when not asked for.
+    Attributes:
+        y: the first image row.
+        labels: ``(height, width)`` the winning output channel of the network per pixel. This is a channel
+            index, not yet a class index: the writer maps channel ``k`` to the model card's
+            ``spec.classes[k].index`` and marks nodata (:class:`tileseg.engine.io.MaskSink`).
+        probabilities: ``(K, height, width)`` float32 in [0, 1] per channel, or None when not asked for.
     """
 
     y: int
-    channels: np.ndarray
+    labels: np.ndarray
     probabilities: np.ndarray | None
 
     @property
     def height(self) -> int:
-        return self.channels.shape[0]
+        return self.labels.shape[0]
 
 
-class CropStitcher:
-    """Crop mode: each core is already final; a tile row's cores side by side make a strip."""
+class Stitcher(ABC):
+    """Takes the tiles of a plan, with their predictions, in row-major order; hands back finished strips.
+
+    Args:
+        plan: the tiles to expect.
+    """
+
+    def __init__(self, plan: TilePlan):
+        self.plan = plan
+        self._next = 0  # index of the tile expected next
+
+    def aggregate(self, tile: Tile, prediction: TilePrediction | None) -> Strip | None:
+        """Take one tile's prediction.
+
+        Args:
+            tile: the plan's next tile.
+            prediction: what the network predicted for it; None for a tile skipped because it is wholly
+                nodata (its pixels stay 0, which the writer then marks as nodata).
+
+        Returns:
+            The strip of rows this tile completed, or None.
+
+        Raises:
+            ValueError: the tile is not the one the plan has next.
+        """
+        if tile.index != self._next:
+            raise ValueError(f"tile {tile.index} came out of order: the plan's tile {self._next} comes next")
+        self._next += 1
+        return self._place(tile, prediction)
+
+    def finalize(self) -> Strip | None:
+        """The rows still held once every tile has been aggregated, or None when all were handed back.
+
+        Raises:
+            ValueError: some of the plan's tiles have not been aggregated yet.
+        """
+        if self._next != len(self.plan):
+            raise ValueError(f"finalize after {self._next} of the plan's {len(self.plan)} tiles")
+        return self._rest()
+
+    @abstractmethod
+    def _place(self, tile: Tile, prediction: TilePrediction | None) -> Strip | None:
+        """Put one tile's prediction in place; the strip it completed, or None."""
+
+    def _rest(self) -> Strip | None:
+        # both stitchers here hand back the last rows with the last tile
+        return None
+
+
+class CropStitcher(Stitcher):
+    """Crop mode: each core is already final; a tile row's cores side by side make a strip.
+
+    Args:
+        plan: the tiles to expect.
+        num_classes: K, the network's output channels.
+        probabilities: whether to keep the cores' probabilities too (then every prediction must carry them).
+        index_dtype: the dtype of the labels (uint8 up to 256 channels).
+    """
 
     def __init__(self, plan: TilePlan, num_classes: int, probabilities: bool, index_dtype=np.uint8):
-        self.plan = plan
+        super().__init__(plan)
         self.num_classes = num_classes
         self.probabilities = probabilities
         self.index_dtype = index_dtype
         self._strip: Strip | None = None
 
-    def add(self, tile: Tile, channels: np.ndarray | None, probabilities: np.ndarray | None) -> Strip | None:
-        """Place one tile's core (None for a skipped, all-nodata tile); returns a strip when a row is done."""
+    def _place(self, tile: Tile, prediction: TilePrediction | None) -> Strip | None:
         if tile.col == 0:
-            width = self.plan.width
-            probs = np.zeros((self.num_classes, tile.height, width), np.float32) if self.probabilities else None
-            self._strip = Strip(tile.y, np.zeros((tile.height, width), self.index_dtype), probs)
+            self._strip = self._empty_strip(tile)
         strip = self._strip
-        cols = slice(tile.x, tile.x + tile.width)
-        if channels is not None:
-            strip.channels[:, cols] = channels[: tile.height, : tile.width]
+        if prediction is not None:
+            cols = slice(tile.x, tile.x + tile.width)
+            strip.labels[:, cols] = prediction.labels[: tile.height, : tile.width]
             if strip.probabilities is not None:
-                strip.probabilities[:, :, cols] = probabilities[:, : tile.height, : tile.width]
-        if tile.col == self.plan.cols - 1:
-            self._strip = None
-            return strip
-        return None
+                strip.probabilities[:, :, cols] = prediction.probabilities[:, : tile.height, : tile.width]
+        if tile.col < self.plan.cols - 1:
+            return None
+        self._strip = None
+        return strip
+
+    def _empty_strip(self, tile: Tile) -> Strip:
+        width = self.plan.width
+        probs = np.zeros((self.num_classes, tile.height, width), np.float32) if self.probabilities else None
+        return Strip(tile.y, np.zeros((tile.height, width), self.index_dtype), probs)
 
 
-class BlendStitcher:
+class BlendStitcher(Stitcher):
     """Blended modes: weighted probabilities of overlapping windows summed in a band of ``output_size``
-    rows that rolls down the image; rows no later window can reach are normalised and handed on."""
+    rows that rolls down the image; rows no later window can reach are normalised and handed on.
+
+    Args:
+        plan: the tiles to expect.
+        num_classes: K, the network's output channels.
+        weights: ``(output_size, output_size)`` weights of a window's pixels (:mod:`tileseg.engine.blending`).
+        index_dtype: the dtype of the labels (uint8 up to 256 channels).
+    """
 
     def __init__(self, plan: TilePlan, num_classes: int, weights: np.ndarray, index_dtype=np.uint8):
+        super().__init__(plan)
         settings = plan.settings
-        self.plan = plan
         self.weights = weights
         self.index_dtype = index_dtype
         self.margin = settings.margin
@@ -74,12 +155,11 @@ class BlendStitcher:
         self.wsum = np.zeros((self.size, width), np.float32)
         self.top = -self.margin  # image row of the band's first row; band column j is image column j - margin
 
-    def add(self, tile: Tile, probabilities: np.ndarray | None) -> Strip | None:
-        """Accumulate one window's probabilities ``(K, size, size)`` (None for a skipped tile)."""
-        if probabilities is not None:
+    def _place(self, tile: Tile, prediction: TilePrediction | None) -> Strip | None:
+        if prediction is not None:
             r0 = tile.y - self.margin - self.top
             rows, cols = slice(r0, r0 + self.size), slice(tile.x, tile.x + self.size)
-            self.acc[:, rows, cols] += probabilities * self.weights
+            self.acc[:, rows, cols] += prediction.probabilities * self.weights
             self.wsum[rows, cols] += self.weights
         if tile.col == self.plan.cols - 1:
             return self._emit(tile.row)
@@ -103,3 +183,22 @@ class BlendStitcher:
             self.wsum[self.size - done :] = 0
         self.top = end
         return strip
+
+
+def build_stitcher(plan: TilePlan, num_classes: int, probabilities: bool, index_dtype=np.uint8) -> Stitcher:
+    """The stitcher for the plan's blend mode.
+
+    Args:
+        plan: the tiles to expect.
+        num_classes: K, the network's output channels.
+        probabilities: crop mode: keep the cores' probabilities too. Blended modes always keep them: they
+            are what is blended.
+        index_dtype: the dtype of the labels.
+    """
+    blend = plan.settings.blend
+    if blend is BlendMode.CROP:
+        return CropStitcher(plan, num_classes, probabilities, index_dtype)
+    return BlendStitcher(plan, num_classes, blend_weights(blend, plan.settings.output_size), index_dtype)
+
+
+__all__ = ["BlendStitcher", "CropStitcher", "Stitcher", "Strip", "build_stitcher"]

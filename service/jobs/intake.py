@@ -19,7 +19,7 @@ from tileseg.models.spec import ModelSpec
 from tileseg.engine import tile_settings
 from tileseg.engine.options import SegmentOptions, scope
 from tileseg.errors import SourceNotAllowedError, TooLargeError
-from tileseg.engine.io import ALLOWED_DRIVERS, RasterInfo, check_dtype, gdal_env, inspect, open_raster, select_bands
+from tileseg.engine.io import ALLOWED_DRIVERS, RasterInfo, check_dtype, gdal_env, open_raster, probe, select_bands
 
 # Formats without internal tiles: reaching any window decodes every row above it, so their size is
 # bounded more tightly than that of tiled GeoTIFFs (a small PNG can claim 10^10 pixels).
@@ -107,7 +107,7 @@ def check_input(path: str | os.PathLike, spec: ModelSpec, options: JobOptions, l
         UnreadableInputError (not a raster, empty, truncated), UnsupportedFormatError, TooLargeError,
         BandMismatchError, DtypeError, TileGeometryError.
     """
-    info = inspect(path, limits.allowed_drivers, limits.max_pixels)
+    info = probe(path, limits.allowed_drivers, limits.max_pixels)
     label = name or info.name
     pixels = info.width * info.height
     if limits.max_untiled_pixels and info.driver in UNTILED_DRIVERS and pixels > limits.max_untiled_pixels:

@@ -13,7 +13,6 @@ from tileseg.models.spec import BlendMode
 from tileseg.engine import SegmentOptions, predict_strips, segment, tile_settings
 from tileseg.engine.runner import BatchRunner
 from tileseg.engine.io import InputRaster
-from tileseg.engine.tiling import TilePlan, TileSettings
 
 from tests.engine.nets import checkpoint
 
@@ -119,33 +118,6 @@ def test_blend_stays_close_to_whole_image_for_a_conv_net(tmp_path, raster_factor
     out = tmp_path / "blend.tif"
     segment(model, path, out, SegmentOptions(tile=16, blend="gaussian", overlap=0.25))
     assert (read_mask(out) == expected).mean() > 0.99  # the halo covers the receptive field: near-exact
-
-
-def test_tile_settings_reject_broken_geometry():
-    from tileseg.errors import TileGeometryError
-    from tileseg.models.spec import Geometry
-
-    g = Geometry(halo=92, multiple=16, offset=4, shrink=92)
-    with pytest.raises(TileGeometryError, match="nearest valid: 384, 400"):
-        TileSettings(g, core=388)
-    settings = TileSettings(g, core=384)
-    assert settings.output_size == 388 and settings.window == 572  # the U-Net paper's 572 -> 388
-    with pytest.raises(TileGeometryError, match="overlap"):
-        TileSettings(g, core=384, overlap=0.5)
-    with pytest.raises(TileGeometryError, match="blend"):
-        TileSettings(g, core=384, blend="gausian")
-
-
-def test_plan_covers_the_image_exactly():
-    from tileseg.models.spec import Geometry
-
-    settings = TileSettings(Geometry(halo=8, multiple=4), core=12)
-    plan = TilePlan(settings, 25, 13)
-    cover = np.zeros((25, 13), int)
-    for tile in plan:
-        cover[tile.y : tile.y + tile.height, tile.x : tile.x + tile.width] += 1
-        assert tile.y % 4 == 0 and tile.x % 4 == 0
-    assert (cover == 1).all() and len(plan) == 3 * 2
 
 
 def test_progress_and_cancel(tmp_path, raster_factory):

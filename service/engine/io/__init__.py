@@ -7,11 +7,11 @@ from tileseg.engine.io.read import (
     Scaling,
     check_dtype,
     gdal_env,
-    inspect,
     open_raster,
+    probe,
     select_bands,
 )
 from tileseg.engine.io.write import MaskSink, StripWriter, mask_profile, write_class_metadata
 
 __all__ = ["ALLOWED_DRIVERS", "InputRaster", "MaskSink", "RasterInfo", "Scaling", "StripWriter", "check_dtype",
-           "gdal_env", "inspect", "mask_profile", "open_raster", "select_bands", "write_class_metadata"]
+           "gdal_env", "mask_profile", "open_raster", "probe", "select_bands", "write_class_metadata"]

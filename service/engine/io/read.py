@@ -80,7 +80,7 @@ def open_raster(path: str | os.PathLike) -> rasterio.io.DatasetReader:
         raise UnreadableInputError(f"{path.name} is not a raster GDAL can read: {err}") from err
 
 
-def inspect(path: str | os.PathLike, allowed_drivers=ALLOWED_DRIVERS, max_pixels: int | None = None) -> RasterInfo:
+def probe(path: str | os.PathLike, allowed_drivers=ALLOWED_DRIVERS, max_pixels: int | None = None) -> RasterInfo:
     """Read a raster's header (no pixels) and check its format and size.
 
     Raises:
@@ -224,7 +224,7 @@ class InputRaster:
     def __init__(self, path, spec: ModelSpec, bands: tuple[int, ...] | None = None,
                  allowed_drivers=ALLOWED_DRIVERS, max_pixels: int | None = None):
         self.path = Path(path)
-        self.info = inspect(self.path, allowed_drivers, max_pixels)
+        self.info = probe(self.path, allowed_drivers, max_pixels)
         self._local = threading.local()
         self._handles: list = []
         self._lock = threading.Lock()

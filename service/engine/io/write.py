@@ -120,9 +120,10 @@ class MaskSink:
             self.probs = StripWriter(probabilities, mask_profile(src, spec.num_classes, "uint8", None))
 
     def write(self, strip: Strip) -> None:
-        classes = strip.channels.astype(self.dtype, copy=False)
+        # the stitchers give the network's channel per pixel; the card says which class index each one writes
+        classes = strip.labels.astype(self.dtype, copy=False)
         if self.lut is not None:
-            classes = self.lut[strip.channels]
+            classes = self.lut[strip.labels]
         valid = self.src.read_valid(strip.y, 0, strip.height, self.src.width)
         if valid is not None:
             classes = np.where(valid, classes, self.dtype.type(self.nodata))
