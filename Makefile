@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: install install-test test serve segment clean
+.PHONY: install install-test lint test serve segment clean
 
 HOST ?= 127.0.0.1
 PORT ?= 8000
@@ -25,6 +25,11 @@ install: $(VENV)/.torch
 
 install-test: $(VENV)/.torch
 	$(BIN)/pip install --quiet -e ".[test]"
+
+lint: install-test
+	$(BIN)/ruff check service models tests bench
+	$(BIN)/ruff format --check service models tests bench
+	$(BIN)/mypy
 
 test: install-test
 	$(BIN)/python -m pytest -q

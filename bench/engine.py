@@ -50,10 +50,13 @@ def make_model(folder: Path, tile: int) -> Path:
     geometry = net.geometry()
     from dataclasses import replace
 
-    spec = ModelSpec(name="bench-unet", arch=ARCH["arch"],
-                     input=InputSpec(bands=3, mean=(0.5,) * 3, std=(0.25,) * 3),
-                     classes=tuple(ClassInfo(i, f"c{i}", "#808080") for i in range(CLASSES)),
-                     geometry=replace(geometry, default_tile=tile))
+    spec = ModelSpec(
+        name="bench-unet",
+        arch=ARCH["arch"],
+        input=InputSpec(bands=3, mean=(0.5,) * 3, std=(0.25,) * 3),
+        classes=tuple(ClassInfo(i, f"c{i}", "#808080") for i in range(CLASSES)),
+        geometry=replace(geometry, default_tile=tile),
+    )
     return models.save(net, spec, folder / "bench-unet")
 
 
@@ -65,8 +68,16 @@ def make_image(path: Path, size: int) -> None:
 
     with rasterio.open(SOURCE) as src:
         scene = src.read()
-        profile = {**src.profile, "width": size, "height": size, "tiled": True, "blockxsize": 512,
-                   "blockysize": 512, "compress": "deflate", "photometric": "RGB"}
+        profile = {
+            **src.profile,
+            "width": size,
+            "height": size,
+            "tiled": True,
+            "blockxsize": 512,
+            "blockysize": 512,
+            "compress": "deflate",
+            "photometric": "RGB",
+        }
         _, h, w = scene.shape
         with rasterio.open(path, "w", **profile) as dst:
             for i, y in enumerate(range(0, size, h)):
@@ -128,8 +139,16 @@ def run_monai(model_path: str, image: str, out: str, window: int, overlap: float
     start = time.perf_counter()
     with rasterio.open(image) as src:
         data = src.read().astype(np.float32) / 255
-        profile = {**src.profile, "count": 1, "dtype": "uint8", "nodata": 255, "compress": "deflate", "tiled": True,
-                   "blockxsize": 512, "blockysize": 512}
+        profile = {
+            **src.profile,
+            "count": 1,
+            "dtype": "uint8",
+            "nodata": 255,
+            "compress": "deflate",
+            "tiled": True,
+            "blockxsize": 512,
+            "blockysize": 512,
+        }
     mean = np.asarray(spec.input.mean, np.float32)[:, None, None]
     std = np.asarray(spec.input.std, np.float32)[:, None, None]
     x = torch.from_numpy((data - mean) / std)[None]
@@ -142,8 +161,9 @@ def run_monai(model_path: str, image: str, out: str, window: int, overlap: float
         return model(batch)
 
     with torch.inference_mode():
-        logits = sliding_window_inference(x, (window, window), BATCH, predictor, overlap=overlap, mode=mode,
-                                          padding_mode="reflect")
+        logits = sliding_window_inference(
+            x, (window, window), BATCH, predictor, overlap=overlap, mode=mode, padding_mode="reflect"
+        )
         mask = logits.argmax(1)[0].to(torch.uint8).numpy()
     with rasterio.open(out, "w", **profile) as dst:
         dst.write(mask, 1)
@@ -155,8 +175,12 @@ RUNNERS = {"ours": run_ours, "bare": run_bare, "monai": run_monai}
 
 def measure(kind: str, **kwargs) -> dict:
     """Run one measurement in a fresh process; returns its result with its peak RSS in MB."""
-    done = subprocess.run([sys.executable, __file__, "--run", json.dumps({"kind": kind, **kwargs})],
-                          capture_output=True, text=True, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, __file__, "--run", json.dumps({"kind": kind, **kwargs})],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     if done.returncode:
         raise RuntimeError(f"{kind} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -201,10 +225,12 @@ def main() -> None:
         from tileseg import models
 
         geometry = models.load(model_path).spec.geometry
-        print(f"network: U-Net (same padding, depth 4, base 16), {CLASSES} classes; halo {geometry.halo}, "
-              f"core {args.tile} ({args.tile / geometry.halo:.2f}x the halo); precision {args.precision}; "
-              f"torch {torch.__version__}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}",
-              flush=True)
+        print(
+            f"network: U-Net (same padding, depth 4, base 16), {CLASSES} classes; halo {geometry.halo}, "
+            f"core {args.tile} ({args.tile / geometry.halo:.2f}x the halo); precision {args.precision}; "
+            f"torch {torch.__version__}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}",
+            flush=True,
+        )
         images = {}
 
         def image(size: int) -> str:
@@ -215,48 +241,122 @@ def main() -> None:
 
         def record(name, size, result):
             mpx = size * size / 1e6
-            row = {"run": name, "size": size, "seconds": result["seconds"], "mpx_s": mpx / result["seconds"],
-                   "peak_mb": result["peak_mb"]}
+            row = {
+                "run": name,
+                "size": size,
+                "seconds": result["seconds"],
+                "mpx_s": mpx / result["seconds"],
+                "peak_mb": result["peak_mb"],
+            }
             rows.append(row)
-            print(f"| {name} | {size}² | {row['seconds']:.1f} | {row['mpx_s']:.2f} | {row['peak_mb']:.0f} |", flush=True)
+            print(
+                f"| {name} | {size}² | {row['seconds']:.1f} | {row['mpx_s']:.2f} | {row['peak_mb']:.0f} |", flush=True
+            )
             return row
 
         print("\n| run | image | seconds | Mpx/s | peak RSS MB |\n|---|---|---|---|---|", flush=True)
         out = str(tmp / "out.tif")
         for size in [int(v) for v in args.sizes.split(",") if v]:
             src = image(size)
-            ours = record("tileseg segment (crop, exact halo)", size,
-                          measure("ours", model_path=model_path, image=src, out=out, tile=args.tile, precision=args.precision))
-            measured = measure("bare", model_path=model_path, image=src, out=out, tile=args.tile, precision=args.precision)
+            ours = record(
+                "tileseg segment (crop, exact halo)",
+                size,
+                measure("ours", model_path=model_path, image=src, out=out, tile=args.tile, precision=args.precision),
+            )
+            measured = measure(
+                "bare", model_path=model_path, image=src, out=out, tile=args.tile, precision=args.precision
+            )
             bare = record("bare forward pass, same windows", size, measured)
             win = measured["window"]
-            equal = record("MONAI, step = our core (fp32 NCHW)", size,
-                           measure("monai", model_path=model_path, image=src, out=out, window=win,
-                                   overlap=(win - args.tile) / win - 1e-6, mode="constant", fast=False))
-            equal_fast = record("MONAI, step = our core (bf16 channels_last)", size,
-                                measure("monai", model_path=model_path, image=src, out=out, window=win,
-                                        overlap=(win - args.tile) / win - 1e-6, mode="constant", fast=True))
-            seamless = record("MONAI, gaussian, overlap 0.5 (fp32 NCHW)", size,
-                              measure("monai", model_path=model_path, image=src, out=out, window=win, overlap=0.5,
-                                      mode="gaussian", fast=False))
-            seamless_fast = record("MONAI, gaussian, overlap 0.5 (bf16 channels_last)", size,
-                                   measure("monai", model_path=model_path, image=src, out=out, window=win,
-                                           overlap=0.5, mode="gaussian", fast=True))
-            print(f"\nratios at {size}²: vs MONAI equal work {equal['seconds'] / ours['seconds']:.2f}x "
-                  f"(same format: {equal_fast['seconds'] / ours['seconds']:.2f}x); vs MONAI seam-free "
-                  f"{seamless['seconds'] / ours['seconds']:.2f}x (same format: "
-                  f"{seamless_fast['seconds'] / ours['seconds']:.2f}x); efficiency (bare / end-to-end) "
-                  f"{bare['seconds'] / ours['seconds']:.2f}\n", flush=True)
+            equal = record(
+                "MONAI, step = our core (fp32 NCHW)",
+                size,
+                measure(
+                    "monai",
+                    model_path=model_path,
+                    image=src,
+                    out=out,
+                    window=win,
+                    overlap=(win - args.tile) / win - 1e-6,
+                    mode="constant",
+                    fast=False,
+                ),
+            )
+            equal_fast = record(
+                "MONAI, step = our core (bf16 channels_last)",
+                size,
+                measure(
+                    "monai",
+                    model_path=model_path,
+                    image=src,
+                    out=out,
+                    window=win,
+                    overlap=(win - args.tile) / win - 1e-6,
+                    mode="constant",
+                    fast=True,
+                ),
+            )
+            seamless = record(
+                "MONAI, gaussian, overlap 0.5 (fp32 NCHW)",
+                size,
+                measure(
+                    "monai",
+                    model_path=model_path,
+                    image=src,
+                    out=out,
+                    window=win,
+                    overlap=0.5,
+                    mode="gaussian",
+                    fast=False,
+                ),
+            )
+            seamless_fast = record(
+                "MONAI, gaussian, overlap 0.5 (bf16 channels_last)",
+                size,
+                measure(
+                    "monai",
+                    model_path=model_path,
+                    image=src,
+                    out=out,
+                    window=win,
+                    overlap=0.5,
+                    mode="gaussian",
+                    fast=True,
+                ),
+            )
+            print(
+                f"\nratios at {size}²: vs MONAI equal work {equal['seconds'] / ours['seconds']:.2f}x "
+                f"(same format: {equal_fast['seconds'] / ours['seconds']:.2f}x); vs MONAI seam-free "
+                f"{seamless['seconds'] / ours['seconds']:.2f}x (same format: "
+                f"{seamless_fast['seconds'] / ours['seconds']:.2f}x); efficiency (bare / end-to-end) "
+                f"{bare['seconds'] / ours['seconds']:.2f}\n",
+                flush=True,
+            )
         print("| run | image | seconds | Mpx/s | peak RSS MB |\n|---|---|---|---|---|", flush=True)
         for size in [int(v) for v in args.memory_sizes.split(",") if v]:
-            record("tileseg segment (memory)", size,
-                   measure("ours", model_path=model_path, image=image(size), out=out, tile=args.tile,
-                           precision=args.precision))
+            record(
+                "tileseg segment (memory)",
+                size,
+                measure(
+                    "ours", model_path=model_path, image=image(size), out=out, tile=args.tile, precision=args.precision
+                ),
+            )
         for size in [int(v) for v in args.monai_memory_sizes.split(",") if v]:
             win = _window(model_path, args.tile)
-            record("MONAI gaussian 0.5 (memory, bf16 channels_last)", size,
-                   measure("monai", model_path=model_path, image=image(size), out=out, window=win, overlap=0.5,
-                           mode="gaussian", fast=True))
+            record(
+                "MONAI gaussian 0.5 (memory, bf16 channels_last)",
+                size,
+                measure(
+                    "monai",
+                    model_path=model_path,
+                    image=image(size),
+                    out=out,
+                    window=win,
+                    overlap=0.5,
+                    mode="gaussian",
+                    fast=True,
+                ),
+            )
     print(json.dumps(rows))
 
 

@@ -40,8 +40,17 @@ def mosaic(source: Path, target: Path, size: int) -> None:
     with rasterio.open(source) as src:
         data = src.read()
     bands, h, w = data.shape
-    profile = {"driver": "GTiff", "width": size, "height": size, "count": bands, "dtype": data.dtype.name,
-               "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate"}
+    profile = {
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "count": bands,
+        "dtype": data.dtype.name,
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "deflate",
+    }
     with rasterio.open(target, "w", **profile) as dst:
         for i, y in enumerate(range(0, size, h)):
             for j, x in enumerate(range(0, size, w)):
@@ -56,16 +65,18 @@ def metrics_text(card: dict) -> str:
     for key, label, digits in (("miou", "mIoU", 3), ("pixel_error", "pixel error", 4)):
         if key in m:
             baseline = m.get(f"majority_baseline_{key}")
-            parts.append(f"{label} {m[key]:.{digits}f}" + (f" (majority {baseline:.{digits}f})" if baseline is not None else ""))
+            parts.append(
+                f"{label} {m[key]:.{digits}f}" + (f" (majority {baseline:.{digits}f})" if baseline is not None else "")
+            )
     return ", ".join(parts) or "—"
 
 
 def evaluate_served(model, folder: Path) -> dict | None:
     """Metrics of ``model`` on its card's validation split, every image through ``segment()`` as users run it;
     None when the card names no data set that is here."""
+    from tileseg.engine import SegmentOptions, segment
     from tileseg.models.training.data import IGNORE_INDEX, open_source, read_mask
     from tileseg.models.training.metrics import confusion_matrix, summarize
-    from tileseg.engine import SegmentOptions, segment
 
     data = model.card.get("data", {})
     root = DATA_FOLDERS.get(data.get("dataset"))
@@ -75,8 +86,10 @@ def evaluate_served(model, folder: Path) -> dict | None:
     wanted = set(data["val_images"])
     pairs = [p for p in source.val if p.name in wanted]
     if {p.name for p in pairs} != wanted:
-        raise SystemExit(f"{model.card['name']}: the card's validation images "
-                         f"{sorted(wanted - {p.name for p in pairs})} are not in {root}'s validation split")
+        raise SystemExit(
+            f"{model.card['name']}: the card's validation images "
+            f"{sorted(wanted - {p.name for p in pairs})} are not in {root}'s validation split"
+        )
     classes = model.spec.classes
     to_channel = np.full(65536, IGNORE_INDEX, dtype=np.uint8)  # mask value (class index) -> channel
     to_channel[[c.index for c in classes]] = np.arange(len(classes))
@@ -95,8 +108,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", help="models (default: every installed one)")
     parser.add_argument("--size", type=int, default=2048, help="side of the input mosaic")
-    parser.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
-                        help="measure the held-out metrics again through segment() (default: on)")
+    parser.add_argument(
+        "--evaluate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure the held-out metrics again through segment() (default: on)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -105,8 +122,7 @@ def main() -> None:
     from tileseg.engine import SegmentOptions, segment
 
     names = args.names or models.available()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, input {args.size}², "
-          f"segment() end to end\n")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, input {args.size}², segment() end to end\n")
     served = " | served: mIoU / pixel error" if args.evaluate else ""
     print(f"| model | params | file | held-out metrics (card){served} | CPU Mpx/s (default tile, precision) | blend |")
     print("|---|---|---|---|---|---|" + ("---|" if args.evaluate else ""))
@@ -130,9 +146,12 @@ def main() -> None:
             if args.evaluate:
                 found = evaluate_served(model, Path(tmp))
                 again = f" {found['miou']:.3f} / {found['pixel_error']:.4f} |" if found else " — |"
-            print(f"| `{name}` | {params / 1e6:.2f} M | {size_mb:.1f} MB | {metrics_text(model.card)} |{again} "
-                  f"{args.size**2 / seconds / 1e6:.2f} (tile {result.settings['tile']}, "
-                  f"{result.settings['precision']}) | {result.settings['blend']} |", flush=True)
+            print(
+                f"| `{name}` | {params / 1e6:.2f} M | {size_mb:.1f} MB | {metrics_text(model.card)} |{again} "
+                f"{args.size**2 / seconds / 1e6:.2f} (tile {result.settings['tile']}, "
+                f"{result.settings['precision']}) | {result.settings['blend']} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -53,8 +53,9 @@ def run(image: Path, out: Path, name: str, cache: Path, *args: str) -> tuple[flo
     """Seconds of one `tileseg segment` process, and the runtime its summary line names."""
     env = {**os.environ, "TILESEG_CACHE_DIR": str(cache)}
     started = time.perf_counter()
-    done = subprocess.run([str(TILESEG), "segment", str(image), str(out), "--model", name, *args],
-                          env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [str(TILESEG), "segment", str(image), str(out), "--model", name, *args], env=env, capture_output=True, text=True
+    )
     seconds = time.perf_counter() - started
     if done.returncode:
         raise SystemExit(f"{name} {' '.join(args)} failed: {done.stderr.strip()[-500:]}")
@@ -78,12 +79,18 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048, help="side of the input mosaic")
     parser.add_argument("--no-compile", action="store_true", help="leave out the --compile on columns")
     parser.add_argument("--repeat", type=int, default=2, help="rounds; each cell is the fastest of its rounds")
-    parser.add_argument("--readers", action=argparse.BooleanOptionalAction, default=True,
-                        help="also measure the reader threads' share (first model only)")
+    parser.add_argument(
+        "--readers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure the reader threads' share (first model only)",
+    )
     args = parser.parse_args()
     names = args.names or available()
-    print(f"{machine()}; torch.compile {'measured' if not args.no_compile else 'left out'}; "
-          f"input {args.size}², `tileseg segment` end to end, one process a cell\n")
+    print(
+        f"{machine()}; torch.compile {'measured' if not args.no_compile else 'left out'}; "
+        f"input {args.size}², `tileseg segment` end to end, one process a cell\n"
+    )
     print("| model | auto (measuring) | auto | fixed options, s | best fixed | auto / best |")
     print("|---|---|---|---|---|---|")
     rows = []
@@ -104,7 +111,7 @@ def main() -> None:
                     variants[f"{precision}/{compile_}"] = ("--precision", precision, "--compile", compile_)
             seconds: dict[str, list[float]] = {key: [] for key in variants}
             chosen = ""
-            for round_ in range(args.repeat):  # rounds in turn, so that a busy spell does not fall on one variant
+            for _ in range(args.repeat):  # rounds in turn, so that a busy spell does not fall on one variant
                 for key, extra in variants.items():
                     took, said = run(image, out, name, cache, *extra)
                     seconds[key].append(took)
@@ -114,10 +121,10 @@ def main() -> None:
             best = min(fixed, key=fixed.get)
             cells = ", ".join(f"{k} {v:.1f}" for k, v in fixed.items())
             ratio = auto / fixed[best]
-            rows.append({"model": name, "first": first, "auto": auto, "chosen": chosen, "fixed": fixed,
-                         "ratio": ratio})
-            print(f"| `{name}` | {first:.1f} s | {auto:.1f} s ({chosen}) | {cells} | {best} | {ratio:.2f} |",
-                  flush=True)
+            rows.append({"model": name, "first": first, "auto": auto, "chosen": chosen, "fixed": fixed, "ratio": ratio})
+            print(
+                f"| `{name}` | {first:.1f} s | {auto:.1f} s ({chosen}) | {cells} | {best} | {ratio:.2f} |", flush=True
+            )
         if args.readers and names:
             name = names[0]
             image = inputs[card_spec(name).input.bands]
@@ -130,10 +137,12 @@ def main() -> None:
 
 
 def run_with_readers(image: Path, out: Path, name: str, cache: Path, readers: int) -> tuple[float, str]:
-    code = ("import sys, time; from tileseg.engine import run_file, SegmentOptions; "
-            "from tileseg.engine.runtime import configure_threads; configure_threads(); t = time.perf_counter(); "
-            f"run_file({name!r}, {str(image)!r}, {str(out)!r}, SegmentOptions(readers={readers})); "
-            "print(time.perf_counter() - t)")
+    code = (
+        "import sys, time; from tileseg.engine import run_file, SegmentOptions; "
+        "from tileseg.engine.runtime import configure_threads; configure_threads(); t = time.perf_counter(); "
+        f"run_file({name!r}, {str(image)!r}, {str(out)!r}, SegmentOptions(readers={readers})); "
+        "print(time.perf_counter() - t)"
+    )
     env = {**os.environ, "TILESEG_CACHE_DIR": str(cache)}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO, check=True)
     return float(done.stdout.strip().splitlines()[-1]), ""

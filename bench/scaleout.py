@@ -85,8 +85,9 @@ def start_workers(count: int, env: dict, logs: Path, first: int) -> list[Process
 
 def submit(client, source: str, tile: int) -> str:
     """Queue a job on a file under the input root; returns its id."""
-    response = client.post("/segment", files=[(k, (None, v)) for k, v in
-                                               {"model": MODEL, "source": source, "tile": str(tile)}.items()])
+    response = client.post(
+        "/segment", files=[(k, (None, v)) for k, v in {"model": MODEL, "source": source, "tile": str(tile)}.items()]
+    )
     response.raise_for_status()
     return response.json()["id"]
 
@@ -162,12 +163,22 @@ def main() -> None:
         postgres = PostgresCluster().start()
         database = postgres.create_database("tileseg_bench")
         env = {k: v for k, v in os.environ.items() if not k.startswith("TILESEG_")}
-        env.update({"TILESEG_WEIGHTS_DIR": str(work / "weights"), "TILESEG_DATA_DIR": str(work / "data"),
-                    "TILESEG_INPUT_ROOTS": str(image.parent), "TILESEG_DEVICE": "cpu", "TILESEG_MODE": "queue",
-                    "TILESEG_BROKER_URL": redis.url, "TILESEG_DATABASE_URL": database,
-                    "TILESEG_TORCH_THREADS": str(args.threads), "OMP_NUM_THREADS": str(args.threads),
-                    "TILESEG_LEASE": str(args.lease), "TILESEG_HEARTBEAT": str(args.heartbeat),
-                    "TILESEG_REAP_INTERVAL": str(args.reap_interval)})
+        env.update(
+            {
+                "TILESEG_WEIGHTS_DIR": str(work / "weights"),
+                "TILESEG_DATA_DIR": str(work / "data"),
+                "TILESEG_INPUT_ROOTS": str(image.parent),
+                "TILESEG_DEVICE": "cpu",
+                "TILESEG_MODE": "queue",
+                "TILESEG_BROKER_URL": redis.url,
+                "TILESEG_DATABASE_URL": database,
+                "TILESEG_TORCH_THREADS": str(args.threads),
+                "OMP_NUM_THREADS": str(args.threads),
+                "TILESEG_LEASE": str(args.lease),
+                "TILESEG_HEARTBEAT": str(args.heartbeat),
+                "TILESEG_REAP_INTERVAL": str(args.reap_interval),
+            }
+        )
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         api = Process(["serve", "--port", str(port), "--log-level", "warning"], env, work / "api.log")
@@ -196,12 +207,16 @@ def main() -> None:
                 server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; network: U-Net depth 4 "
-          f"base 16, 3 bands; {args.size}² images, tile {args.tile}; {args.threads} torch thread(s) a worker\n")
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; network: U-Net depth 4 "
+        f"base 16, 3 bands; {args.size}² images, tile {args.tile}; {args.threads} torch thread(s) a worker\n"
+    )
     print("| workers | jobs/min | vs 1 worker |\n|---:|---:|---:|")
     print(f"| 1 | {one:.2f} | 1.00 |\n| 2 | {two:.2f} | {two / one:.2f} |")
-    print(f"\n| a worker SIGKILLed mid-job (lease {args.lease:g} s, heartbeat {args.heartbeat:g} s, reaper every "
-          f"{args.reap_interval:g} s) | seconds |\n|---|---:|")
+    print(
+        f"\n| a worker SIGKILLed mid-job (lease {args.lease:g} s, heartbeat {args.heartbeat:g} s, reaper every "
+        f"{args.reap_interval:g} s) | seconds |\n|---|---:|"
+    )
     print(f"| until its job is queued again | {requeued:.1f} |\n| until the other worker runs it | {restarted:.1f} |")
 
 

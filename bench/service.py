@@ -47,8 +47,13 @@ def free_port() -> int:
 def run_cli(env: dict, image: Path, out: Path, tile: int) -> tuple[float, float]:
     """Wall seconds of ``tileseg segment``, and the engine's own seconds as it reports them."""
     started = time.perf_counter()
-    done = subprocess.run(tileseg("segment", str(image), str(out), "--model", MODEL, "--tile", str(tile)),
-                          env=env, cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(
+        tileseg("segment", str(image), str(out), "--model", MODEL, "--tile", str(tile)),
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - started
     if done.returncode:
         raise SystemExit(f"tileseg segment failed:\n{done.stderr}")
@@ -63,8 +68,13 @@ class Service:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log, "wb")
-        self.process = subprocess.Popen(tileseg("serve", "--port", str(self.port), "--log-level", "warning"),
-                                        env=env, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            tileseg("serve", "--port", str(self.port), "--log-level", "warning"),
+            env=env,
+            cwd=REPO,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         import httpx
 
         deadline = time.monotonic() + 120
@@ -82,8 +92,9 @@ class Service:
         self.log.close()
 
 
-def one_job(url: str, out: Path, tile: int, image: Path | None = None, source: str | None = None,
-            poll: float = 0.05) -> float:
+def one_job(
+    url: str, out: Path, tile: int, image: Path | None = None, source: str | None = None, poll: float = 0.05
+) -> float:
     """Submit, wait, download; returns the seconds from the request to the mask's last byte."""
     import httpx
 
@@ -124,8 +135,14 @@ def main() -> None:
         make_image(image, args.size)
         make_image(small, args.small)
         env = {k: v for k, v in os.environ.items() if not k.startswith("TILESEG_")}
-        env.update({"TILESEG_WEIGHTS_DIR": str(work / "weights"), "TILESEG_DATA_DIR": str(work / "data"),
-                    "TILESEG_INPUT_ROOTS": str(image.parent), "TILESEG_DEVICE": "cpu"})
+        env.update(
+            {
+                "TILESEG_WEIGHTS_DIR": str(work / "weights"),
+                "TILESEG_DATA_DIR": str(work / "data"),
+                "TILESEG_INPUT_ROOTS": str(image.parent),
+                "TILESEG_DEVICE": "cpu",
+            }
+        )
 
         cli_wall, cli_engine = run_cli(env, image, work / "cli.tif", args.tile)
         service = Service(env, work / "server.log")
@@ -135,27 +152,39 @@ def main() -> None:
             one_job(service.url, work / "warm.tif", args.tile, image=small)  # the small path warmed up
             started = time.perf_counter()
             with ThreadPoolExecutor(args.clients) as pool:
-                list(pool.map(lambda i: one_job(service.url, work / f"small{i}.tif", args.tile, image=small),
-                              range(args.jobs)))
+                list(
+                    pool.map(
+                        lambda i: one_job(service.url, work / f"small{i}.tif", args.tile, image=small), range(args.jobs)
+                    )
+                )
             throughput = args.jobs / (time.perf_counter() - started) * 60
         finally:
             service.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-          f"network: U-Net depth 4 base 16, 3 bands; tile {args.tile}\n")
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+        f"network: U-Net depth 4 base 16, 3 bands; tile {args.tile}\n"
+    )
     print(f"| run ({args.size}² image) | seconds | vs the engine |")
     print("|---|---:|---:|")
     print(f"| engine, as `tileseg segment` reports it | {cli_engine:.1f} | — |")
-    print(f"| `tileseg segment`, whole process (start, model load) | {cli_wall:.1f} | "
-          f"{cli_wall / cli_engine - 1:+.1%} |")
-    print(f"| service, by `source`: request to last byte of the mask | {by_source:.1f} | "
-          f"{by_source / cli_engine - 1:+.1%} |")
-    print(f"| service, by upload: request to last byte of the mask | {by_upload:.1f} | "
-          f"{by_upload / cli_engine - 1:+.1%} |")
-    print(f"\n| throughput | |\n|---|---:|\n| {args.clients} clients, {args.jobs} jobs of {args.small}², "
-          f"uploaded | {throughput:.0f} jobs/min |")
+    print(
+        f"| `tileseg segment`, whole process (start, model load) | {cli_wall:.1f} | {cli_wall / cli_engine - 1:+.1%} |"
+    )
+    print(
+        f"| service, by `source`: request to last byte of the mask | {by_source:.1f} | "
+        f"{by_source / cli_engine - 1:+.1%} |"
+    )
+    print(
+        f"| service, by upload: request to last byte of the mask | {by_upload:.1f} | "
+        f"{by_upload / cli_engine - 1:+.1%} |"
+    )
+    print(
+        f"\n| throughput | |\n|---|---:|\n| {args.clients} clients, {args.jobs} jobs of {args.small}², "
+        f"uploaded | {throughput:.0f} jobs/min |"
+    )
 
 
 if __name__ == "__main__":

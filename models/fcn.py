@@ -78,6 +78,7 @@ class FCN(SegmentationNet):
         check_int("fc_width", fc_width)
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), not {dropout}")
+        self.convs = tuple(convs)
         self.hparams = {"variant": variant, "widths": widths, "convs": convs, "fc_width": fc_width,
                         "batch_norm": bool(batch_norm), "dropout": float(dropout)}
 
@@ -106,7 +107,8 @@ class FCN(SegmentationNet):
         layer = nn.Conv2d(channels, num_classes, 1)
         # zero-initialised as in the paper, so a fresh skip starts as the coarser net and only adds detail
         nn.init.zeros_(layer.weight)
-        nn.init.zeros_(layer.bias)
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
         return layer
 
     @property
@@ -132,7 +134,8 @@ class FCN(SegmentationNet):
         """The receptive field of the logits, along one axis, from the layer list."""
         span = Span.identity()
         pools = []
-        for count in self.hparams["convs"]:
+        convs: list[int] = list(self.convs)
+        for count in convs:
             for _ in range(count):
                 span = span.conv(3, padding=1)
             span = span.conv(2, stride=2)

@@ -140,6 +140,7 @@ class SETR(SegmentationNet):
         check_int("heads", heads)
         if embed_dim % heads:
             raise ValueError(f"heads ({heads}) must divide embed_dim ({embed_dim})")
+        self.decoder: nn.Module
         if decoder == "mla":
             check_int("mla_streams", mla_streams, 1, depth)
             if embed_dim % 4:
@@ -171,7 +172,7 @@ class SETR(SegmentationNet):
 
     def _positions(self, rows: int, cols: int) -> torch.Tensor:
         """Positional embeddings ``(1, rows*cols, C)`` for a token grid of this size."""
-        pos = self.pos_embed
+        pos: torch.Tensor = self.pos_embed
         if pos.shape[-2:] != (rows, cols):
             pos = F.interpolate(pos, size=(rows, cols), mode="bicubic", align_corners=False)
         return pos.flatten(2).transpose(1, 2)
@@ -188,7 +189,7 @@ class SETR(SegmentationNet):
         tokens = self.patch_embed(x)
         rows, cols = tokens.shape[-2:]
         tokens = tokens.flatten(2).transpose(1, 2) + self._positions(rows, cols)
-        features = []
+        features: list[torch.Tensor] = []
         for index, block in enumerate(self.blocks):
             tokens = block(tokens)
             if index in self.taps:

@@ -46,8 +46,12 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N; comma-separated for one worker per GPU.")
     max_upload_bytes: int = Field(4 << 30, gt=0, description="Largest request body accepted.")
     max_pixels: int = Field(10**10, gt=0, description="Largest input, width x height (a 100000^2 scan).")
-    max_untiled_pixels: int = Field(1 << 28, gt=0, description="Largest PNG/JPEG/BMP/WebP input: formats "
-                                    "that must be decoded from their first row to reach any window.")
+    max_untiled_pixels: int = Field(
+        1 << 28,
+        gt=0,
+        description="Largest PNG/JPEG/BMP/WebP input: formats "
+        "that must be decoded from their first row to reach any window.",
+    )
     input_roots: CommaList = Field(default_factory=list, description="Server folders that `source` may name.")
     api_keys: CommaList = Field(default_factory=list, description="If set, every route but health needs one.")
     cors_origins: CommaList = Field(default_factory=list, description="Origins allowed to call from a browser.")
@@ -59,16 +63,24 @@ class Settings(BaseSettings):
     keep_inputs: bool = Field(False, description="Keep uploaded inputs after their job ends.")
     min_free_bytes: int = Field(256 << 20, ge=0, description="/readyz fails below this much free disk.")
     batch: int = Field(4, ge=1, description="Tiles per forward pass.")
-    torch_threads: int | None = Field(None, ge=1, description="CPU threads for the network; default: every core the process may use.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="CPU threads for the network; default: every core the process may use."
+    )
     mode: Mode = Field(Mode.EMBEDDED, description="embedded: workers inside the server; queue: Celery workers.")
     broker_url: str | None = Field(None, description="Queue mode: the Celery broker (redis://host:6379/0).")
     queue_name: str = Field("tileseg", min_length=1, description="Queue mode: the broker queue of the jobs.")
     lease: float = Field(30.0, gt=0, description="Seconds a running job stays its worker's without a heartbeat.")
     heartbeat: float = Field(10.0, gt=0, description="Seconds between a running job's heartbeats.")
-    reap_interval: float = Field(10.0, gt=0, description="Queue mode: seconds between looks for expired leases "
-                                                         "and for queued jobs the broker lost.")
-    requeue_after: float = Field(60.0, gt=0, description="Queue mode: a queued job not claimed for this long, "
-                                                         "and not in the broker's queue, is sent again.")
+    reap_interval: float = Field(
+        10.0,
+        gt=0,
+        description="Queue mode: seconds between looks for expired leases and for queued jobs the broker lost.",
+    )
+    requeue_after: float = Field(
+        60.0,
+        gt=0,
+        description="Queue mode: a queued job not claimed for this long, and not in the broker's queue, is sent again.",
+    )
 
     @field_validator("models", "input_roots", "api_keys", "cors_origins", mode="before")
     @classmethod

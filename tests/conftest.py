@@ -28,8 +28,15 @@ def data_dir() -> Path:
 def write_raster(path: Path, data: np.ndarray, **profile) -> Path:
     """Write ``(bands, H, W)`` data as a GeoTIFF with a real CRS (UTM 18N) unless told otherwise."""
     bands, height, width = data.shape
-    base = {"driver": "GTiff", "width": width, "height": height, "count": bands, "dtype": data.dtype.name,
-            "crs": "EPSG:32618", "transform": Affine(30, 0, 500000, 0, -30, 4000000)}
+    base = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": bands,
+        "dtype": data.dtype.name,
+        "crs": "EPSG:32618",
+        "transform": Affine(30, 0, 500000, 0, -30, 4000000),
+    }
     with rasterio.open(path, "w", **{**base, **profile}) as dst:
         dst.write(data)
     return path

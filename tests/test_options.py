@@ -36,15 +36,19 @@ def test_the_schema_carries_the_models_constraints():
     assert SEGMENT_FORM_SCHEMA["properties"]["tta"]["type"] == "boolean"
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--tile", str(MAX_TILE + 1)], f"less than or equal to {MAX_TILE}"),
-    (["--bands", "0,1"], "band numbers start at 1"),
-    (["--bands", "1;2"], "separated by commas"),
-    (["--overlap", "1.5"], "less than 1"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--tile", str(MAX_TILE + 1)], f"less than or equal to {MAX_TILE}"),
+        (["--bands", "0,1"], "band numbers start at 1"),
+        (["--bands", "1;2"], "separated by commas"),
+        (["--overlap", "1.5"], "less than 1"),
+    ],
+)
 def test_the_command_line_refuses_what_the_model_refuses(tmp_path, args, message):
-    result = CliRunner().invoke(cli, ["segment", str(tmp_path / "in.tif"), str(tmp_path / "out.tif"),
-                                      "--model", "any", *args])
+    result = CliRunner().invoke(
+        cli, ["segment", str(tmp_path / "in.tif"), str(tmp_path / "out.tif"), "--model", "any", *args]
+    )
     assert result.exit_code == 2 and message in result.output
 
 

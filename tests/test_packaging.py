@@ -26,8 +26,22 @@ def package_folders() -> set[str]:
 
 
 def test_the_wheel_holds_only_tileseg_with_every_package_command_and_weights(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-                    "--wheel-dir", str(tmp_path), str(REPO)], check=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "--wheel-dir",
+            str(tmp_path),
+            str(REPO),
+        ],
+        check=True,
+        timeout=300,
+    )
     wheel = next(tmp_path.glob("tileseg-*.whl"))
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
@@ -48,10 +62,13 @@ def test_the_wheel_holds_only_tileseg_with_every_package_command_and_weights(tmp
     (tmp_path / "service.py").write_text("raise SystemExit('a user module named service was imported')\n")
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{site}"}
     env.pop("TILESEG_WEIGHTS_DIR", None)
-    code = ("import json, tileseg, tileseg.engine, tileseg.api, tileseg.cli; from tileseg import models; "
-            "print(json.dumps([tileseg.models.__file__, models.available()]))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=120)
+    code = (
+        "import json, tileseg, tileseg.engine, tileseg.api, tileseg.cli; from tileseg import models; "
+        "print(json.dumps([tileseg.models.__file__, models.available()]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     location, available = json.loads(done.stdout)
     assert location.startswith(str(site))

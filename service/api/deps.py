@@ -9,13 +9,16 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
+from tileseg.api.metrics import ServiceMetrics
 from tileseg.errors import AuthenticationError
 from tileseg.jobs.service import JobService
 from tileseg.settings import Settings, get_settings
-from tileseg.api.metrics import ServiceMetrics
 
-api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
-                              description="Needed on every route but the health probes when the server has keys.")
+api_key_header = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    description="Needed on every route but the health probes when the server has keys.",
+)
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
@@ -50,12 +53,14 @@ def get_owner(settings: SettingsDep, key: Annotated[str | None, Security(api_key
     for candidate in settings.api_keys:
         match |= hmac.compare_digest(given, candidate.encode())
     if not key or not match:
-        raise AuthenticationError("this server needs an API key: send it in the X-API-Key header"
-                                  if not key else "the X-API-Key is not one of this server's keys")
+        raise AuthenticationError(
+            "this server needs an API key: send it in the X-API-Key header"
+            if not key
+            else "the X-API-Key is not one of this server's keys"
+        )
     return hashlib.sha256(given).hexdigest()[:32]
 
 
 OwnerDep = Annotated[str | None, Depends(get_owner)]
 
-__all__ = ["JobsDep", "MetricsDep", "OwnerDep", "SettingsDep", "api_key_header", "get_jobs", "get_metrics",
-           "get_owner"]
+__all__ = ["JobsDep", "MetricsDep", "OwnerDep", "SettingsDep", "api_key_header", "get_jobs", "get_metrics", "get_owner"]

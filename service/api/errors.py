@@ -8,6 +8,7 @@ HTTP errors (unknown route, wrong method) and, last, anything unexpected (500, l
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,8 +16,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from tileseg.errors import TilesegError
 from tileseg.api.schemas import ErrorBody, describe_validation
+from tileseg.errors import TilesegError
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +45,19 @@ STATUS_BY_CODE = {
 STATUS_BY_BUILTIN = ((PermissionError, 403), (FileNotFoundError, 410), (LookupError, 404), (ValueError, 400))
 
 # What each route may answer besides success, for the OpenAPI schema.
-ERROR_RESPONSES = {status: {"model": ErrorBody, "description": text} for status, text in {
-    400: "Malformed request (a missing or invalid field or parameter).",
-    401: "Missing or unknown X-API-Key.",
-    404: "Unknown job or model (another key's jobs look unknown).",
-    409: "The result is not ready (queued, running) or never will be (failed).",
-    410: "The result expired, or the job was canceled.",
-    413: "Too many bytes, or too many pixels.",
-    415: "Not a raster in an accepted format (checked by content), or truncated.",
-    422: "Bands, data type or options the model cannot take.",
-}.items()}
+ERROR_RESPONSES = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in {
+        400: "Malformed request (a missing or invalid field or parameter).",
+        401: "Missing or unknown X-API-Key.",
+        404: "Unknown job or model (another key's jobs look unknown).",
+        409: "The result is not ready (queued, running) or never will be (failed).",
+        410: "The result expired, or the job was canceled.",
+        413: "Too many bytes, or too many pixels.",
+        415: "Not a raster in an accepted format (checked by content), or truncated.",
+        422: "Bands, data type or options the model cannot take.",
+    }.items()
+}
 
 
 def status_for(err: TilesegError) -> int:
@@ -111,8 +115,8 @@ async def _unexpected(request: Request, err: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     """Register the handlers on ``app``, and declare its validation errors as they are answered."""
     app.add_exception_handler(TilesegError, _product_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected)
     _declare_validation_errors(app)
 
@@ -122,7 +126,7 @@ def _declare_validation_errors(app: FastAPI) -> None:
     are 400s in the one shape (declared on each route), so its 422s and their schemas leave the schema."""
     generate = app.openapi
 
-    def openapi() -> dict:
+    def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = generate()
             for operations in schema.get("paths", {}).values():
@@ -132,9 +136,9 @@ def _declare_validation_errors(app: FastAPI) -> None:
                         del operation["responses"]["422"]
             for name in ("HTTPValidationError", "ValidationError"):
                 schema.get("components", {}).get("schemas", {}).pop(name, None)
-        return app.openapi_schema
+        return app.openapi_schema or {}
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to change the schema
 
 
 __all__ = ["ERROR_RESPONSES", "STATUS_BY_CODE", "error_response", "install", "status_for"]

@@ -16,11 +16,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from tileseg import __version__
-from tileseg.jobs.service import JobService
-from tileseg.settings import Settings, get_settings
 from tileseg.api import errors, routes_health, routes_jobs, routes_models
 from tileseg.api.metrics import ServiceMetrics
 from tileseg.api.middleware import ResponseCounter
+from tileseg.jobs.service import JobService
+from tileseg.settings import Settings, get_settings
 
 DESCRIPTION = """Segment arbitrarily large rasters, tile by tile, into mask GeoTIFFs.
 
@@ -51,9 +51,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_models.router)
     app.include_router(routes_health.router)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
-                           allow_headers=["X-API-Key", "Content-Type", "Range"],
-                           expose_headers=["Location", "Content-Disposition", "Content-Range"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["X-API-Key", "Content-Type", "Range"],
+            expose_headers=["Location", "Content-Disposition", "Content-Range"],
+        )
     app.add_middleware(ResponseCounter, record=lambda status: app.state.metrics.response(status))
     return app
 

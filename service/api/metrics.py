@@ -35,8 +35,9 @@ class _JobTable:
         for status, n in counts.items():
             states.add_metric([status.value], n)
         yield states
-        yield GaugeMetricFamily("tileseg_queue_depth", "Jobs queued and not yet running.",
-                                value=counts[JobStatus.QUEUED])
+        yield GaugeMetricFamily(
+            "tileseg_queue_depth", "Jobs queued and not yet running.", value=counts[JobStatus.QUEUED]
+        )
 
 
 class ServiceMetrics:
@@ -48,14 +49,20 @@ class ServiceMetrics:
 
     def __init__(self):
         self.registry = CollectorRegistry()
-        self.job_seconds = Histogram("tileseg_job_seconds", "Seconds a job's run took, by outcome.", ["outcome"],
-                                     buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, float("inf")),
-                                     registry=self.registry)
+        self.job_seconds = Histogram(
+            "tileseg_job_seconds",
+            "Seconds a job's run took, by outcome.",
+            ["outcome"],
+            buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, float("inf")),
+            registry=self.registry,
+        )
         self.tiles = Counter("tileseg_tiles", "Tiles run by the workers.", registry=self.registry)
-        self.tiles_per_second = Gauge("tileseg_tiles_per_second", "Tiles per second of the last finished job.",
-                                      registry=self.registry)
-        self.responses = Counter("tileseg_http_responses", "HTTP responses by status code.", ["code"],
-                                 registry=self.registry)
+        self.tiles_per_second = Gauge(
+            "tileseg_tiles_per_second", "Tiles per second of the last finished job.", registry=self.registry
+        )
+        self.responses = Counter(
+            "tileseg_http_responses", "HTTP responses by status code.", ["code"], registry=self.registry
+        )
 
     def watch(self, counts: JobCounts) -> None:
         """Report the jobs by state, as ``counts()`` reads them at each scrape."""

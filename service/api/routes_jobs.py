@@ -11,13 +11,13 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from tileseg.errors import ResultGoneError
-from tileseg.jobs.service import Upload
-from tileseg.jobs.store import Job
 from tileseg.api.deps import JobsDep, OwnerDep, SettingsDep
 from tileseg.api.errors import ERROR_RESPONSES
 from tileseg.api.schemas import FORM_FIELDS, SEGMENT_FORM_SCHEMA, JobList, JobOut, SegmentForm
 from tileseg.api.uploads import receive_form
+from tileseg.errors import ResultGoneError
+from tileseg.jobs.service import Upload
+from tileseg.jobs.store import Job
 
 router = APIRouter(tags=["jobs"])
 
@@ -30,19 +30,26 @@ def _errors(*statuses: int) -> dict:
 
 def _file(content_type: str, description: str) -> dict:
     binary = {"schema": {"type": "string", "format": "binary"}}
-    return {200: {"description": description, "content": {content_type: binary}},
-            206: {"description": "The byte range asked for (Range header).", "content": {content_type: binary}}}
+    return {
+        200: {"description": description, "content": {content_type: binary}},
+        206: {"description": "The byte range asked for (Range header).", "content": {content_type: binary}},
+    }
 
 
 @router.post(
-    "/segment", status_code=202, response_model=JobOut, summary="Segment an image (a job)",
-    responses={202: {"headers": {"Location": {"description": "The job's URL.", "schema": {"type": "string"}}}},
-               **_errors(400, 401, 404, 413, 415, 422)},
-    openapi_extra={"requestBody": {"required": True,
-                                   "content": {"multipart/form-data": {"schema": SEGMENT_FORM_SCHEMA}}}},
+    "/segment",
+    status_code=202,
+    response_model=JobOut,
+    summary="Segment an image (a job)",
+    responses={
+        202: {"headers": {"Location": {"description": "The job's URL.", "schema": {"type": "string"}}}},
+        **_errors(400, 401, 404, 413, 415, 422),
+    },
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": SEGMENT_FORM_SCHEMA}}}
+    },
 )
-async def submit(request: Request, response: Response, jobs: JobsDep, owner: OwnerDep,
-                 settings: SettingsDep) -> JobOut:
+async def submit(request: Request, response: Response, jobs: JobsDep, owner: OwnerDep, settings: SettingsDep) -> JobOut:
     """Queue a segmentation of an uploaded `file`, or of a `source` path on the server, with a `model` and
     the command line's options. Everything that can be checked from the image's header is checked now."""
     job_id, files = jobs.new_job_files()
@@ -60,9 +67,13 @@ async def submit(request: Request, response: Response, jobs: JobsDep, owner: Own
 
 
 @router.get("/jobs", response_model=JobList, summary="List jobs, newest first", responses=_errors(400, 401))
-def list_jobs(request: Request, jobs: JobsDep, owner: OwnerDep,
-              limit: Annotated[int, Query(ge=1, le=500)] = 50,
-              offset: Annotated[int, Query(ge=0, le=10**9)] = 0) -> JobList:
+def list_jobs(
+    request: Request,
+    jobs: JobsDep,
+    owner: OwnerDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+) -> JobList:
     """The caller's jobs, newest first."""
     base = request.scope.get("root_path", "")
     return JobList(jobs=[JobOut.of(j, base) for j in jobs.list(owner, limit, offset)], limit=limit, offset=offset)
@@ -74,8 +85,9 @@ def get_job(request: Request, job_id: JobId, jobs: JobsDep, owner: OwnerDep) -> 
     return JobOut.of(jobs.get(str(job_id), owner), request.scope.get("root_path", ""))
 
 
-@router.delete("/jobs/{job_id}", status_code=204, response_class=Response, summary="Cancel a job",
-               responses=_errors(400, 401, 404))
+@router.delete(
+    "/jobs/{job_id}", status_code=204, response_class=Response, summary="Cancel a job", responses=_errors(400, 401, 404)
+)
 def cancel_job(job_id: JobId, jobs: JobsDep, owner: OwnerDep) -> Response:
     """Cancel a queued or running job (it stops at its next batch) and remove its files; on a finished
     job, remove its results."""
@@ -83,26 +95,42 @@ def cancel_job(job_id: JobId, jobs: JobsDep, owner: OwnerDep) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/jobs/{job_id}/mask", response_class=FileResponse, summary="The mask GeoTIFF",
-            responses={**_file("image/tiff", "The class-index GeoTIFF."), **_errors(400, 401, 404, 409, 410)})
+@router.get(
+    "/jobs/{job_id}/mask",
+    response_class=FileResponse,
+    summary="The mask GeoTIFF",
+    responses={**_file("image/tiff", "The class-index GeoTIFF."), **_errors(400, 401, 404, 409, 410)},
+)
 def get_mask(job_id: JobId, jobs: JobsDep, owner: OwnerDep) -> FileResponse:
     """The mask: a class-index GeoTIFF on the input's grid. Range requests are served."""
     job, path = jobs.result(str(job_id), "mask", owner)
     return _send(path, "image/tiff", f"{_stem(job)}.mask.tif")
 
 
-@router.get("/jobs/{job_id}/probabilities", response_class=FileResponse, summary="The probabilities GeoTIFF",
-            responses={**_file("image/tiff", "Per-class probabilities, uint8 0..255, one band per class."),
-                       **_errors(400, 401, 404, 409, 410)})
+@router.get(
+    "/jobs/{job_id}/probabilities",
+    response_class=FileResponse,
+    summary="The probabilities GeoTIFF",
+    responses={
+        **_file("image/tiff", "Per-class probabilities, uint8 0..255, one band per class."),
+        **_errors(400, 401, 404, 409, 410),
+    },
+)
 def get_probabilities(job_id: JobId, jobs: JobsDep, owner: OwnerDep) -> FileResponse:
     """Per-class probabilities, when the job asked for them."""
     job, path = jobs.result(str(job_id), "probabilities", owner)
     return _send(path, "image/tiff", f"{_stem(job)}.probabilities.tif")
 
 
-@router.get("/jobs/{job_id}/preview.png", response_class=FileResponse, summary="A small colour preview",
-            responses={**_file("image/png", "The mask in its classes' colours, at most 512 px a side."),
-                       **_errors(400, 401, 404, 409, 410)})
+@router.get(
+    "/jobs/{job_id}/preview.png",
+    response_class=FileResponse,
+    summary="A small colour preview",
+    responses={
+        **_file("image/png", "The mask in its classes' colours, at most 512 px a side."),
+        **_errors(400, 401, 404, 409, 410),
+    },
+)
 def get_preview(job_id: JobId, jobs: JobsDep, owner: OwnerDep) -> FileResponse:
     """The mask in its classes' colours, nodata transparent, at most 512 pixels a side."""
     job, path = jobs.result(str(job_id), "preview", owner)
@@ -116,8 +144,9 @@ def _send(path: Path, media_type: str, filename: str, disposition: str = "attach
         stat = path.stat()
     except FileNotFoundError:
         raise ResultGoneError("the results of this job have expired and were removed") from None
-    return FileResponse(path, media_type=media_type, filename=filename, stat_result=stat,
-                        content_disposition_type=disposition)
+    return FileResponse(
+        path, media_type=media_type, filename=filename, stat_result=stat, content_disposition_type=disposition
+    )
 
 
 def _display_name(filename: str | None, job_id: str) -> str:

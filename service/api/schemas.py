@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -80,15 +81,23 @@ class JobOut(BaseModel):
         end = job.finished or job.read_at  # both on the database's clock, as job.started is
         seconds = round(end - job.started, 3) if job.started is not None and end is not None else None
         return cls(
-            id=job.id, status=job.status, model=job.model, options=JobOptionsRecord(**JobOptions(**job.options).to_record()),
+            id=job.id,
+            status=job.status,
+            model=job.model,
+            options=JobOptionsRecord(**JobOptions(**job.options).to_record()),
             input=InputInfo(**job.input),
             progress=Progress(tiles_done=job.tiles_done, tiles_total=total, percent=round(percent, 1)),
-            timings=Timings(created=_time(job.created), started=_time(job.started), finished=_time(job.finished),
-                            seconds=seconds),
+            timings=Timings(
+                created=_time(job.created), started=_time(job.started), finished=_time(job.finished), seconds=seconds
+            ),
             attempts=job.attempts,
             error=ErrorDetail(code=job.error_code, message=job.error_message or "") if job.error_code else None,
-            links=Links(self_=url, mask=f"{url}/mask", preview=f"{url}/preview.png",
-                        probabilities=f"{url}/probabilities" if job.options.get("probabilities") else None),
+            links=Links(
+                self_=url,
+                mask=f"{url}/mask",
+                preview=f"{url}/preview.png",
+                probabilities=f"{url}/probabilities" if job.options.get("probabilities") else None,
+            ),
         )
 
 
@@ -145,8 +154,10 @@ def form_properties() -> dict[str, dict[str, Any]]:
             for rule in field.metadata:
                 for cls, key in ((Ge, "minimum"), (Le, "maximum"), (Gt, "exclusiveMinimum"), (Lt, "exclusiveMaximum")):
                     if isinstance(rule, cls):
-                        prop[key] = getattr(rule, {"minimum": "ge", "maximum": "le", "exclusiveMinimum": "gt",
-                                                   "exclusiveMaximum": "lt"}[key])
+                        prop[key] = getattr(
+                            rule,
+                            {"minimum": "ge", "maximum": "le", "exclusiveMinimum": "gt", "exclusiveMaximum": "lt"}[key],
+                        )
         else:  # bands: text in a form
             prop.update(type="string", pattern=BANDS_PATTERN)
         properties[name] = prop
@@ -159,17 +170,24 @@ SEGMENT_FORM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["model"],
     "properties": {
-        "file": {"type": "string", "format": "binary", "description": "The image (any raster GDAL reads: GeoTIFF, "
-                 "COG, PNG, JPEG, ...). Give this or `source`."},
-        "source": {"type": "string", "minLength": 1, "maxLength": 4096,
-                   "description": "A path under one of the server's TILESEG_INPUT_ROOTS, instead of an upload."},
+        "file": {
+            "type": "string",
+            "format": "binary",
+            "description": "The image (any raster GDAL reads: GeoTIFF, COG, PNG, JPEG, ...). Give this or `source`.",
+        },
+        "source": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 4096,
+            "description": "A path under one of the server's TILESEG_INPUT_ROOTS, instead of an upload.",
+        },
         "model": {"type": "string", "minLength": 1, "maxLength": 200, "description": "A served model (GET /models)."},
         **form_properties(),
     },
 }
 
 
-def describe_validation(errors: list[dict[str, Any]]) -> str:
+def describe_validation(errors: Sequence[Mapping[str, Any]]) -> str:
     """pydantic's validation errors in one line: ``tile: Input should be a valid integer; ...``."""
     parts = []
     for e in errors[:5]:
@@ -183,5 +201,4 @@ def _time(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, tz=timezone.utc)
 
 
-__all__ = ["ErrorBody", "FORM_FIELDS", "JobList", "JobOut", "SEGMENT_FORM_SCHEMA", "SegmentForm",
-           "describe_validation"]
+__all__ = ["ErrorBody", "FORM_FIELDS", "JobList", "JobOut", "SEGMENT_FORM_SCHEMA", "SegmentForm", "describe_validation"]

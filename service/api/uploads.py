@@ -55,9 +55,15 @@ class _FormWriter:
         self._parts = 0
 
     def callbacks(self) -> dict:
-        return {"on_part_begin": self._part_begin, "on_part_data": self._part_data, "on_part_end": self._part_end,
-                "on_header_field": self._header_field, "on_header_value": self._header_value,
-                "on_header_end": self._header_end, "on_headers_finished": self._headers_finished}
+        return {
+            "on_part_begin": self._part_begin,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+            "on_header_field": self._header_field,
+            "on_header_value": self._header_value,
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+        }
 
     def _part_begin(self) -> None:
         self._parts += 1
@@ -91,7 +97,7 @@ class _FormWriter:
             self.form.has_file = True
             raw = options.get(b"filename", b"")
             self.form.filename = raw.decode("utf-8", "replace")[-255:] or None
-            self.file = open(self.destination, "wb")  # noqa: SIM115 (closed in finish/abort)
+            self.file = open(self.destination, "wb")
             self._is_file = True
         elif name in self.form.fields:
             raise RequestError(f"the field {name!r} is given twice")
@@ -124,8 +130,9 @@ class _FormWriter:
             self.file.close()
 
 
-async def receive_form(request: Request, destination: Path, max_bytes: int, allowed: frozenset[str],
-                       file_field: str = "file") -> ReceivedForm:
+async def receive_form(
+    request: Request, destination: Path, max_bytes: int, allowed: frozenset[str], file_field: str = "file"
+) -> ReceivedForm:
     """Parse a ``multipart/form-data`` request body as it arrives, writing its file part to ``destination``.
     (A form without a file may also come as ``application/x-www-form-urlencoded``.)
 
@@ -150,7 +157,7 @@ async def receive_form(request: Request, destination: Path, max_bytes: int, allo
         await _drain(request)
         raise UploadTooLargeError(f"the request has {int(declared)} bytes; the limit is {max_bytes}")
     writer = _FormWriter(destination, file_field, allowed)
-    parser = MultipartParser(params[b"boundary"], writer.callbacks())
+    parser = MultipartParser(params[b"boundary"], writer.callbacks())  # type: ignore[arg-type]
     received = 0
     try:
         async for chunk in request.stream():

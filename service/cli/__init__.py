@@ -20,7 +20,6 @@ import click
 from tqdm import tqdm
 
 from tileseg import models
-
 from tileseg.cli.options import build, click_options
 from tileseg.cli.train import train
 from tileseg.engine.options import SegmentOptions
@@ -59,8 +58,16 @@ def cli() -> None:
 @click_options(SegmentOptions)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @user_errors
-def segment(input_path: Path, output_path: Path, model_name: str | None, weights_path: Path | None, device: str,
-            probabilities: Path | None, quiet: bool, **values) -> None:
+def segment(
+    input_path: Path,
+    output_path: Path,
+    model_name: str | None,
+    weights_path: Path | None,
+    device: str,
+    probabilities: Path | None,
+    quiet: bool,
+    **values,
+) -> None:
     """Segment INPUT (any raster GDAL reads) into the mask GeoTIFF OUTPUT."""
     from tileseg.engine import run_file
     from tileseg.engine.runtime import configure_threads
@@ -70,20 +77,25 @@ def segment(input_path: Path, output_path: Path, model_name: str | None, weights
     options = build(SegmentOptions, values)
     configure_threads()
     with tqdm(total=0, unit="tile", disable=quiet, desc=input_path.name) as bar:
+
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
-        result = run_file(str(model_name or weights_path), input_path, output_path, options, device,
-                          probabilities, progress)
+        result = run_file(
+            str(model_name or weights_path), input_path, output_path, options, device, probabilities, progress
+        )
     for note in result.warnings:
         click.echo(f"warning: {note}", err=True)
     if not quiet:
         info = result.input
-        click.echo(f"{output_path}: {info.width}x{info.height}, {result.tiles_total} tiles "
-                   f"({result.tiles_skipped} nodata), {result.seconds:.1f} s, "
-                   f"{info.width * info.height / result.seconds / 1e6:.2f} Mpx/s, "
-                   f"{result.settings['runtime']} on {result.settings['device']}", err=True)
+        click.echo(
+            f"{output_path}: {info.width}x{info.height}, {result.tiles_total} tiles "
+            f"({result.tiles_skipped} nodata), {result.seconds:.1f} s, "
+            f"{info.width * info.height / result.seconds / 1e6:.2f} Mpx/s, "
+            f"{result.settings['runtime']} on {result.settings['device']}",
+            err=True,
+        )
 
 
 @cli.group("models", invoke_without_command=True)
@@ -105,16 +117,23 @@ def list_models(ctx: click.Context, as_json: bool) -> None:
     for e in entries:
         geometry = e["spec"]["geometry"]
         classes = ", ".join(c["name"] for c in e["classes"])
-        click.echo(f"{e['name']:<20} {e['arch']:<11} {e['bands']:>5}  {geometry['default_tile']:>5}  "
-                   f"{geometry['blend']:<8} {classes}")
+        click.echo(
+            f"{e['name']:<20} {e['arch']:<11} {e['bands']:>5}  {geometry['default_tile']:>5}  "
+            f"{geometry['blend']:<8} {classes}"
+        )
 
 
 @list_models.command("bench")
 @click.argument("name")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--batch", type=int, default=4, show_default=True, help="Tiles per forward pass.")
-@click.option("--pixels", type=int, default=2048 * 2048, show_default=True,
-              help="The run to choose for: compilation pays only on long runs.")
+@click.option(
+    "--pixels",
+    type=int,
+    default=2048 * 2048,
+    show_default=True,
+    help="The run to choose for: compilation pays only on long runs.",
+)
 @user_errors
 def bench_model(name: str, device: str, batch: int, pixels: int) -> None:
     """Measure how NAME runs here in every precision, memory format and compilation the card allows."""
@@ -128,12 +147,15 @@ def bench_model(name: str, device: str, batch: int, pixels: int) -> None:
     window, core = geometry.window(geometry.default_tile), geometry.default_tile
     tiles = math.ceil(math.sqrt(pixels) / core) ** 2
     machine = describe_device(next(model.parameters()).device)
-    click.echo(f"{name} on {machine['name']} ({machine['capability']}, native bf16: {machine['native_bf16']}"
-               + (f", {machine['threads']} threads" if "threads" in machine else "") + f"), torch {torch_version()}")
-    click.echo(f"window {window} px (core {core}), batch {batch}; choosing for {tiles} tiles "
-               f"({pixels / 1e6:.1f} Mpx)")
-    choice = Tuner(cache=None).choose(model, next(model.parameters()).device, window, batch,
-                                      batches=math.ceil(tiles / batch), measure_compile=True)
+    click.echo(
+        f"{name} on {machine['name']} ({machine['capability']}, native bf16: {machine['native_bf16']}"
+        + (f", {machine['threads']} threads" if "threads" in machine else "")
+        + f"), torch {torch_version()}"
+    )
+    click.echo(f"window {window} px (core {core}), batch {batch}; choosing for {tiles} tiles ({pixels / 1e6:.1f} Mpx)")
+    choice = Tuner(cache=None).choose(
+        model, next(model.parameters()).device, window, batch, batches=math.ceil(tiles / batch), measure_compile=True
+    )
     small = _screen_window_core(model)
     click.echo(f"{'runtime':<30} {'Mpx/s':>7} {'screen':>7} {'setup s':>8}  status")
     for row in choice.table():
@@ -177,8 +199,10 @@ def service_settings():
     try:
         settings = get_settings()
     except ValidationError as err:
-        problems = "; ".join(f"TILESEG_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" if e["loc"] else e["msg"]
-                             for e in err.errors())
+        problems = "; ".join(
+            f"TILESEG_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" if e["loc"] else e["msg"]
+            for e in err.errors()
+        )
         raise click.UsageError(f"invalid settings: {problems}") from None
     try:
         served_names(weights_folder(settings), settings.models)
@@ -220,8 +244,13 @@ def serve(host: str, port: int, log_level: str) -> None:
     _quiet_georeferencing()
     # One process: the job table's embedded workers live in it. Uvicorn turns SIGTERM into a graceful
     # shutdown, in which the app's lifespan gives the running job its grace period.
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level,
-                timeout_graceful_shutdown=max(5, int(settings.shutdown_grace)))
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=max(5, int(settings.shutdown_grace)),
+    )
 
 
 @cli.command()
@@ -240,8 +269,10 @@ def worker(log_level: str) -> None:
 
     settings = service_settings()
     if settings.mode is not Mode.QUEUE:
-        raise click.UsageError("tileseg worker takes jobs from a broker: set TILESEG_MODE=queue, "
-                               "TILESEG_BROKER_URL and TILESEG_DATABASE_URL (the API's)")
+        raise click.UsageError(
+            "tileseg worker takes jobs from a broker: set TILESEG_MODE=queue, "
+            "TILESEG_BROKER_URL and TILESEG_DATABASE_URL (the API's)"
+        )
     try:
         worker_device(settings)
     except OptionsError as err:

@@ -33,8 +33,9 @@ def _option(model: type[BaseModel], name: str) -> Callable:
     if kind is bool:
         return click.option(flag, name, is_flag=True, **common)
     if isinstance(kind, type) and issubclass(kind, enum.Enum):
-        return click.option(flag, name, type=click.Choice([m.value for m in kind]),
-                            show_default=default is not None, **common)
+        return click.option(
+            flag, name, type=click.Choice([m.value for m in kind]), show_default=default is not None, **common
+        )
     if kind in (int, float):
         return click.option(flag, name, type=kind, show_default=default is not None, **common)
     return click.option(flag, name, type=str, **common)  # bands: "1,2,3", parsed by the model
@@ -52,8 +53,9 @@ def build(model: type[BaseModel], values: dict[str, Any]) -> BaseModel:
     except ValidationError as err:
         first = err.errors()[0]
         name = str(first["loc"][0]) if first.get("loc") else "options"
-        raise click.BadParameter(first["msg"].removeprefix("Value error, "),
-                                 param_hint=f"--{name.replace('_', '-')}") from None
+        raise click.BadParameter(
+            first["msg"].removeprefix("Value error, "), param_hint=f"--{name.replace('_', '-')}"
+        ) from None
 
 
 __all__ = ["build", "click_options"]

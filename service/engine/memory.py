@@ -21,7 +21,8 @@ def _libc():
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim  # glibc only (musl has none)
+        if not hasattr(libc, "malloc_trim"):  # glibc only (musl has none)
+            return None
         return libc
     except (OSError, AttributeError):
         return None

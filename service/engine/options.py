@@ -48,19 +48,26 @@ class SegmentOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
 
-    tile: int | None = Field(None, ge=1, le=MAX_TILE, description="Output core size in pixels (default: the "
-                             "model's); a multiple of the network's stride.")
+    tile: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_TILE,
+        description="Output core size in pixels (default: the model's); a multiple of the network's stride.",
+    )
     blend: BlendMode | None = Field(None, description="crop (exact), gaussian or cosine (default: the model's).")
     overlap: float = Field(0.0, ge=0, lt=1, description="Blended modes: extra overlap, a fraction of the window.")
     bands: tuple[int, ...] | None = Field(None, description="1-based bands to use, e.g. 1,2,3.")
     tta: bool = Field(False, description="Average probabilities over flips.")
     cog: bool = Field(False, description="Write a Cloud Optimized GeoTIFF with overviews.")
-    precision: Precision = Field(Precision.AUTO, description="auto: the fastest the model card allows, measured "
-                                 "on this device.")
-    compile: Compile = Field(Compile.AUTO, **_cli_only("torch.compile; auto: when measured to save more time "
-                                                      "than it costs."))
-    prune: int | None = Field(None, ge=1, le=16, description="U-Net++: run only the L-level sub-network (applied "
-                              "when the model is loaded).")
+    precision: Precision = Field(
+        Precision.AUTO, description="auto: the fastest the model card allows, measured on this device."
+    )
+    compile: Compile = Field(
+        Compile.AUTO, **_cli_only("torch.compile; auto: when measured to save more time than it costs.")
+    )
+    prune: int | None = Field(
+        None, ge=1, le=16, description="U-Net++: run only the L-level sub-network (applied when the model is loaded)."
+    )
     batch: int = Field(4, ge=1, le=1024, **_cli_only("Tiles per forward pass."))
     readers: int = Field(2, ge=1, le=64, **_cli_only("Reader threads preparing batches ahead of the network."))
 
@@ -101,7 +108,7 @@ def base_type(annotation: Any) -> Any:
 def scope(model: type[BaseModel], name: str) -> str:
     """Where a field applies: ``both`` or ``cli``."""
     extra = model.model_fields[name].json_schema_extra
-    return extra.get("scope", "both") if isinstance(extra, dict) else "both"
+    return str(extra.get("scope", "both")) if isinstance(extra, dict) else "both"
 
 
 __all__ = ["BANDS_PATTERN", "MAX_TILE", "Compile", "Precision", "SegmentOptions", "base_type", "scope"]

@@ -19,8 +19,6 @@ import json
 import logging
 import math
 import os
-import queue
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -31,23 +29,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio.shutil
-from torch import nn
 
-from tileseg import models
-from tileseg.models.spec import BlendMode
-
-from tileseg import __version__
-from tileseg.errors import TilesegError
-from tileseg.engine.runner import BatchRunner
-from tileseg.engine.memory import release_free_memory
-from tileseg.engine.runtime import Choice, pick_device, tuner
+from tileseg import __version__, models
 from tileseg.engine.io.read import ALLOWED_DRIVERS, InputRaster, RasterInfo, gdal_env
 from tileseg.engine.io.write import BackgroundWriter, MaskSink
+from tileseg.engine.memory import release_free_memory
 from tileseg.engine.options import SegmentOptions
 from tileseg.engine.prediction import TilePrediction
+from tileseg.engine.runner import BatchRunner
+from tileseg.engine.runtime import Choice, pick_device, tuner
 from tileseg.engine.stitching import Strip, build_stitcher
 from tileseg.engine.tiling import Tile, TilePlan, TileSettings
+from tileseg.errors import TilesegError
+from tileseg.models.base import SegmentationNet
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +62,9 @@ class SegmentResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def tile_settings(spec: models.ModelSpec, options: SegmentOptions, shape: tuple[int, int] | None = None) -> TileSettings:
+def tile_settings(
+    spec: models.ModelSpec, options: SegmentOptions, shape: tuple[int, int] | None = None
+) -> TileSettings:
     """The tile settings of a run, from the options and the model's defaults; checked against its geometry.
 
     Without ``--tile``, and given the image's ``shape``, the model's default core is evened out over the
@@ -85,12 +81,13 @@ def tile_settings(spec: models.ModelSpec, options: SegmentOptions, shape: tuple[
             longest = max(shape)
             count = math.ceil(longest / core)
             core = min(core, math.ceil(math.ceil(longest / count) / geometry.multiple) * geometry.multiple)
-    return TileSettings(geometry, core=core, blend=options.blend or geometry.blend, overlap=options.overlap,
-                        batch=options.batch)
+    return TileSettings(
+        geometry, core=core, blend=options.blend or geometry.blend, overlap=options.overlap, batch=options.batch
+    )
 
 
 def segment(
-    model: nn.Module,
+    model: SegmentationNet,
     source: str | os.PathLike,
     output: str | os.PathLike,
     options: SegmentOptions = SegmentOptions(),
@@ -127,8 +124,14 @@ def segment(
             "TILESEG_MODEL": spec.name,
             "TILESEG_CARD_SHA256": _card_hash(model),
             "TILESEG_VERSION": __version__,
-            "TILESEG_OPTIONS": json.dumps({**options.to_record(), "tile": settings.core, "blend": settings.blend.value,
-                                           "precision": runtime.precision}),
+            "TILESEG_OPTIONS": json.dumps(
+                {
+                    **options.to_record(),
+                    "tile": settings.core,
+                    "blend": settings.blend.value,
+                    "precision": runtime.precision,
+                }
+            ),
             "TILESEG_RUNTIME": json.dumps({"runtime": runtime.label, "device": str(device), "why": choice.reason}),
             "TILESEG_SOURCE": src.info.name,
         }
@@ -144,23 +147,43 @@ def segment(
             sink.discard()
             raise
     return SegmentResult(
-        output=output, probabilities=Path(probabilities) if probabilities else None, input=src.info,
-        tiles_total=counts.total, tiles_skipped=counts.skipped, seconds=time.perf_counter() - started,
-        settings={"tile": settings.core, "window": settings.window, "step": settings.step,
-                  "blend": settings.blend.value, "precision": runner.runtime.precision,
-                  "runtime": runner.runtime.label, "runtime_reason": choice.reason, "device": str(device)},
+        output=output,
+        probabilities=Path(probabilities) if probabilities else None,
+        input=src.info,
+        tiles_total=counts.total,
+        tiles_skipped=counts.skipped,
+        seconds=time.perf_counter() - started,
+        settings={
+            "tile": settings.core,
+            "window": settings.window,
+            "step": settings.step,
+            "blend": settings.blend.value,
+            "precision": runner.runtime.precision,
+            "runtime": runner.runtime.label,
+            "runtime_reason": choice.reason,
+            "device": str(device),
+        },
         warnings=notes,
     )
 
 
-def choose_runtime(model: nn.Module, device, settings: TileSettings, tiles: int, options: SegmentOptions) -> Choice:
+def choose_runtime(
+    model: SegmentationNet, device, settings: TileSettings, tiles: int, options: SegmentOptions
+) -> Choice:
     """The runtime for a run of ``tiles`` tiles: measured at the model's default window (cached), scaled to
     this run's window (see :mod:`tileseg.engine.runtime`)."""
     geometry = model.spec.geometry
     default_window = geometry.window(geometry.default_tile)
-    return tuner().choose(model, device, default_window, settings.batch, batches=math.ceil(tiles / settings.batch),
-                          precision=options.precision.value, compile=options.compile.value,
-                          window_pixels=settings.window**2)
+    return tuner().choose(
+        model,
+        device,
+        default_window,
+        settings.batch,
+        batches=math.ceil(tiles / settings.batch),
+        precision=options.precision.value,
+        compile=options.compile.value,
+        window_pixels=settings.window**2,
+    )
 
 
 @dataclass
@@ -170,8 +193,13 @@ class TileCounts:
     skipped: int = 0
 
 
-def predict_strips(runner: BatchRunner, src: InputRaster, counts: TileCounts | None = None, readers: int = 2,
-                   progress: Progress | None = None) -> Iterator[Strip]:
+def predict_strips(
+    runner: BatchRunner,
+    src: InputRaster,
+    counts: TileCounts | None = None,
+    readers: int = 2,
+    progress: Progress | None = None,
+) -> Iterator[Strip]:
     """Tile ``src``, run every batch through ``runner`` and yield the stitched output rows in order.
 
     This is the engine's loop, the same for every blend mode: split into batches -> run -> aggregate each
@@ -210,12 +238,16 @@ def predict_strips(runner: BatchRunner, src: InputRaster, counts: TileCounts | N
         yield rest
 
 
-def _predict(runner: BatchRunner, tiles: list[Tile], active: list[Tile],
-             batch: np.ndarray | None) -> list[tuple[Tile, TilePrediction | None]]:
+def _predict(
+    runner: BatchRunner, tiles: list[Tile], active: list[Tile], batch: np.ndarray | None
+) -> list[tuple[Tile, TilePrediction | None]]:
     """Each tile of a batch with its prediction: None for the tiles left out of ``batch`` as wholly nodata."""
-    predictions = runner(batch) if active else None
+    predictions = runner(batch) if active and batch is not None else None
     position = {tile.index: i for i, tile in enumerate(active)}
-    return [(tile, predictions[position[tile.index]] if tile.index in position else None) for tile in tiles]
+    return [
+        (tile, predictions[position[tile.index]] if predictions is not None and tile.index in position else None)
+        for tile in tiles
+    ]
 
 
 def _batches(plan: TilePlan, size: int) -> Iterator[list[Tile]]:
@@ -224,7 +256,9 @@ def _batches(plan: TilePlan, size: int) -> Iterator[list[Tile]]:
         yield batch
 
 
-def _read_batch(src: InputRaster, plan: TilePlan, tiles: list[Tile]) -> tuple[list[Tile], list[Tile], np.ndarray | None]:
+def _read_batch(
+    src: InputRaster, plan: TilePlan, tiles: list[Tile]
+) -> tuple[list[Tile], list[Tile], np.ndarray | None]:
     """Windows of the tiles that have valid pixels, stacked; wholly-nodata tiles are left out."""
     length = plan.settings.window
     active, windows = [], []
@@ -255,7 +289,7 @@ def _prefetch(fn: Callable, items: Iterable, workers: int) -> Iterator:
                 future.cancel()
 
 
-def _card_hash(model: nn.Module) -> str:
+def _card_hash(model: SegmentationNet) -> str:
     path = getattr(model, "checkpoint_path", None)
     return models.card_hash(path) if path else "unknown"
 
@@ -270,15 +304,24 @@ def _pixel_size_warnings(src: InputRaster, spec: models.ModelSpec) -> list[str]:
         return []
     ratio = metres / trained
     if ratio > 2 or ratio < 0.5:
-        note = (f"the input's pixel size ({metres:.3g} m) differs from the {trained:.3g} m that {spec.name} was "
-                f"trained at by {max(ratio, 1 / ratio):.1f}x: expect a poorer result")
+        note = (
+            f"the input's pixel size ({metres:.3g} m) differs from the {trained:.3g} m that {spec.name} was "
+            f"trained at by {max(ratio, 1 / ratio):.1f}x: expect a poorer result"
+        )
         log.warning(note)
         return [note]
     return []
 
 
-def run_file(name_or_path: str, source, output, options: SegmentOptions = SegmentOptions(), device: str = "auto",
-             probabilities=None, progress: Progress | None = None) -> SegmentResult:
+def run_file(
+    name_or_path: str,
+    source,
+    output,
+    options: SegmentOptions = SegmentOptions(),
+    device: str = "auto",
+    probabilities=None,
+    progress: Progress | None = None,
+) -> SegmentResult:
     """Load a model (with ``options.prune``) and segment one file: what ``tileseg segment`` does."""
     model_options = {"prune": options.prune} if options.prune is not None else {}
     model = models.load(name_or_path, device=pick_device(device), **model_options)

@@ -55,7 +55,8 @@ class BatchPrediction:
             raise ValueError("a batch prediction needs labels or probabilities, for the same number of windows")
 
     def __len__(self) -> int:
-        return len(self.labels if self.labels is not None else self.probabilities)
+        part = self.labels if self.labels is not None else self.probabilities
+        return 0 if part is None else len(part)
 
     def __getitem__(self, i: int) -> TilePrediction:
         """The prediction of the batch's ``i``-th window."""

@@ -10,14 +10,13 @@ import logging
 
 import numpy as np
 import torch
-from torch import nn
-
-from tileseg.models.spec import BlendMode
 
 from tileseg.engine.io import Scaling
 from tileseg.engine.prediction import BatchPrediction
 from tileseg.engine.runtime import BASELINE, Runtime, run_forward
 from tileseg.engine.tiling import TileSettings
+from tileseg.models.base import SegmentationNet
+from tileseg.models.spec import BlendMode
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +43,23 @@ class BatchRunner:
         logits: crop mode: return the raw logits in place of probabilities.
     """
 
-    def __init__(self, model: nn.Module, settings: TileSettings, scaling: Scaling, device: torch.device,
-                 runtime: Runtime = BASELINE, tta: bool = False, probabilities: bool = False, logits: bool = False):
+    def __init__(
+        self,
+        model: SegmentationNet,
+        settings: TileSettings,
+        scaling: Scaling,
+        device: torch.device,
+        runtime: Runtime = BASELINE,
+        tta: bool = False,
+        probabilities: bool = False,
+        logits: bool = False,
+    ):
         self.model = model
         self.clip = scaling.clip
-        self.low, self.high, self.a, self.b = (torch.as_tensor(v, device=device).view(1, -1, 1, 1)
-                                               for v in (scaling.low, scaling.high, scaling.a, scaling.b))
+        self.low, self.high, self.a, self.b = (
+            torch.as_tensor(v, device=device).view(1, -1, 1, 1)
+            for v in (scaling.low, scaling.high, scaling.a, scaling.b)
+        )
         self.settings = settings
         self.device = device
         self.runtime = runtime
@@ -75,20 +85,24 @@ class BatchRunner:
         except Exception as err:
             if self.runtime == BASELINE:
                 raise
-            log.warning("runtime %s failed (%s: %s); running eager fp32 instead", self.runtime.label,
-                        type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+            log.warning(
+                "runtime %s failed (%s: %s); running eager fp32 instead",
+                self.runtime.label,
+                type(err).__name__,
+                str(err).splitlines()[0] if str(err) else "",
+            )
             self.runtime = BASELINE
             return run_forward(self.model, self.runtime, x, self.device)
 
     def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
         if not self.tta:
             return torch.softmax(self._forward(x).float(), dim=1)
-        total = None
+        total = torch.zeros(())
         for dims in ((), (3,), (2,), (2, 3)):  # identity, horizontal, vertical, both
             flipped = torch.flip(x, dims) if dims else x
             probs = torch.softmax(self._forward(flipped).float(), dim=1)
             probs = torch.flip(probs, dims) if dims else probs
-            total = probs if total is None else total + probs
+            total = total + probs
         return total / 4
 
     def _scale(self, raw: torch.Tensor) -> torch.Tensor:

@@ -38,11 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
-from tileseg.models.spec import ModelSpec
 
 from tileseg.errors import OptionsError
+from tileseg.models.base import SegmentationNet
+from tileseg.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -127,16 +126,25 @@ def describe_device(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         major, minor = torch.cuda.get_device_capability(index)
-        return {"type": "cuda", "name": torch.cuda.get_device_name(index), "capability": f"sm_{major}{minor}",
-                "native_bf16": native_bf16(device)}
+        return {
+            "type": "cuda",
+            "name": torch.cuda.get_device_name(index),
+            "capability": f"sm_{major}{minor}",
+            "native_bf16": native_bf16(device),
+        }
     name = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 name = line.split(":", 1)[1].strip()
                 break
-    return {"type": "cpu", "name": name, "capability": torch.backends.cpu.get_cpu_capability(),
-            "native_bf16": native_bf16(device), "threads": torch.get_num_threads()}
+    return {
+        "type": "cpu",
+        "name": name,
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": native_bf16(device),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def allowed_precisions(spec: ModelSpec, device: torch.device) -> list[str]:
@@ -180,8 +188,9 @@ def candidates(spec: ModelSpec, device: torch.device, precision: str = "auto", c
     modes = {"auto": [False, True], "on": [True], "off": [False]}[compile]
     if True in modes and not compile_available(device):
         if compile == "on":
-            raise OptionsError("compile on was asked for, but torch.compile cannot build kernels here "
-                               "(no C++ compiler)")
+            raise OptionsError(
+                "compile on was asked for, but torch.compile cannot build kernels here (no C++ compiler)"
+            )
         modes = [False]
     return [Runtime(p, fmt, c) for c in modes for p in precisions for fmt in (True, False)]
 
@@ -205,7 +214,7 @@ def configure_threads(threads: int | None = None) -> int:
 _PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def prepare(model: nn.Module, runtime: Runtime) -> Callable[[torch.Tensor], torch.Tensor]:
+def prepare(model: SegmentationNet, runtime: Runtime) -> Callable[[torch.Tensor], torch.Tensor]:
     """The forward function of ``model`` in ``runtime``'s memory format and compilation, made once per model
     and runtime and kept while the model lives (a compiled network is reused by every later run).
 
@@ -219,12 +228,12 @@ def prepare(model: nn.Module, runtime: Runtime) -> Callable[[torch.Tensor], torc
     return per_model[key]
 
 
-def is_prepared(model: nn.Module, runtime: Runtime) -> bool:
+def is_prepared(model: SegmentationNet, runtime: Runtime) -> bool:
     """Whether this process already holds ``model`` prepared for ``runtime`` (a compile paid)."""
     return (runtime.channels_last, runtime.compiled) in _PREPARED.get(model, {})
 
 
-def run_forward(model: nn.Module, runtime: Runtime, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+def run_forward(model: SegmentationNet, runtime: Runtime, x: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``model(x)`` in ``runtime`` (``x`` already scaled, on the device)."""
     fn = prepare(model, runtime)
     x = x.contiguous(memory_format=torch.channels_last if runtime.channels_last else torch.contiguous_format)
@@ -261,17 +270,27 @@ class Choice:
         """One row a candidate: runtime, Mpx/s of core pixels (None when not measured), status, chosen."""
         rows = []
         for m in self.measurements:
-            rows.append({"runtime": m.runtime, "seconds_per_batch": m.seconds, "setup_seconds": round(m.setup, 2),
-                         "screen_seconds": m.screen,
-                         "status": m.status, "error": m.error, "chosen": m.runtime == self.runtime.label})
+            rows.append(
+                {
+                    "runtime": m.runtime,
+                    "seconds_per_batch": m.seconds,
+                    "setup_seconds": round(m.setup, 2),
+                    "screen_seconds": m.screen,
+                    "status": m.status,
+                    "error": m.error,
+                    "chosen": m.runtime == self.runtime.label,
+                }
+            )
         return rows
 
 
 # (model, runtime, window, batch, budget) -> (seconds per batch, setup seconds)
-Timer = Callable[[nn.Module, Runtime, int, int, float], tuple[float, float]]
+Timer = Callable[[SegmentationNet, Runtime, int, int, float], tuple[float, float]]
 
 
-def time_forward(model: nn.Module, runtime: Runtime, window: int, batch: int, budget: float) -> tuple[float, float]:
+def time_forward(
+    model: SegmentationNet, runtime: Runtime, window: int, batch: int, budget: float
+) -> tuple[float, float]:
     """Seconds per forward pass of ``batch`` random windows in ``runtime`` (steady state), and the first call's
     extra seconds (compiling, allocating). Timed calls go on for ``budget`` seconds, at least one."""
     device = next(model.parameters()).device
@@ -357,7 +376,7 @@ def default_cache_path() -> Path:
     return Path(base) / "tileseg" / "runtime.json"
 
 
-def model_key(model: nn.Module) -> str | None:
+def model_key(model: SegmentationNet) -> str | None:
     """The checkpoint's hash, or None for a network that was not loaded from one (it is measured per process)."""
     path = getattr(model, "checkpoint_path", None)
     if path is None:
@@ -380,9 +399,18 @@ class Tuner:
         self.timer = timer
         self._memory: dict[str, list[Measurement]] = {}
 
-    def choose(self, model: nn.Module, device: torch.device, window: int, batch: int, batches: int | None = None,
-               precision: str = "auto", compile: str = "auto", window_pixels: int | None = None,
-               measure_compile: bool = False) -> Choice:
+    def choose(
+        self,
+        model: SegmentationNet,
+        device: torch.device,
+        window: int,
+        batch: int,
+        batches: int | None = None,
+        precision: str = "auto",
+        compile: str = "auto",
+        window_pixels: int | None = None,
+        measure_compile: bool = False,
+    ) -> Choice:
         """The runtime for a run of ``batches`` batches of ``batch`` windows of ``window`` px.
 
         Fixed choices (``precision`` other than auto, ``compile`` on/off) narrow the candidates; with one
@@ -393,17 +421,28 @@ class Tuner:
         if len(options) == 1 or (precision != "auto" and compile != "auto"):
             runtime = options[0] if len(options) == 1 else replace(options[0], channels_last=True)
             return Choice(runtime, "as asked", window=window, batch=batch)
-        measured = self._measurements(model, device, window, batch, options, batches,
-                                      compile if not measure_compile else "on")
-        chosen, reason = self._pick(model, device, measured, options, batches, window, window_pixels,
-                                    fresh=measure_compile)
+        measured = self._measurements(
+            model, device, window, batch, options, batches, compile if not measure_compile else "on"
+        )
+        chosen, reason = self._pick(
+            model, device, measured, options, batches, window, window_pixels, fresh=measure_compile
+        )
         return Choice(chosen, reason, measured, window, batch)
 
-    def _key(self, model: nn.Module, device: torch.device, window: int, batch: int) -> str:
+    def _key(self, model: SegmentationNet, device: torch.device, window: int, batch: int) -> str:
         checkpoint = model_key(model) or f"process:{id(model):x}"
         machine = describe_device(device)
-        return json.dumps({"model": checkpoint, "device": machine, "torch": torch.__version__, "window": window,
-                           "batch": batch, "options": model.spec.options}, sort_keys=True)
+        return json.dumps(
+            {
+                "model": checkpoint,
+                "device": machine,
+                "torch": torch.__version__,
+                "window": window,
+                "batch": batch,
+                "options": model.spec.options,
+            },
+            sort_keys=True,
+        )
 
     def _load(self, key: str, persistent: bool) -> list[Measurement]:
         # the disk first: every process on the machine then takes the same runtime for the same run
@@ -431,8 +470,11 @@ class Tuner:
         best_eager = _best(measured.values(), eager)
         compiled = [r for r in options if r.compiled]
         if compiled and best_eager is not None:
-            worth = compile == "on" or batches is None or \
-                measured[best_eager.label].seconds * batches >= COMPILE_WORTH * TYPICAL_COMPILE_SECONDS
+            worth = (
+                compile == "on"
+                or batches is None
+                or measured[best_eager.label].seconds * batches >= COMPILE_WORTH * TYPICAL_COMPILE_SECONDS
+            )
             # compile the precision and format eager found best: compiling every candidate costs minutes
             target = replace(best_eager, compiled=True)
             if worth and target in compiled and target.label not in measured:
@@ -441,8 +483,9 @@ class Tuner:
         if changed:
             kept = self._store(key, [m for m in measured.values() if m.status != "not measured"], persistent)
             measured = {m.runtime: m for m in kept}
-        return [measured[r.label] if r.label in measured else Measurement(r.label, status="not measured")
-                for r in options]
+        return [
+            measured[r.label] if r.label in measured else Measurement(r.label, status="not measured") for r in options
+        ]
 
     def _measure_eager(self, model, device, window, batch, eager: list[Runtime]) -> list[Measurement]:
         small = _screen_window(model, window)
@@ -455,7 +498,7 @@ class Tuner:
                 log.info("runtime %s failed on %s: %s", runtime.label, model.spec.name, err)
                 results.append(Measurement(runtime.label, status="failed", error=f"{type(err).__name__}: {err}"))
         screened = [m.screen for m in results if m.screen is not None]
-        fastest = min(screened) if screened else None
+        fastest = min(screened) if screened else 0.0
         for m in results:
             if m.screen is None:
                 continue
@@ -474,19 +517,31 @@ class Tuner:
             log.info("runtime %s failed on %s: %s", runtime.label, model.spec.name, err)
             return Measurement(runtime.label, status="failed", error=f"{type(err).__name__}: {err}")
 
-    def _pick(self, model, device, measured, options, batches, window, window_pixels,
-              fresh: bool = False) -> tuple[Runtime, str]:
+    def _pick(
+        self, model, device, measured, options, batches, window, window_pixels, fresh: bool = False
+    ) -> tuple[Runtime, str]:
         """The cheapest candidate over the whole run; ``fresh``: as for a new process (compiles not yet paid)."""
         by_label = {m.runtime: m for m in measured}
         native = native_bf16(device)
         scale = (window_pixels / window**2) if window_pixels else 1.0
-        fp32 = min((by_label[r.label].seconds for r in options if r.precision == "fp32" and not r.compiled
-                    and by_label[r.label].seconds), default=None)
+        fp32 = min(
+            (
+                by_label[r.label].seconds
+                for r in options
+                if r.precision == "fp32" and not r.compiled and by_label[r.label].seconds
+            ),
+            default=None,
+        )
 
         def cost(runtime: Runtime) -> float:
             m = by_label[runtime.label]
             per_batch = m.seconds * scale
-            if runtime.precision == "bf16" and not native and fp32 is not None and m.seconds > NATIVE_BF16_MARGIN * fp32:
+            if (
+                runtime.precision == "bf16"
+                and not native
+                and fp32 is not None
+                and m.seconds > NATIVE_BF16_MARGIN * fp32
+            ):
                 return math.inf  # emulated bf16 must clearly beat fp32 to be worth its rounding
             paid = not runtime.compiled or (not fresh and is_prepared(model, runtime))
             setup = 0.0 if paid else m.setup
@@ -507,7 +562,7 @@ def _best(measured, eager: list[Runtime]) -> Runtime | None:
     return min(timed, key=lambda r: by_label[r.label].seconds) if timed else None
 
 
-def _screen_window(model: nn.Module, window: int) -> int:
+def _screen_window(model: SegmentationNet, window: int) -> int:
     """A small window the network accepts (about 128 px of core): cheap enough for an emulated precision."""
     geometry = model.spec.geometry
     core = max(geometry.multiple, min(128, window) // geometry.multiple * geometry.multiple)
@@ -525,5 +580,20 @@ def tuner() -> Tuner:
     return _TUNER
 
 
-__all__ = ["BASELINE", "Choice", "Measurement", "MeasurementCache", "Runtime", "Tuner", "allowed_precisions",
-           "candidates", "configure_threads", "describe_device", "native_bf16", "pick_device", "prepare", "run_forward", "tuner"]
+__all__ = [
+    "BASELINE",
+    "Choice",
+    "Measurement",
+    "MeasurementCache",
+    "Runtime",
+    "Tuner",
+    "allowed_precisions",
+    "candidates",
+    "configure_threads",
+    "describe_device",
+    "native_bf16",
+    "pick_device",
+    "prepare",
+    "run_forward",
+    "tuner",
+]

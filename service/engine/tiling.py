@@ -20,12 +20,9 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-
-from tileseg.models.spec import BlendMode, Geometry
-
 from tileseg.engine.options import MAX_TILE
 from tileseg.errors import TileGeometryError
-
+from tileseg.models.spec import BlendMode, Geometry
 
 
 @dataclass(frozen=True)
@@ -49,7 +46,9 @@ class TileSettings:
         object.__setattr__(self, "blend", parse_blend(self.blend))
         g = self.geometry
         if not 0 < self.core <= MAX_TILE:
-            raise TileGeometryError(f"tile {self.core} is out of range: give a core between {g.multiple} and {MAX_TILE}")
+            raise TileGeometryError(
+                f"tile {self.core} is out of range: give a core between {g.multiple} and {MAX_TILE}"
+            )
         if self.core % g.multiple:
             below = self.core - self.core % g.multiple
             nearest = ", ".join(str(n) for n in (below, below + g.multiple) if n > 0)

@@ -60,8 +60,9 @@ class Broker:
         Raises:
             kombu's OperationalError: the broker cannot be reached (after a few quick retries).
         """
-        self.app.send_task(TASK, args=[str(job_id)], task_id=str(job_id), queue=self.queue, retry=True,
-                           retry_policy=SEND_RETRY)
+        self.app.send_task(
+            TASK, args=[str(job_id)], task_id=str(job_id), queue=self.queue, retry=True, retry_policy=SEND_RETRY
+        )
 
     def ping(self) -> bool:
         """Whether the broker answers now."""

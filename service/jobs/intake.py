@@ -14,12 +14,11 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, create_model
 
-from tileseg.models.spec import ModelSpec
-
 from tileseg.engine import tile_settings
+from tileseg.engine.io import ALLOWED_DRIVERS, RasterInfo, check_dtype, gdal_env, open_raster, probe, select_bands
 from tileseg.engine.options import SegmentOptions, scope
 from tileseg.errors import SourceNotAllowedError, TooLargeError
-from tileseg.engine.io import ALLOWED_DRIVERS, RasterInfo, check_dtype, gdal_env, open_raster, probe, select_bands
+from tileseg.models.spec import ModelSpec
 
 # Formats without internal tiles: reaching any window decodes every row above it, so their size is
 # bounded more tightly than that of tiled GeoTIFFs (a small PNG can claim 10^10 pixels).
@@ -48,8 +47,9 @@ def form_fields() -> list[str]:
 
 
 # The job record's options, as the API shows them: the form's fields of JobOptions, typed and described as there.
-JobOptionsRecord = create_model(
-    "JobOptionsRecord", __config__=ConfigDict(frozen=True),
+JobOptionsRecord = create_model(  # type: ignore[call-overload]  # fields built from another model's
+    "JobOptionsRecord",
+    __config__=ConfigDict(frozen=True),
     **{name: (JobOptions.model_fields[name].annotation, JobOptions.model_fields[name]) for name in form_fields()},
 )
 
@@ -72,8 +72,9 @@ def resolve_source(text: str, roots: list[str]) -> Path:
             whether a path outside the roots exists.
     """
     if not roots:
-        raise SourceNotAllowedError("this server takes no `source` paths (TILESEG_INPUT_ROOTS is not set): "
-                                    "upload the file instead")
+        raise SourceNotAllowedError(
+            "this server takes no `source` paths (TILESEG_INPUT_ROOTS is not set): upload the file instead"
+        )
     if "://" in text or text.startswith(("/vsi", "\\\\")) or "\x00" in text:
         raise SourceNotAllowedError("`source` must be a path under one of the server's input folders, not a URL")
     candidates = [Path(text)] if os.path.isabs(text) else [Path(root) / text for root in roots]
@@ -85,12 +86,14 @@ def resolve_source(text: str, roots: list[str]) -> Path:
         inside = any(resolved.is_relative_to(root) for root in roots)
         if inside and resolved.is_file():
             return resolved
-    raise SourceNotAllowedError(f"`source` {text!r} is not a file under the server's input folders "
-                                f"({', '.join(roots)})")
+    raise SourceNotAllowedError(
+        f"`source` {text!r} is not a file under the server's input folders ({', '.join(roots)})"
+    )
 
 
-def check_input(path: str | os.PathLike, spec: ModelSpec, options: JobOptions, limits: InputLimits,
-                name: str | None = None) -> RasterInfo:
+def check_input(
+    path: str | os.PathLike, spec: ModelSpec, options: JobOptions, limits: InputLimits, name: str | None = None
+) -> RasterInfo:
     """Check, from headers alone, that ``spec``'s model can segment the raster at ``path`` with ``options``.
 
     Args:
@@ -111,15 +114,32 @@ def check_input(path: str | os.PathLike, spec: ModelSpec, options: JobOptions, l
     label = name or info.name
     pixels = info.width * info.height
     if limits.max_untiled_pixels and info.driver in UNTILED_DRIVERS and pixels > limits.max_untiled_pixels:
-        raise TooLargeError(f"{label} is a {info.driver} of {info.width}x{info.height} = {pixels} pixels; "
-                            f"{info.driver} has no tiles to read by window, and the limit for such formats is "
-                            f"{limits.max_untiled_pixels}: convert it to a tiled GeoTIFF")
+        raise TooLargeError(
+            f"{label} is a {info.driver} of {info.width}x{info.height} = {pixels} pixels; "
+            f"{info.driver} has no tiles to read by window, and the limit for such formats is "
+            f"{limits.max_untiled_pixels}: convert it to a tiled GeoTIFF"
+        )
     with gdal_env(), open_raster(path) as src:
         bands, _alpha = select_bands(src, spec, options.bands)
         check_dtype(src, spec, bands)
     tile_settings(spec, options.segment_options())
-    return RasterInfo(name=label, width=info.width, height=info.height, bands=info.bands, dtype=info.dtype,
-                      crs=info.crs, driver=info.driver)
+    return RasterInfo(
+        name=label,
+        width=info.width,
+        height=info.height,
+        bands=info.bands,
+        dtype=info.dtype,
+        crs=info.crs,
+        driver=info.driver,
+    )
 
 
-__all__ = ["InputLimits", "JobOptions", "JobOptionsRecord", "form_fields", "UNTILED_DRIVERS", "check_input", "resolve_source"]
+__all__ = [
+    "InputLimits",
+    "JobOptions",
+    "JobOptionsRecord",
+    "form_fields",
+    "UNTILED_DRIVERS",
+    "check_input",
+    "resolve_source",
+]

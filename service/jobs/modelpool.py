@@ -22,10 +22,9 @@ import torch
 from torch import nn
 
 from tileseg import models
-from tileseg.models.spec import ModelSpec
-
-from tileseg.errors import CheckpointError, ModelNotFoundError, OptionsError
 from tileseg.engine.runtime import pick_device
+from tileseg.errors import CheckpointError, ModelNotFoundError, OptionsError
+from tileseg.models.spec import ModelSpec
 from tileseg.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,8 +47,10 @@ def served_names(weights_dir: Path, names: list[str] | None = None) -> list[str]
     wanted = list(names) if names else installed
     missing = [n for n in wanted if n not in installed]
     if missing:
-        raise ModelNotFoundError(f"model(s) {', '.join(missing)} are not installed in {weights_dir}; "
-                                 f"installed: {', '.join(installed) or 'none'}")
+        raise ModelNotFoundError(
+            f"model(s) {', '.join(missing)} are not installed in {weights_dir}; "
+            f"installed: {', '.join(installed) or 'none'}"
+        )
     if not installed:
         raise ModelNotFoundError(f"no model is installed in {weights_dir}")
     return wanted

@@ -81,8 +81,9 @@ class Periodic:
             try:
                 at_once = bool(self.step())
             except Exception:  # the database or the broker is away: the next step tries again
-                log.warning("%s: a step failed; the next comes in %g s", self._thread.name, self.interval,
-                            exc_info=True)
+                log.warning(
+                    "%s: a step failed; the next comes in %g s", self._thread.name, self.interval, exc_info=True
+                )
                 at_once = False
 
 

@@ -24,12 +24,12 @@ from celery.exceptions import Reject
 
 from tileseg.engine.runtime import configure_threads
 from tileseg.errors import OptionsError
-from tileseg.settings import Settings
 from tileseg.jobs.broker import TASK, Broker, make_celery
 from tileseg.jobs.modelpool import ModelPool
 from tileseg.jobs.reaper import Reaper
 from tileseg.jobs.runner import RunConfig, RunStatus, run_job
 from tileseg.jobs.store import JobStore
+from tileseg.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,10 @@ def worker_device(settings: Settings) -> str:
     """
     devices = settings.devices
     if len(devices) > 1:
-        raise OptionsError(f"a worker runs on one device; TILESEG_DEVICE={settings.device} names "
-                           f"{len(devices)}: start one worker per device")
+        raise OptionsError(
+            f"a worker runs on one device; TILESEG_DEVICE={settings.device} names "
+            f"{len(devices)}: start one worker per device"
+        )
     return devices[0]
 
 
@@ -67,8 +69,14 @@ class QueueWorker:
         self.pool = ModelPool.of(settings, device)
         self.config = RunConfig.of(settings)
         self.broker = Broker(settings)
-        self.reaper = Reaper(self.store, self.broker, lease=settings.lease, max_attempts=settings.max_attempts,
-                             requeue_after=settings.requeue_after, interval=settings.reap_interval)
+        self.reaper = Reaper(
+            self.store,
+            self.broker,
+            lease=settings.lease,
+            max_attempts=settings.max_attempts,
+            requeue_after=settings.requeue_after,
+            interval=settings.reap_interval,
+        )
         self._stopping_since: float | None = None
 
     def run(self, job_id: str) -> str:
@@ -120,13 +128,24 @@ def run_worker(settings: Settings, log_level: str = "info") -> int:
     signals.worker_shutting_down.connect(lambda **_: worker.stopping(), weak=False)
     worker.reaper.start()
     try:
-        return app.start(argv=[
-            "worker", "--pool=solo", "--concurrency=1", "--prefetch-multiplier=1",
-            f"--queues={settings.queue_name}", f"--hostname=tileseg-{os.getpid()}@{socket.gethostname()}",
-            f"--loglevel={log_level.upper()}",
-            # no gossip, mingle or event heartbeats: workers share nothing but the queue and the job table
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
-        ]) or 0
+        return (
+            app.start(
+                argv=[
+                    "worker",
+                    "--pool=solo",
+                    "--concurrency=1",
+                    "--prefetch-multiplier=1",
+                    f"--queues={settings.queue_name}",
+                    f"--hostname=tileseg-{os.getpid()}@{socket.gethostname()}",
+                    f"--loglevel={log_level.upper()}",
+                    # no gossip, mingle or event heartbeats: workers share nothing but the queue and the job table
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                ]
+            )
+            or 0
+        )
     finally:
         worker.close()
 

@@ -43,8 +43,9 @@ def reap(store: JobStore, broker: Broker, *, lease: float, max_attempts: int, re
         log.warning("lease ran out for %d job(s); queued again: %s", len(done.requeued), ", ".join(done.requeued))
         _send(store, broker, done.requeued)
     if done.failed:
-        log.warning("lease ran out for %d job(s) with no attempts left; failed: %s", len(done.failed),
-                    ", ".join(done.failed))
+        log.warning(
+            "lease ran out for %d job(s) with no attempts left; failed: %s", len(done.failed), ", ".join(done.failed)
+        )
     unclaimed = store.unclaimed(requeue_after)
     if unclaimed:
         queued = store.count_by_status()[JobStatus.QUEUED]
@@ -72,16 +73,19 @@ class Reaper(Periodic):
 
     stop_wait = 30.0  # a pass may be waiting on the broker's send retries
 
-    def __init__(self, store: JobStore, broker: Broker, *, lease: float, max_attempts: int, requeue_after: float,
-                 interval: float):
+    def __init__(
+        self, store: JobStore, broker: Broker, *, lease: float, max_attempts: int, requeue_after: float, interval: float
+    ):
         super().__init__("tileseg-reaper", interval)
         self.store = store
         self.broker = broker
-        self.options = dict(lease=lease, max_attempts=max_attempts, requeue_after=requeue_after)
+        self.lease, self.max_attempts, self.requeue_after = lease, max_attempts, requeue_after
 
     def step(self) -> None:
         """One pass."""
-        reap(self.store, self.broker, **self.options)
+        reap(
+            self.store, self.broker, lease=self.lease, max_attempts=self.max_attempts, requeue_after=self.requeue_after
+        )
 
 
 __all__ = ["Reaped", "Reaper", "reap"]

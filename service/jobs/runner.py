@@ -20,13 +20,13 @@ from pathlib import Path
 from torch import nn
 
 from tileseg.engine import segment
-from tileseg.errors import CanceledError, InterruptedJobError, JobNotFoundError, LeaseLostError, TilesegError
 from tileseg.engine.preview import render_preview
-from tileseg.settings import Settings
+from tileseg.errors import CanceledError, InterruptedJobError, JobNotFoundError, LeaseLostError, TilesegError
 from tileseg.jobs.files import JobFiles, drop_input
 from tileseg.jobs.intake import InputLimits, JobOptions
 from tileseg.jobs.periodic import Periodic
 from tileseg.jobs.store import Job, JobStatus, JobStore
+from tileseg.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,14 @@ class RunConfig:
     def of(cls, settings: Settings) -> RunConfig:
         """How the service's settings say jobs are run."""
         limits = InputLimits(max_pixels=settings.max_pixels, max_untiled_pixels=settings.max_untiled_pixels)
-        return cls(data_dir=settings.data_dir.resolve(), result_ttl=settings.result_ttl.total_seconds(),
-                   limits=limits, batch=settings.batch, keep_inputs=settings.keep_inputs,
-                   heartbeat=settings.heartbeat)
+        return cls(
+            data_dir=settings.data_dir.resolve(),
+            result_ttl=settings.result_ttl.total_seconds(),
+            limits=limits,
+            batch=settings.batch,
+            keep_inputs=settings.keep_inputs,
+            heartbeat=settings.heartbeat,
+        )
 
 
 class RunStatus(str, enum.Enum):
@@ -99,8 +104,13 @@ class Heartbeat(Periodic):
             self.stop()
 
 
-def run_job(store: JobStore, job: Job, load_model: ModelSource, config: RunConfig,
-            should_stop: Callable[[], bool] = lambda: False) -> Outcome:
+def run_job(
+    store: JobStore,
+    job: Job,
+    load_model: ModelSource,
+    config: RunConfig,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Outcome:
     """Run a job that this worker has claimed (``job.token`` is its attempt), to the end.
 
     Never raises for a job's own failure: bad input and unexpected errors alike fail the job with a
@@ -124,9 +134,16 @@ def run_job(store: JobStore, job: Job, load_model: ModelSource, config: RunConfi
             model = load_model(job.model, options.prune)
             segment_options = options.segment_options(config.batch)
             attempt.root.mkdir(parents=True, exist_ok=True)
-            segment(model, job.input_path, attempt.mask, segment_options,
-                    probabilities=attempt.probabilities if options.probabilities else None, progress=progress,
-                    allowed_drivers=config.limits.allowed_drivers, max_pixels=config.limits.max_pixels)
+            segment(
+                model,
+                job.input_path,
+                attempt.mask,
+                segment_options,
+                probabilities=attempt.probabilities if options.probabilities else None,
+                progress=progress,
+                allowed_drivers=config.limits.allowed_drivers,
+                max_pixels=config.limits.max_pixels,
+            )
             render_preview(attempt.mask, attempt.preview)
         except Exception as err:  # a bug in one job included: it must not take the worker down
             return run.stopped(err)
@@ -192,8 +209,13 @@ class _Attempt:
             return self._ended_elsewhere()
         # the table now names this attempt as the published one; the renames follow (anyone may redo them)
         self.files.publish(job.token)
-        log.info("job %s published by attempt %s: %d tiles in %.1f s", job.id, job.token, self.tiles,
-                 time.perf_counter() - self.started)
+        log.info(
+            "job %s published by attempt %s: %d tiles in %.1f s",
+            job.id,
+            job.token,
+            self.tiles,
+            time.perf_counter() - self.started,
+        )
         drop_input(job, self.config.keep_inputs)
         return self._outcome(RunStatus.SUCCEEDED)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tileseg.engine.runtime import configure_threads
 from tileseg.errors import (
     JobCanceledError,
     JobFailedError,
@@ -26,8 +27,6 @@ from tileseg.errors import (
     ResultNotFoundError,
     ResultNotReadyError,
 )
-from tileseg.engine.runtime import configure_threads
-from tileseg.settings import Mode, Settings
 from tileseg.jobs.files import JobFiles, drop_input, jobs_root
 from tileseg.jobs.intake import JobOptions, check_input, resolve_source
 from tileseg.jobs.modelpool import CardCatalogue, ModelPool, ServedModels
@@ -35,6 +34,7 @@ from tileseg.jobs.runner import Outcome, RunConfig
 from tileseg.jobs.store import ANY_OWNER, Job, JobStatus, JobStore, new_job_id
 from tileseg.jobs.sweeper import Sweeper, sweep
 from tileseg.jobs.worker import Worker
+from tileseg.settings import Mode, Settings
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,9 @@ class JobService:
             workers (the API's metrics); queue workers are other processes and report nothing here.
     """
 
-    def __init__(self, settings: Settings, start_workers: bool = True,
-                 on_outcome: Callable[[Outcome], None] | None = None):
+    def __init__(
+        self, settings: Settings, start_workers: bool = True, on_outcome: Callable[[Outcome], None] | None = None
+    ):
         self.settings = settings
         self.data_dir = settings.data_dir.resolve()
         jobs_root(self.data_dir).mkdir(parents=True, exist_ok=True)
@@ -92,24 +93,32 @@ class JobService:
             # only a lease that ran out says its worker died (the reaper's rule), never a restart of the API.
             from tileseg.jobs.reaper import Reaper
 
-            self.reaper = Reaper(self.store, self.broker, lease=self.settings.lease,
-                                 max_attempts=self.settings.max_attempts, requeue_after=self.settings.requeue_after,
-                                 interval=self.settings.reap_interval).start()
-            self.sweeper = Sweeper(self.store, self.data_dir, self.settings.sweep_interval,
-                                   self.settings.keep_inputs).start()
+            self.reaper = Reaper(
+                self.store,
+                self.broker,
+                lease=self.settings.lease,
+                max_attempts=self.settings.max_attempts,
+                requeue_after=self.settings.requeue_after,
+                interval=self.settings.reap_interval,
+            ).start()
+            self.sweeper = Sweeper(
+                self.store, self.data_dir, self.settings.sweep_interval, self.settings.keep_inputs
+            ).start()
             return
         # This process is the only worker of its table (embedded mode): whatever reads "running" was running
         # when the server stopped, so every such job goes back to the queue, or fails past its attempts.
         requeued, failed = self.store.recover(stale_before=float("inf"), max_attempts=self.settings.max_attempts)
         if requeued or failed:
-            log.warning("after a restart: %d job(s) queued again, %d failed after too many attempts",
-                        len(requeued), len(failed))
+            log.warning(
+                "after a restart: %d job(s) queued again, %d failed after too many attempts", len(requeued), len(failed)
+            )
         sweep(self.store, self.data_dir, self.settings.keep_inputs)
         for pool in self.pools:
             worker = Worker(self.store, pool.get, self.run_config, on_outcome=self.on_outcome)
             self.workers.append(worker.start())
-        self.sweeper = Sweeper(self.store, self.data_dir, self.settings.sweep_interval,
-                               self.settings.keep_inputs).start()
+        self.sweeper = Sweeper(
+            self.store, self.data_dir, self.settings.sweep_interval, self.settings.keep_inputs
+        ).start()
 
     def stop(self, grace: float | None = None) -> None:
         """Stop taking jobs; let running ones finish within ``grace`` seconds (default: the settings'), else
@@ -143,8 +152,15 @@ class JobService:
         files.root.mkdir(parents=True, exist_ok=False)
         return job_id, files
 
-    def submit(self, job_id: str, model: str, options: JobOptions, owner: str | None, upload: Upload | None = None,
-               source: str | None = None) -> Job:
+    def submit(
+        self,
+        job_id: str,
+        model: str,
+        options: JobOptions,
+        owner: str | None,
+        upload: Upload | None = None,
+        source: str | None = None,
+    ) -> Job:
         """Check a request from headers and queue its job.
 
         Exactly one of ``upload`` (already written to the job's folder) and ``source`` (a path under an
@@ -163,8 +179,15 @@ class JobService:
                 path = resolve_source(source or "", self.settings.input_roots)
                 name = path.name
             info = check_input(path, spec, options, self.limits, name=name)
-            job = self.store.create(id=job_id, owner=owner, model=model, options=options.to_record(),
-                                    input=info.to_dict(), input_path=str(path), input_owned=upload is not None)
+            job = self.store.create(
+                id=job_id,
+                owner=owner,
+                model=model,
+                options=options.to_record(),
+                input=info.to_dict(),
+                input_path=str(path),
+                input_owned=upload is not None,
+            )
         except BaseException:
             files.remove()
             raise
@@ -176,11 +199,15 @@ class JobService:
             for worker in self.workers:
                 worker.wake()
             return
+        assert self.broker is not None  # queue mode has one
         try:
             self.broker.send(job_id)
         except Exception:  # the job is in the table: the reaper sends it once the broker answers again
-            log.warning("job %s is queued, but the broker did not take its message; it is sent again later",
-                        job_id, exc_info=True)
+            log.warning(
+                "job %s is queued, but the broker did not take its message; it is sent again later",
+                job_id,
+                exc_info=True,
+            )
             return
         self.store.enqueued([job_id])
 
@@ -244,7 +271,7 @@ class JobService:
             checks["store"] = False
         checks["disk"] = shutil.disk_usage(self.data_dir).free >= self.settings.min_free_bytes
         if self.queue_mode:
-            checks["broker"] = self.broker.ping()
+            checks["broker"] = self.broker is not None and self.broker.ping()
         else:
             checks["workers"] = all(w.alive for w in self.workers)
         return checks

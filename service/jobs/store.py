@@ -8,6 +8,7 @@ every job, and never publish one twice: :mod:`tileseg.jobs`.
 
 from __future__ import annotations
 
+import builtins
 import enum
 import secrets
 import time
@@ -42,7 +43,8 @@ ANY_OWNER = object()  # the store's callers that see every job (workers, the swe
 
 metadata = sa.MetaData()
 jobs = sa.Table(
-    "jobs", metadata,
+    "jobs",
+    metadata,
     sa.Column("id", sa.String(36), primary_key=True),
     sa.Column("owner", sa.String(64), nullable=True),  # a hash of the API key; never the key itself
     sa.Column("status", sa.String(16), nullable=False),
@@ -138,12 +140,32 @@ class JobStore:
 
     # ---- the API's side -------------------------------------------------------------------------------------
 
-    def create(self, *, id: str, owner: str | None, model: str, options: dict[str, Any], input: dict[str, Any],
-               input_path: str, input_owned: bool) -> Job:
+    def create(
+        self,
+        *,
+        id: str,
+        owner: str | None,
+        model: str,
+        options: dict[str, Any],
+        input: dict[str, Any],
+        input_path: str,
+        input_owned: bool,
+    ) -> Job:
         """Queue a new job and return it."""
-        row = dict(id=id, owner=owner, status=JobStatus.QUEUED.value, model=model, options=options, input=input,
-                   input_path=input_path, input_owned=input_owned, tiles_done=0, tiles_total=0,
-                   created=self._now, attempts=0)
+        row = dict(
+            id=id,
+            owner=owner,
+            status=JobStatus.QUEUED.value,
+            model=model,
+            options=options,
+            input=input,
+            input_path=input_path,
+            input_owned=input_owned,
+            tiles_done=0,
+            tiles_total=0,
+            created=self._now,
+            attempts=0,
+        )
         with self._tx() as conn:
             conn.execute(jobs.insert().values(**row))
         return self.get(id)
@@ -163,7 +185,7 @@ class JobStore:
             raise JobNotFoundError(f"no job {job_id}")
         return Job.from_row(row)
 
-    def list(self, owner: Any = ANY_OWNER, limit: int = 50, offset: int = 0) -> list[Job]:
+    def list(self, owner: Any = ANY_OWNER, limit: int = 50, offset: int = 0) -> builtins.list[Job]:
         """Jobs, newest first."""
         query = self._select().order_by(jobs.c.created.desc(), jobs.c.id).limit(limit).offset(offset)
         if owner is not ANY_OWNER:
@@ -188,12 +210,23 @@ class JobStore:
         job = self.get(job_id, owner)
         with self._tx() as conn:
             if not job.status.finished:
-                conn.execute(jobs.update().where(jobs.c.id == job.id, jobs.c.status.in_(_ACTIVE))
-                             .values(status=JobStatus.CANCELED.value, finished=self._now, token=None,
-                                     error_code="canceled", error_message="canceled by the client"))
+                conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id == job.id, jobs.c.status.in_(_ACTIVE))
+                    .values(
+                        status=JobStatus.CANCELED.value,
+                        finished=self._now,
+                        token=None,
+                        error_code="canceled",
+                        error_message="canceled by the client",
+                    )
+                )
             elif job.status is JobStatus.SUCCEEDED:
-                conn.execute(jobs.update().where(jobs.c.id == job.id, jobs.c.status == job.status.value)
-                             .values(status=JobStatus.EXPIRED.value, expires=self._now))
+                conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id == job.id, jobs.c.status == job.status.value)
+                    .values(status=JobStatus.EXPIRED.value, expires=self._now)
+                )
         return job
 
     def ping(self) -> None:
@@ -207,18 +240,22 @@ class JobStore:
         except sa.exc.IntegrityError:
             pass  # another process wrote the first row at the same moment: the database is writable
 
-    def enqueued(self, job_ids: list[str]) -> None:
+    def enqueued(self, job_ids: builtins.list[str]) -> None:
         """Record that a message for each of these jobs was just sent to the broker."""
         if job_ids:
             with self._tx() as conn:
                 conn.execute(jobs.update().where(jobs.c.id.in_([str(i) for i in job_ids])).values(enqueued=self._now))
 
-    def unclaimed(self, older_than: float, limit: int = 1000) -> list[str]:
+    def unclaimed(self, older_than: float, limit: int = 1000) -> builtins.list[str]:
         """Queued jobs that nobody claimed in the ``older_than`` seconds since their last message was sent
         (or since they were made): the broker may have lost them. Oldest first."""
         sent = sa.func.coalesce(jobs.c.enqueued, jobs.c.created)
-        query = (sa.select(jobs.c.id).where(jobs.c.status == JobStatus.QUEUED.value, sent < self._now - older_than)
-                 .order_by(jobs.c.created, jobs.c.id).limit(limit))
+        query = (
+            sa.select(jobs.c.id)
+            .where(jobs.c.status == JobStatus.QUEUED.value, sent < self._now - older_than)
+            .order_by(jobs.c.created, jobs.c.id)
+            .limit(limit)
+        )
         with self.engine.connect() as conn:
             return [row[0] for row in conn.execute(query)]
 
@@ -228,15 +265,28 @@ class JobStore:
         """Atomically take the oldest queued job (or the one given), mark it running under a fresh attempt
         token and count the attempt; None when there is nothing to take."""
         token = secrets.token_hex(16)
-        oldest = (sa.select(jobs.c.id).where(jobs.c.status == JobStatus.QUEUED.value)
-                  .order_by(jobs.c.created, jobs.c.id).limit(1)
-                  .with_for_update(skip_locked=True))  # PostgreSQL: workers skip each other's rows; SQLite ignores it
+        oldest = (
+            sa.select(jobs.c.id)
+            .where(jobs.c.status == JobStatus.QUEUED.value)
+            .order_by(jobs.c.created, jobs.c.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )  # PostgreSQL: workers skip each other's rows; SQLite ignores it
         target = jobs.c.id == (str(job_id) if job_id else oldest.scalar_subquery())
         with self._tx() as conn:
             claimed = conn.execute(
-                jobs.update().where(target, jobs.c.status == JobStatus.QUEUED.value)
-                .values(status=JobStatus.RUNNING.value, token=token, worker=worker, started=self._now,
-                        heartbeat=self._now, attempts=jobs.c.attempts + 1, tiles_done=0, finished=None)
+                jobs.update()
+                .where(target, jobs.c.status == JobStatus.QUEUED.value)
+                .values(
+                    status=JobStatus.RUNNING.value,
+                    token=token,
+                    worker=worker,
+                    started=self._now,
+                    heartbeat=self._now,
+                    attempts=jobs.c.attempts + 1,
+                    tiles_done=0,
+                    finished=None,
+                )
             ).rowcount
         if not claimed:
             return None
@@ -247,18 +297,29 @@ class JobStore:
     def progress(self, job_id: str, token: str, done: int, total: int) -> bool:
         """Record progress and beat the heart; False when the attempt no longer owns the job (canceled)."""
         with self._tx() as conn:
-            return conn.execute(
-                jobs.update().where(*_owned(job_id, token))
-                .values(tiles_done=done, tiles_total=total, heartbeat=self._now)
-            ).rowcount == 1
+            return (
+                conn.execute(
+                    jobs.update()
+                    .where(*_owned(job_id, token))
+                    .values(tiles_done=done, tiles_total=total, heartbeat=self._now)
+                ).rowcount
+                == 1
+            )
 
     def renew(self, job_id: str, token: str) -> bool:
         """Beat the heart of a running attempt (renew its lease); False when it no longer owns the job."""
         with self._tx() as conn:
             return conn.execute(jobs.update().where(*_owned(job_id, token)).values(heartbeat=self._now)).rowcount == 1
 
-    def finish(self, job_id: str, token: str, status: JobStatus, *, error: tuple[str, str] | None = None,
-               ttl: float | None = None) -> bool:
+    def finish(
+        self,
+        job_id: str,
+        token: str,
+        status: JobStatus,
+        *,
+        error: tuple[str, str] | None = None,
+        ttl: float | None = None,
+    ) -> bool:
         """End an attempt as succeeded or failed; False when it no longer owned the job (canceled, or its
         lease ran out and the job went to another attempt). A success publishes the attempt: its token is
         kept as ``published``, the one attempt whose files are the job's results.
@@ -273,44 +334,73 @@ class JobStore:
         published = token if status is JobStatus.SUCCEEDED else None
         expires = None if ttl is None else self._now + ttl
         with self._tx() as conn:
-            return conn.execute(
-                jobs.update().where(*_owned(job_id, token))
-                .values(status=status.value, finished=self._now, token=None, error_code=code,
-                        error_message=message, expires=expires, published=published)
-            ).rowcount == 1
+            return (
+                conn.execute(
+                    jobs.update()
+                    .where(*_owned(job_id, token))
+                    .values(
+                        status=status.value,
+                        finished=self._now,
+                        token=None,
+                        error_code=code,
+                        error_message=message,
+                        expires=expires,
+                        published=published,
+                    )
+                ).rowcount
+                == 1
+            )
 
     def release(self, job_id: str, token: str) -> bool:
         """Put a running job back in the queue without counting the attempt (a graceful stop)."""
         with self._tx() as conn:
-            return conn.execute(
-                jobs.update().where(*_owned(job_id, token))
-                .values(status=JobStatus.QUEUED.value, token=None, worker=None, started=None, heartbeat=None,
-                        tiles_done=0, attempts=sa.case((jobs.c.attempts > 0, jobs.c.attempts - 1), else_=0))
-            ).rowcount == 1
+            return (
+                conn.execute(
+                    jobs.update()
+                    .where(*_owned(job_id, token))
+                    .values(
+                        status=JobStatus.QUEUED.value,
+                        token=None,
+                        worker=None,
+                        started=None,
+                        heartbeat=None,
+                        tiles_done=0,
+                        attempts=sa.case((jobs.c.attempts > 0, jobs.c.attempts - 1), else_=0),
+                    )
+                ).rowcount
+                == 1
+            )
 
-    def recover(self, stale_before: float, max_attempts: int) -> tuple[list[str], list[str]]:
+    def recover(self, stale_before: float, max_attempts: int) -> tuple[builtins.list[str], builtins.list[str]]:
         """Requeue running jobs whose heartbeat is older than ``stale_before`` (their worker died); fail
         those that have already been started ``max_attempts`` times. Returns (requeued, failed) ids."""
         return self._requeue_stale(stale_before, max_attempts)
 
-    def reap(self, lease: float, max_attempts: int) -> tuple[list[str], list[str]]:
+    def reap(self, lease: float, max_attempts: int) -> tuple[builtins.list[str], builtins.list[str]]:
         """:meth:`recover` the running jobs whose lease has run out: no heartbeat for ``lease`` seconds, on
         the database's clock. Safe to run in every process at once: each row moves in one compare-and-set.
         Returns (requeued, failed) ids."""
         return self._requeue_stale(self._now - lease, max_attempts)
 
-    def _requeue_stale(self, stale_before: Any, max_attempts: int) -> tuple[list[str], list[str]]:
-        stale = sa.and_(jobs.c.status == JobStatus.RUNNING.value,
-                        sa.or_(jobs.c.heartbeat.is_(None), jobs.c.heartbeat < stale_before))
+    def _requeue_stale(self, stale_before: Any, max_attempts: int) -> tuple[builtins.list[str], builtins.list[str]]:
+        stale = sa.and_(
+            jobs.c.status == JobStatus.RUNNING.value,
+            sa.or_(jobs.c.heartbeat.is_(None), jobs.c.heartbeat < stale_before),
+        )
         with self.engine.connect() as conn:
             found = list(conn.execute(sa.select(jobs.c.id, jobs.c.attempts).where(stale)))
-        requeued, failed = [], []
+        requeued: builtins.list[str] = []
+        failed: builtins.list[str] = []
         for job_id, attempts in found:
             if attempts >= max_attempts:
-                values = dict(status=JobStatus.FAILED.value, finished=self._now, token=None,
-                              error_code="too_many_attempts",
-                              error_message=f"the job was interrupted {attempts} time(s) (the server stopped or "
-                                            f"crashed while it ran); giving up after {max_attempts} attempt(s)")
+                values: dict[str, Any] = dict(
+                    status=JobStatus.FAILED.value,
+                    finished=self._now,
+                    token=None,
+                    error_code="too_many_attempts",
+                    error_message=f"the job was interrupted {attempts} time(s) (the server stopped or "
+                    f"crashed while it ran); giving up after {max_attempts} attempt(s)",
+                )
                 bucket = failed
             else:
                 values = dict(status=JobStatus.QUEUED.value, token=None, worker=None, heartbeat=None, tiles_done=0)
@@ -321,18 +411,24 @@ class JobStore:
                     bucket.append(job_id)
         return requeued, failed
 
-    def expire(self, now: float | None = None) -> list[Job]:
+    def expire(self, now: float | None = None) -> builtins.list[Job]:
         """Mark finished jobs whose results are past their time ``expired``; returns them (their files are
         the caller's to remove). ``now``: the time to judge by, default the database's clock."""
-        due = sa.and_(jobs.c.status == JobStatus.SUCCEEDED.value,
-                      jobs.c.expires.is_not(None), jobs.c.expires < (self._now if now is None else now))
+        due = sa.and_(
+            jobs.c.status == JobStatus.SUCCEEDED.value,
+            jobs.c.expires.is_not(None),
+            jobs.c.expires < (self._now if now is None else now),
+        )
         with self.engine.connect() as conn:
             candidates = [Job.from_row(r) for r in conn.execute(self._select().where(due))]
         done = []
         for job in candidates:
             with self._tx() as conn:
-                changed = conn.execute(jobs.update().where(jobs.c.id == job.id, jobs.c.status == job.status.value)
-                                       .values(status=JobStatus.EXPIRED.value)).rowcount
+                changed = conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id == job.id, jobs.c.status == job.status.value)
+                    .values(status=JobStatus.EXPIRED.value)
+                ).rowcount
             if changed:
                 done.append(job)
         return done

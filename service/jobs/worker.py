@@ -32,8 +32,15 @@ class Worker(Periodic):
         poll: seconds between looks at the queue when nobody calls :meth:`wake`.
     """
 
-    def __init__(self, store: JobStore, load_model: ModelSource, config: RunConfig, name: str | None = None,
-                 on_outcome: Callable[[Outcome], None] | None = None, poll: float = 1.0):
+    def __init__(
+        self,
+        store: JobStore,
+        load_model: ModelSource,
+        config: RunConfig,
+        name: str | None = None,
+        on_outcome: Callable[[Outcome], None] | None = None,
+        poll: float = 1.0,
+    ):
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         super().__init__(f"tileseg-worker-{self.name}", poll, at_start=True)
         self.store = store

@@ -18,11 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.api import nets
 from tests.backends import free_port
 from tests.conftest import REPO
 from tests.engine.nets import checkpoint
-
-from tests.api import nets
 
 KEY_A = "key-a-0123456789abcdef"
 KEY_B = "key-b-0123456789abcdef"
@@ -100,8 +99,15 @@ class Server(ChildProcess):
         self.log = log
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.command = command or [sys.executable, "-m", "tests.api.serve", "--port", "{port}", "--log-level",
-                                   "warning"]
+        self.command = command or [
+            sys.executable,
+            "-m",
+            "tests.api.serve",
+            "--port",
+            "{port}",
+            "--log-level",
+            "warning",
+        ]
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 90) -> Server:
@@ -136,12 +142,20 @@ def server_env(weights, data_dir, inputs_root):
 
     def make(data: Path, **settings) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TILESEG_")}
-        env.update({
-            "TILESEG_DATA_DIR": str(data), "TILESEG_WEIGHTS_DIR": str(weights), "TILESEG_DEVICE": "cpu",
-            "TILESEG_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1", "TILESEG_API_KEYS": f"{KEY_A},{KEY_B}",
-            "TILESEG_INPUT_ROOTS": f"{data_dir},{inputs_root}", "TILESEG_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
-            "TILESEG_SWEEP_INTERVAL": "5", "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "TILESEG_DATA_DIR": str(data),
+                "TILESEG_WEIGHTS_DIR": str(weights),
+                "TILESEG_DEVICE": "cpu",
+                "TILESEG_TORCH_THREADS": "1",
+                "OMP_NUM_THREADS": "1",
+                "TILESEG_API_KEYS": f"{KEY_A},{KEY_B}",
+                "TILESEG_INPUT_ROOTS": f"{data_dir},{inputs_root}",
+                "TILESEG_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+                "TILESEG_SWEEP_INTERVAL": "5",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         env.update({f"TILESEG_{k.upper()}": str(v) for k, v in settings.items()})
         return env
 
@@ -180,8 +194,13 @@ def start_server(tmp_path, server_env):
         srv.stop()
 
 
-def wait_for(client: httpx.Client, job_id: str, until=("succeeded", "failed", "canceled", "expired"),
-             timeout: float = 120, check=None) -> dict:
+def wait_for(
+    client: httpx.Client,
+    job_id: str,
+    until=("succeeded", "failed", "canceled", "expired"),
+    timeout: float = 120,
+    check=None,
+) -> dict:
     """Poll a job until its status is one of ``until`` (and ``check(job)`` holds, if given)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -193,8 +212,9 @@ def wait_for(client: httpx.Client, job_id: str, until=("succeeded", "failed", "c
         time.sleep(0.1)
 
 
-def submit(client: httpx.Client, path: Path | None = None, model: str = "rgb-test", name: str | None = None,
-           **fields) -> httpx.Response:
+def submit(
+    client: httpx.Client, path: Path | None = None, model: str = "rgb-test", name: str | None = None, **fields
+) -> httpx.Response:
     """``POST /segment`` with an upload of ``path`` (or only the fields, e.g. ``source=...``)."""
     data = {"model": model, **{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in fields.items()}}
     if path is None:  # still multipart: text parts only

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 
-from tileseg.models.registry import ARCHITECTURES
 from tests.engine import nets
 from tests.engine.nets import ShiftNet
+from tileseg.models.registry import ARCHITECTURES
 
 
 class SlowNet(ShiftNet):

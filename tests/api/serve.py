@@ -1,6 +1,6 @@
 """Start the real ``tileseg serve`` with the test architectures registered: how the API tests run a server.
 
-    python -m tests.api.serve --port 8123      # settings from TILESEG_* variables, as in production
+python -m tests.api.serve --port 8123      # settings from TILESEG_* variables, as in production
 """
 
 import sys

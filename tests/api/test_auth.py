@@ -9,10 +9,19 @@ from tests.api.conftest import KEY_B, submit, wait_for
 JOB = "00000000-0000-4000-8000-000000000000"
 
 
-@pytest.mark.parametrize("method, path", [
-    ("GET", "/jobs"), ("GET", f"/jobs/{JOB}"), ("GET", f"/jobs/{JOB}/mask"), ("DELETE", f"/jobs/{JOB}"),
-    ("GET", "/models"), ("GET", "/models/rgb-test"), ("GET", "/metrics"), ("POST", "/segment"),
-])
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", "/jobs"),
+        ("GET", f"/jobs/{JOB}"),
+        ("GET", f"/jobs/{JOB}/mask"),
+        ("DELETE", f"/jobs/{JOB}"),
+        ("GET", "/models"),
+        ("GET", "/models/rgb-test"),
+        ("GET", "/metrics"),
+        ("POST", "/segment"),
+    ],
+)
 @pytest.mark.parametrize("key", [None, "wrong-key-0123456789"])
 def test_a_key_is_needed(server, method, path, key):
     with server.client(key) as anonymous:

@@ -15,12 +15,17 @@ from tests.api.conftest import MAX_UPLOAD, submit, wait_for
 
 def png_claiming(width: int, height: int) -> bytes:
     """A valid PNG signature and header that claims ``width`` x ``height``, with almost no pixels."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -108,14 +113,17 @@ def test_not_multipart(client):
     assert response.status_code == 400 and response.json()["error"]["code"] == "bad_request"
 
 
-@pytest.mark.parametrize("path, status, code", [
-    ("/jobs/not-a-uuid", 400, "bad_request"),
-    ("/jobs/00000000-0000-4000-8000-000000000000", 404, "job_not_found"),
-    ("/jobs/00000000-0000-4000-8000-000000000000/mask", 404, "job_not_found"),
-    ("/jobs?limit=0", 400, "bad_request"),
-    ("/jobs?offset=-1", 400, "bad_request"),
-    ("/no/such/route", 404, "not_found"),
-])
+@pytest.mark.parametrize(
+    "path, status, code",
+    [
+        ("/jobs/not-a-uuid", 400, "bad_request"),
+        ("/jobs/00000000-0000-4000-8000-000000000000", 404, "job_not_found"),
+        ("/jobs/00000000-0000-4000-8000-000000000000/mask", 404, "job_not_found"),
+        ("/jobs?limit=0", 400, "bad_request"),
+        ("/jobs?offset=-1", 400, "bad_request"),
+        ("/no/such/route", 404, "not_found"),
+    ],
+)
 def test_bad_lookups(client, path, status, code):
     response = client.get(path)
     assert response.status_code == status, response.text
@@ -133,13 +141,16 @@ def test_oversize_upload_without_a_length_is_cut_off(client, server):
     boundary = "tilesegboundary"
 
     def body():
-        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nrgb-test\r\n"
-               f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.tif\"\r\n\r\n").encode()
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nrgb-test\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.tif"\r\n\r\n'
+        ).encode()
         chunk = b"\x00" * (1 << 20)
         for _ in range(MAX_UPLOAD // len(chunk) + 2):
             yield chunk
         yield f"\r\n--{boundary}--\r\n".encode()
 
-    response = client.post("/segment", content=body(),
-                           headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    response = client.post(
+        "/segment", content=body(), headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
     assert response.status_code == 413 and response.json()["error"]["code"] == "upload_too_large"

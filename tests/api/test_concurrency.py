@@ -10,10 +10,9 @@ import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
+from tests.api.conftest import submit, wait_for
 from tileseg import models
 from tileseg.engine import SegmentOptions, segment
-
-from tests.api.conftest import submit, wait_for
 
 
 def crops(source: Path, folder: Path, count: int, side: int = 96) -> list[Path]:

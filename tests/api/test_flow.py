@@ -13,14 +13,14 @@ import rasterio
 from click.testing import CliRunner
 from PIL import Image
 
-from tileseg.cli import cli
-
 from tests.api.conftest import SHIPPED_MODELS, submit, wait_for
+from tileseg.cli import cli
 
 
 def run_cli(weights: Path, source: Path, out: Path, model: str, *options: str) -> Path:
     result = CliRunner(env={"TILESEG_WEIGHTS_DIR": str(weights)}).invoke(
-        cli, ["segment", str(source), str(out), "--model", model, "-q", *options])
+        cli, ["segment", str(source), str(out), "--model", model, "-q", *options]
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -63,8 +63,16 @@ def test_geotiff_by_upload_and_by_source(client, weights, data_dir, tmp_path):
     uploaded = submit(client, image, **options)
     by_source = submit(client, None, source="geotiff/RGB.byte.tif", **options)
     assert uploaded.status_code == by_source.status_code == 202, (uploaded.text, by_source.text)
-    cli_mask = run_cli(weights, image, tmp_path / "cli.tif", "rgb-test", "--tile", "128",
-                       "--probabilities", str(tmp_path / "cli-probs.tif"))
+    cli_mask = run_cli(
+        weights,
+        image,
+        tmp_path / "cli.tif",
+        "rgb-test",
+        "--tile",
+        "128",
+        "--probabilities",
+        str(tmp_path / "cli-probs.tif"),
+    )
     for n, response in enumerate((uploaded, by_source)):
         job = wait_for(client, response.json()["id"])
         assert job["status"] == "succeeded", job

@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
+from tests.api.conftest import submit, wait_for
 from tileseg import models
 from tileseg.engine import SegmentOptions, segment
 from tileseg.jobs.store import JobStatus, JobStore
-
-from tests.api.conftest import submit, wait_for
 
 
 def isbi(data_dir: Path) -> Path:

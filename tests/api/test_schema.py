@@ -13,18 +13,48 @@ import sys
 
 from tests.api.conftest import KEY_A
 
-CHECKS = ["not_a_server_error", "status_code_conformance", "content_type_conformance",
-          "response_headers_conformance", "response_schema_conformance", "negative_data_rejection",
-          "allow_header_conformance", "unsupported_method", "use_after_free", "ensure_resource_availability"]
+CHECKS = [
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_headers_conformance",
+    "response_schema_conformance",
+    "negative_data_rejection",
+    "allow_header_conformance",
+    "unsupported_method",
+    "use_after_free",
+    "ensure_resource_availability",
+]
 
 
 def test_schemathesis_finds_nothing(server, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "schemathesis.cli", "run", f"{server.url}/openapi.json",
-         "--header", f"X-API-Key: {KEY_A}", "--checks", ",".join(CHECKS), "--max-examples", "30",
-         "--phases", "examples,coverage,fuzzing", "--seed", "7", "--workers", "1", "--no-shrink",
-         "--request-timeout", "30"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "run",
+            f"{server.url}/openapi.json",
+            "--header",
+            f"X-API-Key: {KEY_A}",
+            "--checks",
+            ",".join(CHECKS),
+            "--max-examples",
+            "30",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--seed",
+            "7",
+            "--workers",
+            "1",
+            "--no-shrink",
+            "--request-timeout",
+            "30",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
     assert "passed" in result.stdout

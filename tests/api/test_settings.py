@@ -24,15 +24,18 @@ def test_settings_from_the_environment(tmp_path, monkeypatch):
     assert (tmp_path / "data").is_dir()
 
 
-@pytest.mark.parametrize("variable, value, message", [
-    ("TILESEG_API_KEYS", "short", "at least 16 characters"),
-    ("TILESEG_INPUT_ROOTS", "/no/such/folder", "existing folders"),
-    ("TILESEG_MAX_UPLOAD_BYTES", "0", "greater than 0"),
-    ("TILESEG_RESULT_TTL", "soon", "timedelta"),
-    ("TILESEG_MODE", "queue", "TILESEG_BROKER_URL"),
-    ("TILESEG_MODE", "cluster", "'embedded' or 'queue'"),
-    ("TILESEG_HEARTBEAT", "30", "shorter than the lease"),
-])
+@pytest.mark.parametrize(
+    "variable, value, message",
+    [
+        ("TILESEG_API_KEYS", "short", "at least 16 characters"),
+        ("TILESEG_INPUT_ROOTS", "/no/such/folder", "existing folders"),
+        ("TILESEG_MAX_UPLOAD_BYTES", "0", "greater than 0"),
+        ("TILESEG_RESULT_TTL", "soon", "timedelta"),
+        ("TILESEG_MODE", "queue", "TILESEG_BROKER_URL"),
+        ("TILESEG_MODE", "cluster", "'embedded' or 'queue'"),
+        ("TILESEG_HEARTBEAT", "30", "shorter than the lease"),
+    ],
+)
 def test_unsafe_or_invalid_settings_are_refused(tmp_path, monkeypatch, variable, value, message):
     monkeypatch.setenv("TILESEG_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv(variable, value)

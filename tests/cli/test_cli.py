@@ -10,9 +10,8 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 
-from tileseg.cli import cli
-
 from tests.engine.nets import checkpoint
+from tileseg.cli import cli
 
 
 @pytest.fixture
@@ -34,7 +33,9 @@ def test_segment_writes_a_mask(tmp_path, data_dir, weights):
     with rasterio.open(out) as dst:
         assert dst.crs.to_epsg() == 32618
     by_path = tmp_path / "by_path.tif"
-    result = run("segment", data_dir / "geotiff" / "RGB.byte.tif", by_path, "--weights", weights / "rgb-test.safetensors", "-q")
+    result = run(
+        "segment", data_dir / "geotiff" / "RGB.byte.tif", by_path, "--weights", weights / "rgb-test.safetensors", "-q"
+    )
     assert result.exit_code == 0, result.output
     with rasterio.open(out) as a, rasterio.open(by_path) as b:
         np.testing.assert_array_equal(a.read(), b.read())  # tiling at another size gives the same mask
@@ -85,7 +86,10 @@ def bad_inputs(tmp_path, data_dir):
         "empty": ([empty, "--model", "rgb-test"], "empty"),
         "missing": ([tmp_path / "nope.tif", "--model", "rgb-test"], "no such file"),
         "bands": ([grey, "--model", "rgb-test"], "takes 3 band"),
-        "geometry": ([data_dir / "geotiff" / "RGB.byte.tif", "--model", "rgb-test", "--tile", "30"], "nearest valid: 28, 32"),
+        "geometry": (
+            [data_dir / "geotiff" / "RGB.byte.tif", "--model", "rgb-test", "--tile", "30"],
+            "nearest valid: 28, 32",
+        ),
         "valid-unet geometry": ([grey, "--model", "grey-valid", "--tile", "36"], "nearest valid: 32, 40"),
         "unknown model": ([grey, "--model", "nosuch"], "no installed model named 'nosuch'"),
         "bad band": ([grey, "--model", "grey-valid", "--bands", "2"], "band 2 does not exist"),
@@ -93,8 +97,20 @@ def bad_inputs(tmp_path, data_dir):
     }
 
 
-BAD_CASES = ["not an image", "truncated", "corrupt blocks", "truncated directory", "empty", "missing", "bands", "geometry",
-             "valid-unet geometry", "unknown model", "bad band", "overlap in crop"]
+BAD_CASES = [
+    "not an image",
+    "truncated",
+    "corrupt blocks",
+    "truncated directory",
+    "empty",
+    "missing",
+    "bands",
+    "geometry",
+    "valid-unet geometry",
+    "unknown model",
+    "bad band",
+    "overlap in crop",
+]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
@@ -121,8 +137,12 @@ def test_corrupt_checkpoints_fail_clearly(tmp_path, data_dir, weights):
     (broken / "unknown.json").write_text(json.dumps({**card, "arch": "resnet"}))
     shutil.copy(weights / "rgb-test.safetensors", broken / "shapes.safetensors")
     (broken / "shapes.json").write_text(json.dumps({**card, "hparams": {"width": 8}}))
-    cases = {"nocard": "has no model card", "garbage": "not a readable safetensors", "unknown": "unknown architecture",
-             "shapes": "does not match its card"}
+    cases = {
+        "nocard": "has no model card",
+        "garbage": "not a readable safetensors",
+        "unknown": "unknown architecture",
+        "shapes": "does not match its card",
+    }
     for stem, message in cases.items():
         result = run("segment", grey, tmp_path / "m.tif", "--weights", broken / f"{stem}.safetensors", "-q")
         assert result.exit_code == 1 and message in result.output, (stem, result.output)

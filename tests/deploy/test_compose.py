@@ -26,16 +26,18 @@ def render(*options: str) -> dict:
     if binary is None:
         pytest.fail(f"docker-compose is not installed: {INSTALL_HINT}")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TILESEG_", "COMPOSE_", "POSTGRES_"))}
-    done = subprocess.run([binary, *options, "config"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([binary, *options, "config"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, f"docker-compose {' '.join(options)} config:\n{done.stderr}"
     return yaml.safe_load(done.stdout)
 
 
 def active(config: dict, profiles: set[str]) -> dict:
     """The services that run with these profiles: those without profiles, and those of the profiles."""
-    return {name: service for name, service in config["services"].items()
-            if not service.get("profiles") or profiles & set(service["profiles"])}
+    return {
+        name: service
+        for name, service in config["services"].items()
+        if not service.get("profiles") or profiles & set(service["profiles"])
+    }
 
 
 def seconds(duration: str) -> float:
@@ -69,8 +71,9 @@ def test_the_default_is_one_api_in_embedded_mode_on_the_gpu():
     assert data_volume(api) in config["volumes"], "the data directory is a named volume"
     assert [p["target"] for p in api["ports"]] == [8000] and api["ports"][0]["published"] == 8000
     assert "/readyz" in " ".join(api["healthcheck"]["test"])
-    assert seconds(api["stop_grace_period"]) >= float(env["TILESEG_SHUTDOWN_GRACE"]) + 10, \
+    assert seconds(api["stop_grace_period"]) >= float(env["TILESEG_SHUTDOWN_GRACE"]) + 10, (
         "Docker waits longer than the grace period the running job gets, before it kills"
+    )
 
 
 def test_the_scale_profile_queues_on_redis_and_postgres_with_a_worker_per_gpu():
@@ -90,17 +93,22 @@ def test_the_scale_profile_queues_on_redis_and_postgres_with_a_worker_per_gpu():
         assert worker["command"] == WORKER_COMMAND, name
         wenv = worker["environment"]
         assert wenv["TILESEG_MODE"] == "queue"
-        assert (wenv["TILESEG_DATABASE_URL"], wenv["TILESEG_BROKER_URL"]) == \
-            (env["TILESEG_DATABASE_URL"], env["TILESEG_BROKER_URL"]), f"{name} shares the API's table and broker"
+        assert (wenv["TILESEG_DATABASE_URL"], wenv["TILESEG_BROKER_URL"]) == (
+            env["TILESEG_DATABASE_URL"],
+            env["TILESEG_BROKER_URL"],
+        ), f"{name} shares the API's table and broker"
         assert data_volume(worker) == data_volume(api), f"{name} shares the API's data volume"
         (gpu,) = gpus(worker)
         assert len(gpu["device_ids"]) == 1, f"{name} is pinned to one GPU"
         pinned.append(gpu["device_ids"][0])
         assert seconds(worker["stop_grace_period"]) >= float(wenv["TILESEG_SHUTDOWN_GRACE"]) + 10
-        assert {dep: spec["condition"] for dep, spec in worker["depends_on"].items()} == \
-            {"redis": "service_healthy", "postgres": "service_healthy"}
+        assert {dep: spec["condition"] for dep, spec in worker["depends_on"].items()} == {
+            "redis": "service_healthy",
+            "postgres": "service_healthy",
+        }
     assert len(set(pinned)) == len(pinned), "one worker per GPU"
     for backing in ("redis", "postgres"):
         assert services[backing]["healthcheck"]["test"], backing
-        assert all(p.startswith("127.0.0.1:") for p in services[backing]["ports"]), \
+        assert all(p.startswith("127.0.0.1:") for p in services[backing]["ports"]), (
             f"{backing} is published on loopback unless TILESEG_BIND says otherwise"
+        )

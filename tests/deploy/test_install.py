@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import rasterio
 
-from tileseg.engine import SegmentOptions, segment
 from tests.backends import free_port
 from tests.conftest import REPO
 from tests.engine import nets
+from tileseg.engine import SegmentOptions, segment
 
 pytestmark = pytest.mark.slow
 
@@ -51,10 +51,22 @@ def test_the_dockerfile_installs_and_starts_through_the_scripts():
 def test_the_install_and_start_scripts_give_a_working_service(tmp_path, data_dir):
     venv, shipped = tmp_path / "venv", tmp_path / "shipped-weights"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TILESEG_", "PYTHON", "VIRTUAL_ENV"))}
-    env.update(TORCH_VARIANT="cpu", TORCH_INDEX_URL="pip", VENV=str(venv), SRC=str(REPO), WEIGHTS_DIR=str(shipped),
-               PYTHON=sys.executable)
-    done = subprocess.run(["bash", str(REPO / "docker" / "install.sh")], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=900)
+    env.update(
+        TORCH_VARIANT="cpu",
+        TORCH_INDEX_URL="pip",
+        VENV=str(venv),
+        SRC=str(REPO),
+        WEIGHTS_DIR=str(shipped),
+        PYTHON=sys.executable,
+    )
+    done = subprocess.run(
+        ["bash", str(REPO / "docker" / "install.sh")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, f"docker/install.sh failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     assert "include-system-site-packages = false" in (venv / "pyvenv.cfg").read_text()
     assert "2.13.0+cpu | cpu build" in done.stdout
@@ -67,14 +79,32 @@ def test_the_install_and_start_scripts_give_a_working_service(tmp_path, data_dir
     nets.unregister()
     port = free_port()
     run_env = {k: v for k, v in os.environ.items() if not k.startswith(("TILESEG_", "PYTHON", "VIRTUAL_ENV"))}
-    run_env.update(PATH=f"{venv / 'bin'}:{os.environ['PATH']}", TILESEG_DATA_DIR=str(tmp_path / "data"),
-                   TILESEG_WEIGHTS_DIR=str(tmp_path / "weights"), TILESEG_DEVICE="cpu", TILESEG_TORCH_THREADS="1",
-                   OMP_NUM_THREADS="1")
+    run_env.update(
+        PATH=f"{venv / 'bin'}:{os.environ['PATH']}",
+        TILESEG_DATA_DIR=str(tmp_path / "data"),
+        TILESEG_WEIGHTS_DIR=str(tmp_path / "weights"),
+        TILESEG_DEVICE="cpu",
+        TILESEG_TORCH_THREADS="1",
+        OMP_NUM_THREADS="1",
+    )
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
-        server = subprocess.Popen([str(REPO / "docker" / "entrypoint.sh"), "serve", "--host", "127.0.0.1", "--port",
-                                   str(port), "--log-level", "warning"], cwd=tmp_path, env=run_env, stdout=out,
-                                  stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [
+                str(REPO / "docker" / "entrypoint.sh"),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            cwd=tmp_path,
+            env=run_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120

@@ -28,8 +28,14 @@ class ShiftNet(SegmentationNet):
 
     def geometry(self) -> Geometry:
         h = self.hparams
-        return Geometry(halo=h["halo"], multiple=h["multiple"], offset=h["offset"], shrink=h["shrink"],
-                        default_tile=16, equivariant=True)
+        return Geometry(
+            halo=h["halo"],
+            multiple=h["multiple"],
+            offset=h["offset"],
+            shrink=h["shrink"],
+            default_tile=16,
+            equivariant=True,
+        )
 
     def forward(self, x):
         h = self.hparams
@@ -73,7 +79,9 @@ class ValidNet(SegmentationNet):
         self.hparams = dict(width=width, depth=depth)
         self.depth = depth
         chans = [width * 2**i for i in range(depth + 1)]
-        self.down = nn.ModuleList(self._pair(in_channels if i == 0 else chans[i - 1], chans[i]) for i in range(depth + 1))
+        self.down = nn.ModuleList(
+            self._pair(in_channels if i == 0 else chans[i - 1], chans[i]) for i in range(depth + 1)
+        )
         self.up = nn.ModuleList(nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2) for i in range(depth))
         self.dec = nn.ModuleList(self._pair(2 * chans[i], chans[i]) for i in range(depth))
         self.head = nn.Conv2d(chans[0], num_classes, 1)
@@ -118,8 +126,18 @@ def unregister() -> None:
         ARCHITECTURES.pop(name, None)
 
 
-def checkpoint(tmp_path, arch: str, bands: int = 1, classes: int = 3, name: str | None = None,
-               dtypes=None, pixel_size=None, precision="fp32", seed=0, **hparams):
+def checkpoint(
+    tmp_path,
+    arch: str,
+    bands: int = 1,
+    classes: int = 3,
+    name: str | None = None,
+    dtypes=None,
+    pixel_size=None,
+    precision="fp32",
+    seed=0,
+    **hparams,
+):
     """Build a network (random weights, randomised BatchNorm statistics), save it through the checkpoint
     code and return the loaded model."""
     torch.manual_seed(seed)
@@ -131,11 +149,18 @@ def checkpoint(tmp_path, arch: str, bands: int = 1, classes: int = 3, name: str 
     name = name or f"{arch}-{bands}b{classes}c"
     palette = ["#000000", "#ff0000", "#00ff00", "#0000ff", "#ffff00", "#00ffff", "#ff00ff", "#ffffff"]
     spec = ModelSpec(
-        name=name, arch=arch,
-        input=InputSpec(bands=bands, mean=(0.0,) * bands, std=(1.0,) * bands, pixel_size=pixel_size,
-                        **({"dtypes": tuple(dtypes)} if dtypes else {})),
+        name=name,
+        arch=arch,
+        input=InputSpec(
+            bands=bands,
+            mean=(0.0,) * bands,
+            std=(1.0,) * bands,
+            pixel_size=pixel_size,
+            **({"dtypes": tuple(dtypes)} if dtypes else {}),
+        ),
         classes=tuple(ClassInfo(i, f"class{i}", palette[i % len(palette)]) for i in range(classes)),
-        geometry=net.geometry(), precision=precision,
+        geometry=net.geometry(),
+        precision=precision,
     )
     path = models.save(net, spec, tmp_path / "weights" / name, training={"note": "random weights, tests only"})
     return models.load(path)

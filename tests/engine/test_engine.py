@@ -9,12 +9,11 @@ import pytest
 import rasterio
 import torch
 
-from tileseg.models.spec import BlendMode
-from tileseg.engine import SegmentOptions, predict_strips, segment, tile_settings
-from tileseg.engine.runner import BatchRunner
-from tileseg.engine.io import InputRaster
-
 from tests.engine.nets import checkpoint
+from tileseg.engine import SegmentOptions, predict_strips, segment, tile_settings
+from tileseg.engine.io import InputRaster
+from tileseg.engine.runner import BatchRunner
+from tileseg.models.spec import BlendMode
 
 
 def reference_logits(model, path) -> np.ndarray:
@@ -26,7 +25,9 @@ def reference_logits(model, path) -> np.ndarray:
     margin = g.halo - g.shrink
     size_h = g.input_length(g.window_output(height + 2 * margin))
     size_w = g.input_length(g.window_output(width + 2 * margin))
-    padded = np.pad(image, ((0, 0), (g.halo, size_h - height - g.halo), (g.halo, size_w - width - g.halo)), mode="reflect")
+    padded = np.pad(
+        image, ((0, 0), (g.halo, size_h - height - g.halo), (g.halo, size_w - width - g.halo)), mode="reflect"
+    )
     with torch.inference_mode():
         logits = model(torch.from_numpy(padded)[None])[0].numpy()
     return logits[:, margin : margin + height, margin : margin + width]
@@ -81,7 +82,9 @@ def test_a_misaligned_grid_would_not_be_exact(tmp_path, raster_factory):
 def test_mirror_padding_known_answer(tmp_path, raster_factory, shrink, offset, multiple, size):
     """Each output pixel is the input pixel (3, -5) away: the mask must be the reflect-padded input, shifted,
     even where the pad is larger than the image."""
-    model = checkpoint(tmp_path, "test-shift", bands=1, classes=8, halo=8, multiple=multiple, offset=offset, shrink=shrink)
+    model = checkpoint(
+        tmp_path, "test-shift", bands=1, classes=8, halo=8, multiple=multiple, offset=offset, shrink=shrink
+    )
     path = raster_factory(*size, high=8)
     with rasterio.open(path) as src:
         image = src.read(1)

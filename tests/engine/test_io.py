@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import rasterio
 
+from tests.engine.nets import checkpoint
 from tileseg.engine import SegmentOptions, segment
 from tileseg.errors import BandMismatchError, DtypeError
-
-from tests.engine.nets import checkpoint
 
 
 @pytest.fixture

@@ -29,8 +29,15 @@ def mosaic(source, target, times: int = 4) -> None:
     """A real scene mirrored into a ``times`` x ``times`` mosaic, tiled and compressed, with its CRS."""
     with rasterio.open(source) as src:
         data = src.read()
-        profile = {**src.profile, "width": src.width * times, "height": src.height * times, "tiled": True,
-                   "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
+        profile = {
+            **src.profile,
+            "width": src.width * times,
+            "height": src.height * times,
+            "tiled": True,
+            "blockxsize": 256,
+            "blockysize": 256,
+            "compress": "deflate",
+        }
         with rasterio.open(target, "w", **profile) as dst:
             for i in range(times):
                 for j in range(times):
@@ -39,8 +46,14 @@ def mosaic(source, target, times: int = 4) -> None:
 
 
 def peak_mb(model_path, source, output) -> int:
-    done = subprocess.run([sys.executable, "-c", CHILD, str(model_path), str(source), str(output)],
-                          capture_output=True, text=True, timeout=600, check=True, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(model_path), str(source), str(output)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+        cwd=REPO,
+    )
     return int(done.stdout.strip().splitlines()[-1])
 
 

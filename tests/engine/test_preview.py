@@ -7,9 +7,8 @@ import pytest
 import rasterio
 from PIL import Image
 
-from tileseg.engine.preview import render_preview
-
 from tests.conftest import write_raster
+from tileseg.engine.preview import render_preview
 
 COLOURS = {0: (0, 0, 0, 255), 1: (255, 0, 0, 255), 2: (0, 255, 0, 255), 3: (0, 0, 255, 255)}
 NODATA = 255
@@ -66,8 +65,9 @@ def test_decimation_keeps_class_indices(tmp_path, side):
 
 def test_without_a_colour_table_classes_are_greys(tmp_path):
     classes = np.array([[0, 1], [2, 2]])
-    rgba = read_png(render_preview(mask_file(tmp_path / "grey.tif", classes, colours=None, nodata=None),
-                                   tmp_path / "grey.png"))
+    rgba = read_png(
+        render_preview(mask_file(tmp_path / "grey.tif", classes, colours=None, nodata=None), tmp_path / "grey.png")
+    )
     np.testing.assert_array_equal(rgba[..., 3], 255)
     np.testing.assert_array_equal(rgba[..., 0], [[0, 127], [255, 255]])  # a ramp from black to white
     assert (rgba[..., 0] == rgba[..., 1]).all() and (rgba[..., 1] == rgba[..., 2]).all()

@@ -10,20 +10,24 @@ import numpy as np
 import pytest
 import torch
 
+from tests.engine.nets import checkpoint
 from tileseg.engine import runner as runner_module
 from tileseg.engine.io import Scaling
 from tileseg.engine.runner import BatchRunner
 from tileseg.engine.runtime import BASELINE, Runtime
 from tileseg.engine.tiling import TileSettings
 
-from tests.engine.nets import checkpoint
-
 CLASSES = 8
 CORE = 8  # with a halo of 8: windows of 24 px, cores at 8 .. 16
 KEEP = slice(8, 16)
 CPU = torch.device("cpu")
-UINT8 = Scaling(low=np.zeros(1, np.float32), high=np.full(1, 255, np.float32),
-                a=np.full(1, 1 / 255, np.float32), b=np.zeros(1, np.float32), clip=False)
+UINT8 = Scaling(
+    low=np.zeros(1, np.float32),
+    high=np.full(1, 255, np.float32),
+    a=np.full(1, 1 / 255, np.float32),
+    b=np.zeros(1, np.float32),
+    clip=False,
+)
 
 
 @pytest.fixture
@@ -33,8 +37,7 @@ def pointwise(tmp_path):
 
 @pytest.fixture
 def shifted(tmp_path):
-    return checkpoint(tmp_path, "test-shift", bands=1, classes=CLASSES, dy=3, dx=-5, halo=8, multiple=4,
-                      name="shifted")
+    return checkpoint(tmp_path, "test-shift", bands=1, classes=CLASSES, dy=3, dx=-5, halo=8, multiple=4, name="shifted")
 
 
 @pytest.fixture
@@ -74,8 +77,9 @@ def test_crop_mode_gives_the_cores_probabilities_when_asked(pointwise, batch):
     prediction = runner(batch)
     assert prediction.probabilities.shape == (3, CLASSES, CORE, CORE)
     assert prediction.probabilities.dtype == np.float32
-    np.testing.assert_allclose(prediction.probabilities, softmax_of_known_logits(batch[:, 0, KEEP, KEEP]),
-                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        prediction.probabilities, softmax_of_known_logits(batch[:, 0, KEEP, KEEP]), rtol=0, atol=1e-6
+    )
     np.testing.assert_array_equal(prediction.labels, batch[:, 0, KEEP, KEEP])
 
 

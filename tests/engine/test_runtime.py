@@ -12,12 +12,11 @@ import pytest
 import rasterio
 import torch
 
-from tileseg.engine import runtime as rt
-from tileseg.engine import SegmentOptions, segment
-from tileseg.errors import OptionsError
-from tileseg.engine.runtime import BASELINE, MeasurementCache, Runtime, Tuner
-
 from tests.engine.nets import checkpoint
+from tileseg.engine import SegmentOptions, segment
+from tileseg.engine import runtime as rt
+from tileseg.engine.runtime import BASELINE, MeasurementCache, Runtime, Tuner
+from tileseg.errors import OptionsError
 
 
 class FakeTimer:
@@ -37,9 +36,16 @@ class FakeTimer:
         return base * (window / 100) ** 2 * batch, (self.setup if runtime.compiled else 0.0)
 
 
-FAST_BF16 = {"fp32/channels_last/eager": 1.0, "fp32/contiguous/eager": 1.3, "bf16/channels_last/eager": 0.4,
-             "bf16/contiguous/eager": 0.6, "fp32/channels_last/compiled": 0.7, "bf16/channels_last/compiled": 0.3,
-             "fp32/contiguous/compiled": 0.9, "bf16/contiguous/compiled": 0.5}
+FAST_BF16 = {
+    "fp32/channels_last/eager": 1.0,
+    "fp32/contiguous/eager": 1.3,
+    "bf16/channels_last/eager": 0.4,
+    "bf16/contiguous/eager": 0.6,
+    "fp32/channels_last/compiled": 0.7,
+    "bf16/channels_last/compiled": 0.3,
+    "fp32/contiguous/compiled": 0.9,
+    "bf16/contiguous/compiled": 0.5,
+}
 
 
 @pytest.fixture
@@ -74,12 +80,21 @@ def test_without_native_bf16_bf16_is_taken_only_when_measured_faster(model, monk
 
 def test_with_native_bf16_the_fastest_allowed_wins(model, monkeypatch):
     monkeypatch.setattr(rt, "native_bf16", lambda device: True)
-    timer = FakeTimer({**FAST_BF16, "fp32/contiguous/eager": 0.9, "fp32/channels_last/eager": 1.1,
-                       "bf16/channels_last/eager": 2.0, "bf16/contiguous/eager": 2.0})
+    timer = FakeTimer(
+        {
+            **FAST_BF16,
+            "fp32/contiguous/eager": 0.9,
+            "fp32/channels_last/eager": 1.1,
+            "bf16/channels_last/eager": 2.0,
+            "bf16/contiguous/eager": 2.0,
+        }
+    )
     choice = choose(model, timer, compile="off")
     assert choice.runtime == Runtime("fp32", False, False)
     assert {m.runtime for m in choice.measurements if m.status == "screened out"} == {
-        "bf16/channels_last/eager", "bf16/contiguous/eager"}
+        "bf16/channels_last/eager",
+        "bf16/contiguous/eager",
+    }
 
 
 def test_compilation_is_measured_and_taken_only_where_it_pays(model, monkeypatch):

@@ -116,8 +116,11 @@ def test_blend_stitcher_equals_a_direct_weighted_average(mode, size, skipped):
     assert settings.step < settings.output_size  # the windows overlap: there is something to blend
     rng = np.random.default_rng(3)
     shape = (settings.output_size, settings.output_size)
-    windows = {t.index: rng.dirichlet(np.ones(CLASSES), shape).transpose(2, 0, 1).astype(np.float32)
-               for t in plan if t.index not in skipped}
+    windows = {
+        t.index: rng.dirichlet(np.ones(CLASSES), shape).transpose(2, 0, 1).astype(np.float32)
+        for t in plan
+        if t.index not in skipped
+    }
     weights = blend_weights(settings.blend, settings.output_size)
 
     def predict(tile):

@@ -31,16 +31,19 @@ def test_a_core_off_the_stride_names_the_nearest_valid_cores(core, nearest):
         assert TileSettings(UNET, core=valid).core == valid
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"core": 0}, "out of range"),
-    ({"core": MAX_TILE + 4}, "out of range"),
-    ({"core": 32, "overlap": 0.25}, "blended modes only"),
-    ({"core": 32, "blend": "gaussian", "overlap": 1.0}, "0 <= overlap < 1"),
-    ({"core": 32, "blend": "gaussian", "overlap": -0.1}, "0 <= overlap < 1"),
-    ({"core": 32, "blend": "gaussian", "overlap": 0.9}, "no step between windows"),
-    ({"core": 32, "batch": 0}, "batch 0"),
-    ({"core": 32, "blend": "gausian"}, "valid: crop, gaussian, cosine"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"core": 0}, "out of range"),
+        ({"core": MAX_TILE + 4}, "out of range"),
+        ({"core": 32, "overlap": 0.25}, "blended modes only"),
+        ({"core": 32, "blend": "gaussian", "overlap": 1.0}, "0 <= overlap < 1"),
+        ({"core": 32, "blend": "gaussian", "overlap": -0.1}, "0 <= overlap < 1"),
+        ({"core": 32, "blend": "gaussian", "overlap": 0.9}, "no step between windows"),
+        ({"core": 32, "batch": 0}, "batch 0"),
+        ({"core": 32, "blend": "gausian"}, "valid: crop, gaussian, cosine"),
+    ],
+)
 def test_settings_refuse_what_breaks_the_geometry(kwargs, message):
     with pytest.raises(TileGeometryError, match=message):
         TileSettings(PADDED, **kwargs)

@@ -6,16 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from tests.models.conftest import TINY_HPARAMS
-
 from tests.engine.nets import checkpoint
 from tests.engine.test_engine import reference_logits, tiled_logits
+from tests.models.conftest import TINY_HPARAMS
 
 CASES = [
-    ("fcn32s", {}), ("fcn16s", {}), ("fcn8s", {}),
-    ("unet", {"padding": "valid"}), ("unet", {"padding": "same"}),
+    ("fcn32s", {}),
+    ("fcn16s", {}),
+    ("fcn8s", {}),
+    ("unet", {"padding": "valid"}),
+    ("unet", {"padding": "same"}),
     ("unet", {"padding": "valid", "depth": 4, "base": 2}),
-    ("unetpp", {}), ("unetpp", {"prune": 2}),
+    ("unetpp", {}),
+    ("unetpp", {"prune": 2}),
 ]
 
 
@@ -34,5 +37,6 @@ def test_zoo_tiles_equal_the_whole_image(tmp_path, raster_factory, arch, extra):
     expected = reference_logits(model, path)
     step = model.spec.geometry.multiple
     for tile in (step, 2 * step):
-        np.testing.assert_allclose(tiled_logits(model, path, tile, batch=2), expected, atol=1e-4, rtol=0,
-                                   err_msg=f"{arch} {extra} tile {tile}")
+        np.testing.assert_allclose(
+            tiled_logits(model, path, tile, batch=2), expected, atol=1e-4, rtol=0, err_msg=f"{arch} {extra} tile {tile}"
+        )

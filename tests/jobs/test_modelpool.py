@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from tests.engine import nets
 from tileseg.errors import ModelNotFoundError, OptionsError
 from tileseg.jobs.modelpool import CardCatalogue, ModelPool
-from tests.engine import nets
 
 
 @pytest.fixture

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import rasterio
 
+from tests.engine import nets
 from tileseg.jobs.files import JobFiles
 from tileseg.jobs.intake import JobOptions
 from tileseg.jobs.runner import Heartbeat, RunConfig, run_job
 from tileseg.jobs.store import JobStatus, JobStore, new_job_id
 from tileseg.jobs.sweeper import sweep
-from tests.engine import nets
 
 
 @pytest.fixture
@@ -38,8 +38,15 @@ def add(store: JobStore, data_dir, tmp_path) -> str:
     files = JobFiles.of(tmp_path, job_id)
     files.root.mkdir(parents=True)
     files.upload.write_bytes((data_dir / "geotiff" / "rgb-byte-tenth.tif").read_bytes())
-    store.create(id=job_id, owner=None, model="rgb-test", options=JobOptions().to_record(),
-                 input={"width": 79, "height": 71}, input_path=str(files.upload), input_owned=True)
+    store.create(
+        id=job_id,
+        owner=None,
+        model="rgb-test",
+        options=JobOptions().to_record(),
+        input={"width": 79, "height": 71},
+        input_path=str(files.upload),
+        input_owned=True,
+    )
     return job_id
 
 
@@ -64,8 +71,9 @@ def test_the_heartbeat_holds_the_lease_until_it_stops(store, data_dir, tmp_path)
 def test_a_job_is_published_by_the_attempt_that_holds_it(store, model, data_dir, tmp_path):
     job_id = add(store, data_dir, tmp_path)
     job = store.claim("w")
-    outcome = run_job(store, job, lambda name, prune: model, RunConfig(data_dir=tmp_path, result_ttl=60,
-                                                                      heartbeat=0.05))
+    outcome = run_job(
+        store, job, lambda name, prune: model, RunConfig(data_dir=tmp_path, result_ttl=60, heartbeat=0.05)
+    )
     assert outcome.status == "succeeded"
     done, files = store.get(job_id), JobFiles.of(tmp_path, job_id)
     assert done.status is JobStatus.SUCCEEDED and done.published == job.token
@@ -92,8 +100,10 @@ def test_an_attempt_that_lost_its_job_publishes_nothing_and_touches_nothing(stor
     assert now.status is JobStatus.RUNNING and now.token == later["job"].token, "the job is the second's"
     assert files.upload.is_file(), "the input stays for the attempt that holds the job"
     assert not files.mask.exists() and not files.attempt(first.token).root.exists()
-    assert run_job(store, later["job"], lambda name, prune: model,
-                   RunConfig(data_dir=tmp_path, result_ttl=60)).status == "succeeded"
+    assert (
+        run_job(store, later["job"], lambda name, prune: model, RunConfig(data_dir=tmp_path, result_ttl=60)).status
+        == "succeeded"
+    )
     assert store.get(job_id).published == later["job"].token and files.mask.is_file()
 
 

@@ -33,8 +33,15 @@ def store(request, tmp_path):
 
 def add(store: JobStore, owner: str | None = None) -> str:
     job_id = new_job_id()
-    store.create(id=job_id, owner=owner, model="m", options={}, input={"width": 1, "height": 1},
-                 input_path="/nowhere", input_owned=False)
+    store.create(
+        id=job_id,
+        owner=owner,
+        model="m",
+        options={},
+        input={"width": 1, "height": 1},
+        input_path="/nowhere",
+        input_owned=False,
+    )
     return job_id
 
 
@@ -167,12 +174,16 @@ def test_a_table_of_an_older_version_gets_the_new_columns(tmp_path):
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        conn.execute(sa.text("CREATE TABLE jobs (id VARCHAR(36) PRIMARY KEY, owner VARCHAR(64), status VARCHAR(16) "
-                             "NOT NULL, model VARCHAR(200) NOT NULL, options JSON NOT NULL, input JSON NOT NULL, "
-                             "input_path TEXT NOT NULL, input_owned BOOLEAN NOT NULL, tiles_done INTEGER NOT NULL, "
-                             "tiles_total INTEGER NOT NULL, created FLOAT NOT NULL, started FLOAT, finished FLOAT, "
-                             "heartbeat FLOAT, attempts INTEGER NOT NULL, token VARCHAR(32), worker VARCHAR(200), "
-                             "error_code VARCHAR(64), error_message TEXT, expires FLOAT)"))
+        conn.execute(
+            sa.text(
+                "CREATE TABLE jobs (id VARCHAR(36) PRIMARY KEY, owner VARCHAR(64), status VARCHAR(16) "
+                "NOT NULL, model VARCHAR(200) NOT NULL, options JSON NOT NULL, input JSON NOT NULL, "
+                "input_path TEXT NOT NULL, input_owned BOOLEAN NOT NULL, tiles_done INTEGER NOT NULL, "
+                "tiles_total INTEGER NOT NULL, created FLOAT NOT NULL, started FLOAT, finished FLOAT, "
+                "heartbeat FLOAT, attempts INTEGER NOT NULL, token VARCHAR(32), worker VARCHAR(200), "
+                "error_code VARCHAR(64), error_message TEXT, expires FLOAT)"
+            )
+        )
     engine.dispose()
     store = JobStore(url)
     job_id = add(store)

@@ -7,11 +7,11 @@ import time
 
 import pytest
 
+from tests.engine import nets
 from tileseg.jobs.intake import JobOptions
 from tileseg.jobs.runner import RunConfig
 from tileseg.jobs.store import JobStatus, JobStore, new_job_id
 from tileseg.jobs.worker import Worker
-from tests.engine import nets
 
 
 @pytest.fixture
@@ -35,8 +35,15 @@ def test_an_unexpected_error_fails_one_job_and_the_worker_goes_on(tmp_path, data
     cases = (("boom", image, (79, 71)), ("rgb-test", grey, (1024, 1024)), ("rgb-test", image, (79, 71)))
     for name, path, size in cases:
         job_id = new_job_id()
-        store.create(id=job_id, owner=None, model=name, options=JobOptions().to_record(),
-                     input={"width": size[0], "height": size[1]}, input_path=str(path), input_owned=False)
+        store.create(
+            id=job_id,
+            owner=None,
+            model=name,
+            options=JobOptions().to_record(),
+            input={"width": size[0], "height": size[1]},
+            input_path=str(path),
+            input_owned=False,
+        )
         ids[job_id] = (name, path)
         time.sleep(0.01)  # claimed in this order
     outcomes = []

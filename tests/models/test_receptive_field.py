@@ -123,11 +123,11 @@ def test_shift_by_multiple_shifts_the_logits(tiny, arch, extra, axis):
     margin = 0 if geometry.shrink else geometry.halo
     interior = shifted.shape[dim] - 2 * margin
     assert interior > 1, "the window is too small to leave an interior"
-    torch.testing.assert_close(shifted.narrow(dim, margin, interior), whole.narrow(dim, margin, interior),
-                               rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(
+        shifted.narrow(dim, margin, interior), whole.narrow(dim, margin, interior), rtol=1e-9, atol=1e-9
+    )
     # and the comparison can fail: one pixel off, it does
-    assert not torch.allclose(shifted.narrow(dim, margin + 1, interior - 1),
-                              whole.narrow(dim, margin, interior - 1))
+    assert not torch.allclose(shifted.narrow(dim, margin + 1, interior - 1), whole.narrow(dim, margin, interior - 1))
 
 
 @pytest.mark.parametrize(("arch", "extra"), CONV_CASES, ids=CASE_IDS)
@@ -148,8 +148,10 @@ def test_valid_unet_rejects_sizes_off_the_geometry(tiny, depth):
     good = window_for(geometry, 2 * geometry.multiple)
     smallest = window_for(geometry, 1)
     with torch.no_grad():
-        assert model(torch.randn(1, 1, smallest, good)).shape[-2:] == (smallest - 2 * geometry.shrink,
-                                                                         good - 2 * geometry.shrink)
+        assert model(torch.randn(1, 1, smallest, good)).shape[-2:] == (
+            smallest - 2 * geometry.shrink,
+            good - 2 * geometry.shrink,
+        )
         for bad in (good + 1, good - 2, good + geometry.multiple // 2, smallest - geometry.multiple):
             if bad == good or (bad - 2 * geometry.shrink) % geometry.multiple == geometry.offset and bad >= smallest:
                 continue  # depth 2 has offset 0 and a stride of 4: some of these are valid there

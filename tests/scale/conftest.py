@@ -18,12 +18,11 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 
-from tileseg.cli import cli
-from tileseg.jobs.store import JobStore
 from tests.api.conftest import ChildProcess, Server, inputs_root, server_env, test_architectures, weights  # noqa: F401 (fixtures)
 from tests.conftest import REPO
-
 from tests.scale.launch import LAUNCH, SERVE_ARGS, WORKER_ARGS
+from tileseg.cli import cli
+from tileseg.jobs.store import JobStore
 
 SCALE_SETTINGS = {"mode": "queue", "lease": 3, "heartbeat": 0.5, "reap_interval": 0.5, "requeue_after": 2}
 PUBLISHED = "published by attempt"
@@ -39,8 +38,9 @@ class WorkerProcess(ChildProcess):
 
     def start(self) -> WorkerProcess:
         with open(self.log, "ab") as out:
-            self.process = subprocess.Popen([*LAUNCH, *WORKER_ARGS], cwd=REPO, env=self.env, stdout=out,
-                                            stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [*LAUNCH, *WORKER_ARGS], cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
         return self
 
     def wait_ready(self, timeout: float = 90) -> WorkerProcess:
@@ -101,8 +101,10 @@ class Cluster:
 
     def publications(self, job_id: str) -> int:
         """How many attempts published this job, by every worker's log."""
-        return sum(line.count(f"job {job_id} {PUBLISHED}") for line in
-                   (path.read_text(errors="replace") for path in self.logs.glob("worker-*.log")))
+        return sum(
+            line.count(f"job {job_id} {PUBLISHED}")
+            for line in (path.read_text(errors="replace") for path in self.logs.glob("worker-*.log"))
+        )
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +141,18 @@ def wait_running(cluster: Cluster, job_id: str, tiles: int = 1, timeout: float =
 
 def cli_mask(weights: Path, source: Path, out: Path, model: str, **options) -> np.ndarray:  # noqa: F811
     """The mask that ``tileseg segment`` makes of ``source`` with these options."""
-    args = ["segment", str(source), str(out), "--weights", str(weights / f"{model}.safetensors"), "--device", "cpu",
-            "--batch", "64", "-q"]
+    args = [
+        "segment",
+        str(source),
+        str(out),
+        "--weights",
+        str(weights / f"{model}.safetensors"),
+        "--device",
+        "cpu",
+        "--batch",
+        "64",
+        "-q",
+    ]
     for key, value in options.items():
         args += [f"--{key}", str(value)]
     result = CliRunner().invoke(cli, args, catch_exceptions=False)

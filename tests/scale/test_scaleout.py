@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tileseg.jobs.store import JobStatus
 from tests.api.conftest import submit, wait_for
-
 from tests.scale.conftest import PUBLISHED, cli_mask, mask_of, wait_running
+from tileseg.jobs.store import JobStatus
 
 pytestmark = pytest.mark.slow
 
@@ -105,8 +104,13 @@ def test_sigterm_hands_back_or_finishes_the_job_and_loses_nothing(scale, weights
         # within the grace period: the job finishes, the worker takes no other and exits
         (patient,) = scale.start_workers(1, shutdown_grace=60)
         deadline = time.monotonic() + 60
-        while not (running := [j for j in jobs if scale.store_read(j).status is JobStatus.RUNNING
-                               and scale.store_read(j).tiles_done >= 1]):
+        while not (
+            running := [
+                j
+                for j in jobs
+                if scale.store_read(j).status is JobStatus.RUNNING and scale.store_read(j).tiles_done >= 1
+            ]
+        ):
             assert time.monotonic() < deadline, "the second worker took no job"
             time.sleep(0.05)
         (taken,) = running
@@ -122,8 +126,11 @@ def test_sigterm_hands_back_or_finishes_the_job_and_loses_nothing(scale, weights
 
 def test_jobs_queued_in_a_broker_restarted_empty_still_run(scale, weights, data_dir, tmp_path):
     scale.start_workers(1)
-    cases = [("slow", isbi(data_dir, 9), {"tile": 32}), ("slow", isbi(data_dir, 10), {"tile": 64}),
-             ("slow", isbi(data_dir, 11), {"tile": 64})]
+    cases = [
+        ("slow", isbi(data_dir, 9), {"tile": 32}),
+        ("slow", isbi(data_dir, 10), {"tile": 64}),
+        ("slow", isbi(data_dir, 11), {"tile": 64}),
+    ]
     jobs = {}
     with scale.api.client() as client:
         for model, source, options in cases:

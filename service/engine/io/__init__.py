@@ -13,5 +13,18 @@ from tileseg.engine.io.read import (
 )
 from tileseg.engine.io.write import MaskSink, StripWriter, mask_profile, write_class_metadata
 
-__all__ = ["ALLOWED_DRIVERS", "InputRaster", "MaskSink", "RasterInfo", "Scaling", "StripWriter", "check_dtype",
-           "gdal_env", "mask_profile", "open_raster", "probe", "select_bands", "write_class_metadata"]
+__all__ = [
+    "ALLOWED_DRIVERS",
+    "InputRaster",
+    "MaskSink",
+    "RasterInfo",
+    "Scaling",
+    "StripWriter",
+    "check_dtype",
+    "gdal_env",
+    "mask_profile",
+    "open_raster",
+    "probe",
+    "select_bands",
+    "write_class_metadata",
+]

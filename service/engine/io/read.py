@@ -10,10 +10,8 @@ result, by an atomic rename, once it is complete.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +23,8 @@ from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
-from tileseg.models.spec import ModelSpec, reflect_indices
-
 from tileseg.errors import BandMismatchError, DtypeError, TooLargeError, UnreadableInputError, UnsupportedFormatError
+from tileseg.models.spec import ModelSpec, reflect_indices
 
 # Formats accepted as input, by GDAL driver (decided from the content, not the name). VRT is left out on
 # purpose: a VRT names other files, which would let a request reach outside what it was given.
@@ -61,8 +58,14 @@ class RasterInfo:
     driver: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "width": self.width, "height": self.height, "bands": self.bands,
-                "dtype": self.dtype, "crs": self.crs}
+        return {
+            "name": self.name,
+            "width": self.width,
+            "height": self.height,
+            "bands": self.bands,
+            "dtype": self.dtype,
+            "crs": self.crs,
+        }
 
 
 def open_raster(path: str | os.PathLike) -> rasterio.io.DatasetReader:
@@ -93,13 +96,19 @@ def probe(path: str | os.PathLike, allowed_drivers=ALLOWED_DRIVERS, max_pixels: 
             )
         if max_pixels is not None and src.width * src.height > max_pixels:
             raise TooLargeError(
-                f"{Path(path).name} is {src.width}x{src.height} = {src.width * src.height} pixels; the limit is {max_pixels}"
+                f"{Path(path).name} is {src.width}x{src.height} = {src.width * src.height} pixels; "
+                f"the limit is {max_pixels}"
             )
         if src.driver in ("GTiff", "COG"):
             check_complete(src, Path(path))
         return RasterInfo(
-            name=Path(path).name, width=src.width, height=src.height, bands=src.count, dtype=src.dtypes[0],
-            crs=src.crs.to_string() if src.crs else None, driver=src.driver,
+            name=Path(path).name,
+            width=src.width,
+            height=src.height,
+            bands=src.count,
+            dtype=src.dtypes[0],
+            crs=src.crs.to_string() if src.crs else None,
+            driver=src.driver,
         )
 
 
@@ -122,8 +131,10 @@ def check_complete(src, path: Path) -> None:
                 offset = src.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=band)
                 length = src.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=band)
                 if offset is not None and length is not None and int(offset) + int(length) > size:
-                    raise UnreadableInputError(f"{path.name} is truncated: its block ({x}, {y}) of band {band} "
-                                               f"ends past the end of the file ({size} bytes)")
+                    raise UnreadableInputError(
+                        f"{path.name} is truncated: its block ({x}, {y}) of band {band} "
+                        f"ends past the end of the file ({size} bytes)"
+                    )
 
 
 def select_bands(src, spec: ModelSpec, bands: tuple[int, ...] | None) -> tuple[tuple[int, ...], int | None]:
@@ -142,7 +153,14 @@ def select_bands(src, spec: ModelSpec, bands: tuple[int, ...] | None) -> tuple[t
         chosen = tuple(i for i in range(1, src.count + 1) if i != alpha)
     if len(chosen) != spec.input.bands:
         alpha_note = f" (band {alpha} is alpha and is used as the mask)" if alpha and not bands else ""
-        hint = "" if bands else f"; choose {spec.input.bands} with --bands, e.g. --bands {','.join(map(str, range(1, spec.input.bands + 1)))}" if len(chosen) > spec.input.bands else ""
+        hint = (
+            ""
+            if bands
+            else f"; choose {spec.input.bands} with --bands, e.g. --bands "
+            f"{','.join(map(str, range(1, spec.input.bands + 1)))}"
+            if len(chosen) > spec.input.bands
+            else ""
+        )
         raise BandMismatchError(
             f"model {spec.name} takes {spec.input.bands} band(s), the input gives {len(chosen)}{alpha_note}{hint}"
         )
@@ -221,8 +239,14 @@ class InputRaster:
         UnreadableInputError, UnsupportedFormatError, TooLargeError, BandMismatchError, DtypeError.
     """
 
-    def __init__(self, path, spec: ModelSpec, bands: tuple[int, ...] | None = None,
-                 allowed_drivers=ALLOWED_DRIVERS, max_pixels: int | None = None):
+    def __init__(
+        self,
+        path,
+        spec: ModelSpec,
+        bands: tuple[int, ...] | None = None,
+        allowed_drivers=ALLOWED_DRIVERS,
+        max_pixels: int | None = None,
+    ):
         self.path = Path(path)
         self.info = probe(self.path, allowed_drivers, max_pixels)
         self._local = threading.local()
@@ -281,7 +305,9 @@ class InputRaster:
             mask = self._read(lambda src: src.read(self.alpha, window=window))
         else:
             # valid where any selected band is valid, as GDAL's dataset mask is: a zero in one band is data
-            mask = self._read(lambda src: np.max(np.stack([src.read_masks(b, window=window) for b in self.bands]), axis=0))
+            mask = self._read(
+                lambda src: np.max(np.stack([src.read_masks(b, window=window) for b in self.bands]), axis=0)
+            )
         valid = mask > 0
         return None if valid.all() else valid
 

@@ -85,9 +85,19 @@ class StripWriter:
 def mask_profile(source: InputRaster, num_bands: int, dtype: str, nodata: int | None) -> dict[str, Any]:
     """The output profile: the input's grid (size, CRS, transform), tiled, compressed, BigTIFF if needed."""
     profile = {
-        "driver": "GTiff", "width": source.width, "height": source.height, "count": num_bands, "dtype": dtype,
-        "crs": source.crs, "transform": source.transform, "tiled": True, "blockxsize": OUTPUT_BLOCK,
-        "blockysize": OUTPUT_BLOCK, "compress": "deflate", "BIGTIFF": "IF_SAFER", "interleave": "band",
+        "driver": "GTiff",
+        "width": source.width,
+        "height": source.height,
+        "count": num_bands,
+        "dtype": dtype,
+        "crs": source.crs,
+        "transform": source.transform,
+        "tiled": True,
+        "blockxsize": OUTPUT_BLOCK,
+        "blockysize": OUTPUT_BLOCK,
+        "compress": "deflate",
+        "BIGTIFF": "IF_SAFER",
+        "interleave": "band",
     }
     if nodata is not None:
         profile["nodata"] = nodata
@@ -159,8 +169,15 @@ def to_cog(path: Path) -> None:
     """Rewrite a finished GeoTIFF as a Cloud Optimized GeoTIFF with overviews (nearest: class indices)."""
     cog = path.with_name(path.name + ".cog")
     try:
-        rasterio.shutil.copy(path, cog, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512, BIGTIFF="IF_SAFER",
-                             OVERVIEW_RESAMPLING="NEAREST")
+        rasterio.shutil.copy(
+            path,
+            cog,
+            driver="COG",
+            COMPRESS="DEFLATE",
+            BLOCKSIZE=512,
+            BIGTIFF="IF_SAFER",
+            OVERVIEW_RESAMPLING="NEAREST",
+        )
         os.replace(cog, path)
     finally:
         cog.unlink(missing_ok=True)

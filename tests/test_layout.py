@@ -1,0 +1,84 @@
+"""The layout's rules, checked on the source: dependencies flow one way, and functions stay short.
+
+    tileseg.models (spec, architectures, checkpoints)  <-  tileseg.engine  <-  tileseg.models.training
+                                                                       <-  tileseg.jobs  <-  tileseg.api, tileseg.cli
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO
+
+SOURCE = {"service": "tileseg", "models": "tileseg.models"}
+# a package may not import these (prefix match); the root modules errors/settings are shared by all
+FORBIDDEN = {
+    "tileseg.models": ["tileseg.engine", "tileseg.jobs", "tileseg.api", "tileseg.cli", "tileseg.models.training"],
+    "tileseg.engine": ["tileseg.jobs", "tileseg.api", "tileseg.cli", "tileseg.models.training", "tileseg.settings"],
+    "tileseg.models.training": ["tileseg.jobs", "tileseg.api", "tileseg.cli"],
+    "tileseg.jobs": ["tileseg.api", "tileseg.cli"],
+    "tileseg.api": ["tileseg.cli"],
+}
+MAX_FUNCTION_LINES = 60  # code lines, the docstring not counted
+
+
+def modules() -> list[tuple[str, Path]]:
+    found = []
+    for folder, package in SOURCE.items():
+        for path in sorted((REPO / folder).rglob("*.py")):
+            parts = path.relative_to(REPO / folder).with_suffix("").parts
+            parts = parts[:-1] if parts[-1] == "__init__" else parts
+            found.append((".".join((package, *parts)), path))
+    return found
+
+
+def owner(module: str) -> str | None:
+    """The most specific package of FORBIDDEN that ``module`` belongs to."""
+    matches = [p for p in FORBIDDEN if module == p or module.startswith(p + ".")]
+    return max(matches, key=len) if matches else None
+
+
+def imported(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+@pytest.mark.parametrize("module,path", modules(), ids=[m for m, _ in modules()])
+def test_dependencies_flow_one_way(module, path):
+    package = owner(module)
+    if package is None:
+        return
+    bad = sorted(n for n in imported(path) for f in FORBIDDEN[package] if n == f or n.startswith(f + "."))
+    assert not bad, f"{module} ({package}) may not import {bad}"
+
+
+def test_no_function_is_longer_than_sixty_lines():
+    long = []
+    for module, path in modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                body = node.body
+                if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
+                    body = body[1:]  # the docstring
+                if body:
+                    lines = body[-1].end_lineno - body[0].lineno + 1
+                    if lines > MAX_FUNCTION_LINES:
+                        long.append(f"{module}.{node.name}: {lines} lines")
+    assert not long, long
+
+
+def test_the_checker_sees_a_forbidden_import(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("from tileseg.api.main import create_app\nimport tileseg.jobs.store\n")
+    assert {"tileseg.api.main", "tileseg.jobs.store"} <= imported(sample)
+    assert owner("tileseg.engine.pipeline") == "tileseg.engine"
+    assert owner("tileseg.models.training.loop") == "tileseg.models.training"
