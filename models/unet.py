@@ -24,6 +24,7 @@ from torch import nn
 
 from tileseg.models.base import SegmentationNet
 from tileseg.models.blocks import ConvStack, Span, check_choice, check_input, check_int, check_sizes, default_tile
+from tileseg.models.crop import centre_crop
 from tileseg.models.spec import BlendMode, Geometry
 
 PADDINGS = ("valid", "same")
@@ -111,7 +112,7 @@ class UNet(SegmentationNet):
         x = skips.pop()
         for k in reversed(range(self.depth)):
             x = self.up[k](x)
-            x = self.dec[k](torch.cat([_centre_crop(skips[k], x.shape[-2:]), x], dim=1))
+            x = self.dec[k](torch.cat([centre_crop(skips[k], x.shape[-2], x.shape[-1]), x], dim=1))
         return self.head(x)
 
     def _span(self) -> Span:
@@ -143,9 +144,3 @@ class UNet(SegmentationNet):
         return Geometry(halo=halo, multiple=multiple, offset=offset, shrink=shrink,
                         default_tile=default_tile(halo, multiple), equivariant=True, blend=BlendMode.CROP)
 
-
-def _centre_crop(features: torch.Tensor, size: torch.Size) -> torch.Tensor:
-    """The centre ``size`` of ``features`` (for valid U-Net skips; a no-op when the sizes already agree)."""
-    top = (features.shape[-2] - size[0]) // 2
-    left = (features.shape[-1] - size[1]) // 2
-    return features[..., top:top + size[0], left:left + size[1]]

@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tileseg.models import checkpoint
+from tileseg.models.crop import centre_crop
 from tileseg.models.errors import TilesegError
 from tileseg.models.registry import build_model
 from tileseg.models.spec import Geometry, InputSpec, ModelSpec
@@ -375,13 +376,6 @@ class Sampler:
         return x, y, w
 
 
-def centre_crop_to(t: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """The centre ``height x width`` of the last two axes."""
-    top = (t.shape[-2] - height) // 2
-    left = (t.shape[-1] - width) // 2
-    return t[..., top : top + height, left : left + width]
-
-
 def segmentation_loss(heads: list[torch.Tensor], labels: torch.Tensor, class_weights: torch.Tensor | None,
                       pixel_weights: torch.Tensor | None) -> torch.Tensor:
     """Mean over heads of the weighted pixel-wise cross-entropy over labelled pixels.
@@ -393,7 +387,7 @@ def segmentation_loss(heads: list[torch.Tensor], labels: torch.Tensor, class_wei
     losses = []
     for logits in heads:
         h, w = logits.shape[-2:]
-        y = centre_crop_to(labels, h, w) if labels.shape[-2:] != (h, w) else labels
+        y = centre_crop(labels, h, w)
         ce = F.cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX, reduction="none")
         labelled = y != IGNORE_INDEX
         if class_weights is not None:
@@ -401,7 +395,7 @@ def segmentation_loss(heads: list[torch.Tensor], labels: torch.Tensor, class_wei
         else:
             weight = torch.ones_like(ce)
         if pixel_weights is not None:
-            weight = weight + centre_crop_to(pixel_weights, h, w)
+            weight = weight + centre_crop(pixel_weights, h, w)
         weight = weight * labelled
         # clamp: a crop with no labelled pixel gives loss 0 (and no gradient), not NaN
         losses.append((weight * ce).sum() / weight.sum().clamp(min=1e-6))

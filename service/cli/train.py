@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import click
 
-DATASETS = ("isbi2012", "dubai", "folder")
+from tileseg.models.training.data import ADAPTERS
 
 
 def _params(ctx: click.Context, option: click.Parameter, values: tuple[str, ...]) -> dict | None:
@@ -33,7 +33,7 @@ def _params(ctx: click.Context, option: click.Parameter, values: tuple[str, ...]
 @click.option("--param", "params", multiple=True, callback=_params, metavar="KEY=VALUE",
               help="Architecture hyper-parameter, repeatable (e.g. --param base=64 --param depth=4).")
 @click.option("--data", type=click.Path(file_okay=False), help="The data set's folder (e.g. ../shared/data/isbi2012).")
-@click.option("--dataset", type=click.Choice(DATASETS), help="Layout of --data.")
+@click.option("--dataset", type=click.Choice(tuple(ADAPTERS)), help="Layout of --data.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Checkpoint to write, e.g. weights/unet-em (gives .safetensors and .json; state in OUT.train/).")
 @click.option("--crop", type=click.IntRange(1), help="Output crop side in pixels (the input is larger by 2*shrink); "
