@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tileseg.models.errors import TilesegError
+from tileseg.models.errors import TrainingDataError
 from tileseg.models.spec import ClassInfo
 
 IGNORE_INDEX = 255
@@ -61,12 +61,6 @@ DUBAI_CLASSES = (
 )
 ISBI_CLASSES = (ClassInfo(0, "membrane", "#000000"), ClassInfo(1, "cell", "#ffffff"))
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
-
-
-class TrainingDataError(TilesegError, ValueError):
-    """A training data set is missing, incomplete, or its images and masks do not fit together."""
-
-    code = "bad_training_data"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from tileseg.models.training.data import ADAPTERS
 
 
 def _params(ctx: click.Context, option: click.Parameter, values: tuple[str, ...]) -> dict | None:
-    from tileseg.models.training.loop import TrainingConfigError, parse_param
+    from tileseg.models.errors import TrainingConfigError
+    from tileseg.models.training.params import parse_param
 
     if not values:
         return None
@@ -92,7 +93,7 @@ def train(out: str, resume: bool, class_names: str | None, **options) -> None:
         --steps 2000 --amp --elastic --time-budget 45 --resume
     """
     from tileseg.models.errors import TilesegError
-    from tileseg.models.training.loop import make_config
+    from tileseg.models.training.config import make_config
     from tileseg.models.training.loop import train as run_training
 
     if class_names is not None:

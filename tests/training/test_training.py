@@ -22,10 +22,12 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from tileseg import models
-from tileseg.models.training import augment, data, loop, metrics
 from tileseg.models.crop import centre_crop
+from tileseg.models.errors import TrainingConfigError
 from tileseg.models.spec import reflect_indices
+from tileseg.models.training import augment, class_weights, config, data, metrics, network, optimizer, params
 from tileseg.models.training.data import IGNORE_INDEX, TrainingDataError
+from tileseg.models.training.state import flatten_optimizer, unflatten_optimizer
 from tileseg.cli.train import train as train_command
 
 REPO = Path(models.__file__).parent.parent
@@ -99,10 +101,10 @@ def test_transformers_are_validated_on_the_window_they_are_served_on():
     default tile, and its full window even on an image smaller than it, as the engine runs them."""
     conv = models.Geometry(halo=8, multiple=16, default_tile=64)
     vit = models.Geometry(halo=32, multiple=16, default_tile=192, equivariant=False, blend="gaussian")
-    config = loop.TrainConfig(arch="setr-naive", data="d", dataset="dubai", out="o")
-    assert config.evaluation_tile(conv) == 1024 and config.evaluation_tile(vit) == 192
-    assert loop.TrainConfig(arch="a", data="d", dataset="dubai", out="o", default_tile=96).evaluation_tile(vit) == 96
-    assert loop.TrainConfig(arch="a", data="d", dataset="dubai", out="o", eval_tile=320).evaluation_tile(vit) == 320
+    settings = config.TrainConfig(arch="setr-naive", data="d", dataset="dubai", out="o")
+    assert settings.evaluation_tile(conv) == 1024 and settings.evaluation_tile(vit) == 192
+    assert config.TrainConfig(arch="a", data="d", dataset="dubai", out="o", default_tile=96).evaluation_tile(vit) == 96
+    assert config.TrainConfig(arch="a", data="d", dataset="dubai", out="o", eval_tile=320).evaluation_tile(vit) == 320
     assert vit.window(192) == 256 and conv.window(64) == 80
 
     windows = []
@@ -257,20 +259,20 @@ def test_connected_components_and_border_weights():
 # --- loop pieces ---------------------------------------------------------------------------------------
 
 def test_small_pieces_of_the_loop():
-    assert loop.parse_param("base=64") == ("base", 64)
-    assert loop.parse_param("batch_norm=False") == ("batch_norm", False)
-    assert loop.parse_param("padding=same") == ("padding", "same")
-    assert loop.parse_param("prune=none") == ("prune", None)
-    with pytest.raises(loop.TrainingConfigError):
-        loop.parse_param("base")
+    assert params.parse_param("base=64") == ("base", 64)
+    assert params.parse_param("batch_norm=False") == ("batch_norm", False)
+    assert params.parse_param("padding=same") == ("padding", "same")
+    assert params.parse_param("prune=none") == ("prune", None)
+    with pytest.raises(TrainingConfigError):
+        params.parse_param("base")
     geometry = models.Geometry(halo=92, multiple=16, offset=4, shrink=92)
-    assert loop.nearest_valid_crop(geometry, 128) == 132 and loop.nearest_valid_crop(geometry, 120) == 116
-    assert loop.nearest_valid_crop(geometry, 1) == 20
-    assert loop.lr_factor(0, 100, 10) == pytest.approx(0.1)
-    assert loop.lr_factor(10, 100, 10) == pytest.approx(1.0)
-    assert loop.lr_factor(99, 100, 10) < 0.01
+    assert network.nearest_valid_crop(geometry, 128) == 132 and network.nearest_valid_crop(geometry, 120) == 116
+    assert network.nearest_valid_crop(geometry, 1) == 20
+    assert optimizer.lr_factor(0, 100, 10) == pytest.approx(0.1)
+    assert optimizer.lr_factor(10, 100, 10) == pytest.approx(1.0)
+    assert optimizer.lr_factor(99, 100, 10) < 0.01
     labels = [np.array([[0, 0, 0, 1]], dtype=np.uint8), np.array([[0, 1, IGNORE_INDEX, IGNORE_INDEX]], dtype=np.uint8)]
-    weights = loop.median_frequency_weights(labels, 2)  # f0 = 4/6, f1 = 2/6, median 1/2
+    weights = class_weights.median_frequency_weights(labels, 2)  # f0 = 4/6, f1 = 2/6, median 1/2
     np.testing.assert_allclose(weights, [0.75, 1.5])
 
 
@@ -279,9 +281,9 @@ def test_optimizer_state_round_trips_without_pickle():
     opt = torch.optim.AdamW(net.parameters())
     net(torch.ones(1, 3)).sum().backward()
     opt.step()
-    tensors, index = loop.flatten_optimizer(opt.state_dict())
+    tensors, index = flatten_optimizer(opt.state_dict())
     json.dumps(index)  # the index is plain JSON
-    back = loop.unflatten_optimizer(tensors, json.loads(json.dumps(index)))
+    back = unflatten_optimizer(tensors, json.loads(json.dumps(index)))
     fresh = torch.optim.AdamW(net.parameters())
     fresh.load_state_dict(back)
     for pid, entries in opt.state_dict()["state"].items():
