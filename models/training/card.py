@@ -1,4 +1,4 @@
-"""The end of a run: the checkpoint as users will load it, measured on the validation split, and its model card.
+"""The end of a run: the checkpoint as users will load it, measured through the engine, and its model card.
 
 The checkpoint stores fp16 weights, so the card's metrics are measured on the weights rounded to fp16, not on
 the fp32 ones trained: the network users get. They are measured twice, in fp32 and under bf16 autocast; the
@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -21,7 +20,8 @@ from tileseg.models import checkpoint
 from tileseg.models.base import SegmentationNet
 from tileseg.models.registry import build_model
 from tileseg.models.spec import ModelSpec
-from tileseg.models.training.metrics import agreement, evaluate, summarize
+from tileseg.models.training.evaluation import BF16, Evaluation, evaluate
+from tileseg.models.training.metrics import agreement, summarize
 from tileseg.models.training.recipe import Recipe
 from tileseg.models.training.state import Tally
 
@@ -51,17 +51,18 @@ def write_checkpoint(net: nn.Module, run: FinishedRun) -> tuple[Path, dict[str, 
     Returns:
         ``(the .safetensors path, the card's metrics)``.
 
+    Raises:
+        RuntimeError: bf16 autocast failed on this device, so the card's bf16 agreement cannot be measured.
     """
     recipe = run.recipe
     spec = recipe.spec()
     shipped = shipped_network(net, recipe, spec, run.device)
-    mean, std = recipe.data.band_stats()
-    tile = recipe.config.evaluation_tile(recipe.geometry)
-    num_classes = len(recipe.classes)
-    cm, fp32_masks = evaluate(shipped, recipe.data.val, mean, std, recipe.geometry, num_classes, tile, run.device)
-    _, bf16_masks = evaluate(shipped, recipe.data.val, mean, std, recipe.geometry, num_classes, tile, run.device,
-                             autocast=torch.bfloat16)
-    metrics = card_metrics(recipe, cm, fp32_masks, bf16_masks, tile, run)
+    fp32 = evaluate(shipped, recipe.data.val, tile=recipe.config.eval_tile)
+    bf16 = evaluate(shipped, recipe.data.val, runtime=BF16, tile=recipe.config.eval_tile)
+    if bf16.runtime != BF16:
+        raise RuntimeError(f"bf16 autocast failed on {run.device} (the engine fell back to {bf16.runtime.label}): "
+                           "the card's bf16 agreement cannot be measured here")
+    metrics = card_metrics(recipe, fp32, bf16, run)
     precision = "bf16" if metrics["bf16_agreement"] >= BF16_AGREEMENT_FOR_BF16 else "fp32"
     source = recipe.source
     path = checkpoint.save(shipped, dataclasses.replace(spec, precision=precision), recipe.config.out,
@@ -82,17 +83,13 @@ def shipped_network(net: nn.Module, recipe: Recipe, spec: ModelSpec, device: tor
     return shipped
 
 
-def card_metrics(recipe: Recipe, cm: np.ndarray, fp32_masks: list[np.ndarray], bf16_masks: list[np.ndarray],
-                 tile: int, run: FinishedRun) -> dict[str, Any]:
+def card_metrics(recipe: Recipe, fp32: Evaluation, bf16: Evaluation, run: FinishedRun) -> dict[str, Any]:
     """The card's ``metrics``: the validation split, the fp32 metrics, the bf16 agreement, how they were
     measured, and the final smoothed training loss."""
-    geometry = recipe.geometry
     metrics = {"split": f"{recipe.config.dataset} validation, {recipe.source.val_split}",
-               **summarize(cm, [c.name for c in recipe.classes]),
-               "bf16_agreement": round(agreement(fp32_masks, bf16_masks), 6),
-               "evaluation": f"whole images, mirror-padded, cores of at most {tile} px"
-                             + ("" if geometry.equivariant else f" (windows of {geometry.window(tile)} px), "
-                                "each core kept whole, not blended") + f", fp32 on {run.device.type}"}
+               **summarize(fp32.confusion, [c.name for c in recipe.classes]),
+               "bf16_agreement": round(agreement(fp32.masks, bf16.masks), 6),
+               "evaluation": fp32.describe(run.device)}
     if run.tally.loss_ema is not None:
         metrics["final_training_loss"] = round(run.tally.loss_ema, 6)
     return metrics

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 
 from tileseg.models.errors import TrainingConfigError
-from tileseg.models.spec import Geometry
 from tileseg.models.training.state import saved_config, state_dir
 
 # Settings that may change from one session of a run to the next; every other setting defines the run.
@@ -63,7 +62,7 @@ class TrainConfig:
     class_names: list[str] | None = None
     data_license: str | None = None
     default_tile: int | None = None
-    eval_tile: int | None = None  # validation cores; None: see evaluation_tile()
+    eval_tile: int | None = None  # the core of validation's tiling (segment's --tile); None: the served default
     val_every: int = 0
     progress: bool = True
 
@@ -87,16 +86,6 @@ class TrainConfig:
             raise TrainingConfigError("session_steps must be at least 1")
         if self.threads is not None and self.threads < 1:
             raise TrainingConfigError("threads must be at least 1")
-
-    def evaluation_tile(self, geometry: Geometry) -> int:
-        """The largest core side in validation: ``eval_tile`` when given; else 1024 for translation-equivariant
-        networks (any tile gives them their whole-image result) and the default tile for the others, whose
-        window is then the size they were trained on, as the engine runs them."""
-        if self.eval_tile is not None:
-            return self.eval_tile
-        if geometry.equivariant:
-            return 1024
-        return self.default_tile or geometry.default_tile
 
     def warmup_steps(self) -> int:
         """The warmup length actually used."""

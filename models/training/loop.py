@@ -12,8 +12,8 @@ the optimizer's tensors in safetensors files and everything else in ``state.json
 
 Under ``torchrun`` (RANK and WORLD_SIZE in the environment) the same code trains data-parallel
 (:mod:`.distributed`), process 0 alone writing files. The pieces: :mod:`.recipe` settles what is trained,
-:class:`Trainer` runs the steps of one session, :mod:`.card` measures the result and writes the
-checkpoint with its card.
+:class:`Trainer` runs the steps of one session, :mod:`.card` measures the result through the engine and
+writes the checkpoint with its card.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ from tileseg.models.training.distributed import (
     share_threads,
     sync_batchnorm,
 )
+from tileseg.models.training.evaluation import evaluate
 from tileseg.models.training.loss import segmentation_loss
-from tileseg.models.training.metrics import evaluate, summarize
+from tileseg.models.training.metrics import summarize
 from tileseg.models.training.network import Heads, check_output
 from tileseg.models.training.optimizer import lr_factor, make_optimizer
 from tileseg.models.training.recipe import Recipe, prepare
@@ -71,8 +72,8 @@ def train(config: TrainConfig, log: Say | None = None) -> TrainResult:
 
     The run saves its state to ``OUT.train/`` every ``checkpoint_every`` steps and whenever it stops early
     (time budget, session steps, SIGINT/SIGTERM); with ``resume`` it continues from there. When all
-    ``steps`` are done, process 0 evaluates the validation split on whole images (fp32, and bf16 autocast to
-    measure their agreement) and writes the checkpoint and its card.
+    ``steps`` are done, process 0 evaluates the validation split through the engine's tiler (fp32, and bf16
+    autocast to measure their agreement) and writes the checkpoint and its card.
 
     Args:
         config: the settings.
@@ -116,7 +117,7 @@ def _train(config: TrainConfig, procs: Processes, device: torch.device, say: Say
     barrier(procs)
     if not procs.main:
         return TrainResult(tally.step, config.steps, True, "done")
-    say(f"evaluating on the validation split ({len(recipe.data.val)} images, whole-image inference)")
+    say(f"evaluating on the validation split ({len(recipe.data.val)} images, through the engine's tiler)")
     path, metrics = write_checkpoint(trainer.net, FinishedRun(recipe, tally, device, procs.world))
     say(f"validation: pixel error {metrics['pixel_error']:.4f} (majority baseline "
         f"{metrics['majority_baseline_pixel_error']:.4f}), mIoU {metrics['miou']:.4f}, "
@@ -240,12 +241,10 @@ class Trainer:
                    f"step {step}: validation pixel error {found['pixel_error']:.4f}, mIoU {found['miou']:.4f}")
 
     def validate(self) -> dict[str, Any]:
-        """The validation metrics of the weights as they are (fp32, whole images)."""
+        """The validation metrics of the weights as they are (fp32, through the engine's tiler)."""
         recipe = self.recipe
-        mean, std = recipe.data.band_stats()
-        cm, _ = evaluate(self.net, recipe.data.val, mean, std, recipe.geometry, len(recipe.classes),
-                         recipe.config.evaluation_tile(recipe.geometry), self.device)
-        return summarize(cm, [c.name for c in recipe.classes])
+        found = evaluate(self.net, recipe.data.val, spec=recipe.spec(), tile=recipe.config.eval_tile)
+        return summarize(found.confusion, [c.name for c in recipe.classes])
 
     def save(self, seconds: float) -> None:
         """Save the resumable state at the current step, with ``seconds`` of training so far."""

@@ -10,12 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
+from tileseg.errors import TileGeometryError
 from tileseg.models.base import SegmentationNet
+from tileseg.models.errors import TrainingConfigError
 from tileseg.models.spec import ClassInfo, Geometry, InputSpec, ModelSpec
 from tileseg.models.training.augment import Augment
 from tileseg.models.training.class_weights import parse_class_weights
 from tileseg.models.training.config import TrainConfig
 from tileseg.models.training.data import Dataset, DataSource, open_source
+from tileseg.models.training.evaluation import validation_options
 from tileseg.models.training.network import build_network
 
 
@@ -76,7 +79,8 @@ def prepare(config: TrainConfig, say: Callable[[str], None]) -> tuple[Recipe, Se
 
     Raises:
         TrainingDataError: the data set cannot be read.
-        TrainingConfigError: the network refuses the settings, or the class weights do not fit.
+        TrainingConfigError: the network refuses the settings, the class weights do not fit, or the
+            validation tile is out of the engine's range.
     """
     data = load_data(config, say)
     net, output, deep = build_network(config, data.bands, len(data.classes), say)
@@ -89,6 +93,10 @@ def prepare(config: TrainConfig, say: Callable[[str], None]) -> tuple[Recipe, Se
     class_weights = parse_class_weights(config.class_weights, [s.label for s in data.train], len(data.classes))
     recipe = Recipe(config, data, geometry, output, deep, class_weights,
                     Augment(flips=config.flips, elastic=config.elastic))
+    try:
+        validation_options(recipe.spec(), config.eval_tile)  # refused now rather than after the training
+    except TileGeometryError as err:
+        raise TrainingConfigError(f"--eval-tile {config.eval_tile}: {err}") from err
     return recipe, net
 
 

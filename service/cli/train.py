@@ -78,8 +78,8 @@ def _params(ctx: click.Context, option: click.Parameter, values: tuple[str, ...]
 @click.option("--data-license", help="--dataset folder: the data's licence, for the card.")
 @click.option("--default-tile", type=click.IntRange(1), help="The card's default tile (else the architecture's).")
 @click.option("--eval-tile", type=click.IntRange(1),
-              help="Largest core side for validation inference.  [default: 1024 for convolutional nets, whose "
-              "result any tile gives; the default tile for the others]")
+              help="Core side of validation's tiling, as `tileseg segment --tile` takes it (rounded up to the "
+              "network's stride).  [default: segment's own: the card's default tile, evened out over each image]")
 @click.option("--val-every", type=click.IntRange(0),
               help="Also report validation metrics every N steps.  [default: 0, off]")
 @click.option("--progress/--no-progress", default=None, help="Progress bar.  [default: on]")

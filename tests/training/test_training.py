@@ -25,7 +25,7 @@ from tileseg import models
 from tileseg.models.crop import centre_crop
 from tileseg.models.errors import TrainingConfigError
 from tileseg.models.spec import reflect_indices
-from tileseg.models.training import augment, class_weights, config, data, metrics, network, optimizer, params
+from tileseg.models.training import augment, class_weights, data, metrics, network, optimizer, params
 from tileseg.models.training.data import IGNORE_INDEX, TrainingDataError
 from tileseg.models.training.state import flatten_optimizer, unflatten_optimizer
 from tileseg.cli.train import train as train_command
@@ -81,43 +81,6 @@ def test_confusion_matrix_refuses_out_of_range_and_shape():
         metrics.confusion_matrix(np.array([0, 3]), np.array([0, 1]), 3)
     with pytest.raises(ValueError):
         metrics.confusion_matrix(np.zeros((2, 2)), np.zeros((2, 3)), 2)
-
-
-def test_predict_image_of_a_constant_net_covers_the_whole_image():
-    class Fixed(torch.nn.Module):  # valid-convolution stand-in: loses 3 pixels a side, says class 1
-        def forward(self, x):
-            out = torch.zeros(x.shape[0], 2, x.shape[2] - 6, x.shape[3] - 6)
-            out[:, 1] = 1
-            return out
-
-    geometry = models.Geometry(halo=3, multiple=4, offset=2, shrink=3)
-    image = np.random.default_rng(0).integers(0, 256, (1, 37, 23), dtype=np.uint8)
-    pred = metrics.predict_image(Fixed(), image, (0.5,), (0.2,), geometry, tile=16)
-    assert pred.shape == (37, 23) and (pred == 1).all()
-
-
-def test_transformers_are_validated_on_the_window_they_are_served_on():
-    """Convolutional nets: cores of up to 1024 (any tile gives them the same result). Transformers: their
-    default tile, and its full window even on an image smaller than it, as the engine runs them."""
-    conv = models.Geometry(halo=8, multiple=16, default_tile=64)
-    vit = models.Geometry(halo=32, multiple=16, default_tile=192, equivariant=False, blend="gaussian")
-    settings = config.TrainConfig(arch="setr-naive", data="d", dataset="dubai", out="o")
-    assert settings.evaluation_tile(conv) == 1024 and settings.evaluation_tile(vit) == 192
-    assert config.TrainConfig(arch="a", data="d", dataset="dubai", out="o", default_tile=96).evaluation_tile(vit) == 96
-    assert config.TrainConfig(arch="a", data="d", dataset="dubai", out="o", eval_tile=320).evaluation_tile(vit) == 320
-    assert vit.window(192) == 256 and conv.window(64) == 80
-
-    windows = []
-
-    class Record(torch.nn.Module):
-        def forward(self, x):
-            windows.append(tuple(x.shape[-2:]))
-            return torch.zeros(x.shape[0], 2, *x.shape[-2:])
-
-    image = np.zeros((1, 100, 70), dtype=np.uint8)
-    metrics.predict_image(Record(), image, (0.5,), (0.2,), vit, tile=192)
-    metrics.predict_image(Record(), image, (0.5,), (0.2,), conv, tile=1024)
-    assert windows == [(256, 256), (112 + 16, 80 + 16)]  # one 256 window; one core of 112 x 80 and its halo
 
 
 # --- data ----------------------------------------------------------------------------------------------
@@ -327,6 +290,7 @@ def test_train_writes_a_loadable_checkpoint_with_metrics(straight_run):
     m = card["metrics"]
     assert set(m["per_class_iou"]) == {"membrane", "cell"}
     assert 0 <= m["pixel_error"] <= 1 and 0 <= m["miou"] <= 1 and 0 <= m["bf16_agreement"] <= 1
+    assert "tileseg.engine.predict_strips" in m["evaluation"] and "--tile 512" in m["evaluation"]  # --eval-tile
     assert m["majority_baseline_pixel_error"] == pytest.approx(0.2, abs=0.03)  # ISBI: about 20 % membrane
     assert card["training"]["steps"] == 4 and card["training"]["crop"] == 36 and card["training"]["seed"] == 7
     assert card["training"]["input_crop"] == 76 and "Cardona" in card["license"]
