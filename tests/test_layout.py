@@ -1,7 +1,7 @@
 """The layout's rules, checked on the source: dependencies flow one way, and functions stay short.
 
-    tileseg.models (spec, architectures, checkpoints)  <-  tileseg.engine  <-  tileseg.models.training
-                                                                       <-  tileseg.jobs  <-  tileseg.api, tileseg.cli
+tileseg.models (spec, architectures, checkpoints)  <-  tileseg.engine  <-  tileseg.models.training
+                                                                   <-  tileseg.jobs  <-  tileseg.api, tileseg.cli
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tileseg.models.crop import centre_crop
 from tileseg.models.spec import reflect_indices
 from tileseg.models.training.data import IGNORE_INDEX
 
@@ -33,13 +34,6 @@ def mirror_window(array: np.ndarray, top: int, left: int, height: int, width: in
     rows = reflect_indices(top, height, h)
     cols = reflect_indices(left, width, w)
     return array[..., rows[:, None], cols[None, :]]
-
-
-def center_crop(array: np.ndarray, margin: int) -> np.ndarray:
-    """Drop ``margin`` pixels on every side of the last two axes."""
-    if margin == 0:
-        return array
-    return array[..., margin:-margin, margin:-margin]
 
 
 @dataclass(frozen=True)
@@ -143,12 +137,13 @@ def sample_crop(
         img = warp(img, grid, "bilinear")  # float32 holding the 0..255 values: normalize() takes it
         lab = warp(lab[None], grid, "nearest")[0].round().astype(np.uint8)
         wts = warp(wts[None], grid, "bilinear")[0] if wts is not None else None
-    lab = np.ascontiguousarray(center_crop(lab, shrink))
-    wts = np.ascontiguousarray(center_crop(wts, shrink)) if wts is not None else None
+    lab = np.ascontiguousarray(centre_crop(lab, output, output))
+    wts = np.ascontiguousarray(centre_crop(wts, output, output)) if wts is not None else None
     return img, lab, wts
 
 
 # --- U-Net's border weight map -------------------------------------------------------------------------
+
 
 def connected_components(mask: np.ndarray) -> np.ndarray:
     """4-connected components of a boolean mask: int64 labels 1..n, 0 outside the mask.

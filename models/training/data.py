@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tileseg.models.errors import TilesegError
+from tileseg.models.errors import TrainingDataError
 from tileseg.models.spec import ClassInfo
 
 IGNORE_INDEX = 255
@@ -61,12 +61,6 @@ DUBAI_CLASSES = (
 )
 ISBI_CLASSES = (ClassInfo(0, "membrane", "#000000"), ClassInfo(1, "cell", "#ffffff"))
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
-
-
-class TrainingDataError(TilesegError, ValueError):
-    """A training data set is missing, incomplete, or its images and masks do not fit together."""
-
-    code = "bad_training_data"
 
 
 @dataclass(frozen=True)
@@ -186,8 +180,10 @@ def read_image(path: Path) -> np.ndarray:
         else:
             with Image.open(path) as img:
                 if img.mode not in ("L", "RGB"):
-                    img = img.convert("L" if img.mode in ("1", "LA", "I;16") else "RGB")
-                data = np.asarray(img)
+                    converted = img.convert("L" if img.mode in ("1", "LA", "I;16") else "RGB")
+                    data = np.asarray(converted)
+                else:
+                    data = np.asarray(img)
                 data = data[None] if data.ndim == 2 else np.moveaxis(data, -1, 0)
     except (OSError, ValueError) as err:
         raise TrainingDataError(f"cannot read image {path}: {err}") from err
@@ -236,8 +232,9 @@ def pair_files(image_dir: Path, mask_dir: Path, image_suffixes: Sequence[str] = 
         raise TrainingDataError(f"no images ({', '.join(image_suffixes)}) in {image_dir}")
     lonely = sorted(set(images) ^ set(masks))
     if lonely:
-        which = [f"{images[s].name} has no mask" if s in images else f"mask {masks[s].name} has no image"
-                 for s in lonely]
+        which = [
+            f"{images[s].name} has no mask" if s in images else f"mask {masks[s].name} has no image" for s in lonely
+        ]
         raise TrainingDataError(f"images and masks do not pair up in {image_dir.parent}: {'; '.join(which[:5])}")
     pairs = []
     for stem in sorted(images):
@@ -296,7 +293,7 @@ def isbi2012(root: str | Path) -> DataSource:
         lut=lut,
         license=ISBI_LICENSE,
         split=f"images {pairs[0].name}-{pairs[n_train - 1].name} train, "
-              f"{pairs[n_train].name}-{pairs[-1].name} validation",
+        f"{pairs[n_train].name}-{pairs[-1].name} validation",
         val_split=f"images {pairs[n_train].name}-{pairs[-1].name}",
         citation="Cardona et al. 2010; ISBI 2012 EM segmentation challenge",
         instance_channel=1,
@@ -314,8 +311,10 @@ def dubai(root: str | Path) -> DataSource:
     if len(tiles) < 2:
         raise TrainingDataError(f"{root} needs at least two tileN folders (found {len(tiles)})")
     per_tile = [
-        [Pair(f"{t.name}/{p.name}", p.image, p.mask)
-         for p in pair_files(t / "images", t / "masks", (".jpg", ".jpeg", ".png"))]
+        [
+            Pair(f"{t.name}/{p.name}", p.image, p.mask)
+            for p in pair_files(t / "images", t / "masks", (".jpg", ".jpeg", ".png"))
+        ]
         for t in tiles
     ]
     lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
@@ -335,8 +334,9 @@ def dubai(root: str | Path) -> DataSource:
     )
 
 
-def folder(root: str | Path, val_fraction: float = 0.2, class_names: Sequence[str] | None = None,
-           license: str = "") -> DataSource:
+def folder(
+    root: str | Path, val_fraction: float = 0.2, class_names: Sequence[str] | None = None, license: str = ""
+) -> DataSource:
     """A generic folder: ``images/`` and ``masks/`` with matching stems, masks holding class indices.
 
     The classes are the mask values found (255 is ignored), in increasing order; ``class_names`` names them.

@@ -1,4 +1,4 @@
-"""Validation metrics from a confusion matrix, and whole-image prediction to feed it.
+"""Validation metrics from a confusion matrix (filled by :mod:`.evaluation`, which predicts through the engine).
 
 The confusion matrix counts labelled pixels: rows are the true channel, columns the predicted one.
 Pixels labelled :data:`~models.training.data.IGNORE_INDEX` are not counted. From it:
@@ -12,19 +12,16 @@ Pixels labelled :data:`~models.training.data.IGNORE_INDEX` are not counted. From
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-import torch
 
-from tileseg.models.spec import Geometry
-from tileseg.models.training.augment import mirror_window
-from tileseg.models.training.data import IGNORE_INDEX, Sample, normalize
+from tileseg.models.training.data import IGNORE_INDEX
 
 
-def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int,
-                     ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+def confusion_matrix(
+    pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> np.ndarray:
     """Counts (num_classes, num_classes) int64 of (true row, predicted column) over the labelled pixels.
 
     Raises:
@@ -85,80 +82,6 @@ def summarize(cm: np.ndarray, class_names: Sequence[str]) -> dict:
         "majority_baseline_miou": round(majority_baseline_miou(cm), 6),
         "labelled_pixels": int(cm.sum()),
     }
-
-
-# --- prediction on whole images ------------------------------------------------------------------------
-
-@torch.inference_mode()
-def predict_image(
-    model: torch.nn.Module,
-    image: np.ndarray,
-    mean: Sequence[float],
-    std: Sequence[float],
-    geometry: Geometry,
-    tile: int = 1024,
-    device: str | torch.device = "cpu",
-    autocast: torch.dtype | None = None,
-) -> np.ndarray:
-    """Class channel of every pixel of ``image`` (bands, H, W) uint8, as (H, W) uint8.
-
-    The same overlap-tile rules as the serving engine, so that a card's metrics are what users get: cores
-    of about ``tile`` pixels (one core when the image is smaller) on the stride grid, each predicted from a
-    window enlarged by the halo and mirrored past the image border, only the core of the output kept. For
-    convolutional networks this equals the whole-image prediction; for the others (transformers) give the
-    default tile, so that each window is the training size, and note that the engine blends overlapping
-    windows where this keeps each core whole. ``autocast`` runs the network under
-    ``torch.autocast`` with that dtype (bf16, to measure its agreement with fp32).
-    """
-    device = torch.device(device)
-    margin = geometry.halo - geometry.shrink
-    _, h, w = image.shape
-
-    def core(length: int) -> int:
-        # one core fits a small image, but a transformer keeps its window whatever the image, as in the engine
-        side = min(tile, length) if geometry.equivariant else tile
-        return -(-side // geometry.multiple) * geometry.multiple
-
-    core_h, core_w = core(h), core(w)
-    in_h, in_w = geometry.window(core_h), geometry.window(core_w)
-    out = np.empty((h, w), dtype=np.uint8)
-    amp = torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
-    for top in range(0, h, core_h):
-        for left in range(0, w, core_w):
-            window = mirror_window(image, top - geometry.halo, left - geometry.halo, in_h, in_w)
-            x = torch.from_numpy(normalize(window, mean, std))[None].to(device, memory_format=torch.channels_last)
-            with amp:
-                logits = model(x)
-            labels = logits[0, :, margin : margin + core_h, margin : margin + core_w].argmax(dim=0)
-            keep_h, keep_w = min(core_h, h - top), min(core_w, w - left)
-            out[top : top + keep_h, left : left + keep_w] = labels[:keep_h, :keep_w].to(torch.uint8).cpu().numpy()
-    return out
-
-
-def evaluate(
-    model: torch.nn.Module,
-    samples: Iterable[Sample],
-    mean: Sequence[float],
-    std: Sequence[float],
-    geometry: Geometry,
-    num_classes: int,
-    tile: int = 1024,
-    device: str | torch.device = "cpu",
-    autocast: torch.dtype | None = None,
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Predict every sample whole; returns the summed confusion matrix and the predicted channel maps."""
-    was_training = model.training
-    model.eval()
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    predictions = []
-    try:
-        for sample in samples:
-            pred = predict_image(model, sample.image, mean, std, geometry, tile, device, autocast)
-            cm += confusion_matrix(pred, sample.label, num_classes)
-            predictions.append(pred)
-    finally:
-        model.train(was_training)
-    return cm, predictions
 
 
 def agreement(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float:

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import click
 
-DATASETS = ("isbi2012", "dubai", "folder")
+from tileseg.models.training.data import ADAPTERS
 
 
 def _params(ctx: click.Context, option: click.Parameter, values: tuple[str, ...]) -> dict | None:
-    from tileseg.models.training.loop import TrainingConfigError, parse_param
+    from tileseg.models.errors import TrainingConfigError
+    from tileseg.models.training.params import parse_param
 
     if not values:
         return None
@@ -39,7 +40,7 @@ def _params(ctx: click.Context, option: click.Parameter, values: tuple[str, ...]
     help="Architecture hyper-parameter, repeatable (e.g. --param base=64 --param depth=4).",
 )
 @click.option("--data", type=click.Path(file_okay=False), help="The data set's folder (e.g. ../shared/data/isbi2012).")
-@click.option("--dataset", type=click.Choice(DATASETS), help="Layout of --data.")
+@click.option("--dataset", type=click.Choice(tuple(ADAPTERS)), help="Layout of --data.")
 @click.option(
     "--out",
     required=True,
@@ -116,8 +117,8 @@ def _params(ctx: click.Context, option: click.Parameter, values: tuple[str, ...]
 @click.option(
     "--eval-tile",
     type=click.IntRange(1),
-    help="Largest core side for validation inference.  [default: 1024 for convolutional nets, whose "
-    "result any tile gives; the default tile for the others]",
+    help="Core side of validation's tiling, as `tileseg segment --tile` takes it (rounded up to the "
+    "network's stride).  [default: segment's own: the card's default tile, evened out over each image]",
 )
 @click.option(
     "--val-every", type=click.IntRange(0), help="Also report validation metrics every N steps.  [default: 0, off]"
@@ -133,7 +134,7 @@ def train(out: str, resume: bool, class_names: str | None, **options) -> None:
         --steps 2000 --amp --elastic --time-budget 45 --resume
     """
     from tileseg.models.errors import TilesegError
-    from tileseg.models.training.loop import make_config
+    from tileseg.models.training.config import make_config
     from tileseg.models.training.loop import train as run_training
 
     if class_names is not None:

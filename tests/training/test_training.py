@@ -22,10 +22,13 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from tileseg import models
-from tileseg.models.training import augment, data, loop, metrics
-from tileseg.models.spec import reflect_indices
-from tileseg.models.training.data import IGNORE_INDEX, TrainingDataError
 from tileseg.cli.train import train as train_command
+from tileseg.models.crop import centre_crop
+from tileseg.models.errors import TrainingConfigError
+from tileseg.models.spec import reflect_indices
+from tileseg.models.training import augment, class_weights, data, metrics, network, optimizer, params
+from tileseg.models.training.data import IGNORE_INDEX, TrainingDataError
+from tileseg.models.training.state import flatten_optimizer, unflatten_optimizer
 
 REPO = Path(models.__file__).parent.parent
 DATA = Path(os.environ.get("TILESEG_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -49,6 +52,7 @@ def dubai_dir() -> Path:
 
 
 # --- metrics -------------------------------------------------------------------------------------------
+
 
 def test_confusion_matrix_counts_labelled_pixels_only():
     target = np.array([[0, 0, 1], [1, 2, IGNORE_INDEX]])
@@ -80,44 +84,8 @@ def test_confusion_matrix_refuses_out_of_range_and_shape():
         metrics.confusion_matrix(np.zeros((2, 2)), np.zeros((2, 3)), 2)
 
 
-def test_predict_image_of_a_constant_net_covers_the_whole_image():
-    class Fixed(torch.nn.Module):  # valid-convolution stand-in: loses 3 pixels a side, says class 1
-        def forward(self, x):
-            out = torch.zeros(x.shape[0], 2, x.shape[2] - 6, x.shape[3] - 6)
-            out[:, 1] = 1
-            return out
-
-    geometry = models.Geometry(halo=3, multiple=4, offset=2, shrink=3)
-    image = np.random.default_rng(0).integers(0, 256, (1, 37, 23), dtype=np.uint8)
-    pred = metrics.predict_image(Fixed(), image, (0.5,), (0.2,), geometry, tile=16)
-    assert pred.shape == (37, 23) and (pred == 1).all()
-
-
-def test_transformers_are_validated_on_the_window_they_are_served_on():
-    """Convolutional nets: cores of up to 1024 (any tile gives them the same result). Transformers: their
-    default tile, and its full window even on an image smaller than it, as the engine runs them."""
-    conv = models.Geometry(halo=8, multiple=16, default_tile=64)
-    vit = models.Geometry(halo=32, multiple=16, default_tile=192, equivariant=False, blend="gaussian")
-    config = loop.TrainConfig(arch="setr-naive", data="d", dataset="dubai", out="o")
-    assert config.evaluation_tile(conv) == 1024 and config.evaluation_tile(vit) == 192
-    assert loop.TrainConfig(arch="a", data="d", dataset="dubai", out="o", default_tile=96).evaluation_tile(vit) == 96
-    assert loop.TrainConfig(arch="a", data="d", dataset="dubai", out="o", eval_tile=320).evaluation_tile(vit) == 320
-    assert vit.window(192) == 256 and conv.window(64) == 80
-
-    windows = []
-
-    class Record(torch.nn.Module):
-        def forward(self, x):
-            windows.append(tuple(x.shape[-2:]))
-            return torch.zeros(x.shape[0], 2, *x.shape[-2:])
-
-    image = np.zeros((1, 100, 70), dtype=np.uint8)
-    metrics.predict_image(Record(), image, (0.5,), (0.2,), vit, tile=192)
-    metrics.predict_image(Record(), image, (0.5,), (0.2,), conv, tile=1024)
-    assert windows == [(256, 256), (112 + 16, 80 + 16)]  # one 256 window; one core of 112 x 80 and its halo
-
-
 # --- data ----------------------------------------------------------------------------------------------
+
 
 def test_normalize_is_scale_then_standardise():
     image = np.array([[[0, 128], [255, 51]], [[10, 20], [30, 40]]], dtype=np.uint8)
@@ -134,8 +102,10 @@ def test_isbi_split_and_label_mapping(isbi_dir):
     source = data.isbi2012(isbi_dir)
     assert [p.name for p in source.train] == [str(i) for i in range(25)]
     assert [p.name for p in source.val] == [str(i) for i in range(25, 30)]
-    assert all(p.image.parent.name == "images" and p.mask.parent.name == "labels" and p.image.name == p.mask.name
-               for p in source.train + source.val)
+    assert all(
+        p.image.parent.name == "images" and p.mask.parent.name == "labels" and p.image.name == p.mask.name
+        for p in source.train + source.val
+    )
     assert [(c.index, c.name) for c in source.classes] == [(0, "membrane"), (1, "cell")]
     sample = data.load_pair(source.val[0], source.lut)
     raw = np.asarray(Image.open(source.val[0].mask))
@@ -162,8 +132,13 @@ def test_dubai_split_pairing_and_mapping(dubai_dir):
     np.testing.assert_array_equal(sample.label[raw > 0], raw[raw > 0] - 1)  # channel c is class index c + 1
 
 
-def _write_pair(root: Path, stem: str, size: tuple[int, int], mask_size: tuple[int, int] | None = None,
-                values: tuple[int, ...] = (0, 1)) -> None:
+def _write_pair(
+    root: Path,
+    stem: str,
+    size: tuple[int, int],
+    mask_size: tuple[int, int] | None = None,
+    values: tuple[int, ...] = (0, 1),
+) -> None:
     rng = np.random.default_rng(len(stem))
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
@@ -195,6 +170,7 @@ def test_folder_adapter_classes_split_and_checks(tmp_path):
 
 # --- augmentation --------------------------------------------------------------------------------------
 
+
 def test_reflect_indices_without_repeating_the_edge():
     assert reflect_indices(-3, 10, 5).tolist() == [3, 2, 1, 0, 1, 2, 3, 4, 3, 2]
     assert reflect_indices(0, 3, 1).tolist() == [0, 0, 0]
@@ -212,7 +188,7 @@ def test_crops_flips_and_rotations_keep_image_and_mask_aligned(size):
     for _ in range(40):
         img, lab, wts = augment.sample_crop(rng, image, label, output, shrink, augment.Augment(flips=True), weights)
         assert img.shape == (2, 22, 22) and lab.shape == (12, 12) and wts.shape == (12, 12)
-        centre = augment.center_crop(img, shrink)
+        centre = centre_crop(img, output, output)
         np.testing.assert_array_equal(lab, centre[0] // 37)
         np.testing.assert_array_equal(wts, centre[1])
         seen.add(img.tobytes())
@@ -232,7 +208,7 @@ def test_elastic_deformation_moves_weights_with_the_image():
     weights = image[0].astype(np.float32)
     label = np.zeros((50, 50), dtype=np.uint8)
     img, lab, wts = augment.sample_crop(rng, image, label, 20, 4, augment.Augment(flips=False, elastic=True), weights)
-    np.testing.assert_allclose(wts, augment.center_crop(img[0], 4), atol=1e-4)
+    np.testing.assert_allclose(wts, centre_crop(img[0], 20, 20), atol=1e-4)
     flat = augment.elastic_field(rng, 16, 0.0, 3)  # no displacement: the identity
     out = augment.warp(image[:, :16, :16], flat, "nearest")
     np.testing.assert_array_equal(out, image[:, :16, :16])
@@ -255,21 +231,22 @@ def test_connected_components_and_border_weights():
 
 # --- loop pieces ---------------------------------------------------------------------------------------
 
+
 def test_small_pieces_of_the_loop():
-    assert loop.parse_param("base=64") == ("base", 64)
-    assert loop.parse_param("batch_norm=False") == ("batch_norm", False)
-    assert loop.parse_param("padding=same") == ("padding", "same")
-    assert loop.parse_param("prune=none") == ("prune", None)
-    with pytest.raises(loop.TrainingConfigError):
-        loop.parse_param("base")
+    assert params.parse_param("base=64") == ("base", 64)
+    assert params.parse_param("batch_norm=False") == ("batch_norm", False)
+    assert params.parse_param("padding=same") == ("padding", "same")
+    assert params.parse_param("prune=none") == ("prune", None)
+    with pytest.raises(TrainingConfigError):
+        params.parse_param("base")
     geometry = models.Geometry(halo=92, multiple=16, offset=4, shrink=92)
-    assert loop.nearest_valid_crop(geometry, 128) == 132 and loop.nearest_valid_crop(geometry, 120) == 116
-    assert loop.nearest_valid_crop(geometry, 1) == 20
-    assert loop.lr_factor(0, 100, 10) == pytest.approx(0.1)
-    assert loop.lr_factor(10, 100, 10) == pytest.approx(1.0)
-    assert loop.lr_factor(99, 100, 10) < 0.01
+    assert network.nearest_valid_crop(geometry, 128) == 132 and network.nearest_valid_crop(geometry, 120) == 116
+    assert network.nearest_valid_crop(geometry, 1) == 20
+    assert optimizer.lr_factor(0, 100, 10) == pytest.approx(0.1)
+    assert optimizer.lr_factor(10, 100, 10) == pytest.approx(1.0)
+    assert optimizer.lr_factor(99, 100, 10) < 0.01
     labels = [np.array([[0, 0, 0, 1]], dtype=np.uint8), np.array([[0, 1, IGNORE_INDEX, IGNORE_INDEX]], dtype=np.uint8)]
-    weights = loop.median_frequency_weights(labels, 2)  # f0 = 4/6, f1 = 2/6, median 1/2
+    weights = class_weights.median_frequency_weights(labels, 2)  # f0 = 4/6, f1 = 2/6, median 1/2
     np.testing.assert_allclose(weights, [0.75, 1.5])
 
 
@@ -278,9 +255,9 @@ def test_optimizer_state_round_trips_without_pickle():
     opt = torch.optim.AdamW(net.parameters())
     net(torch.ones(1, 3)).sum().backward()
     opt.step()
-    tensors, index = loop.flatten_optimizer(opt.state_dict())
+    tensors, index = flatten_optimizer(opt.state_dict())
     json.dumps(index)  # the index is plain JSON
-    back = loop.unflatten_optimizer(tensors, json.loads(json.dumps(index)))
+    back = unflatten_optimizer(tensors, json.loads(json.dumps(index)))
     fresh = torch.optim.AdamW(net.parameters())
     fresh.load_state_dict(back)
     for pid, entries in opt.state_dict()["state"].items():
@@ -290,6 +267,7 @@ def test_optimizer_state_round_trips_without_pickle():
 
 # --- `tileseg train` end to end ------------------------------------------------------------------------
 
+
 def _run(args: list[str], expect: int = 0):
     result = CliRunner().invoke(train_command, args, catch_exceptions=False)
     assert result.exit_code == expect, result.output
@@ -297,8 +275,27 @@ def _run(args: list[str], expect: int = 0):
 
 
 def _isbi_args(isbi_dir: Path, out: Path, *extra: str) -> list[str]:
-    return [*TINY_UNET, "--data", str(isbi_dir), "--dataset", "isbi2012", "--out", str(out), "--crop", "34",
-            "--batch", "2", "--steps", "4", "--threads", "1", "--no-progress", "--eval-tile", "512", *extra]
+    return [
+        *TINY_UNET,
+        "--data",
+        str(isbi_dir),
+        "--dataset",
+        "isbi2012",
+        "--out",
+        str(out),
+        "--crop",
+        "34",
+        "--batch",
+        "2",
+        "--steps",
+        "4",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--eval-tile",
+        "512",
+        *extra,
+    ]
 
 
 def _tensors(out: Path) -> dict[str, torch.Tensor]:
@@ -324,6 +321,7 @@ def test_train_writes_a_loadable_checkpoint_with_metrics(straight_run):
     m = card["metrics"]
     assert set(m["per_class_iou"]) == {"membrane", "cell"}
     assert 0 <= m["pixel_error"] <= 1 and 0 <= m["miou"] <= 1 and 0 <= m["bf16_agreement"] <= 1
+    assert "tileseg.engine.predict_strips" in m["evaluation"] and "--tile 512" in m["evaluation"]  # --eval-tile
     assert m["majority_baseline_pixel_error"] == pytest.approx(0.2, abs=0.03)  # ISBI: about 20 % membrane
     assert card["training"]["steps"] == 4 and card["training"]["crop"] == 36 and card["training"]["seed"] == 7
     assert card["training"]["input_crop"] == 76 and "Cardona" in card["license"]
@@ -371,9 +369,35 @@ def test_resume_continues_from_the_saved_step(straight_run, isbi_dir, tmp_path):
 
 def test_unetpp_trains_with_deep_supervision(isbi_dir, tmp_path):
     out = tmp_path / "unetpp-tiny"
-    _run(["--arch", "unetpp", "--param", "base=4", "--param", "depth=2", "--data", str(isbi_dir), "--dataset",
-          "isbi2012", "--out", str(out), "--crop", "32", "--batch", "2", "--steps", "2", "--threads", "1",
-          "--no-progress", "--class-weights", "auto", "--eval-tile", "512"])
+    _run(
+        [
+            "--arch",
+            "unetpp",
+            "--param",
+            "base=4",
+            "--param",
+            "depth=2",
+            "--data",
+            str(isbi_dir),
+            "--dataset",
+            "isbi2012",
+            "--out",
+            str(out),
+            "--crop",
+            "32",
+            "--batch",
+            "2",
+            "--steps",
+            "2",
+            "--threads",
+            "1",
+            "--no-progress",
+            "--class-weights",
+            "auto",
+            "--eval-tile",
+            "512",
+        ]
+    )
     card = models.read_card(out.with_suffix(".json"))
     assert card["training"]["deep_supervision"] is True and "deep-supervision" in card["training"]["loss"]
     assert len(card["training"]["class_weights"]) == 2
@@ -390,8 +414,17 @@ def test_bad_settings_are_refused_with_a_message(isbi_dir, tmp_path):
 def test_two_process_gloo_run_writes_a_loadable_checkpoint(isbi_dir, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "tileseg.cli.train", *_isbi_args(isbi_dir, out, "--steps", "2")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "tileseg.cli.train",
+        *_isbi_args(isbi_dir, out, "--steps", "2"),
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     card = models.read_card(out.with_suffix(".json"))
@@ -403,8 +436,9 @@ def test_sigterm_stops_cleanly_and_saves_the_state(isbi_dir, tmp_path):
     out = tmp_path / "stopped"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     args = _isbi_args(isbi_dir, out, "--steps", "100000", "--checkpoint-every", "100000")
-    proc = subprocess.Popen([sys.executable, "-m", "tileseg.cli.train", *args], cwd=REPO, env=env,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tileseg.cli.train", *args], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True
+    )
     try:
         # this line comes once the signal handlers are in place, just before the first step
         lines = iter(proc.stderr.readline, "")

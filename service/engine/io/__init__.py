@@ -1,5 +1,7 @@
-"""Raster input and output with rasterio: windows in (:mod:`.read`), finished rows out (:mod:`.write`)."""
+"""Raster input and output with rasterio: windows in (:mod:`.read`, or :mod:`.array` for an image already in
+memory), finished rows out (:mod:`.write`)."""
 
+from tileseg.engine.io.array import ArrayRaster
 from tileseg.engine.io.read import (
     ALLOWED_DRIVERS,
     InputRaster,
@@ -15,6 +17,7 @@ from tileseg.engine.io.write import MaskSink, StripWriter, mask_profile, write_c
 
 __all__ = [
     "ALLOWED_DRIVERS",
+    "ArrayRaster",
     "InputRaster",
     "MaskSink",
     "RasterInfo",

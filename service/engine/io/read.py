@@ -197,17 +197,28 @@ def band_scaling(src, spec: ModelSpec, bands: tuple[int, ...]) -> Scaling:
     and 98th percentiles, taken once per image from a decimated read (which GDAL serves from overviews),
     never per tile, so that neighbouring tiles see the same values."""
     dtype = check_dtype(src, spec, bands)
+    if dtype == "uint8":
+        return uint8_scaling(spec)
+    low, high = _percentiles(src, bands)
+    return stretch_scaling(spec, low, high, clip=True)
+
+
+def uint8_scaling(spec: ModelSpec) -> Scaling:
+    """The scaling of uint8 bands: divided by 255, then the spec's normalisation; nothing to clip."""
+    bands = spec.input.bands
+    return stretch_scaling(spec, np.zeros(bands), np.full(bands, 255.0), clip=False)
+
+
+def stretch_scaling(spec: ModelSpec, low: np.ndarray, high: np.ndarray, clip: bool) -> Scaling:
+    """The scaling that maps ``[low, high]`` per band to [0, 1] and then normalises by the spec's mean/std,
+    folded into one multiply-add (the factors computed in float64, applied in float32)."""
     mean = np.asarray(spec.input.mean, dtype=np.float64)
     std = np.asarray(spec.input.std, dtype=np.float64)
-    if dtype == "uint8":
-        low, high = np.zeros(len(bands)), np.full(len(bands), 255.0)
-    else:
-        low, high = _percentiles(src, bands)
     span = np.where(high > low, high - low, 1.0)
     a = 1.0 / (span * std)
     b = (-low / span - mean) / std
     f32 = np.float32
-    return Scaling(low.astype(f32), high.astype(f32), a.astype(f32), b.astype(f32), clip=dtype != "uint8")
+    return Scaling(low.astype(f32), high.astype(f32), a.astype(f32), b.astype(f32), clip=clip)
 
 
 def _percentiles(src, bands: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,156 @@
+"""Validation through the serving engine, so that a model card's metrics are what ``segment()`` gives.
+
+Each validation image goes whole, from memory, through the engine's own overlap-tile prediction: an
+:class:`~tileseg.engine.io.ArrayRaster` serves its windows (mirror-padded, scaled and normalised as a file's
+are), :func:`~tileseg.engine.tile_settings` picks the tiles exactly as ``segment()`` does (by default the
+model's default tile evened out over the image, and its default blend), a
+:class:`~tileseg.engine.runner.BatchRunner` runs the batches in a given
+:class:`~tileseg.engine.runtime.Runtime`, and :func:`~tileseg.engine.predict_strips` stitches the rows.
+There is no second tiler: the served mask of an image, written by ``segment(..., SegmentOptions(precision=
+"fp32", compile="off"))``, and the mask scored here are one computation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from tileseg.engine import SegmentOptions, predict_strips, tile_settings
+from tileseg.engine.io import ArrayRaster
+from tileseg.engine.runner import BatchRunner
+from tileseg.engine.runtime import BASELINE, Runtime
+from tileseg.engine.tiling import TileSettings
+from tileseg.models.base import SegmentationNet
+from tileseg.models.spec import ModelSpec
+from tileseg.models.training.data import Sample
+from tileseg.models.training.metrics import confusion_matrix
+
+BF16 = Runtime("bf16")  # bf16 autocast, channels_last, eager: what the card's agreement figure measures
+
+
+@dataclass
+class Evaluation:
+    """The outcome of validating a network on a list of images.
+
+    Attributes:
+        confusion: ``(K, K)`` int64 counts of (true channel, predicted channel) over labelled pixels.
+        masks: the predicted channel of every pixel, one ``(H, W)`` array per image.
+        settings: the tile settings of each image.
+        options: the options the settings came from (a tile, or the served defaults).
+        runtime: what ran; eager fp32 when the runtime asked for failed and the engine fell back to it.
+    """
+
+    confusion: np.ndarray
+    masks: list[np.ndarray]
+    settings: list[TileSettings]
+    options: SegmentOptions
+    runtime: Runtime
+
+    def describe(self, device: torch.device) -> str:
+        """How the masks were computed, in words, for the model card."""
+        tiles = sorted({(s.core, s.window) for s in self.settings})
+        cores = " or ".join(f"cores of {core} px (windows of {window} px)" for core, window in tiles)
+        blends = ", ".join(sorted({s.blend.value for s in self.settings}))
+        chosen = "by default" if self.options.tile is None else f"with --tile {self.options.tile}"
+        return (
+            f"the engine's overlap-tile prediction (tileseg.engine.predict_strips) on each whole image, "
+            f"tile settings as segment() takes them {chosen}: {cores}, {blends} blend, mirror-padded; "
+            f"{self.runtime.label} on {device.type}"
+        )
+
+
+class _Served(SegmentationNet):
+    """A network with the spec the engine reads, the network itself untouched (a net in training has none)."""
+
+    def __init__(self, net: nn.Module, spec: ModelSpec) -> None:
+        super().__init__()
+        self.net = net
+        self.spec = spec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def validation_options(spec: ModelSpec, tile: int | None = None) -> SegmentOptions:
+    """The options that validation tiles with: the served defaults, or cores of ``tile`` pixels rounded up to
+    the network's stride.
+
+    Raises:
+        TileGeometryError: the tile is out of the engine's range.
+    """
+    if tile is None:
+        return SegmentOptions()
+    multiple = spec.geometry.multiple
+    options = SegmentOptions(tile=-(-tile // multiple) * multiple)
+    tile_settings(spec, options)  # the engine's own checks, raised here rather than in the first image
+    return options
+
+
+def predict(
+    model: SegmentationNet, image: np.ndarray, options: SegmentOptions = SegmentOptions(), runtime: Runtime = BASELINE
+) -> tuple[np.ndarray, TileSettings, Runtime]:
+    """The predicted channel of every pixel of an in-memory image, through the engine's tiler.
+
+    Args:
+        model: a network with a ``.spec`` (as :func:`tileseg.models.load` gives), on its device, in eval mode.
+        image: ``(bands, H, W)`` uint8.
+        options: tiling options (``tile``, ``blend``, ``overlap``, ``batch``), as ``segment()`` takes them.
+        runtime: the precision and memory format to run in.
+
+    Returns:
+        ``(channels (H, W), the tile settings used, the runtime that ran)``.
+
+    Raises:
+        DtypeError, BandMismatchError: the image does not fit the model.
+    """
+    spec = model.spec
+    raster = ArrayRaster(image, spec)
+    settings = tile_settings(spec, options, (raster.height, raster.width))
+    device = next(model.parameters()).device
+    runner = BatchRunner(model, settings, raster.scaling, device, runtime)
+    mask = np.empty((raster.height, raster.width), dtype=np.uint8 if spec.num_classes <= 256 else np.int16)
+    for strip in predict_strips(runner, raster, readers=1):
+        mask[strip.y : strip.y + strip.height] = strip.channels
+    return mask, settings, runner.runtime
+
+
+def evaluate(
+    model: SegmentationNet,
+    samples: Iterable[Sample],
+    spec: ModelSpec | None = None,
+    runtime: Runtime = BASELINE,
+    tile: int | None = None,
+) -> Evaluation:
+    """Predict every sample whole through the engine and count the confusion matrix.
+
+    Args:
+        model: the network, on the device to run on; left in the training mode it came in.
+        samples: images with their labels (channels, :data:`~.data.IGNORE_INDEX` where unknown).
+        spec: the spec to serve it with; default ``model.spec``.
+        runtime: the precision and memory format to run in (eager fp32 by default).
+        tile: the core side, rounded up to the stride (``segment --tile``); None: the served default.
+
+    Raises:
+        TileGeometryError: ``tile`` is out of the engine's range.
+    """
+    spec = spec if spec is not None else model.spec
+    served = model if getattr(model, "spec", None) is spec else _Served(model, spec)
+    options = validation_options(spec, tile)
+    cm = np.zeros((spec.num_classes, spec.num_classes), dtype=np.int64)
+    masks, settings, ran = [], [], runtime
+    was_training = model.training
+    model.eval()
+    try:
+        for sample in samples:
+            mask, used, actual = predict(served, sample.image, options, runtime)
+            cm += confusion_matrix(mask, sample.label, spec.num_classes)
+            masks.append(mask)
+            settings.append(used)
+            ran = actual if actual != runtime else ran
+    finally:
+        model.train(was_training)
+    return Evaluation(cm, masks, settings, options, ran)
