@@ -21,9 +21,11 @@ from torch import nn
 
 from tileseg.engine import SegmentOptions, predict_strips, tile_settings
 from tileseg.engine.io import ArrayRaster
+from tileseg.engine.options import MAX_TILE
 from tileseg.engine.runner import BatchRunner
 from tileseg.engine.runtime import BASELINE, Runtime
 from tileseg.engine.tiling import TileSettings
+from tileseg.errors import TileGeometryError
 from tileseg.models.base import SegmentationNet
 from tileseg.models.spec import ModelSpec
 from tileseg.models.training.data import Sample
@@ -85,7 +87,12 @@ def validation_options(spec: ModelSpec, tile: int | None = None) -> SegmentOptio
     if tile is None:
         return SegmentOptions()
     multiple = spec.geometry.multiple
-    options = SegmentOptions(tile=-(-tile // multiple) * multiple)
+    core = -(-tile // multiple) * multiple
+    if not 0 < core <= MAX_TILE:
+        raise TileGeometryError(
+            f"validation tile {tile} is out of range: give a core between {multiple} and {MAX_TILE}"
+        )
+    options = SegmentOptions(tile=core)
     tile_settings(spec, options)  # the engine's own checks, raised here rather than in the first image
     return options
 
@@ -114,7 +121,7 @@ def predict(
     runner = BatchRunner(model, settings, raster.scaling, device, runtime)
     mask = np.empty((raster.height, raster.width), dtype=np.uint8 if spec.num_classes <= 256 else np.int16)
     for strip in predict_strips(runner, raster, readers=1):
-        mask[strip.y : strip.y + strip.height] = strip.channels
+        mask[strip.y : strip.y + strip.height] = strip.labels
     return mask, settings, runner.runtime
 
 
