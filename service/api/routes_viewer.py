@@ -133,7 +133,9 @@ def get_tile(
     y: int,
     jobs: JobsDep,
     owner: OwnerDep,
-    hide: Annotated[str | None, Query(pattern=r"^\d{1,5}(,\d{1,5}){0,255}$", description="Classes to leave out.")] = None,
+    hide: Annotated[
+        str | None, Query(pattern=r"^\d{1,5}(,\d{1,5}){0,255}$", description="Classes to leave out.")
+    ] = None,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """A tile of the ``input`` (its view copy) or the ``mask`` (class colours, nodata and the ``hide``

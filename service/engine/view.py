@@ -99,9 +99,7 @@ def pyramid(path: str | os.PathLike) -> Pyramid:
         return Pyramid("xyz", src.width, src.height, TILE, max(0, finest - levels_below), finest, bounds)
 
 
-def render_tile(
-    path: str | os.PathLike, layer: str, z: int, x: int, y: int, hidden: Iterable[int] = ()
-) -> bytes:
+def render_tile(path: str | os.PathLike, layer: str, z: int, x: int, y: int, hidden: Iterable[int] = ()) -> bytes:
     """One tile of ``path`` as a PNG (RGBA).
 
     Args:
@@ -286,7 +284,8 @@ def add_overviews(mask: str | os.PathLike) -> None:
 
 def _build_overviews(path: Path, resampling: Resampling) -> None:
     with gdal_env(), rasterio.open(path, "r+") as dst:
-        factors, side = [], max(dst.width, dst.height)
+        factors: list[int] = []
+        side = max(dst.width, dst.height)
         while side / (2 ** (len(factors) + 1)) >= TILE / 2:
             factors.append(2 ** (len(factors) + 1))
         if factors:

@@ -30,7 +30,6 @@ from playwright import sync_api as playwright_api
 from tests.api.conftest import KEY_A, Server, wait_for
 from tests.conftest import REPO
 
-
 CHROMIUM = os.environ.get("TILESEG_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",

@@ -15,7 +15,7 @@ import pytest
 import rasterio
 from PIL import Image
 from rasterio.crs import CRS
-from rasterio.transform import Affine, rowcol
+from rasterio.transform import rowcol
 from rasterio.warp import transform as warp_points
 
 from tileseg.engine.view import (
