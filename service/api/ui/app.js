@@ -449,7 +449,8 @@ function deepZoomViewer(tiles, maskUrl, opacity) {
     osd.addTiledImage({
       tileSource: source(maskUrl),
       opacity: opacity(),
-      success: (e) => { mask = e.item; if (old) osd.world.removeItem(old); },
+      // the slider may have moved while the new layer was being added: it takes the slider's value now
+      success: (e) => { mask = e.item; mask.setOpacity(opacity()); if (old) osd.world.removeItem(old); },
     });
   };
   if (tiles.urls.input) osd.addOnceHandler("open", addMask); else addMask();
