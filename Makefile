@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: install install-test lint test serve segment clean
+.PHONY: install install-test lint test serve segment vendor clean
 
 HOST ?= 127.0.0.1
 PORT ?= 8000
@@ -39,6 +39,11 @@ serve: install
 
 segment: install
 	$(BIN)/tileseg segment "$(IN)" "$(OUT)" --model "$(MODEL)"
+
+# The web page's JavaScript libraries (Leaflet, OpenSeadragon) from npm at pinned versions, into the package;
+# the result is committed, so installing needs no Node.
+vendor:
+	./scripts/vendor.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

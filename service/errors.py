@@ -58,6 +58,21 @@ class CanceledError(TilesegError):
     code = "canceled"
 
 
+class BadTileError(TilesegError, ValueError):
+    """A tile address that is not one of the pyramid's scheme (a negative index, a level too deep)."""
+
+    code = "bad_tile"
+
+
+class TileNotFoundError(TilesegError, LookupError):
+    """A valid tile address that does not touch the image."""
+
+    code = "no_such_tile"
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 # ---- the service's errors: requests, jobs and their results ------------------------------------------------
 
 
@@ -148,6 +163,7 @@ class LeaseLostError(TilesegError):
 
 __all__ = [
     "AuthenticationError",
+    "BadTileError",
     "BandMismatchError",
     "CanceledError",
     "CheckpointError",
@@ -166,6 +182,7 @@ __all__ = [
     "ResultNotReadyError",
     "SourceNotAllowedError",
     "TileGeometryError",
+    "TileNotFoundError",
     "TilesegError",
     "TooLargeError",
     "UnknownArchitectureError",

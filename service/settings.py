@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     shutdown_grace: float = Field(30.0, ge=0, description="SIGTERM: seconds the running job may take to finish.")
     sweep_interval: float = Field(60.0, gt=0, description="Seconds between sweeps for expired results.")
     keep_inputs: bool = Field(False, description="Keep uploaded inputs after their job ends.")
+    view_copies: bool = Field(
+        True,
+        description="Keep an 8-bit view copy of each input (display bands, overviews) with the results, as the "
+        "web viewer's base layer; it goes when the results expire.",
+    )
     min_free_bytes: int = Field(256 << 20, ge=0, description="/readyz fails below this much free disk.")
     batch: int = Field(4, ge=1, description="Tiles per forward pass.")
     torch_threads: int | None = Field(

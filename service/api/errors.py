@@ -29,6 +29,7 @@ STATUS_BY_CODE = {
     "job_not_found": 404,
     "model_not_found": 404,
     "no_such_result": 404,
+    "no_such_tile": 404,
     "not_ready": 409,
     "job_failed": 409,
     "expired": 410,
@@ -41,6 +42,7 @@ STATUS_BY_CODE = {
     "unsupported_dtype": 422,
     "bad_tile_settings": 422,
     "bad_options": 422,
+    "bad_tile": 422,
 }
 STATUS_BY_BUILTIN = ((PermissionError, 403), (FileNotFoundError, 410), (LookupError, 404), (ValueError, 400))
 
@@ -55,7 +57,7 @@ ERROR_RESPONSES = {
         410: "The result expired, or the job was canceled.",
         413: "Too many bytes, or too many pixels.",
         415: "Not a raster in an accepted format (checked by content), or truncated.",
-        422: "Bands, data type or options the model cannot take.",
+        422: "Bands, data type or options the model cannot take; a tile address outside the scheme.",
     }.items()
 }
 

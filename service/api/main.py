@@ -16,7 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from tileseg import __version__
-from tileseg.api import errors, routes_health, routes_jobs, routes_models
+from tileseg.api import errors, routes_health, routes_jobs, routes_models, routes_ui, routes_viewer
 from tileseg.api.metrics import ServiceMetrics
 from tileseg.api.middleware import ResponseCounter
 from tileseg.jobs.service import JobService
@@ -25,6 +25,7 @@ from tileseg.settings import Settings, get_settings
 DESCRIPTION = """Segment arbitrarily large rasters, tile by tile, into mask GeoTIFFs.
 
 `POST /segment` queues a job (202, `Location`); follow it at `GET /jobs/{id}`; fetch `GET /jobs/{id}/mask`.
+The web page at `/` does all of this in a browser, and shows the mask over the image.
 Errors are always `{"error": {"code", "message"}}`. With API keys configured, send `X-API-Key`.
 """
 
@@ -49,7 +50,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(routes_jobs.router)
     app.include_router(routes_models.router)
+    app.include_router(routes_viewer.router)
     app.include_router(routes_health.router)
+    routes_ui.install(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

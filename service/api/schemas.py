@@ -56,6 +56,7 @@ class Links(BaseModel):
     mask: str
     probabilities: str | None = Field(description="Null unless the job asked for probabilities.")
     preview: str
+    tiles: str = Field(description="The viewer's tile pyramids of the input and the mask (GET it to describe them).")
 
 
 class JobOut(BaseModel):
@@ -96,6 +97,7 @@ class JobOut(BaseModel):
                 self_=url,
                 mask=f"{url}/mask",
                 preview=f"{url}/preview.png",
+                tiles=f"{url}/tiles",
                 probabilities=f"{url}/probabilities" if job.options.get("probabilities") else None,
             ),
         )

@@ -52,6 +52,11 @@ class JobFiles:
         return self.root / "preview.png"
 
     @property
+    def view(self) -> Path:
+        """The view copy of the input: the viewer's base layer (:func:`tileseg.engine.view.write_view`)."""
+        return self.root / "view.tif"
+
+    @property
     def attempts(self) -> Path:
         """The folder of the attempts' own files."""
         return self.root / "attempts"
@@ -73,7 +78,7 @@ class JobFiles:
         """
         attempt = self.attempt(token)
         # the mask last: whoever sees it in place finds the preview and probabilities there too
-        for name in (self.probabilities.name, self.preview.name, self.mask.name):
+        for name in (self.probabilities.name, self.preview.name, self.view.name, self.mask.name):
             try:
                 os.replace(attempt.root / name, self.root / name)
             except FileNotFoundError:  # not asked for, or moved already (by the worker, or by a roll-forward)

@@ -21,6 +21,7 @@ from torch import nn
 
 from tileseg.engine import segment
 from tileseg.engine.preview import render_preview
+from tileseg.engine.view import add_overviews, write_view
 from tileseg.errors import CanceledError, InterruptedJobError, JobNotFoundError, LeaseLostError, TilesegError
 from tileseg.jobs.files import JobFiles, drop_input
 from tileseg.jobs.intake import InputLimits, JobOptions
@@ -42,6 +43,7 @@ class RunConfig:
     limits: InputLimits = InputLimits()
     batch: int = 4
     keep_inputs: bool = False
+    view_copies: bool = True  # the viewer's base layer, and overviews on the mask
     heartbeat: float = 10.0  # seconds between lease renewals; well inside the lease
 
     @classmethod
@@ -54,6 +56,7 @@ class RunConfig:
             limits=limits,
             batch=settings.batch,
             keep_inputs=settings.keep_inputs,
+            view_copies=settings.view_copies,
             heartbeat=settings.heartbeat,
         )
 
@@ -145,11 +148,24 @@ def run_job(
                 max_pixels=config.limits.max_pixels,
             )
             render_preview(attempt.mask, attempt.preview)
+            if config.view_copies:
+                _prepare_viewer(job, attempt, options)
         except Exception as err:  # a bug in one job included: it must not take the worker down
             return run.stopped(err)
         return run.publish()
     finally:
         run.close()
+
+
+def _prepare_viewer(job: Job, attempt: JobFiles, options: JobOptions) -> None:
+    """The web viewer's files: a view copy of the input (its base layer, kept after the upload goes) and
+    overviews on the mask. The mask stands without them: a failure here is logged, not the job's."""
+    try:
+        add_overviews(attempt.mask)
+        write_view(job.input_path, attempt.view, options.bands)
+    except Exception:  # the viewer then shows the mask only, or nothing; the results are whole
+        log.warning("job %s: no view copy of the input for the viewer", job.id, exc_info=True)
+        attempt.view.unlink(missing_ok=True)
 
 
 class _Attempt:

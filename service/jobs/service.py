@@ -257,6 +257,23 @@ class JobService:
             raise ResultGoneError(f"the results of job {job.id} have expired and were removed")
         return job, path
 
+    def layer(self, job_id: str, layer: str, owner: Any = ANY_OWNER) -> tuple[Job, Path]:
+        """The job and the file the viewer's ``layer`` is drawn from: ``mask``, or ``input`` (the view copy
+        of the input, made when the job succeeded).
+
+        Raises:
+            what :meth:`result` raises; ResultNotFoundError: the job has no view copy of its input.
+        """
+        job, mask = self.result(job_id, "mask", owner)
+        if layer == "mask":
+            return job, mask
+        view = JobFiles.of(self.data_dir, job.id).view
+        if not view.is_file():
+            raise ResultNotFoundError(
+                f"job {job.id} has no view copy of its input (TILESEG_VIEW_COPIES is off, or it could not be made)"
+            )
+        return job, view
+
     # ---- health ---------------------------------------------------------------------------------------------
 
     def readiness(self) -> dict[str, bool]:
