@@ -4,6 +4,7 @@ the heads the loss scores (every deep-supervision head, or the one output)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,7 +67,7 @@ class Heads(nn.Module):
 
     def __init__(self, net: nn.Module, deep: bool) -> None:
         super().__init__()
-        self.net = net
+        self.net: Any = net  # forward_deep, where there is one, is the architecture's own
         self.deep = deep
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
