@@ -154,4 +154,14 @@ def scope(model: type[BaseModel], name: str) -> str:
     return str(extra.get("scope", "both")) if isinstance(extra, dict) else "both"
 
 
-__all__ = ["BANDS_PATTERN", "MAX_TILE", "Compile", "Connectivity", "ObjectType", "Precision", "SegmentOptions", "base_type", "scope"]
+__all__ = [
+    "BANDS_PATTERN",
+    "MAX_TILE",
+    "Compile",
+    "Connectivity",
+    "ObjectType",
+    "Precision",
+    "SegmentOptions",
+    "base_type",
+    "scope",
+]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,7 +46,13 @@ from tileseg.errors import OptionsError
 from tileseg.models.spec import ModelSpec
 
 # Suffix -> OGR driver. GeoJSON is written by this module (streamed, QuPath's members where they apply).
-VECTOR_DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf", ".parquet": "Parquet"}
+VECTOR_DRIVERS = {
+    ".gpkg": "GPKG",
+    ".geojson": "GeoJSON",
+    ".json": "GeoJSON",
+    ".fgb": "FlatGeobuf",
+    ".parquet": "Parquet",
+}
 FLUSH_EVERY = 2000  # features written per batch: bounds what finished features hold in memory
 EARTH_RADIUS = 6_371_007.2  # authalic radius, metres: areas on geographic grids
 
@@ -240,3 +247,264 @@ class StripPolygonizer:
         rows, cols = above[same], here[same] + old
         graph = sparse.coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(nodes, nodes))
         return csgraph.connected_components(graph, directed=False)[1]
+
+
+@dataclass(frozen=True)
+class AreaUnit:
+    """How a region's pixel count becomes an area in the input's unit.
+
+    Attributes:
+        unit: ``m²`` (a projected or geographic CRS), ``µm²`` (a known pixel size in µm) or ``px²``.
+        pixel_area: the area of one pixel in ``unit`` (for a geographic CRS: at the equator).
+        geographic: areas shrink with the cosine of the latitude (taken at each polygon's centroid).
+    """
+
+    unit: str
+    pixel_area: float
+    geographic: bool = False
+
+    @classmethod
+    def of(cls, crs, transform: Affine, microns_per_pixel: float | None = None) -> AreaUnit:
+        """The unit of a grid: its CRS's (in m²), else µm² from a pixel size, else px²."""
+        pixels = abs(transform.a * transform.e - transform.b * transform.d)
+        if crs is not None and crs.is_projected:
+            return cls("m²", pixels * crs.linear_units_factor[1] ** 2)
+        if crs is not None and crs.is_geographic:
+            return cls("m²", pixels * (math.pi * EARTH_RADIUS / 180) ** 2, geographic=True)
+        if microns_per_pixel:
+            return cls("µm²", microns_per_pixel**2)
+        return cls("px²", 1.0)
+
+    def areas(self, pixels: np.ndarray, geometries: np.ndarray) -> np.ndarray:
+        """Areas of regions of ``pixels`` pixels whose polygons (in the CRS) are ``geometries``."""
+        areas = pixels * self.pixel_area
+        if self.geographic and len(geometries):
+            latitude = shapely.get_y(shapely.centroid(geometries))
+            areas = areas * np.cos(np.radians(latitude))
+        return areas
+
+
+def to_crs(geometries: np.ndarray, transform: Affine) -> np.ndarray:
+    """Polygons in pixel coordinates -> the grid's coordinates (an affine map: exact for integer pixels)."""
+    a, b, c, d, e, f = transform[:6]
+    matrix = np.array([[a, d], [b, e]])
+    return shapely.transform(geometries, lambda xy: xy @ matrix + (c, f))
+
+
+class VectorSink:
+    """Polygons of the mask's rows, written as they are finished; the file appears only when complete.
+
+    Args:
+        path: the vector file to write (its suffix says the format: :data:`VECTOR_DRIVERS`).
+        spec: the model's spec (class names, colours, background classes, class index -> channel).
+        width: the mask's width.
+        crs, transform: the mask's grid (None and the identity for pixel-space inputs).
+        options: the run's options (``vector_classes``, ``connectivity``, ``min_area``, ``simplify``,
+            ``object_type``).
+        microns_per_pixel: the input's pixel size, if known (areas in µm²).
+
+    Raises:
+        OptionsError: an unknown format or an unwritable folder; a ``vector_classes`` index not in the card.
+    """
+
+    def __init__(self, path, spec: ModelSpec, width: int, crs, transform: Affine, options, microns_per_pixel=None):
+        self.path = Path(path)
+        self.driver = check_vector_path(self.path)
+        self.crs, self.transform = crs, transform
+        self.options = options
+        self.classes = {c.index: c for c in spec.classes}
+        wanted = vector_classes(spec, options.vector_classes)
+        channels = {c.index: k for k, c in enumerate(spec.classes)}
+        self.polygonizer = StripPolygonizer(width, wanted, options.connectivity, channels)
+        self.unit = AreaUnit.of(crs, transform, microns_per_pixel)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp.gpkg")
+        self.pending: list[Region] = []
+        self.has_probability: bool | None = None
+        self.written = 0
+
+    def write(self, y: int, mask: np.ndarray, probabilities: np.ndarray | None) -> None:
+        """Take the mask's rows from ``y`` (class indices, nodata applied) and their probabilities, if any."""
+        if self.has_probability is None:
+            self.has_probability = probabilities is not None
+        self.pending.extend(self.polygonizer.add(y, mask, probabilities if self.has_probability else None))
+        if len(self.pending) >= FLUSH_EVERY:
+            self._flush()
+
+    def _flush(self) -> None:
+        regions, self.pending = self.pending, []
+        pixels = np.array([r.pixels for r in regions], np.float64)
+        keep = pixels * self.unit.pixel_area >= self.options.min_area if not self.unit.geographic else pixels > 0
+        regions = [r for r, k in zip(regions, keep) if k]
+        geometries = np.array([r.geometry() for r in regions], dtype=object)
+        if self.options.simplify > 0 and len(geometries):
+            geometries = shapely.simplify(geometries, self.options.simplify, preserve_topology=True)
+        geometries = to_crs(geometries, self.transform)
+        areas = self.unit.areas(np.array([r.pixels for r in regions], np.float64), geometries)
+        if self.unit.geographic:
+            keep = areas >= self.options.min_area
+            regions, geometries, areas = [r for r, k in zip(regions, keep) if k], geometries[keep], areas[keep]
+        self._append(regions, geometries, areas)
+
+    def _append(self, regions: list[Region], geometries: np.ndarray, areas: np.ndarray) -> None:
+        import pyogrio.raw
+
+        if not regions and self.tmp.exists():
+            return
+        fields = {
+            "class": np.array([r.cls for r in regions], np.int32),
+            "name": np.array([self.classes[r.cls].name for r in regions], dtype=object),
+            "color": np.array([self.classes[r.cls].color for r in regions], dtype=object),
+            "area": areas.astype(np.float64),
+        }
+        if self.has_probability:
+            fields["probability"] = np.array([r.probability / max(r.pixels, 1) for r in regions], np.float64)
+        eight = self.options.connectivity is Connectivity.EIGHT
+        pyogrio.raw.write(
+            self.tmp,
+            np.array([shapely.to_wkb(g) for g in geometries], dtype=object),
+            list(fields.values()),
+            list(fields),
+            layer=self.path.stem or "regions",
+            driver="GPKG",
+            geometry_type="MultiPolygon" if eight else "Polygon",
+            promote_to_multi=eight,
+            crs=self.crs.to_wkt() if self.crs is not None else None,
+            append=self.tmp.exists(),
+            layer_metadata={"area_unit": self.unit.unit, "connectivity": self.options.connectivity.value},
+        )
+        self.written += len(regions)
+
+    def finish(self) -> None:
+        """Write the regions still open and the rest, in the target's format, beside it: :meth:`commit` puts it
+        in place."""
+        self.pending.extend(self.polygonizer.finish())
+        self._flush()
+        if self.driver != "GPKG":
+            export(self.tmp, self.ready, self.options.object_type)
+            self.tmp.unlink()
+        else:
+            os.replace(self.tmp, self.ready)
+
+    @property
+    def ready(self) -> Path:
+        """The finished file, before it is renamed into place."""
+        return self.tmp.with_name(self.tmp.name.removesuffix(".tmp.gpkg") + ".done" + self.path.suffix)
+
+    def commit(self) -> None:
+        """Rename the finished file into place."""
+        os.replace(self.ready, self.path)
+
+    def discard(self) -> None:
+        """Remove what was written (a failed or canceled run)."""
+        self.tmp.unlink(missing_ok=True)
+        self.ready.unlink(missing_ok=True)
+
+
+def vector_classes(spec: ModelSpec, chosen: Sequence[int] | None) -> list[int]:
+    """The class indices to make polygons of: ``chosen``, or every class the card does not mark background.
+
+    Raises:
+        OptionsError: a chosen index that is not one of the card's classes.
+    """
+    indices = [c.index for c in spec.classes]
+    if chosen is None:
+        return [c.index for c in spec.classes if not c.background]
+    unknown = sorted(set(chosen) - set(indices))
+    if unknown:
+        raise OptionsError(f"vector_classes: {unknown} are not classes of {spec.name} (its classes: {indices})")
+    return list(chosen)
+
+
+def export(gpkg: str | os.PathLike, target: str | os.PathLike, object_type: ObjectType = ObjectType.ANNOTATION) -> None:
+    """Convert the GeoPackage of a run to ``target``'s format (by its suffix), streamed, written in place only
+    when complete.
+
+    Raises:
+        OptionsError: an unknown format.
+    """
+    import pyogrio.raw
+
+    target = Path(target)
+    driver = vector_driver(target)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        if driver == "GeoJSON":
+            write_geojson(gpkg, tmp, object_type)
+        else:
+            with pyogrio.raw.open_arrow(gpkg, use_pyarrow=False, batch_size=FLUSH_EVERY) as (meta, stream):
+                pyogrio.raw.write_arrow(
+                    stream,
+                    tmp,
+                    driver=driver,
+                    geometry_name=meta["geometry_name"] or "geom",
+                    geometry_type=meta["geometry_type"],
+                    crs=meta["crs"],
+                )
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_geojson(gpkg: str | os.PathLike, target: str | os.PathLike, object_type: ObjectType) -> None:
+    """Write the features of a run's GeoPackage as one GeoJSON FeatureCollection, a batch at a time.
+
+    Georeferenced layers name their CRS (the 2008 ``crs`` member, which GDAL and QGIS read). Layers in pixel
+    coordinates are QuPath's: each feature has an ``objectType`` and a ``classification`` (name, colour).
+    """
+    import pyogrio
+    import pyogrio.raw
+
+    info = pyogrio.read_info(gpkg)
+    crs = info["crs"]
+    head: dict[str, Any] = {"type": "FeatureCollection"}
+    if crs and re.fullmatch(r"[A-Za-z]+:[0-9]+", crs):  # a CRS without an authority code is not named
+        head["crs"] = {"type": "name", "properties": {"name": _crs_urn(crs)}}
+    with open(target, "w", encoding="utf-8") as out:
+        out.write(json.dumps(head)[:-1] + ', "features": [\n')
+        first = True
+        for start in range(0, info["features"], FLUSH_EVERY):
+            _, _, wkb, values = pyogrio.raw.read(gpkg, skip_features=start, max_features=FLUSH_EVERY)
+            records = [dict(zip(info["fields"], row)) for row in zip(*values)]
+            for geometry, record in zip(shapely.from_wkb(wkb), records):
+                feature = _geojson_feature(geometry, record, qupath=not crs, object_type=object_type)
+                out.write(("" if first else ",\n") + feature)
+                first = False
+        out.write("\n]}\n")
+
+
+def _geojson_feature(geometry, record: dict[str, Any], qupath: bool, object_type: ObjectType) -> str:
+    properties: dict[str, Any] = {k: _plain(v) for k, v in record.items()}
+    if qupath:
+        color = properties["color"].lstrip("#")
+        rgb = [int(color[i : i + 2], 16) for i in (0, 2, 4)]
+        properties = {
+            "objectType": object_type.value,
+            "classification": {"name": properties["name"], "color": rgb},
+            **properties,
+        }
+    head = f'{{"type": "Feature", "id": "{uuid.uuid4()}", "geometry": {shapely.to_geojson(geometry)}'
+    return f'{head}, "properties": {json.dumps(properties)}}}'
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _crs_urn(crs: str) -> str:
+    authority, _, code = crs.partition(":")
+    return f"urn:ogc:def:crs:{authority}::{code}"
+
+
+__all__ = [
+    "VECTOR_DRIVERS",
+    "AreaUnit",
+    "Region",
+    "StripPolygonizer",
+    "VectorSink",
+    "check_vector_path",
+    "export",
+    "vector_classes",
+    "vector_driver",
+    "write_geojson",
+]
