@@ -27,8 +27,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import uuid
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +38,7 @@ import numpy as np
 import rasterio.features
 import shapely
 from affine import Affine
+from rasterio.crs import CRS
 from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
@@ -171,6 +172,9 @@ class StripPolygonizer:
         strip = self._label(y, mask, probabilities)
         old = len(self.open)
         nodes = self.open + strip.regions
+        if not nodes:
+            self.edge[:] = 0
+            return []
         group = self._seam_groups(strip.ids[0], strip.regions)
         merged: dict[int, Region] = {}
         for node, g in zip(nodes, group.tolist()):
@@ -347,7 +351,6 @@ class VectorSink:
         self._append(regions, geometries, areas)
 
     def _append(self, regions: list[Region], geometries: np.ndarray, areas: np.ndarray) -> None:
-        import pyogrio.raw
 
         if not regions and self.tmp.exists():
             return
@@ -360,6 +363,14 @@ class VectorSink:
         if self.has_probability:
             fields["probability"] = np.array([r.probability / max(r.pixels, 1) for r in regions], np.float64)
         eight = self.options.connectivity is Connectivity.EIGHT
+        with warnings.catch_warnings():  # pixel-space inputs have no CRS, and say so in the file by that
+            warnings.filterwarnings("ignore", message="'crs' was not provided")
+            self._write_batch(geometries, fields, eight)
+        self.written += len(regions)
+
+    def _write_batch(self, geometries: np.ndarray, fields: dict[str, np.ndarray], eight: bool) -> None:
+        import pyogrio.raw
+
         pyogrio.raw.write(
             self.tmp,
             np.array([shapely.to_wkb(g) for g in geometries], dtype=object),
@@ -369,11 +380,10 @@ class VectorSink:
             driver="GPKG",
             geometry_type="MultiPolygon" if eight else "Polygon",
             promote_to_multi=eight,
-            crs=self.crs.to_wkt() if self.crs is not None else None,
+            crs=_crs_text(self.crs),
             append=self.tmp.exists(),
             layer_metadata={"area_unit": self.unit.unit, "connectivity": self.options.connectivity.value},
         )
-        self.written += len(regions)
 
     def finish(self) -> None:
         """Write the regions still open and the rest, in the target's format, beside it: :meth:`commit` puts it
@@ -458,8 +468,11 @@ def write_geojson(gpkg: str | os.PathLike, target: str | os.PathLike, object_typ
     info = pyogrio.read_info(gpkg)
     crs = info["crs"]
     head: dict[str, Any] = {"type": "FeatureCollection"}
-    if crs and re.fullmatch(r"[A-Za-z]+:[0-9]+", crs):  # a CRS without an authority code is not named
-        head["crs"] = {"type": "name", "properties": {"name": _crs_urn(crs)}}
+    if crs:
+        # an EPSG code as the OGC URN; a CRS without one as its WKT, which GDAL (and so QGIS) reads there too
+        epsg = CRS.from_user_input(crs).to_epsg()
+        name = f"urn:ogc:def:crs:EPSG::{epsg}" if epsg else CRS.from_user_input(crs).to_wkt()
+        head["crs"] = {"type": "name", "properties": {"name": name}}
     with open(target, "w", encoding="utf-8") as out:
         out.write(json.dumps(head)[:-1] + ', "features": [\n')
         first = True
@@ -487,13 +500,16 @@ def _geojson_feature(geometry, record: dict[str, Any], qupath: bool, object_type
     return f'{head}, "properties": {json.dumps(properties)}}}'
 
 
+def _crs_text(crs) -> str | None:
+    """A CRS as ``AUTHORITY:CODE`` where it has one (so that readers name it), else its WKT."""
+    if crs is None:
+        return None
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else crs.to_wkt()
+
+
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
-
-
-def _crs_urn(crs: str) -> str:
-    authority, _, code = crs.partition(":")
-    return f"urn:ogc:def:crs:{authority}::{code}"
 
 
 __all__ = [
