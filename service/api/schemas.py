@@ -55,6 +55,7 @@ class Links(BaseModel):
     self_: str = Field(alias="self")
     mask: str
     probabilities: str | None = Field(description="Null unless the job asked for probabilities.")
+    vectors: str | None = Field(None, description="Null unless the job asked for vectors (add ?format=geojson).")
     preview: str
 
 
@@ -97,6 +98,7 @@ class JobOut(BaseModel):
                 mask=f"{url}/mask",
                 preview=f"{url}/preview.png",
                 probabilities=f"{url}/probabilities" if job.options.get("probabilities") else None,
+                vectors=f"{url}/vectors" if job.options.get("vectors") else None,
             ),
         )
 
