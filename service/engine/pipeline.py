@@ -123,9 +123,7 @@ def segment(
         check_vector_path(vectors)  # before any work
     with gdal_env(), InputRaster(source, spec, options.bands, allowed_drivers, max_pixels) as src:
         settings = tile_settings(spec, options, (src.height, src.width))
-        vector_sink = (
-            VectorSink(vectors, spec, src.width, src.crs, src.transform, options) if vectors is not None else None
-        )
+        vector_sink = VectorSink.of(vectors, spec, src, options)
         choice = choose_runtime(model, device, settings, len(TilePlan(settings, src.height, src.width)), options)
         runtime = choice.runtime
         notes = _pixel_size_warnings(src, spec)

@@ -327,6 +327,12 @@ class VectorSink:
         self.has_probability: bool | None = None
         self.written = 0
 
+    @classmethod
+    def of(cls, path, spec: ModelSpec, grid, options) -> VectorSink | None:
+        """The sink of a run that writes vectors to ``path`` on ``grid``'s (``width``, ``crs``, ``transform``);
+        None when ``path`` is None."""
+        return None if path is None else cls(path, spec, grid.width, grid.crs, grid.transform, options)
+
     def write(self, y: int, mask: np.ndarray, probabilities: np.ndarray | None) -> None:
         """Take the mask's rows from ``y`` (class indices, nodata applied) and their probabilities, if any."""
         if self.has_probability is None:
