@@ -38,11 +38,16 @@ class BlendMode(str, enum.Enum):
 
 @dataclass(frozen=True)
 class ClassInfo:
-    """One output class: the index written into the mask, a name and a display colour ``#rrggbb``."""
+    """One output class: the index written into the mask, a name and a display colour ``#rrggbb``.
+
+    ``background`` marks a class that is not made of objects (EM membranes, unlabelled ground): vector output
+    leaves it out unless asked for. Cards write the key only when it is true.
+    """
 
     index: int
     name: str
     color: str
+    background: bool = False
 
     @property
     def rgb(self) -> tuple[int, int, int]:
@@ -138,6 +143,9 @@ class ModelSpec:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        for entry in data["classes"]:
+            if not entry["background"]:
+                del entry["background"]
         data["geometry"]["blend"] = self.geometry.blend.value
         data["geometry"]["output_smaller"] = self.geometry.output_smaller
         return data
@@ -156,7 +164,10 @@ class ModelSpec:
                 dtypes=tuple(inp.get("dtypes", DEFAULT_DTYPES)),
                 pixel_size=inp.get("pixel_size"),
             ),
-            classes=tuple(ClassInfo(int(c["index"]), str(c["name"]), str(c["color"])) for c in data["classes"]),
+            classes=tuple(
+                ClassInfo(int(c["index"]), str(c["name"]), str(c["color"]), bool(c.get("background", False)))
+                for c in data["classes"]
+            ),
             geometry=Geometry(**geometry),
             precision=data.get("precision", "fp32"),
             options=dict(data.get("options", {})),

@@ -59,7 +59,7 @@ DUBAI_CLASSES = (
     ClassInfo(4, "vegetation", "#fedd3a"),
     ClassInfo(5, "water", "#e2a929"),
 )
-ISBI_CLASSES = (ClassInfo(0, "membrane", "#000000"), ClassInfo(1, "cell", "#ffffff"))
+ISBI_CLASSES = (ClassInfo(0, "membrane", "#000000", background=True), ClassInfo(1, "cell", "#ffffff"))
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import re
 import uuid
 from pathlib import Path, PurePath
@@ -120,6 +121,34 @@ def get_probabilities(job_id: JobId, jobs: JobsDep, owner: OwnerDep) -> FileResp
     """Per-class probabilities, when the job asked for them."""
     job, path = jobs.result(str(job_id), "probabilities", owner)
     return _send(path, "image/tiff", f"{_stem(job)}.probabilities.tif")
+
+
+class VectorFormat(str, enum.Enum):
+    """The formats ``GET /jobs/{id}/vectors`` serves: the stored GeoPackage, or GeoJSON made from it."""
+
+    GPKG = "gpkg"
+    GEOJSON = "geojson"
+
+
+VECTOR_MEDIA = {VectorFormat.GPKG: "application/geopackage+sqlite3", VectorFormat.GEOJSON: "application/geo+json"}
+
+
+@router.get(
+    "/jobs/{job_id}/vectors",
+    response_class=FileResponse,
+    summary="The polygons of the mask's regions",
+    responses={
+        **_file("application/geopackage+sqlite3", "A GeoPackage, or GeoJSON with ?format=geojson."),
+        **_errors(400, 401, 404, 409, 410),
+    },
+)
+async def get_vectors(
+    job_id: JobId, jobs: JobsDep, owner: OwnerDep, format: Annotated[VectorFormat, Query()] = VectorFormat.GPKG
+) -> FileResponse:
+    """One polygon per connected region of each object class: in the input's CRS for georeferenced inputs,
+    in pixel coordinates (QuPath's GeoJSON) otherwise. Only when the job asked for vectors."""
+    job, path = await run_in_threadpool(jobs.vector_result, str(job_id), format.value, owner)
+    return _send(path, VECTOR_MEDIA[format], f"{_stem(job)}.vectors.{format.value}")
 
 
 @router.get(

@@ -55,6 +55,7 @@ class Links(BaseModel):
     self_: str = Field(alias="self")
     mask: str
     probabilities: str | None = Field(description="Null unless the job asked for probabilities.")
+    vectors: str | None = Field(None, description="Null unless the job asked for vectors (add ?format=geojson).")
     preview: str
     tiles: str = Field(description="The viewer's tile pyramids of the input and the mask (GET it to describe them).")
 
@@ -99,6 +100,7 @@ class JobOut(BaseModel):
                 preview=f"{url}/preview.png",
                 tiles=f"{url}/tiles",
                 probabilities=f"{url}/probabilities" if job.options.get("probabilities") else None,
+                vectors=f"{url}/vectors" if job.options.get("vectors") else None,
             ),
         )
 

@@ -55,6 +55,11 @@ def cli() -> None:
 @click.option("--weights", "weights_path", type=click.Path(path_type=Path), help="A checkpoint NAME.safetensors.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--probabilities", type=click.Path(path_type=Path), help="Also write per-class probabilities here.")
+@click.option(
+    "--vectors",
+    type=click.Path(path_type=Path),
+    help="Also write every region of every object class as a polygon here (.gpkg, .geojson, .fgb, .parquet).",
+)
 @click_options(SegmentOptions)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @user_errors
@@ -65,6 +70,7 @@ def segment(
     weights_path: Path | None,
     device: str,
     probabilities: Path | None,
+    vectors: Path | None,
     quiet: bool,
     **values,
 ) -> None:
@@ -75,6 +81,10 @@ def segment(
     if bool(model_name) == bool(weights_path):
         raise click.UsageError("give exactly one of --model NAME or --weights PATH")
     options = build(SegmentOptions, values)
+    if vectors is not None:
+        from tileseg.engine.vectors import check_vector_path
+
+        check_vector_path(vectors)  # before any work
     configure_threads()
     with tqdm(total=0, unit="tile", disable=quiet, desc=input_path.name) as bar:
 
@@ -83,7 +93,7 @@ def segment(
             bar.update(done - bar.n)
 
         result = run_file(
-            str(model_name or weights_path), input_path, output_path, options, device, probabilities, progress
+            str(model_name or weights_path), input_path, output_path, options, device, probabilities, progress, vectors
         )
     for note in result.warnings:
         click.echo(f"warning: {note}", err=True)

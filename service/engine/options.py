@@ -39,6 +39,20 @@ class Compile(str, enum.Enum):
     OFF = "off"
 
 
+class Connectivity(str, enum.Enum):
+    """Which neighbours join pixels into one region (one polygon): ``4`` shares an edge, ``8`` also a corner."""
+
+    FOUR = "4"
+    EIGHT = "8"
+
+
+class ObjectType(str, enum.Enum):
+    """What QuPath makes of each polygon of a pixel-space GeoJSON: editable annotations, or light detections."""
+
+    ANNOTATION = "annotation"
+    DETECTION = "detection"
+
+
 def _cli_only(description: str) -> dict[str, Any]:
     return {"description": description, "json_schema_extra": {"scope": "cli"}}
 
@@ -68,21 +82,38 @@ class SegmentOptions(BaseModel):
     prune: int | None = Field(
         None, ge=1, le=16, description="U-Net++: run only the L-level sub-network (applied when the model is loaded)."
     )
+    min_area: float = Field(
+        0.0, ge=0, description="Vectors: leave out regions smaller than this, in the input's area unit (m², µm², px²)."
+    )
+    simplify: float = Field(
+        0.0,
+        ge=0,
+        description="Vectors: simplify outlines, keeping each polygon valid, by this tolerance in pixels (0: exact).",
+    )
+    vector_classes: tuple[int, ...] | None = Field(
+        None, description="Vectors: the class indices to make polygons of, e.g. 1,3 (default: all but background)."
+    )
+    connectivity: Connectivity = Field(
+        Connectivity.FOUR, description="Vectors: pixels joined by an edge (4) or also by a corner (8) are one region."
+    )
+    object_type: ObjectType = Field(
+        ObjectType.ANNOTATION, description="Vectors of pixel-space inputs: QuPath's objectType in the GeoJSON."
+    )
     batch: int = Field(4, ge=1, le=1024, **_cli_only("Tiles per forward pass."))
     readers: int = Field(2, ge=1, le=64, **_cli_only("Reader threads preparing batches ahead of the network."))
 
     @field_validator("bands", mode="before")
     @classmethod
     def _parse_bands(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            if not value:
-                return None
-            if not re.fullmatch(BANDS_PATTERN, value):
-                raise ValueError("give 1-based band numbers separated by commas, e.g. 1,2,3")
-            value = tuple(int(part) for part in value.split(","))
+        value = _int_list(value, "give 1-based band numbers separated by commas, e.g. 1,2,3")
         if value is not None and any(int(b) < 1 for b in value):
             raise ValueError("band numbers start at 1")
         return value
+
+    @field_validator("vector_classes", mode="before")
+    @classmethod
+    def _parse_classes(cls, value: Any) -> Any:
+        return _int_list(value, "give class indices separated by commas, e.g. 1,3")
 
     @field_validator("bands")
     @classmethod
@@ -93,7 +124,19 @@ class SegmentOptions(BaseModel):
         """The options as JSON (enums as their values, bands as a list): tags, job records, the API."""
         data = self.model_dump(mode="json")
         data["bands"] = list(self.bands) if self.bands else None
+        data["vector_classes"] = list(self.vector_classes) if self.vector_classes is not None else None
         return data
+
+
+def _int_list(value: Any, hint: str) -> Any:
+    """``"1,2,3"`` -> ``(1, 2, 3)``; an empty text is None; anything else as it is (pydantic checks it)."""
+    if isinstance(value, str):
+        if not value:
+            return None
+        if not re.fullmatch(BANDS_PATTERN, value):
+            raise ValueError(hint)
+        return tuple(int(part) for part in value.split(","))
+    return value
 
 
 def base_type(annotation: Any) -> Any:
@@ -111,4 +154,14 @@ def scope(model: type[BaseModel], name: str) -> str:
     return str(extra.get("scope", "both")) if isinstance(extra, dict) else "both"
 
 
-__all__ = ["BANDS_PATTERN", "MAX_TILE", "Compile", "Precision", "SegmentOptions", "base_type", "scope"]
+__all__ = [
+    "BANDS_PATTERN",
+    "MAX_TILE",
+    "Compile",
+    "Connectivity",
+    "ObjectType",
+    "Precision",
+    "SegmentOptions",
+    "base_type",
+    "scope",
+]

@@ -40,6 +40,7 @@ from tileseg.engine.runner import BatchRunner
 from tileseg.engine.runtime import Choice, pick_device, tuner
 from tileseg.engine.stitching import Strip, build_stitcher
 from tileseg.engine.tiling import Tile, TilePlan, TileSettings
+from tileseg.engine.vectors import VectorSink, check_vector_path
 from tileseg.errors import TilesegError
 from tileseg.models.base import SegmentationNet
 
@@ -60,6 +61,7 @@ class SegmentResult:
     seconds: float
     settings: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    vectors: Path | None = None
 
 
 def tile_settings(
@@ -95,6 +97,7 @@ def segment(
     progress: Progress | None = None,
     allowed_drivers: frozenset[str] = ALLOWED_DRIVERS,
     max_pixels: int | None = None,
+    vectors: str | os.PathLike | None = None,
 ) -> SegmentResult:
     """Segment the raster at ``source`` into a class-index GeoTIFF at ``output``.
 
@@ -106,6 +109,8 @@ def segment(
         probabilities: where to write per-class probabilities (uint8, 0..255), or None.
         progress: called with (tiles done, tiles total) after each batch; raise from it to cancel.
         allowed_drivers, max_pixels: what inputs to accept.
+        vectors: where to write the polygons of the mask's regions (:mod:`tileseg.engine.vectors`; the suffix
+            says the format), made in the same pass, or None.
 
     Raises:
         TilesegError subclasses for anything the caller can fix (input, bands, dtype, tile settings).
@@ -114,8 +119,11 @@ def segment(
     spec = model.spec
     device = next(model.parameters()).device
     output = Path(output)
+    if vectors is not None:
+        check_vector_path(vectors)  # before any work
     with gdal_env(), InputRaster(source, spec, options.bands, allowed_drivers, max_pixels) as src:
         settings = tile_settings(spec, options, (src.height, src.width))
+        vector_sink = VectorSink.of(vectors, spec, src, options)
         choice = choose_runtime(model, device, settings, len(TilePlan(settings, src.height, src.width)), options)
         runtime = choice.runtime
         notes = _pixel_size_warnings(src, spec)
@@ -135,7 +143,7 @@ def segment(
             "TILESEG_RUNTIME": json.dumps({"runtime": runtime.label, "device": str(device), "why": choice.reason}),
             "TILESEG_SOURCE": src.info.name,
         }
-        sink = MaskSink(src, spec, output, probabilities, out_dtype, nodata)
+        sink = MaskSink(src, spec, output, probabilities, out_dtype, nodata, vector_sink)
         runner = BatchRunner(model, settings, src.scaling, device, runtime, options.tta, probabilities is not None)
         counts = TileCounts()
         try:
@@ -164,6 +172,7 @@ def segment(
             "device": str(device),
         },
         warnings=notes,
+        vectors=Path(vectors) if vectors is not None else None,
     )
 
 
@@ -321,11 +330,14 @@ def run_file(
     device: str = "auto",
     probabilities=None,
     progress: Progress | None = None,
+    vectors=None,
 ) -> SegmentResult:
     """Load a model (with ``options.prune``) and segment one file: what ``tileseg segment`` does."""
+    if vectors is not None:
+        check_vector_path(vectors)  # before loading the model
     model_options = {"prune": options.prune} if options.prune is not None else {}
     model = models.load(name_or_path, device=pick_device(device), **model_options)
-    return segment(model, source, output, options, probabilities, progress)
+    return segment(model, source, output, options, probabilities, progress, vectors=vectors)
 
 
 __all__ = ["SegmentOptions", "SegmentResult", "TilesegError", "predict_strips", "run_file", "segment", "tile_settings"]

@@ -48,6 +48,15 @@ class JobFiles:
         return self.root / "probabilities.tif"
 
     @property
+    def vectors(self) -> Path:
+        """The polygons, as the run wrote them (a GeoPackage); other formats are made from it on request."""
+        return self.root / "vectors.gpkg"
+
+    def vectors_as(self, suffix: str) -> Path:
+        """Where the polygons converted to ``suffix`` (``.geojson``) are kept once made."""
+        return self.root / f"vectors{suffix}"
+
+    @property
     def preview(self) -> Path:
         return self.root / "preview.png"
 
@@ -78,7 +87,7 @@ class JobFiles:
         """
         attempt = self.attempt(token)
         # the mask last: whoever sees it in place finds the preview and probabilities there too
-        for name in (self.probabilities.name, self.preview.name, self.view.name, self.mask.name):
+        for name in (self.probabilities.name, self.vectors.name, self.preview.name, self.view.name, self.mask.name):
             try:
                 os.replace(attempt.root / name, self.root / name)
             except FileNotFoundError:  # not asked for, or moved already (by the worker, or by a roll-forward)

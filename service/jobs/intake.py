@@ -30,10 +30,11 @@ class JobOptions(SegmentOptions):
     those not scoped to the command line, and what only jobs have."""
 
     probabilities: bool = Field(False, description="Also write per-class probabilities.")
+    vectors: bool = Field(False, description="Also write every region of every object class as a polygon.")
 
     def segment_options(self, batch: int = 4) -> SegmentOptions:
         """The engine's options for this job, with the server's batch size."""
-        return SegmentOptions(**{**self.model_dump(exclude={"probabilities"}), "batch": batch})
+        return SegmentOptions(**{**self.model_dump(exclude={"probabilities", "vectors"}), "batch": batch})
 
     def to_record(self) -> dict[str, Any]:
         """The options as the job table and the API show them: the form's fields."""

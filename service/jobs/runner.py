@@ -143,6 +143,7 @@ def run_job(
                 attempt.mask,
                 segment_options,
                 probabilities=attempt.probabilities if options.probabilities else None,
+                vectors=attempt.vectors if options.vectors else None,
                 progress=progress,
                 allowed_drivers=config.limits.allowed_drivers,
                 max_pixels=config.limits.max_pixels,

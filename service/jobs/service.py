@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tileseg.engine.options import ObjectType
 from tileseg.engine.runtime import configure_threads
+from tileseg.engine.vectors import export
 from tileseg.errors import (
     JobCanceledError,
     JobFailedError,
@@ -241,8 +243,8 @@ class JobService:
             (queued, running); JobFailedError; JobCanceledError, ResultGoneError (expired).
         """
         job = self.store.get(job_id, owner)
-        if kind == "probabilities" and not job.options.get("probabilities"):
-            raise ResultNotFoundError(f"job {job.id} has no probabilities: submit it with probabilities=true")
+        if kind in ("probabilities", "vectors") and not job.options.get(kind):
+            raise ResultNotFoundError(f"job {job.id} has no {kind}: submit it with {kind}=true")
         if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
             raise ResultNotReadyError(f"job {job.id} is {job.status.value}: its {kind} is not ready yet")
         if job.status is JobStatus.FAILED:
@@ -273,6 +275,21 @@ class JobService:
                 f"job {job.id} has no view copy of its input (TILESEG_VIEW_COPIES is off, or it could not be made)"
             )
         return job, view
+
+    def vector_result(self, job_id: str, fmt: str, owner: Any = ANY_OWNER) -> tuple[Job, Path]:
+        """The job and its polygons in ``fmt`` (``gpkg`` as stored, ``geojson`` made from it once, then kept).
+
+        Raises:
+            The errors of :meth:`result`; ResultNotFoundError when the job did not ask for vectors.
+        """
+        job, path = self.result(job_id, "vectors", owner)
+        if fmt == "gpkg":
+            return job, path
+        converted = JobFiles.of(self.data_dir, job.id).vectors_as(f".{fmt}")
+        if not converted.is_file():
+            object_type = ObjectType(job.options.get("object_type") or ObjectType.ANNOTATION.value)
+            export(path, converted, object_type)
+        return job, converted
 
     # ---- health ---------------------------------------------------------------------------------------------
 

@@ -146,3 +146,28 @@ def test_corrupt_checkpoints_fail_clearly(tmp_path, data_dir, weights):
     for stem, message in cases.items():
         result = run("segment", grey, tmp_path / "m.tif", "--weights", broken / f"{stem}.safetensors", "-q")
         assert result.exit_code == 1 and message in result.output, (stem, result.output)
+
+
+def test_segment_vectors_and_bad_vector_paths(tmp_path, data_dir, weights):
+    source = data_dir / "geotiff" / "rgb-byte-tenth.tif"
+    out = tmp_path / "out" / "mask.tif"
+    result = run("segment", source, out, "--model", "rgb-test", "--vectors", tmp_path / "v" / "regions.fgb", "-q")
+    assert result.exit_code == 0, result.output
+    import pyogrio
+
+    assert pyogrio.read_info(tmp_path / "v" / "regions.fgb")["features"] > 0
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for bad, message in (
+        (tmp_path / "regions.shp", "no known vector format"),
+        (blocker / "regions.gpkg", "cannot write"),
+    ):
+        mask = tmp_path / "refused" / "mask.tif"
+        result = run("segment", source, mask, "--model", "rgb-test", "--vectors", bad, "-q")
+        assert result.exit_code == 1 and result.output.startswith("error: ") and message in result.output
+        assert not mask.parent.exists()  # refused before any work
+    result = run(
+        "segment", source, out, "--model", "rgb-test", "--vectors", tmp_path / "r.gpkg", "--vector-classes", "9"
+    )
+    assert result.exit_code == 1 and "not classes of" in result.output
+    assert not (tmp_path / "r.gpkg").exists()

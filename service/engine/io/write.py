@@ -26,6 +26,7 @@ from rasterio.windows import Window
 
 from tileseg.engine.io.read import OUTPUT_BLOCK, InputRaster
 from tileseg.engine.stitching import Strip
+from tileseg.engine.vectors import VectorSink
 from tileseg.models.spec import ModelSpec
 
 
@@ -114,10 +115,21 @@ def write_class_metadata(dst, spec: ModelSpec, tags: dict[str, str]) -> None:
 
 
 class MaskSink:
-    """Where finished strips go: the mask and, if asked, the probabilities, with the input's nodata applied."""
+    """Where finished strips go: the mask and, if asked, the probabilities and the polygons
+    (:class:`tileseg.engine.vectors.VectorSink`, fed the same class indices), with the input's nodata applied."""
 
-    def __init__(self, src: InputRaster, spec: ModelSpec, output: Path, probabilities, dtype: str, nodata: int):
+    def __init__(
+        self,
+        src: InputRaster,
+        spec: ModelSpec,
+        output: Path,
+        probabilities,
+        dtype: str,
+        nodata: int,
+        vectors: VectorSink | None = None,
+    ):
         self.src = src
+        self.vectors = vectors
         self.nodata = nodata
         self.dtype = np.dtype(dtype)
         indices = np.array([c.index for c in spec.classes])
@@ -138,6 +150,8 @@ class MaskSink:
         if valid is not None:
             classes = np.where(valid, classes, self.dtype.type(self.nodata))
         self.mask.write_rows(classes[None])
+        if self.vectors is not None:
+            self.vectors.write(strip.y, classes, strip.probabilities)
         if self.probs is not None:
             scaled = np.rint(strip.probabilities * 255).astype(np.uint8)
             if valid is not None:
@@ -145,6 +159,8 @@ class MaskSink:
             self.probs.write_rows(scaled)
 
     def finish(self, tags: dict[str, str], spec: ModelSpec, cog: bool) -> None:
+        if self.vectors is not None:  # first: it is the likelier to fail; every file is renamed at the end
+            self.vectors.finish()
         write_class_metadata(self.mask.dataset, spec, tags)
         self.mask.close()
         writers = [self.mask]
@@ -157,10 +173,15 @@ class MaskSink:
         for writer in writers:
             if cog:
                 to_cog(writer.tmp)
+        if self.vectors is not None:
+            self.vectors.commit()
+        for writer in writers:
             os.replace(writer.tmp, writer.path)
 
     def discard(self) -> None:
         self.mask.discard()
+        if self.vectors is not None:
+            self.vectors.discard()
         if self.probs is not None:
             self.probs.discard()
 
