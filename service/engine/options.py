@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tileseg.models.spec import BlendMode
+from tileseg.models.spec import BlendMode, parse_length
 
 BANDS_PATTERN = r"^[0-9]{1,4}(,[0-9]{1,4})*$"
 MAX_TILE = 8192  # the largest core: a window of 8192^2 already takes gigabytes of activations
@@ -37,6 +37,21 @@ class Compile(str, enum.Enum):
     AUTO = "auto"
     ON = "on"
     OFF = "off"
+
+
+class PixelSizePolicy(str, enum.Enum):
+    """``resample`` to the model's pixel size when known; ``native`` never; ``strict`` refuses unknown sizes."""
+
+    RESAMPLE = "resample"
+    NATIVE = "native"
+    STRICT = "strict"
+
+
+class OutputGrid(str, enum.Enum):
+    """Where the mask is written: on the ``input``'s grid (level 0) or on the ``model``'s (the virtual grid)."""
+
+    INPUT = "input"
+    MODEL = "model"
 
 
 def _cli_only(description: str) -> dict[str, Any]:
@@ -68,6 +83,24 @@ class SegmentOptions(BaseModel):
     prune: int | None = Field(
         None, ge=1, le=16, description="U-Net++: run only the L-level sub-network (applied when the model is loaded)."
     )
+    pixel_size: str | None = Field(
+        None,
+        max_length=32,
+        description="The input's pixel size with its unit (e.g. 0.25um, 0.3m), when its metadata lacks it or is wrong.",
+    )
+    pixel_size_policy: PixelSizePolicy = Field(
+        PixelSizePolicy.RESAMPLE,
+        description="resample to the model's pixel size; native: read as it is; strict: refuse unknown pixel sizes.",
+    )
+    output_grid: OutputGrid = Field(
+        OutputGrid.INPUT, description="Write the mask on the input's grid, or on the model's (resampled) grid."
+    )
+    roi: str | None = Field(
+        None,
+        max_length=4096,
+        description="Only segment a region: auto (tissue found on a low-resolution level), or a GeoJSON/GeoPackage "
+        "file of polygons in the input's coordinates (a server takes auto only).",
+    )
     batch: int = Field(4, ge=1, le=1024, **_cli_only("Tiles per forward pass."))
     readers: int = Field(2, ge=1, le=64, **_cli_only("Reader threads preparing batches ahead of the network."))
 
@@ -83,6 +116,19 @@ class SegmentOptions(BaseModel):
         if value is not None and any(int(b) < 1 for b in value):
             raise ValueError("band numbers start at 1")
         return value
+
+    @field_validator("pixel_size")
+    @classmethod
+    def _parse_pixel_size(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_length(value)
+        return value.strip()
+
+    @property
+    def pixel_size_m(self) -> float | None:
+        """The stated pixel size in metres, or None."""
+        return parse_length(self.pixel_size) if self.pixel_size else None
 
     @field_validator("bands")
     @classmethod
@@ -111,4 +157,10 @@ def scope(model: type[BaseModel], name: str) -> str:
     return str(extra.get("scope", "both")) if isinstance(extra, dict) else "both"
 
 
-__all__ = ["BANDS_PATTERN", "MAX_TILE", "Compile", "Precision", "SegmentOptions", "base_type", "scope"]
+__all__ = [
+    "BANDS_PATTERN",
+    "MAX_TILE",
+    "Compile",
+    "OutputGrid",
+    "PixelSizePolicy",
+    "Precision", "SegmentOptions", "base_type", "scope"]
