@@ -79,7 +79,6 @@ class InputSpec:
             raise ValueError(f"pixel_tolerance must be in [0, 1), not {self.pixel_tolerance}")
 
 
-
 LENGTH_PATTERN = r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(nm|um|µm|mm|m)\s*"
 
 

@@ -163,4 +163,8 @@ __all__ = [
     "Compile",
     "OutputGrid",
     "PixelSizePolicy",
-    "Precision", "SegmentOptions", "base_type", "scope"]
+    "Precision",
+    "SegmentOptions",
+    "base_type",
+    "scope",
+]

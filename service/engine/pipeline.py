@@ -22,8 +22,8 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -40,11 +40,11 @@ from tileseg.engine.io.write import BackgroundWriter, MaskSink
 from tileseg.engine.memory import release_free_memory
 from tileseg.engine.options import OutputGrid, SegmentOptions
 from tileseg.engine.prediction import TilePrediction
+from tileseg.engine.resolution import Resolution, plan_resolution
+from tileseg.engine.roi import region_of_interest
 from tileseg.engine.runner import BatchRunner
 from tileseg.engine.runtime import Choice, pick_device, tuner
 from tileseg.engine.stitching import Strip, build_stitcher
-from tileseg.engine.resolution import Resolution, plan_resolution
-from tileseg.engine.roi import region_of_interest
 from tileseg.engine.tiling import Tile, TilePlan, TileSettings
 from tileseg.errors import TilesegError, UnsupportedFormatError
 from tileseg.models.base import SegmentationNet
@@ -135,7 +135,9 @@ def segment(
             target = roi.restrict(target) if roi else target
             tags = _tags(model, full, options, settings, choice, device, resolution, _grid_pixel_size(full, target))
             sink = MaskSink(target, spec, output, probabilities, *_mask_dtype(spec))
-            runner = BatchRunner(model, settings, src.scaling, device, choice.runtime, options.tta, probabilities is not None)
+            runner = BatchRunner(
+                model, settings, src.scaling, device, choice.runtime, options.tta, probabilities is not None
+            )
             counts = TileCounts()
             strips: Iterable[Strip] = predict_strips(runner, src, counts, options.readers, progress)
             if target is not src and (target.height, target.width) != (src.height, src.width):
@@ -219,7 +221,9 @@ def _grid_pixel_size(full, target) -> float | None:
     return None if size is None else size * full.height / target.height
 
 
-def _tags(model, full, options, settings, choice, device, resolution: Resolution, pixel: float | None) -> dict[str, str]:
+def _tags(
+    model, full, options, settings, choice, device, resolution: Resolution, pixel: float | None
+) -> dict[str, str]:
     """The provenance tags of a mask: model, options, runtime, the pixel size read and why; for an input
     without a CRS whose pixel size is known, TIFF resolution tags (pixels per centimetre) as slide viewers
     read them."""
@@ -382,7 +386,7 @@ def _pixel_size_warnings(resolution: Resolution, spec: models.ModelSpec) -> list
         log.warning(note)
         return [note]
     ratio = read / model
-    if ratio > 2 or ratio < 0.5:
+    if abs(ratio - 1) > spec.input.pixel_tolerance and abs(1 / ratio - 1) > spec.input.pixel_tolerance:
         note = (
             f"the pixel size read ({describe(read)}) differs from the {describe(model)} that {spec.name} was "
             f"trained at by {max(ratio, 1 / ratio):.1f}x ({resolution.why}): expect a poorer result"

@@ -18,7 +18,6 @@ from tileseg.engine.options import OutputGrid, PixelSizePolicy
 from tileseg.errors import PixelSizeError
 from tileseg.models.spec import ModelSpec
 
-
 MAX_UPSAMPLING = 4  # a coarser input than this is refused under "resample": it is a wrong size, or a wrong model
 
 

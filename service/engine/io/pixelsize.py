@@ -110,8 +110,11 @@ def from_resolution_tags(tags: dict[str, str]) -> MeasuredSize:
     xres, yres = float(x), float(y or x)
     if per_unit is None or xres <= 0 or yres <= 0:
         return MeasuredSize(None, "none", note="the TIFF resolution tags have no unit of length")
-    if per_unit == 0.0254 and xres in SCREEN_DPI:
-        return MeasuredSize(None, "none", note=f"the TIFF says {xres:g} dpi, a screen default, not a scan's pixel size")
+    dpi = xres * 0.0254 / per_unit
+    if any(abs(dpi - screen) < 1e-3 for screen in SCREEN_DPI):
+        return MeasuredSize(
+            None, "none", note=f"the TIFF says {dpi:.0f} dpi, a screen default, not a scan's pixel size"
+        )
     return MeasuredSize((per_unit / xres + per_unit / yres) / 2, "TIFF resolution tags")
 
 
@@ -124,7 +127,9 @@ def from_slide_properties(properties: dict[str, str]) -> MeasuredSize:
         return MeasuredSize(None, "none", note=f"the slide's openslide.mpp-x {x!r} is not a number")
     if not values or min(values) <= 0:
         return UNKNOWN
-    return MeasuredSize(sum(values) / len(values) * 1e-6, f"slide property openslide.mpp-x ({properties.get('openslide.vendor')})")
+    return MeasuredSize(
+        sum(values) / len(values) * 1e-6, f"slide property openslide.mpp-x ({properties.get('openslide.vendor')})"
+    )
 
 
 __all__ = [

@@ -71,7 +71,7 @@ class ResampledRaster:
         self.scaling, self.has_mask = base.scaling, base.has_mask
         self.crs = getattr(base, "crs", None)
         transform = getattr(base, "transform", None)
-        self.transform = None if transform is None else transform * Affine.scale(self.rx, self.ry)
+        self.transform = None if transform is None else transform @ Affine.scale(self.rx, self.ry)
 
     def read_region(self, row: int, col: int, height: int, width: int) -> np.ndarray:
         """The ``(bands, height, width)`` values of an in-grid region: uint8 for uint8 input, else float32."""
@@ -119,9 +119,7 @@ def regrid_strips(strips: Iterable[Strip], grid: tuple[int, int], out: tuple[int
         if stop > y:
             pick = rows[y:stop] - held.y
             probs = held.probabilities
-            yield Strip(
-                y, held.labels[pick][:, cols], None if probs is None else probs[:, pick][:, :, cols]
-            )
+            yield Strip(y, held.labels[pick][:, cols], None if probs is None else probs[:, pick][:, :, cols])
             y = stop
         drop = (rows[y] if y < out[0] else held.y + held.height) - held.y
         held = _tail(held, drop)
