@@ -142,7 +142,10 @@ def segment(
             strips: Iterable[Strip] = predict_strips(runner, src, counts, options.readers, progress)
             if target is not src and (target.height, target.width) != (src.height, src.width):
                 strips = regrid_strips(strips, (src.height, src.width), (target.height, target.width))
+            if roi:
+                tags["TILESEG_ROI"] = json.dumps({"source": roi.source, "area_share": round(float(roi.mask.mean()), 4)})
             _write(sink, strips, tags, spec, options.cog or isinstance(full, SlideRaster))
+            pixels = {"level_0": full.pixels_read, "grid": _pixels_read(grid) if grid is not full else full.pixels_read}
     seconds = time.perf_counter() - started
     return SegmentResult(
         output=output,
@@ -162,7 +165,7 @@ def segment(
             "device": str(device),
         },
         warnings=_pixel_size_warnings(resolution, spec),
-        resolution=resolution.to_dict(),
+        resolution={**resolution.to_dict(), "pixels_read": pixels},
         roi=roi.summary(counts, seconds) if roi else None,
     )
 
@@ -214,6 +217,11 @@ def reading_grid(full, resolution: Resolution) -> Iterator[Any]:
     finally:
         if level is not full:
             level.close()
+
+
+def _pixels_read(grid) -> int:
+    """Pixels decoded from the level a grid is made of (a resampled grid counts its level's)."""
+    return int(getattr(grid, "pixels_read", getattr(getattr(grid, "base", None), "pixels_read", 0)))
 
 
 def _grid_pixel_size(full, target) -> float | None:

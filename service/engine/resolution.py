@@ -77,6 +77,7 @@ def plan_resolution(
     Raises:
         PixelSizeError: ``strict`` and the input's or the model's pixel size is unknown.
     """
+    policy = PixelSizePolicy(policy)
     if stated is not None:
         note = f"the file said {describe(measured.metres)}" if measured.metres else None
         measured = MeasuredSize(stated, "stated (pixel_size option)", note)

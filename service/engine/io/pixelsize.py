@@ -69,7 +69,7 @@ def from_dataset(src) -> MeasuredSize:
         factor = crs.linear_units_factor[1]
         return MeasuredSize((abs(t.a) + abs(t.e)) / 2 * factor, f"projected CRS {crs.to_string()}")
     if crs is not None and crs.is_geographic:
-        centre = t * (src.width / 2, src.height / 2)
+        centre = (t.c + t.a * src.width / 2 + t.b * src.height / 2, t.f + t.d * src.width / 2 + t.e * src.height / 2)
         east, north = metres_per_degree(max(-89.9, min(89.9, centre[1])))
         size = (abs(t.a) * east + abs(t.e) * north) / 2
         return MeasuredSize(size, f"geographic CRS {crs.to_string()} at latitude {centre[1]:.3f}")
