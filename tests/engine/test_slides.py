@@ -31,7 +31,13 @@ def rgb(tmp_path):
 
 def _ome(path, size_um):
     data = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-    tifffile.imwrite(path, data, ome=True, photometric="rgb", metadata={"axes": "YXS", "PhysicalSizeX": size_um, "PhysicalSizeY": size_um})
+    tifffile.imwrite(
+        path,
+        data,
+        ome=True,
+        photometric="rgb",
+        metadata={"axes": "YXS", "PhysicalSizeX": size_um, "PhysicalSizeY": size_um},
+    )
     return path
 
 
@@ -148,7 +154,10 @@ def test_roi_file_in_pixel_and_map_coordinates(tmp_path, data_dir, rgb):
         t = ds.transform
         left, top = t.c, t.f
         right, bottom = t.c + t.a * ds.width / 2, t.f + t.e * ds.height / 2
-    square = {"type": "Polygon", "coordinates": [[[left, top], [right, top], [right, bottom], [left, bottom], [left, top]]]}
+    square = {
+        "type": "Polygon",
+        "coordinates": [[[left, top], [right, top], [right, bottom], [left, bottom], [left, top]]],
+    }
     path = tmp_path / "aoi.geojson"
     path.write_text(json.dumps({"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": square}]}))
     result = segment(rgb, src, tmp_path / "m.tif", SegmentOptions(tile=64, roi=str(path), **FAST))
@@ -165,7 +174,12 @@ def test_roi_file_in_pixel_and_map_coordinates(tmp_path, data_dir, rgb):
             {
                 "type": "FeatureCollection",
                 "crs": {"type": "name", "properties": {"name": "EPSG:4326"}},
-                "features": [{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]}}],
+                "features": [
+                    {
+                        "type": "Feature",
+                        "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]},
+                    }
+                ],
             },
             "EPSG:4326",
         ),

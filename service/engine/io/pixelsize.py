@@ -67,17 +67,22 @@ def from_dataset(src) -> MeasuredSize:
     crs, t = src.crs, src.transform
     if crs is not None and crs.is_projected:
         factor = crs.linear_units_factor[1]
-        return MeasuredSize((abs(t.a) + abs(t.e)) / 2 * factor, f"projected CRS {crs.to_string()}")
+        return MeasuredSize((abs(t.a) + abs(t.e)) / 2 * factor, f"projected CRS {_crs_name(crs)}")
     if crs is not None and crs.is_geographic:
         centre = (t.c + t.a * src.width / 2 + t.b * src.height / 2, t.f + t.d * src.width / 2 + t.e * src.height / 2)
         east, north = metres_per_degree(max(-89.9, min(89.9, centre[1])))
         size = (abs(t.a) * east + abs(t.e) * north) / 2
-        return MeasuredSize(size, f"geographic CRS {crs.to_string()} at latitude {centre[1]:.3f}")
+        return MeasuredSize(size, f"geographic CRS {_crs_name(crs)} at latitude {centre[1]:.3f}")
     tags = src.tags()
     ome = from_ome_xml(tags.get("TIFFTAG_IMAGEDESCRIPTION", ""))
     if ome is not None:
         return ome
     return from_resolution_tags(tags)
+
+
+def _crs_name(crs) -> str:
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else "(custom)"
 
 
 def from_ome_xml(description: str) -> MeasuredSize | None:
