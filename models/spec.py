@@ -15,6 +15,7 @@ Geometry, in the terms the engine uses (all lengths in pixels, the same along bo
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,6 +23,8 @@ import numpy as np
 
 INTEGER_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32")
 DEFAULT_DTYPES = INTEGER_DTYPES + ("float32", "float64")
+DEFAULT_PIXEL_TOLERANCE = 0.1
+UNITS = {"m": 1.0, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "nm": 1e-9}  # metres per unit
 
 
 class BlendMode(str, enum.Enum):
@@ -67,13 +70,59 @@ class InputSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     dtypes: tuple[str, ...] = DEFAULT_DTYPES
-    pixel_size: float | None = None  # ground sampling distance the model was trained at, in metres
+    pixel_size: float | None = None  # the pixel size the model was trained at, in metres; None: not known
+    pixel_tolerance: float = DEFAULT_PIXEL_TOLERANCE  # relative difference still taken as the same pixel size
 
     def __post_init__(self) -> None:
         if len(self.mean) != self.bands or len(self.std) != self.bands:
             raise ValueError(f"mean and std need {self.bands} values each, one per band")
         if any(s <= 0 for s in self.std):
             raise ValueError("std values must be positive")
+        if self.pixel_size is not None and not self.pixel_size > 0:
+            raise ValueError(f"pixel_size must be positive, not {self.pixel_size}")
+        if not 0 <= self.pixel_tolerance < 1:
+            raise ValueError(f"pixel_tolerance must be in [0, 1), not {self.pixel_tolerance}")
+
+
+LENGTH_PATTERN = r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(nm|um|µm|mm|m)\s*"
+
+
+def parse_length(text: str) -> float:
+    """A length with its unit (``"0.25um"``, ``"4 nm"``, ``"0.3m"``), in metres.
+
+    Raises:
+        ValueError: no number, no unit, or a unit other than nm, um (µm), mm, m.
+    """
+    match = re.fullmatch(LENGTH_PATTERN, str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"{text!r} is not a pixel size: give a positive number and its unit, e.g. 0.25um or 0.3m")
+    return float(match.group(1)) * UNITS[match.group(2)]
+
+
+def pixel_size_record(metres: float | None, tolerance: float) -> dict[str, Any] | None:
+    """A card's pixel size: ``{"value", "unit", "tolerance"}``, in micrometres below a millimetre (microscopy),
+    in metres above (geodata); None when not known."""
+    if metres is None:
+        return None
+    unit = "um" if metres < 1e-3 else "m"
+    return {"value": round(metres / UNITS[unit], 12), "unit": unit, "tolerance": tolerance}
+
+
+def parse_pixel_size(value: Any) -> tuple[float | None, float]:
+    """A card's pixel size in metres and its tolerance, from ``{"value", "unit", "tolerance"}``, or from the
+    plain number in metres (or null) that older cards carry.
+
+    Raises:
+        ValueError: an unknown unit, or a value that is not a positive number.
+    """
+    if value is None:
+        return None, DEFAULT_PIXEL_TOLERANCE
+    if isinstance(value, (int, float)):
+        return float(value), DEFAULT_PIXEL_TOLERANCE
+    unit = str(value.get("unit", "m"))
+    if unit not in UNITS:
+        raise ValueError(f"pixel size unit {unit!r} is not one of {', '.join(UNITS)}")
+    return float(value["value"]) * UNITS[unit], float(value.get("tolerance", DEFAULT_PIXEL_TOLERANCE))
 
 
 @dataclass(frozen=True)
@@ -148,12 +197,15 @@ class ModelSpec:
                 del entry["background"]
         data["geometry"]["blend"] = self.geometry.blend.value
         data["geometry"]["output_smaller"] = self.geometry.output_smaller
+        data["input"]["pixel_size"] = pixel_size_record(self.input.pixel_size, self.input.pixel_tolerance)
+        del data["input"]["pixel_tolerance"]
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
         geometry = {k: v for k, v in data["geometry"].items() if k != "output_smaller"}
         inp = data["input"]
+        pixel_size, tolerance = parse_pixel_size(inp.get("pixel_size"))
         return cls(
             name=data["name"],
             arch=data["arch"],
@@ -162,7 +214,8 @@ class ModelSpec:
                 mean=tuple(float(v) for v in inp["mean"]),
                 std=tuple(float(v) for v in inp["std"]),
                 dtypes=tuple(inp.get("dtypes", DEFAULT_DTYPES)),
-                pixel_size=inp.get("pixel_size"),
+                pixel_size=pixel_size,
+                pixel_tolerance=tolerance,
             ),
             classes=tuple(
                 ClassInfo(int(c["index"]), str(c["name"]), str(c["color"]), bool(c.get("background", False)))

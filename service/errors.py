@@ -40,6 +40,18 @@ class DtypeError(InputError):
     code = "unsupported_dtype"
 
 
+class PixelSizeError(InputError):
+    """The input's pixel size is unknown where the run requires it (``pixel_size_policy=strict``), or wrong."""
+
+    code = "pixel_size"
+
+
+class RoiError(InputError):
+    """A region of interest that cannot be used: unreadable, empty, in another CRS, or outside the image."""
+
+    code = "bad_roi"
+
+
 class TileGeometryError(TilesegError, ValueError):
     """Tile settings that break the model's geometry (size multiple, offset) or are out of range."""
 
@@ -176,10 +188,12 @@ __all__ = [
     "LeaseLostError",
     "ModelNotFoundError",
     "OptionsError",
+    "PixelSizeError",
     "RequestError",
     "ResultGoneError",
     "ResultNotFoundError",
     "ResultNotReadyError",
+    "RoiError",
     "SourceNotAllowedError",
     "TileGeometryError",
     "TileNotFoundError",

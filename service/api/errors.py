@@ -39,6 +39,8 @@ STATUS_BY_CODE = {
     "unsupported_format": 415,
     "unreadable_input": 415,  # the content is not a complete raster in a format we take
     "band_mismatch": 422,
+    "pixel_size": 422,
+    "bad_roi": 422,
     "unsupported_dtype": 422,
     "bad_tile_settings": 422,
     "bad_options": 422,

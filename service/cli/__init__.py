@@ -106,6 +106,15 @@ def segment(
             f"{result.settings['runtime']} on {result.settings['device']}",
             err=True,
         )
+        if result.resolution:
+            click.echo(f"pixel size: {result.resolution['why']}", err=True)
+        if result.roi:
+            roi = result.roi
+            click.echo(
+                f"roi {roi['source']}: {roi['area_share']:.0%} of the image, {roi['tiles_skipped']} tiles "
+                f"({roi['skipped_share']:.0%}) skipped, about {roi['seconds_saved_estimate']:.1f} s saved",
+                err=True,
+            )
 
 
 @cli.group("models", invoke_without_command=True)

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tileseg.models.spec import BlendMode
+from tileseg.models.spec import BlendMode, parse_length
 
 BANDS_PATTERN = r"^[0-9]{1,4}(,[0-9]{1,4})*$"
 MAX_TILE = 8192  # the largest core: a window of 8192^2 already takes gigabytes of activations
@@ -51,6 +51,21 @@ class ObjectType(str, enum.Enum):
 
     ANNOTATION = "annotation"
     DETECTION = "detection"
+
+
+class PixelSizePolicy(str, enum.Enum):
+    """``resample`` to the model's pixel size when known; ``native`` never; ``strict`` refuses unknown sizes."""
+
+    RESAMPLE = "resample"
+    NATIVE = "native"
+    STRICT = "strict"
+
+
+class OutputGrid(str, enum.Enum):
+    """Where the mask is written: on the ``input``'s grid (level 0) or on the ``model``'s (the virtual grid)."""
+
+    INPUT = "input"
+    MODEL = "model"
 
 
 def _cli_only(description: str) -> dict[str, Any]:
@@ -99,6 +114,24 @@ class SegmentOptions(BaseModel):
     object_type: ObjectType = Field(
         ObjectType.ANNOTATION, description="Vectors of pixel-space inputs: QuPath's objectType in the GeoJSON."
     )
+    pixel_size: str | None = Field(
+        None,
+        max_length=32,
+        description="The input's pixel size with its unit (e.g. 0.25um, 0.3m), when its metadata lacks it or is wrong.",
+    )
+    pixel_size_policy: PixelSizePolicy = Field(
+        PixelSizePolicy.RESAMPLE,
+        description="resample to the model's pixel size; native: read as it is; strict: refuse unknown pixel sizes.",
+    )
+    output_grid: OutputGrid = Field(
+        OutputGrid.INPUT, description="Write the mask on the input's grid, or on the model's (resampled) grid."
+    )
+    roi: str | None = Field(
+        None,
+        max_length=4096,
+        description="Only segment a region: auto (tissue found on a low-resolution level), or a GeoJSON/GeoPackage "
+        "file of polygons in the input's coordinates (a server takes auto only).",
+    )
     batch: int = Field(4, ge=1, le=1024, **_cli_only("Tiles per forward pass."))
     readers: int = Field(2, ge=1, le=64, **_cli_only("Reader threads preparing batches ahead of the network."))
 
@@ -114,6 +147,19 @@ class SegmentOptions(BaseModel):
     @classmethod
     def _parse_classes(cls, value: Any) -> Any:
         return _int_list(value, "give class indices separated by commas, e.g. 1,3")
+
+    @field_validator("pixel_size")
+    @classmethod
+    def _parse_pixel_size(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_length(value)
+        return value.strip()
+
+    @property
+    def pixel_size_m(self) -> float | None:
+        """The stated pixel size in metres, or None."""
+        return parse_length(self.pixel_size) if self.pixel_size else None
 
     @field_validator("bands")
     @classmethod
@@ -160,6 +206,8 @@ __all__ = [
     "Compile",
     "Connectivity",
     "ObjectType",
+    "OutputGrid",
+    "PixelSizePolicy",
     "Precision",
     "SegmentOptions",
     "base_type",

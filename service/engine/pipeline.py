@@ -23,6 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -31,17 +32,22 @@ from typing import Any
 import numpy as np
 
 from tileseg import __version__, models
+from tileseg.engine.io.pixelsize import describe
 from tileseg.engine.io.read import ALLOWED_DRIVERS, InputRaster, RasterInfo, gdal_env
+from tileseg.engine.io.resample import ResampledRaster, regrid_strips
+from tileseg.engine.io.slide import SLIDE_DRIVER, SlideRaster, slide_format
 from tileseg.engine.io.write import BackgroundWriter, MaskSink
 from tileseg.engine.memory import release_free_memory
-from tileseg.engine.options import SegmentOptions
+from tileseg.engine.options import OutputGrid, SegmentOptions
 from tileseg.engine.prediction import TilePrediction
+from tileseg.engine.resolution import Resolution, plan_resolution
+from tileseg.engine.roi import region_of_interest
 from tileseg.engine.runner import BatchRunner
 from tileseg.engine.runtime import Choice, pick_device, tuner
 from tileseg.engine.stitching import Strip, build_stitcher
 from tileseg.engine.tiling import Tile, TilePlan, TileSettings
 from tileseg.engine.vectors import VectorSink, check_vector_path
-from tileseg.errors import TilesegError
+from tileseg.errors import TilesegError, UnsupportedFormatError
 from tileseg.models.base import SegmentationNet
 
 log = logging.getLogger(__name__)
@@ -61,6 +67,8 @@ class SegmentResult:
     seconds: float
     settings: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    resolution: dict[str, Any] = field(default_factory=dict)  # the pixel sizes, the level read and why
+    roi: dict[str, Any] | None = None  # the region of interest's share of the tiles and the time it saved
     vectors: Path | None = None
 
 
@@ -121,46 +129,40 @@ def segment(
     output = Path(output)
     if vectors is not None:
         check_vector_path(vectors)  # before any work
-    with gdal_env(), InputRaster(source, spec, options.bands, allowed_drivers, max_pixels) as src:
-        settings = tile_settings(spec, options, (src.height, src.width))
-        vector_sink = VectorSink.of(vectors, spec, src, options)
-        choice = choose_runtime(model, device, settings, len(TilePlan(settings, src.height, src.width)), options)
-        runtime = choice.runtime
-        notes = _pixel_size_warnings(src, spec)
-        out_dtype, nodata = ("uint8", 255) if max(c.index for c in spec.classes) < 255 else ("uint16", 65535)
-        tags = {
-            "TILESEG_MODEL": spec.name,
-            "TILESEG_CARD_SHA256": _card_hash(model),
-            "TILESEG_VERSION": __version__,
-            "TILESEG_OPTIONS": json.dumps(
-                {
-                    **options.to_record(),
-                    "tile": settings.core,
-                    "blend": settings.blend.value,
-                    "precision": runtime.precision,
-                }
-            ),
-            "TILESEG_RUNTIME": json.dumps({"runtime": runtime.label, "device": str(device), "why": choice.reason}),
-            "TILESEG_SOURCE": src.info.name,
-        }
-        sink = MaskSink(src, spec, output, probabilities, out_dtype, nodata, vector_sink)
-        runner = BatchRunner(model, settings, src.scaling, device, runtime, options.tta, probabilities is not None)
-        counts = TileCounts()
-        try:
-            with BackgroundWriter(sink) as writer:
-                for strip in predict_strips(runner, src, counts, options.readers, progress):
-                    writer.put(strip)
-            sink.finish(tags, spec, options.cog)
-        except BaseException:
-            sink.discard()
-            raise
+    with gdal_env(), open_input(source, spec, options.bands, allowed_drivers, max_pixels) as full:
+        resolution = plan_resolution(
+            full.levels, full.pixel_size, spec, options.pixel_size_policy, options.pixel_size_m
+        )
+        with reading_grid(full, resolution) as grid:
+            roi = region_of_interest(full, grid, options.roi) if options.roi else None
+            src = roi.restrict(grid) if roi else grid
+            settings = tile_settings(spec, options, (src.height, src.width))
+            choice = choose_runtime(model, device, settings, len(TilePlan(settings, src.height, src.width)), options)
+            target = full if options.output_grid is OutputGrid.INPUT else grid
+            target = roi.restrict(target) if roi else target
+            pixel = _grid_pixel_size(full, target)
+            tags = _tags(model, full, options, settings, choice, device, resolution, pixel)
+            vector_sink = VectorSink.of(vectors, spec, target, options, pixel)
+            sink = MaskSink(target, spec, output, probabilities, *_mask_dtype(spec), vector_sink)
+            runner = BatchRunner(
+                model, settings, src.scaling, device, choice.runtime, options.tta, probabilities is not None
+            )
+            counts = TileCounts()
+            strips: Iterable[Strip] = predict_strips(runner, src, counts, options.readers, progress)
+            if target is not src and (target.height, target.width) != (src.height, src.width):
+                strips = regrid_strips(strips, (src.height, src.width), (target.height, target.width))
+            if roi:
+                tags["TILESEG_ROI"] = json.dumps({"source": roi.source, "area_share": round(float(roi.mask.mean()), 4)})
+            _write(sink, strips, tags, spec, options.cog or isinstance(full, SlideRaster))
+            pixels = {"level_0": full.pixels_read, "grid": _pixels_read(grid) if grid is not full else full.pixels_read}
+    seconds = time.perf_counter() - started
     return SegmentResult(
         output=output,
         probabilities=Path(probabilities) if probabilities else None,
-        input=src.info,
+        input=full.info,
         tiles_total=counts.total,
         tiles_skipped=counts.skipped,
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
         settings={
             "tile": settings.core,
             "window": settings.window,
@@ -171,9 +173,98 @@ def segment(
             "runtime_reason": choice.reason,
             "device": str(device),
         },
-        warnings=notes,
+        warnings=_pixel_size_warnings(resolution, spec),
+        resolution={**resolution.to_dict(), "pixels_read": pixels},
+        roi=roi.summary(counts, seconds) if roi else None,
         vectors=Path(vectors) if vectors is not None else None,
     )
+
+
+def _write(sink: MaskSink, strips: Iterable[Strip], tags: dict[str, str], spec, cog: bool) -> None:
+    """Write every strip, then finish the mask; a failure removes what was written."""
+    try:
+        with BackgroundWriter(sink) as writer:
+            for strip in strips:
+                writer.put(strip)
+        sink.finish(tags, spec, cog)
+    except BaseException:
+        sink.discard()
+        raise
+
+
+def _mask_dtype(spec: models.ModelSpec) -> tuple[str, int]:
+    return ("uint8", 255) if max(c.index for c in spec.classes) < 255 else ("uint16", 65535)
+
+
+def open_input(
+    source, spec: models.ModelSpec, bands=None, allowed_drivers=ALLOWED_DRIVERS, max_pixels: int | None = None
+) -> InputRaster | SlideRaster:
+    """The reader that owns ``source``, decided by its content: OpenSlide for a vendor's whole-slide image,
+    GDAL (rasterio) for everything else.
+
+    Raises:
+        UnreadableInputError, UnsupportedFormatError, TooLargeError, BandMismatchError, DtypeError.
+    """
+    path = Path(source)
+    vendor = slide_format(path) if path.is_file() else None
+    if vendor is not None:
+        if SLIDE_DRIVER not in allowed_drivers:
+            raise UnsupportedFormatError(f"{path.name} is a whole-slide image ({vendor}); this server takes none")
+        return SlideRaster(path, spec, bands, 0, max_pixels)
+    return InputRaster(path, spec, bands, allowed_drivers - {SLIDE_DRIVER}, max_pixels)
+
+
+@contextmanager
+def reading_grid(full, resolution: Resolution) -> Iterator[Any]:
+    """The reader of the grid the model sees: ``full`` itself, one of its pyramid levels, or a level
+    resampled to a virtual grid (:class:`ResampledRaster`); a level's reader is closed on the way out."""
+    if resolution.level == 0 and not resolution.resampled:
+        yield full
+        return
+    level = full.at_level(resolution.level) if resolution.level else full
+    try:
+        yield ResampledRaster(level, *resolution.grid) if resolution.resampled else level
+    finally:
+        if level is not full:
+            level.close()
+
+
+def _pixels_read(grid) -> int:
+    """Pixels decoded from the level a grid is made of (a resampled grid counts its level's)."""
+    return int(getattr(grid, "pixels_read", getattr(getattr(grid, "base", None), "pixels_read", 0)))
+
+
+def _grid_pixel_size(full, target) -> float | None:
+    size = full.pixel_size.metres
+    return None if size is None else size * full.height / target.height
+
+
+def _tags(
+    model, full, options, settings, choice, device, resolution: Resolution, pixel: float | None
+) -> dict[str, str]:
+    """The provenance tags of a mask: model, options, runtime, the pixel size read and why; for an input
+    without a CRS whose pixel size is known, TIFF resolution tags (pixels per centimetre) as slide viewers
+    read them."""
+    tags = {
+        "TILESEG_MODEL": model.spec.name,
+        "TILESEG_CARD_SHA256": _card_hash(model),
+        "TILESEG_VERSION": __version__,
+        "TILESEG_OPTIONS": json.dumps(
+            {
+                **options.to_record(),
+                "tile": settings.core,
+                "blend": settings.blend.value,
+                "precision": choice.runtime.precision,
+            }
+        ),
+        "TILESEG_RUNTIME": json.dumps({"runtime": choice.runtime.label, "device": str(device), "why": choice.reason}),
+        "TILESEG_SOURCE": full.info.name,
+        "TILESEG_PIXEL_SIZE": json.dumps(resolution.to_dict()),
+    }
+    if full.crs is None and pixel is not None:
+        per_cm = f"{0.01 / pixel:.6f}"
+        tags.update(TIFFTAG_XRESOLUTION=per_cm, TIFFTAG_YRESOLUTION=per_cm, TIFFTAG_RESOLUTIONUNIT="3")
+    return tags
 
 
 def choose_runtime(
@@ -303,19 +394,20 @@ def _card_hash(model: SegmentationNet) -> str:
     return models.card_hash(path) if path else "unknown"
 
 
-def _pixel_size_warnings(src: InputRaster, spec: models.ModelSpec) -> list[str]:
-    trained = spec.input.pixel_size
-    if not trained or src.crs is None or not src.crs.is_projected:
+def _pixel_size_warnings(resolution: Resolution, spec: models.ModelSpec) -> list[str]:
+    """A warning when the run reads at a pixel size far from the model's, or cannot tell."""
+    model, read = resolution.model, resolution.read
+    if model is None:
         return []
-    try:
-        metres = abs(src.transform.a) * src.crs.linear_units_factor[1]
-    except Exception:  # CRS without a linear unit GDAL can name: nothing to compare
-        return []
-    ratio = metres / trained
-    if ratio > 2 or ratio < 0.5:
+    if read is None:
+        note = f"{spec.name} was trained at {describe(model)}; {resolution.why}"
+        log.warning(note)
+        return [note]
+    ratio = read / model
+    if abs(ratio - 1) > spec.input.pixel_tolerance and abs(1 / ratio - 1) > spec.input.pixel_tolerance:
         note = (
-            f"the input's pixel size ({metres:.3g} m) differs from the {trained:.3g} m that {spec.name} was "
-            f"trained at by {max(ratio, 1 / ratio):.1f}x: expect a poorer result"
+            f"the pixel size read ({describe(read)}) differs from the {describe(model)} that {spec.name} was "
+            f"trained at by {max(ratio, 1 / ratio):.1f}x ({resolution.why}): expect a poorer result"
         )
         log.warning(note)
         return [note]

@@ -328,10 +328,14 @@ class VectorSink:
         self.written = 0
 
     @classmethod
-    def of(cls, path, spec: ModelSpec, grid, options) -> VectorSink | None:
-        """The sink of a run that writes vectors to ``path`` on ``grid``'s (``width``, ``crs``, ``transform``);
+    def of(cls, path, spec: ModelSpec, grid, options, pixel_size_m: float | None = None) -> VectorSink | None:
+        """The sink of a run that writes vectors to ``path`` on ``grid``'s (``width``, ``crs``, ``transform``),
+        with areas in µm² where the grid has no CRS but a known pixel size (``pixel_size_m``, a slide's);
         None when ``path`` is None."""
-        return None if path is None else cls(path, spec, grid.width, grid.crs, grid.transform, options)
+        if path is None:
+            return None
+        microns = pixel_size_m * 1e6 if pixel_size_m and grid.crs is None else None
+        return cls(path, spec, grid.width, grid.crs, grid.transform, options, microns_per_pixel=microns)
 
     def write(self, y: int, mask: np.ndarray, probabilities: np.ndarray | None) -> None:
         """Take the mask's rows from ``y`` (class indices, nodata applied) and their probabilities, if any."""

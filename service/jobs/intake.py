@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ConfigDict, Field, create_model
+from pydantic import ConfigDict, Field, create_model, field_validator
 
 from tileseg.engine import tile_settings
 from tileseg.engine.io import ALLOWED_DRIVERS, RasterInfo, check_dtype, gdal_env, open_raster, probe, select_bands
@@ -31,6 +31,14 @@ class JobOptions(SegmentOptions):
 
     probabilities: bool = Field(False, description="Also write per-class probabilities.")
     vectors: bool = Field(False, description="Also write every region of every object class as a polygon.")
+
+    @field_validator("roi")
+    @classmethod
+    def _roi_auto_only(cls, value: str | None) -> str | None:
+        # a path in a request would let a client make the server read any of its files
+        if value is not None and value.strip().lower() != "auto":
+            raise ValueError("a job takes roi=auto only (polygon files are for the command line)")
+        return value
 
     def segment_options(self, batch: int = 4) -> SegmentOptions:
         """The engine's options for this job, with the server's batch size."""

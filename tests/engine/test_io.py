@@ -10,7 +10,7 @@ import rasterio
 
 from tests.engine.nets import checkpoint
 from tileseg.engine import SegmentOptions, segment
-from tileseg.errors import BandMismatchError, DtypeError
+from tileseg.errors import BandMismatchError, DtypeError, PixelSizeError
 
 
 @pytest.fixture
@@ -114,6 +114,11 @@ def test_aperio_svs_level0(tmp_path, data_dir, rgb_model):
 
 
 def test_pixel_size_warning(tmp_path, data_dir):
+    """A 0.5 m model on a 300 m scene: resampling would invent detail, so it is refused; read natively, the
+    run warns."""
     model = checkpoint(tmp_path, "test-pool", bands=3, classes=2, name="fine", pixel_size=0.5)
-    result = segment(model, data_dir / "geotiff" / "rgb-byte-tenth.tif", tmp_path / "m.tif", SegmentOptions(tile=32))
+    source = data_dir / "geotiff" / "rgb-byte-tenth.tif"
+    with pytest.raises(PixelSizeError, match="coarser than the model"):
+        segment(model, source, tmp_path / "m.tif", SegmentOptions(tile=32))
+    result = segment(model, source, tmp_path / "m.tif", SegmentOptions(tile=32, pixel_size_policy="native"))
     assert result.warnings and "pixel size" in result.warnings[0]

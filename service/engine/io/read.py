@@ -23,12 +23,13 @@ from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
+from tileseg.engine.io import pixelsize
 from tileseg.errors import BandMismatchError, DtypeError, TooLargeError, UnreadableInputError, UnsupportedFormatError
 from tileseg.models.spec import ModelSpec, reflect_indices
 
 # Formats accepted as input, by GDAL driver (decided from the content, not the name). VRT is left out on
 # purpose: a VRT names other files, which would let a request reach outside what it was given.
-ALLOWED_DRIVERS = frozenset({"GTiff", "COG", "PNG", "JPEG", "JP2OpenJPEG", "BMP", "WEBP"})
+ALLOWED_DRIVERS = frozenset({"GTiff", "COG", "PNG", "JPEG", "JP2OpenJPEG", "BMP", "WEBP", "OpenSlide"})
 OUTPUT_BLOCK = 512
 STATS_SIDE = 1024  # longest side of the decimated read that percentile statistics are taken from
 
@@ -68,8 +69,9 @@ class RasterInfo:
         }
 
 
-def open_raster(path: str | os.PathLike) -> rasterio.io.DatasetReader:
-    """Open a raster for reading, turning GDAL's failures into :class:`UnreadableInputError`."""
+def open_raster(path: str | os.PathLike, overview: int | None = None) -> rasterio.io.DatasetReader:
+    """Open a raster for reading (its overview ``overview``, 0-based, if given), turning GDAL's failures into
+    :class:`UnreadableInputError`."""
     path = Path(path)
     if not path.is_file():
         raise UnreadableInputError(f"{path}: no such file")
@@ -78,7 +80,7 @@ def open_raster(path: str | os.PathLike) -> rasterio.io.DatasetReader:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path)
+            return rasterio.open(path) if overview is None else rasterio.open(path, overview_level=overview)
     except RasterioError as err:
         raise UnreadableInputError(f"{path.name} is not a raster GDAL can read: {err}") from err
 
@@ -237,14 +239,35 @@ def _percentiles(src, bands: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     return low, high
 
 
+def mirrored_window(read_region, row: int, col: int, length: int, height: int, width: int) -> np.ndarray:
+    """The ``(bands, length, length)`` window at ``(row, col)`` of a ``height`` x ``width`` image whose in-image
+    regions ``read_region(row, col, rows, cols)`` reads: positions outside the image are mirrored from it
+    (reflect, without repeating the edge pixel), reading only the in-image rectangle that the window needs."""
+    rows = reflect_indices(row, length, height)
+    cols = reflect_indices(col, length, width)
+    r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+    data = read_region(r0, c0, r1 - r0, c1 - c0)
+    if not (row == r0 and r1 - r0 == length):
+        data = data[:, rows - r0]
+    if not (col == c0 and c1 - c0 == length):
+        data = data[:, :, cols - c0]
+    return data
+
+
 class InputRaster:
     """A checked input raster that reads normalised, mirror-padded windows; safe to use from many threads.
+
+    Every input reader has the members that :func:`tileseg.engine.predict_strips` and the writer use:
+    ``height``, ``width``, ``scaling``, ``read_window``, ``read_valid``; the file readers add ``info``,
+    ``crs``, ``transform``, ``read_region`` (raw in-image values), ``levels`` (the pyramid's level sizes),
+    ``pixel_size`` (from the metadata), ``at_level`` and ``pixels_read`` (a count of pixels decoded).
 
     Args:
         path: the raster.
         spec: the model's spec (bands, dtypes, normalisation).
         bands: explicit 1-based band selection, or None.
         allowed_drivers, max_pixels: what to accept.
+        level: the pyramid level to read: 0 the full resolution, ``k`` GDAL's overview ``k - 1``.
 
     Raises:
         UnreadableInputError, UnsupportedFormatError, TooLargeError, BandMismatchError, DtypeError.
@@ -257,9 +280,11 @@ class InputRaster:
         bands: tuple[int, ...] | None = None,
         allowed_drivers=ALLOWED_DRIVERS,
         max_pixels: int | None = None,
+        level: int = 0,
     ):
         self.path = Path(path)
         self.info = probe(self.path, allowed_drivers, max_pixels)
+        self.spec, self.level, self.pixels_read = spec, level, 0
         self._local = threading.local()
         self._handles: list = []
         self._lock = threading.Lock()
@@ -272,11 +297,33 @@ class InputRaster:
         self.profile = src.profile
         self.crs, self.transform = src.crs, src.transform
         self.height, self.width = src.height, src.width
+        self.levels = self._levels(src)
+        self.pixel_size = pixelsize.from_dataset(src)
+
+    def _levels(self, src) -> list[tuple[int, int]]:
+        """``(height, width)`` of level 0 and of each of GDAL's overviews (read from their headers)."""
+        if self.level:
+            return []
+        sizes = [(src.height, src.width)]
+        for k in range(len(src.overviews(self.bands[0]))):
+            with open_raster(self.path, overview=k) as ov:
+                sizes.append((ov.height, ov.width))
+        return sizes
+
+    def at_level(self, level: int) -> InputRaster:
+        """The same raster read at pyramid ``level`` (a new reader; the caller closes it).
+
+        Raises:
+            UnreadableInputError: the raster has no such level.
+        """
+        if not 0 <= level < len(self.levels):
+            raise UnreadableInputError(f"{self.info.name} has no pyramid level {level} (it has {len(self.levels)})")
+        return InputRaster(self.path, self.spec, self.bands, frozenset({self.info.driver}), None, level)
 
     def _dataset(self):
         src = getattr(self._local, "src", None)
         if src is None:
-            src = open_raster(self.path)
+            src = open_raster(self.path, overview=self.level - 1 if self.level else None)
             self._local.src = src
             with self._lock:
                 self._handles.append(src)
@@ -297,15 +344,14 @@ class InputRaster:
     def read_window(self, row: int, col: int, length: int) -> np.ndarray:
         """The raw ``(bands, length, length)`` window whose first pixel is ``(row, col)``, uint8 as it is and
         any other dtype as float32; positions outside the image are mirrored from it."""
-        rows = reflect_indices(row, length, self.height)
-        cols = reflect_indices(col, length, self.width)
-        r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-        data = self._read(lambda src: src.read(self.bands, window=Window(c0, r0, c1 - c0, r1 - r0)))
-        if not (row == r0 and r1 - r0 == length):
-            data = data[:, rows - r0]
-        if not (col == c0 and c1 - c0 == length):
-            data = data[:, :, cols - c0]
+        data = mirrored_window(self.read_region, row, col, length, self.height, self.width)
         return data if data.dtype == np.uint8 else data.astype(np.float32)
+
+    def read_region(self, row: int, col: int, height: int, width: int) -> np.ndarray:
+        """The raw ``(bands, height, width)`` values of an in-image region, in the file's dtype."""
+        with self._lock:
+            self.pixels_read += height * width
+        return self._read(lambda src: src.read(self.bands, window=Window(col, row, width, height)))
 
     def read_valid(self, row: int, col: int, height: int, width: int) -> np.ndarray | None:
         """A boolean ``(height, width)`` validity mask of an in-image region, or None when all is valid."""
