@@ -18,10 +18,13 @@
 ARG BASE=debian:bookworm-slim
 
 FROM ${BASE} AS base
-RUN if python3 -c 'import venv, ensurepip' 2>/dev/null; then echo "base: $(python3 --version)"; else \
-      apt-get update \
-      && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
-      && rm -rf /var/lib/apt/lists/*; fi
+# tini is PID 1: a process that is PID 1 ignores the SIGTERM it re-raises on its way out, so without it
+# `docker stop` would end the service with 0, not the 143 (128 + SIGTERM) that the README promises
+RUN python=""; python3 -c 'import venv, ensurepip' 2>/dev/null || python="python3 python3-venv ca-certificates"; \
+    apt-get update \
+ && apt-get install -y --no-install-recommends tini $python \
+ && rm -rf /var/lib/apt/lists/* \
+ && echo "base: $(python3 --version)"
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 
 # ---- build: the virtual environment and the weights ------------------------------------------------------
@@ -61,5 +64,5 @@ EXPOSE 8000
 # there; a container whose weights or data volume are unusable answers 503 here with the reason (preflight)
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"]
-ENTRYPOINT ["tileseg-entrypoint"]
+ENTRYPOINT ["tini", "--", "tileseg-entrypoint"]
 CMD ["tileseg", "serve", "--host", "0.0.0.0", "--port", "8000"]

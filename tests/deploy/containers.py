@@ -63,7 +63,20 @@ def build(image: str, dockerfile: Path, context: Path, **args: str) -> None:
     mounted for pip; records the build time and the image's size."""
     if subprocess.run(["podman", "image", "exists", BASE_IMAGE]).returncode:
         pytest.fail(f"the base image {BASE_IMAGE} is missing: {HINT}")
-    command = ["build", "--network", "host", "-f", str(dockerfile), "-t", image, "--build-arg", f"BASE={BASE_IMAGE}"]
+    # docker format: the OCI format has no HEALTHCHECK
+    command = [
+        "build",
+        "--format",
+        "docker",
+        "--network",
+        "host",
+        "-f",
+        str(dockerfile),
+        "-t",
+        image,
+        "--build-arg",
+        f"BASE={BASE_IMAGE}",
+    ]
     command += ["-v", f"{HOST_CA}:/run/host-ca.crt:ro", "--build-arg", "PIP_CERT=/run/host-ca.crt"]
     if WHEELS.is_dir():
         command += ["-v", f"{WHEELS}:{WHEELS}:ro", "--build-arg", f"PIP_FIND_LINKS={WHEELS}"]
