@@ -1,8 +1,8 @@
 """The compose file run for real, by Debian's docker-compose through podman's socket: the CPU set-up in
-embedded mode (jobs by upload and by ``source`` through the published port; ``down`` and ``up`` again keep
-the job table and the results in the volume), and the ``scale`` profile with Redis and PostgreSQL images
-made from Debian's packages and two worker containers (4 jobs succeed; a worker container killed mid-job:
-its job completes on the other)."""
+embedded mode (jobs by upload and by ``source`` through the published port, masks equal to the CLI's;
+``down`` and ``up`` again keep the job table and the results in the volume), and the ``scale`` profile with
+Redis and PostgreSQL images made from Debian's packages and two worker containers (4 jobs succeed; a worker
+container killed mid-job: its job completes on the other)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import os
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+import rasterio
 
 from tests.backends import free_port
 from tests.conftest import REPO
 from tests.deploy.containers import PREFIX, TAG, compose, job_json, podman, ready, timed, wait_until
-from tests.deploy.test_image import EXACT, HEALTHCHECK_START_PERIOD, wait_for_job
+from tests.deploy.test_image import EXACT, HEALTHCHECK_START_PERIOD, cli_mask, wait_for_job
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +62,7 @@ def override(tmp_path, shared_input) -> Path:
     return path
 
 
-def test_the_cpu_setup_serves_and_keeps_its_volume_across_down_and_up(image, docker_host, override, data_dir):
+def test_the_cpu_setup_serves_and_keeps_its_volume_across_down_and_up(image, docker_host, override, data_dir, tmp_path):
     project, port = f"{PREFIX}embedded", free_port()
     env = stack_env(port, DOCKER_HOST=docker_host)
     files = [REPO / "docker-compose.yml", override]
@@ -70,15 +72,16 @@ def test_the_cpu_setup_serves_and_keeps_its_volume_across_down_and_up(image, doc
             compose(project, "up", "-d", env=env, files=files)
             wait_until(ready(url), HEALTHCHECK_START_PERIOD, "the api of the CPU set-up ready")
         with httpx.Client(base_url=url, timeout=60) as client, timed("compose (CPU): a job by upload, one by source"):
-            jobs = [
-                upload(client, data_dir / "isbi2012" / "test" / "images" / "2.png"),
-                submit(client, source="/input/isbi2012/test/images/3.png"),
-            ]
+            inputs = [data_dir / "isbi2012" / "test" / "images" / f"{i}.png" for i in (2, 3)]
+            jobs = [upload(client, inputs[0]), submit(client, source="/input/isbi2012/test/images/3.png")]
             masks = {}
-            for job in jobs:
+            for job, path in zip(jobs, inputs):
                 done = wait_for_job(client, job["id"], ("succeeded", "failed"), 300)
                 assert done["status"] == "succeeded", done
                 masks[job["id"]] = client.get(done["links"]["mask"]).content
+                (tmp_path / "served.tif").write_bytes(masks[job["id"]])
+                with rasterio.open(tmp_path / "served.tif") as served:
+                    np.testing.assert_array_equal(served.read(), cli_mask(path, tmp_path / "cli.tif", "unet-em"))
         with timed("compose (CPU): down, up -d, ready"):
             compose(project, "down", "-t", "10", env=env, files=files)
             assert not podman("ps", "-aq", "--filter", f"label=com.docker.compose.project={project}").split()
