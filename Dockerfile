@@ -1,34 +1,47 @@
 # tileseg's image: the HTTP service (`tileseg serve`) and the queue worker (`tileseg worker`).
 #
-#   docker build -t tileseg .                                   # CUDA runtime base, CUDA build of PyTorch
-#   docker build -t tileseg:cpu --build-arg TORCH_VARIANT=cpu . # slim Debian base, CPU build of PyTorch
+#   docker build -t tileseg .                                    # CUDA build of PyTorch (GPU hosts)
+#   docker build -t tileseg:cpu --build-arg TORCH_VARIANT=cpu .  # CPU build of PyTorch
+#   docker build --build-arg BASE=python:3.11-slim-bookworm .    # another base with (or without) Python
 #
-# The install and start steps are docker/install.sh and docker/entrypoint.sh, which CI runs too. The shipped
-# checkpoints are in /weights (TILESEG_WEIGHTS_DIR): mount a folder there to serve others. The data
-# directory (job table, uploads, results) is /data: a volume. Not built in CI (no Docker engine there).
+# BASE is any Debian bookworm-like image: Python 3.10+ is taken from it when it has one with venv and
+# ensurepip (python:*-slim), else Debian's python3 is installed. The CUDA variant needs no CUDA base:
+# PyTorch's CUDA wheels carry the CUDA libraries; the host needs the NVIDIA driver and container toolkit
+# (what `--gpus` / compose's GPU reservation use), nothing else. CI builds the CPU variant from a Debian
+# base made locally (.ci/containers.sh), with the host's CA and wheels passed in (PIP_CERT, PIP_FIND_LINKS).
+#
+# The install and start steps are docker/install.sh and docker/entrypoint.sh. The shipped checkpoints are
+# in /weights (TILESEG_WEIGHTS_DIR): mount a folder there to serve others. The data directory (job table,
+# uploads, results) is /data: a volume. Layers go from what changes least (Python, PyTorch, dependencies)
+# to what changes most (the source, the weights), so that editing the code rebuilds seconds, not minutes.
 
-ARG TORCH_VARIANT=cuda
-ARG CUDA_BASE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
-ARG CPU_BASE=python:3.11-slim-bookworm
+ARG BASE=debian:bookworm-slim
 
-# ---- the two bases: only the one that TORCH_VARIANT names is built --------------------------------------
-FROM ${CUDA_BASE} AS base-cuda
-RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
- && rm -rf /var/lib/apt/lists/*
-
-FROM ${CPU_BASE} AS base-cpu
-
-FROM base-${TORCH_VARIANT} AS base
+FROM ${BASE} AS base
+# tini is PID 1: a process that is PID 1 ignores the SIGTERM it re-raises on its way out, so without it
+# `docker stop` would end the service with 0, not the 143 (128 + SIGTERM) that the README promises
+RUN python=""; python3 -c 'import venv, ensurepip' 2>/dev/null || python="python3 python3-venv ca-certificates"; \
+    apt-get update \
+ && apt-get install -y --no-install-recommends tini $python \
+ && rm -rf /var/lib/apt/lists/* \
+ && echo "base: $(python3 --version)"
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 
 # ---- build: the virtual environment and the weights ------------------------------------------------------
 FROM base AS build
-ARG TORCH_VARIANT
+ARG TORCH_VARIANT=cuda
+ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=""
+# pip's CA bundle and extra wheel folders, for builds behind a TLS proxy or with local wheels (CI)
+ARG PIP_CERT=""
+ARG PIP_FIND_LINKS=""
+ENV VENV=/opt/tileseg SRC=/src WEIGHTS_DIR=/weights PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY docker/install.sh /src/docker/install.sh
+RUN bash /src/docker/install.sh venv torch
+COPY pyproject.toml /src/pyproject.toml
+RUN bash /src/docker/install.sh deps
 COPY . /src
-RUN TORCH_VARIANT="${TORCH_VARIANT}" TORCH_INDEX_URL="${TORCH_INDEX_URL}" VENV=/opt/tileseg SRC=/src \
-    WEIGHTS_DIR=/weights PIP_NO_CACHE_DIR=1 bash /src/docker/install.sh
+RUN bash /src/docker/install.sh package weights check
 
 # ---- runtime: the environment, the weights, a user that is not root --------------------------------------
 FROM base AS runtime
@@ -36,9 +49,10 @@ RUN groupadd --system --gid 10001 tileseg \
  && useradd --system --uid 10001 --gid tileseg --home-dir /data --no-create-home --shell /usr/sbin/nologin tileseg \
  && mkdir -p /data /weights \
  && chown tileseg:tileseg /data
+COPY docker/preflight.py /usr/local/lib/tileseg/preflight.py
+COPY docker/entrypoint.sh /usr/local/bin/tileseg-entrypoint
 COPY --from=build /opt/tileseg /opt/tileseg
 COPY --from=build /weights /weights
-COPY docker/entrypoint.sh /usr/local/bin/tileseg-entrypoint
 ENV PATH=/opt/tileseg/bin:$PATH \
     TILESEG_DATA_DIR=/data \
     TILESEG_WEIGHTS_DIR=/weights
@@ -46,8 +60,9 @@ USER tileseg
 WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 8000
-# ready: models (or, in queue mode, their cards) loaded, the job table writable, the workers or the broker there
+# ready: models (or, in queue mode, their cards) loaded, the job table writable, the workers or the broker
+# there; a container whose weights or data volume are unusable answers 503 here with the reason (preflight)
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"]
-ENTRYPOINT ["tileseg-entrypoint"]
+ENTRYPOINT ["tini", "--", "tileseg-entrypoint"]
 CMD ["tileseg", "serve", "--host", "0.0.0.0", "--port", "8000"]

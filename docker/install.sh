@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # Install tileseg into a virtual environment: the Docker image's install step (the Dockerfile runs this
-# script), which CI also runs (tests/deploy/test_install.py), so that a broken step fails CI.
+# script, one step per layer so that a change to the source rebuilds only the last ones), which CI also runs
+# whole (tests/deploy/test_install.py), so that a broken step fails CI.
 #
-#   TORCH_VARIANT=cuda|cpu VENV=/opt/tileseg SRC=. WEIGHTS_DIR=/weights docker/install.sh
+#   TORCH_VARIANT=cuda|cpu VENV=/opt/tileseg SRC=. WEIGHTS_DIR=/weights docker/install.sh [STEP...]
 #
-# TORCH_VARIANT  cuda (default): the CUDA build of PyTorch (what the default package index serves for
-#                Linux x86_64); cpu: the CPU build, from PyTorch's CPU index.
+# STEP           any of: venv torch deps package weights check (default: all, in that order). `deps`
+#                installs the dependencies that pyproject.toml lists (it needs only that file), `package`
+#                then installs tileseg itself the way the README does (`pip install .`, not editable).
+# TORCH_VARIANT  cuda (default): the CUDA build of PyTorch as PyPI serves it for Linux x86_64; its wheels
+#                carry the CUDA libraries (nvidia-* packages), so any base with Python works and the host
+#                needs only the NVIDIA driver and container toolkit. cpu: the CPU build (`torch==X+cpu`),
+#                from PyTorch's CPU index.
 # TORCH_VERSION  default 2.13.0.
 # TORCH_INDEX_URL  where PyTorch comes from instead; `pip` takes it from pip's own configuration (index,
 #                find-links), as CI does with the CPU wheel on local disk.
 # VENV           the virtual environment to make (default /opt/tileseg).
 # SRC            the source tree (default: this script's repository).
-# WEIGHTS_DIR    if set, the shipped checkpoints are copied there (the image's TILESEG_WEIGHTS_DIR).
+# WEIGHTS_DIR    for `weights`: the shipped checkpoints are copied there (the image's TILESEG_WEIGHTS_DIR).
 # PYTHON         the interpreter that makes the environment (default python3).
 set -euo pipefail
 
@@ -20,28 +26,56 @@ TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 VENV="${VENV:-/opt/tileseg}"
 SRC="${SRC:-$(cd "$(dirname "$0")/.." && pwd)}"
 PYTHON="${PYTHON:-python3}"
+# build arguments arrive as variables even when empty; an empty PIP_* setting would mean "" to pip
+for name in PIP_CERT PIP_FIND_LINKS PIP_INDEX_URL PIP_EXTRA_INDEX_URL; do
+  [ -n "${!name:-}" ] || unset "$name"
+done
 
 case "$TORCH_VARIANT" in
-  cuda) torch_index="${TORCH_INDEX_URL:-}" ;;
-  cpu) torch_index="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}" ;;
+  cuda) torch_index="${TORCH_INDEX_URL:-}"; torch_spec="torch==$TORCH_VERSION" ;;
+  # the local version label: a CPU wheel or nothing, never PyPI's CUDA build of the same version
+  cpu) torch_index="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}"; torch_spec="torch==$TORCH_VERSION+cpu" ;;
   *) echo "install.sh: TORCH_VARIANT must be cuda or cpu, not '$TORCH_VARIANT'" >&2; exit 2 ;;
 esac
 [ "$torch_index" = pip ] && torch_index=""
+pip=("$VENV/bin/python" -m pip install --quiet)
 
-echo "install.sh: tileseg from $SRC into $VENV, PyTorch $TORCH_VERSION ($TORCH_VARIANT)"
-"$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --upgrade pip
-# PyTorch first, from its variant's index: the package's own dependencies then find it installed
-"$VENV/bin/python" -m pip install --quiet ${torch_index:+--index-url "$torch_index"} "torch==$TORCH_VERSION"
-# the way the README installs it (not editable: the image holds no source tree)
-"$VENV/bin/python" -m pip install --quiet "$SRC"
-
-if [ -n "${WEIGHTS_DIR:-}" ]; then
+step_venv() {
+  "$PYTHON" -m venv "$VENV"
+  "${pip[@]}" --upgrade pip
+}
+step_torch() {
+  # PyTorch first, from its variant's index: the package's own dependencies then find it installed
+  "${pip[@]}" ${torch_index:+--index-url "$torch_index"} "$torch_spec"
+}
+step_deps() {
+  "$VENV/bin/python" - "$SRC/pyproject.toml" >"$VENV/.tileseg-deps.txt" <<'PY'
+import sys, tomllib
+print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))
+PY
+  "${pip[@]}" -r "$VENV/.tileseg-deps.txt"
+}
+step_package() {
+  # the way the README installs it (not editable: the image holds no source tree)
+  "${pip[@]}" "$SRC"
+}
+step_weights() {
+  [ -n "${WEIGHTS_DIR:-}" ] || return 0
   mkdir -p "$WEIGHTS_DIR"
   find "$SRC/weights/" -maxdepth 1 -type f \( -name '*.safetensors' -o -name '*.json' \) -exec cp {} "$WEIGHTS_DIR/" \;
-fi
-
-# fail here, not at the first request, if the install is broken
-"$VENV/bin/tileseg" --version
-"$VENV/bin/python" -c "import torch, rasterio, celery, psycopg, tileseg.api, tileseg.jobs.queue; \
+}
+step_check() {
+  # fail here, not at the first request, if the install is broken
+  "$VENV/bin/tileseg" --version
+  "$VENV/bin/python" -c "import torch, rasterio, celery, psycopg, tileseg.api, tileseg.jobs.queue; \
 print('install.sh: torch', torch.__version__, '| cuda build' if torch.version.cuda else '| cpu build')"
+}
+
+[ "$#" -gt 0 ] || set -- venv torch deps package weights check
+echo "install.sh: $* | tileseg from $SRC into $VENV, PyTorch $torch_spec ($TORCH_VARIANT)"
+for step in "$@"; do
+  case "$step" in
+    venv|torch|deps|package|weights|check) "step_$step" ;;
+    *) echo "install.sh: unknown step '$step' (venv torch deps package weights check)" >&2; exit 2 ;;
+  esac
+done

@@ -58,8 +58,19 @@ def data_volume(service: dict) -> str:
     return volume.split(":")[0]
 
 
+GPU = ("-f", "docker-compose.yml", "-f", "docker-compose.gpu.yml")
+
+
+def without_gpus(config: dict) -> dict:
+    """The rendered config less the GPU override's parts: reservations and the workers' device pin."""
+    for service in config["services"].values():
+        service.pop("deploy", None)
+        service.get("environment", {}).pop("TILESEG_DEVICE", None)
+    return config
+
+
 def test_the_default_is_one_api_in_embedded_mode_on_the_gpu():
-    config = render("-f", "docker-compose.yml")
+    config = render(*GPU)
     services = active(config, set())
     assert set(services) == {"api"}
     api = services["api"]
@@ -76,8 +87,44 @@ def test_the_default_is_one_api_in_embedded_mode_on_the_gpu():
     )
 
 
-def test_the_scale_profile_queues_on_redis_and_postgres_with_a_worker_per_gpu():
+def test_the_cpu_setup_differs_from_the_gpu_one_only_by_the_gpu_reservations():
+    for options in ((), ("--env-file", "scale.env", "--profile", "scale")):
+        cpu = render("-f", "docker-compose.yml", *options)
+        gpu = render(*GPU, *options)
+        assert not any("deploy" in service for service in cpu["services"].values()), "no GPU reserved"
+        assert all(
+            service["environment"]["TILESEG_DEVICE"] == "auto"
+            for service in cpu["services"].values()
+            if "environment" in service and "TILESEG_DEVICE" in service["environment"]
+        )
+        assert without_gpus(cpu) == without_gpus(gpu)
+
+
+def test_the_backing_images_are_variables_defaulting_to_the_official_ones():
     config = render("--env-file", "scale.env", "--profile", "scale")
+    assert (config["services"]["redis"]["image"], config["services"]["postgres"]["image"]) == (
+        "redis:7-bookworm",
+        "postgres:15-bookworm",
+    )
+    binary = shutil.which("docker-compose")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TILESEG_", "COMPOSE_", "POSTGRES_"))}
+    env.update(TILESEG_REDIS_IMAGE="localhost/r:1", TILESEG_POSTGRES_IMAGE="localhost/p:2")
+    out = subprocess.run(
+        [binary, "--env-file", "scale.env", "--profile", "scale", "config"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    local = yaml.safe_load(out.stdout)
+    assert (local["services"]["redis"]["image"], local["services"]["postgres"]["image"]) == (
+        "localhost/r:1",
+        "localhost/p:2",
+    )
+
+
+def test_the_scale_profile_queues_on_redis_and_postgres_with_a_worker_per_gpu():
+    config = render(*GPU, "--env-file", "scale.env", "--profile", "scale")
     services = active(config, {"scale"})
     workers = {name: s for name, s in services.items() if name.startswith("worker")}
     assert set(services) == {"api", "redis", "postgres", *workers} and len(workers) >= 2

@@ -6,6 +6,7 @@ install or start step fails here."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -38,10 +39,13 @@ def test_the_dockerfile_installs_and_starts_through_the_scripts():
     runs = [rest for keyword, rest in steps if keyword == "RUN"]
     assert any("docker/install.sh" in run for run in runs), "the install step is docker/install.sh"
     copies = [rest for keyword, rest in steps if keyword == "COPY"]
-    entry = next(rest for keyword, rest in steps if keyword == "ENTRYPOINT")
-    assert any(c.startswith("docker/entrypoint.sh ") and c.split()[-1].endswith(entry.strip('[]" ')) for c in copies)
+    entry = json.loads(next(rest for keyword, rest in steps if keyword == "ENTRYPOINT"))
+    assert entry[:2] == ["tini", "--"], "an init as PID 1: SIGTERM ends the service with 143"
+    assert any(c.startswith("docker/entrypoint.sh ") and c.split()[-1].endswith(entry[-1]) for c in copies)
     assert ("ARG", "TORCH_VARIANT=cuda") in steps, "the CUDA image is the default"
-    assert any(k == "FROM" and "base-${TORCH_VARIANT}" in r for k, r in steps), "the base follows the variant"
+    assert ("ARG", "BASE=debian:bookworm-slim") in steps and ("FROM", "${BASE} AS base") in steps, (
+        "the base is an argument"
+    )
     user = [rest for keyword, rest in steps if keyword == "USER"]
     assert user and user[-1] not in ("root", "0"), "the service runs as a user that is not root"
     assert any(k == "HEALTHCHECK" and "/readyz" in r for k, r in steps)
