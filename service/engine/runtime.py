@@ -8,8 +8,8 @@ once a machine, and keeps the fastest:
 
 1. *Screen*: one small window through each eager candidate; a candidate more than :data:`SCREEN_FACTOR` times
    slower than the best is dropped there (an emulated bf16 costs a fraction of a second, not half a minute).
-2. *Measure*: the survivors on a batch of the model's default window, a warm-up call then timed calls within
-   :data:`MEASURE_SECONDS`.
+2. *Measure*: the survivors on one window of the model's default size (a batch costs about its size times
+   as much), a warm-up call then timed calls within :data:`MEASURE_SECONDS`: a few seconds in all.
 3. *Compile* only pays on long runs: compiled candidates are measured (compile time included) only when a run's
    estimated eager time is at least :data:`COMPILE_WORTH` times a typical compile, and chosen only when the time
    saved over the run exceeds the compile time still to pay (nothing once this process has compiled it).
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SCREEN_FACTOR = 1.5  # a candidate this much slower than the best on the small window is not measured further
-MEASURE_SECONDS = 1.5  # timed calls per candidate stop after this long (at least one timed call)
+MEASURE_SECONDS = 1.0  # timed calls per candidate stop after this long (at least one timed call)
 COMPILE_WORTH = 3.0  # measure compilation only for runs whose eager time is this many typical compiles
 TYPICAL_COMPILE_SECONDS = 20.0  # what compiling a zoo network took here (CPU, inductor): 9-23 s
 NATIVE_BF16_MARGIN = 0.9  # without native bf16, bf16 must be at least 10 % faster than fp32 to be taken
@@ -505,8 +505,11 @@ class Tuner:
             if m.screen > SCREEN_FACTOR * fastest:
                 m.status = "screened out"
                 continue
-            full = self._measure_one(model, device, Runtime.from_label(m.runtime), window, batch)
-            m.seconds, m.setup, m.status, m.error = full.seconds, full.setup, full.status, full.error
+            # one window, not a batch: an eager pass costs about batch times as much, and a 1136-px window of
+            # an FCN at 4 a batch took 200 s to measure on a busy machine
+            full = self._measure_one(model, device, Runtime.from_label(m.runtime), window, 1)
+            m.seconds = full.seconds * batch if full.seconds is not None else None
+            m.setup, m.status, m.error = full.setup, full.status, full.error
         return results
 
     def _measure_one(self, model, device, runtime: Runtime, window: int, batch: int) -> Measurement:
