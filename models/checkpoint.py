@@ -27,8 +27,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tileseg.models.base import SegmentationNet
-from tileseg.models.external import FORMATS, open_external
 from tileseg.models.errors import CheckpointError, ModelNotFoundError, UnknownArchitectureError
+from tileseg.models.external import FORMATS, open_external
 from tileseg.models.registry import build_model
 from tileseg.models.spec import ModelSpec
 
@@ -114,8 +114,13 @@ def describe(name_or_path: str | os.PathLike) -> dict[str, Any]:
     card = read_card(name_or_path)
     spec = card["spec"]
     name = card.get("name") or resolve(name_or_path).stem
-    return {"name": name, "arch": card["arch"], "bands": spec["input"]["bands"], "classes": spec["classes"],
-            **{k: v for k, v in card.items() if k not in ("name", "arch")}}
+    return {
+        "name": name,
+        "arch": card["arch"],
+        "bands": spec["input"]["bands"],
+        "classes": spec["classes"],
+        **{k: v for k, v in card.items() if k not in ("name", "arch")},
+    }
 
 
 def card_hash(name_or_path: str | os.PathLike) -> str:
@@ -180,7 +185,9 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu", **
             details.append(f"unexpected {unexpected[:3]}")
         if wrong:
             k = wrong[0]
-            details.append(f"{k} has shape {tuple(tensors[k].shape)}, the {card['arch']} needs {tuple(expected[k].shape)}")
+            details.append(
+                f"{k} has shape {tuple(tensors[k].shape)}, the {card['arch']} needs {tuple(expected[k].shape)}"
+            )
         raise CheckpointError(f"{path} does not match its card ({card['arch']}): {'; '.join(details)}")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
     model.spec = spec if not options else _with_options(spec, model, options)

@@ -184,9 +184,7 @@ def add_model(
     net = open_network(path, fmt, arch, dict(params or {}), spec.input.bands, spec.num_classes)
     report = measure(net, spec.input.bands, budget, log)
     if report.classes != spec.num_classes:
-        raise CheckpointError(
-            f"the model outputs {report.classes} channels, the card names {spec.num_classes} classes"
-        )
+        raise CheckpointError(f"the model outputs {report.classes} channels, the card names {spec.num_classes} classes")
     stored = "safetensors" if fmt == "state_dict" else fmt
     hparams = dict(net.hparams) if not isinstance(net, ExternalNet) else {}
     if report.output_scale != 1:

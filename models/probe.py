@@ -8,8 +8,8 @@ treating it as a black box ``(1, bands, H, W) -> (1, classes, h, w)``:
    the step between them is the size ``multiple``; the output length gives the ``shrink`` (valid
    convolutions: ``h = H - 2 * shrink``) or a fixed ``output_scale`` (``h = H * scale``, upsampled by the
    wrapper). An ONNX file with fixed dimensions accepts one window only.
-2. *Receptive field.* One input pixel at a time is changed, at 64 consecutive positions (every phase of any
-   stride up to 64), on a long, thin random input, along rows and along columns; the output pixels whose
+2. *Receptive field.* One input pixel at a time is changed, at 32 consecutive positions (every phase of any
+   stride dividing 32; a whole size step if larger), on a long, thin random input, along rows and along columns; the output pixels whose
    logits change give the reach of each input pixel. The input grows until the reach stays inside it.
 3. *Stride grid.* The smallest multiple of the size step by which shifting the input shifts the output
    (away from the borders): tiles must start on this grid.
@@ -38,9 +38,9 @@ from tileseg.models.errors import CheckpointError
 from tileseg.models.spec import BlendMode, Geometry, reflect_indices
 
 SEARCH_BASES = (64, 128, 256, 448)
-PHASES = 64  # consecutive perturbed pixels: every phase of any stride up to 64
+PHASES = 32  # consecutive perturbed pixels: every phase of any stride dividing 32 (more for a larger step)
 MAX_LENGTH = 2048  # a receptive field reaching past this long input is not exactly tileable here
-CHUNK = 8  # perturbed inputs per forward pass (memory)
+CHUNK = 16  # perturbed inputs per forward pass (memory)
 DEFAULT_CORE = 256
 
 
@@ -238,8 +238,9 @@ def receptive_field(
     narrow = fixed or _accept(multiple, offset, shrink, 32 + 2 * shrink)
     long = fixed or _accept(multiple, offset, shrink, 384 + 2 * shrink)
     while True:
-        centre = long // 2 // PHASES * PHASES - PHASES // 2
-        positions = [centre + k for k in range(PHASES)]
+        phases = max(PHASES, multiple)
+        centre = long // 2 // phases * phases - phases // 2
+        positions = [centre + k for k in range(phases)]
         reaches = []
         for axis in (0, 1):
             x = _thin(bands, axis, long, narrow if not fixed else fixed)

@@ -42,7 +42,7 @@ def _import_torchvision() -> None:
     # smp's encoders need only torchvision's Python layer (model definitions, never nms), so declaring the two
     # missing schemas lets it import; the compiled ops would still fail if called, which segmentation never does.
     try:
-        import torchvision  # noqa: F401
+        import torchvision
     except RuntimeError as err:
         if "torchvision::" not in str(err):
             raise
