@@ -142,3 +142,92 @@ def test_fixed_size_onnx_tiles_at_its_window(weights, data_dir, tmp_path):
     expected = mask(native("unet-aerial"), source, tmp_path / "a.tif", tile=core)
     actual = mask(model, source, tmp_path / "b.tif", tile=core)
     assert (expected == actual).mean() > 0.999
+
+
+def smp_state_dict(arch: str, folder: Path, **params) -> Path:
+    """An smp network with random weights (no download), saved as a plain state dict."""
+    from tileseg.models.smp import import_smp
+
+    net = getattr(import_smp(), arch)(encoder_weights=None, in_channels=3, classes=5, **params)
+    path = folder / f"{arch}.pth"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+@pytest.mark.slow
+def test_smp_unet_state_dict_tiles_exactly(weights, data_dir, tmp_path):
+    path = smp_state_dict("Unet", tmp_path, encoder_name="resnet18", encoder_depth=3, decoder_channels=[64, 32, 16])
+    params = [
+        "--param",
+        "encoder_name=resnet18",
+        "--param",
+        "encoder_depth=3",
+        "--param",
+        "decoder_channels=[64,32,16]",
+    ]
+    code, output = add("smp-unet", str(path), "--arch", "smp:Unet", *params, *AERIAL.split())
+    assert code == 0, output
+    card = models.read_card("smp-unet")
+    assert card["format"] == "safetensors" and card["arch"] == "smp:Unet"
+    assert card["spec"]["geometry"]["equivariant"] and card["probe"]["tiled_error"] <= 1e-4
+    model = models.load("smp-unet").float()
+    multiple = model.spec.geometry.multiple
+    source = crop(data_dir, "unet-aerial", tmp_path)
+    first = mask(model, source, tmp_path / "a.tif", tile=multiple * 4)
+    second = mask(model, source, tmp_path / "b.tif", tile=multiple * 7)
+    assert np.array_equal(first, second)
+
+
+@pytest.mark.slow
+def test_smp_segformer_gets_blended_windows(weights, tmp_path):
+    path = smp_state_dict("Segformer", tmp_path, encoder_name="mit_b0")
+    code, output = add(
+        "smp-segformer", str(path), "--arch", "smp:Segformer", "--param", "encoder_name=mit_b0", *AERIAL.split()
+    )
+    assert code == 0, output
+    geometry = models.read_card("smp-segformer")["spec"]["geometry"]
+    assert not geometry["equivariant"] and geometry["blend"] == "gaussian"
+    assert models.read_card("smp-segformer")["probe"]["why"]
+
+
+class Raises(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("this network refuses every input")
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def bad_files(folder: Path) -> dict[str, tuple[list[str], str]]:
+    """Each bad model: its add arguments and a word its one-line error must contain."""
+    text = folder / "notes.onnx"
+    text.write_text("not a model")
+    raises = folder / "raises.torchscript"
+    torch.jit.save(torch.jit.script(Raises()), str(raises))
+    aerial = export("unet-aerial", "torchscript", folder)
+    state = folder / "unet.pth"
+    sd = native("unet-aerial").state_dict()
+    torch.save({**{k: v for k, v in list(sd.items())[1:]}, "extra.weight": torch.zeros(1)}, state)
+    evil = folder / "evil.pth"
+    torch.save({"w": torch.zeros(1), "x": Evil()}, evil)
+    return {
+        "not-a-model": ([str(text), *AERIAL.split()], "onnx"),
+        "fails-everywhere": ([str(raises), *AERIAL.split()], "every probed size"),
+        "wrong-classes": ([str(aerial), "--bands", "3", "--classes", "0:a,1:b"], "5 channels"),
+        "wrong-bands": ([str(aerial), "--bands", "1", "--classes", "1:a,2:b,3:c,4:d,5:e"], "every probed size"),
+        "wrong-keys": ([str(state), "--arch", "unet", "--param", "padding=same", *AERIAL.split()], "extra.weight"),
+        "pickled-code": ([str(evil), "--arch", "unet", *AERIAL.split()], "refused"),
+        "too-slow": ([str(aerial), *AERIAL.split(), "--probe-budget", "0.01"], "budget"),
+    }
+
+
+def test_bad_models_exit_1_with_one_line_and_write_nothing(weights, tmp_path, capfd):
+    for name, (args, word) in bad_files(tmp_path).items():
+        code, output = add(name, *args)
+        lines = [line for line in output.splitlines() if line.startswith("error:")]
+        assert code == 1, (name, output)
+        assert len(lines) == 1 and word in lines[0], (name, output)
+        assert not list(weights.glob(f"{name}*")) and not list(weights.glob(f".{name}*")), name
+    assert "code ran" not in capfd.readouterr().out
