@@ -52,7 +52,7 @@ def export(name: str, fmt: str, folder: Path, fixed: int | None = None) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if fmt == "torchscript":
-            torch.jit.save(torch.jit.script(net), str(path))
+            torch.jit.save(torch.jit.trace(net, x, check_trace=False), str(path))
         else:
             axes = None if fixed else {"input": {0: "b", 2: "h", 3: "w"}, "logits": {0: "b", 2: "oh", 3: "ow"}}
             torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=17, input_names=["input"],
