@@ -45,20 +45,12 @@ class ConvStack(nn.Sequential):
         batch_norm: put a BatchNorm after each convolution (its bias is then redundant and left out).
     """
 
-    def __init__(
-        self, in_channels: int, out_channels: int, count: int = 2, *, padding: str = "same", batch_norm: bool = True
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, count: int = 2, *, padding: str = "same",
+                 batch_norm: bool = True) -> None:
         layers: list[nn.Module] = []
         for k in range(count):
-            layers.append(
-                nn.Conv2d(
-                    in_channels if k == 0 else out_channels,
-                    out_channels,
-                    3,
-                    padding=1 if padding == "same" else 0,
-                    bias=not batch_norm,
-                )
-            )
+            layers.append(nn.Conv2d(in_channels if k == 0 else out_channels, out_channels, 3,
+                                    padding=1 if padding == "same" else 0, bias=not batch_norm))
             if batch_norm:
                 layers.append(nn.BatchNorm2d(out_channels))
             layers.append(nn.ReLU(inplace=True))
@@ -87,9 +79,8 @@ def valid_input_sizes(multiple: int, offset: int, shrink: int, min_output: int, 
     return [below, above] if below >= smallest and above != near else [above]
 
 
-def check_sizes(
-    net: str, x: torch.Tensor, multiple: int, offset: int = 0, shrink: int = 0, min_output: int | None = None
-) -> None:
+def check_sizes(net: str, x: torch.Tensor, multiple: int, offset: int = 0, shrink: int = 0,
+                min_output: int | None = None) -> None:
     """Raise ValueError, naming the nearest valid sizes, if the input's height or width does not fit the net.
 
     Args:
@@ -146,15 +137,14 @@ class Span:
 
     def conv(self, kernel: int, stride: int = 1, padding: int = 0) -> Span:
         """After a convolution or pooling: output ``i`` reads inputs ``stride*i - padding + [0, kernel)``."""
-        return Span(lambda i: self.lo(stride * i - padding), lambda i: self.hi(stride * i - padding + kernel - 1))
+        return Span(lambda i: self.lo(stride * i - padding),
+                    lambda i: self.hi(stride * i - padding + kernel - 1))
 
     def up(self, kernel: int, stride: int, padding: int = 0) -> Span:
         """After a transposed convolution: output ``o`` receives input ``i`` when ``0 <= o + padding -
         stride*i < kernel``."""
-        return Span(
-            lambda o: self.lo(-((kernel - 1 - o - padding) // stride)),  # ceil((o+p-k+1)/s)
-            lambda o: self.hi((o + padding) // stride),
-        )
+        return Span(lambda o: self.lo(-((kernel - 1 - o - padding) // stride)),  # ceil((o+p-k+1)/s)
+                    lambda o: self.hi((o + padding) // stride))
 
     def shift(self, by: int) -> Span:
         """After a crop that drops ``by`` leading pixels: pixel ``i`` is the old pixel ``i + by``."""

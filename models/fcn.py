@@ -34,9 +34,8 @@ def bilinear_upsampling(channels: int, factor: int) -> nn.ConvTranspose2d:
     kernel per class keeps the parameters linear in K (a full x32 kernel at 100 classes would be 41 M).
     """
     kernel = 2 * factor
-    layer = nn.ConvTranspose2d(
-        channels, channels, kernel, stride=factor, padding=factor // 2, groups=channels, bias=False
-    )
+    layer = nn.ConvTranspose2d(channels, channels, kernel, stride=factor, padding=factor // 2, groups=channels,
+                               bias=False)
     centre = (kernel - 1) / 2
     taps = 1 - (torch.arange(kernel, dtype=torch.float64) - centre).abs() / factor
     with torch.no_grad():
@@ -61,28 +60,18 @@ class FCN(SegmentationNet):
     Inputs must have sides that are multiples of 32; the logits have the input's size.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        *,
-        variant: str = "8s",
-        widths: list[int] | tuple[int, ...] = (16, 32, 64, 128, 128),
-        convs: list[int] | tuple[int, ...] = (2, 2, 3, 3, 3),
-        fc_width: int = 256,
-        batch_norm: bool = True,
-        dropout: float = 0.5,
-    ) -> None:
+    def __init__(self, in_channels: int, num_classes: int, *, variant: str = "8s",
+                 widths: list[int] | tuple[int, ...] = (16, 32, 64, 128, 128),
+                 convs: list[int] | tuple[int, ...] = (2, 2, 3, 3, 3), fc_width: int = 256,
+                 batch_norm: bool = True, dropout: float = 0.5) -> None:
         super().__init__()
         self.in_channels = check_int("in_channels", in_channels)
         self.num_classes = check_int("num_classes", num_classes)
         self.variant = check_choice("variant", variant, VARIANTS)
         widths, convs = list(widths), list(convs)
         if len(widths) != 5 or len(convs) != 5:
-            raise ValueError(
-                f"FCN has five encoder blocks: widths and convs need five values each, "
-                f"got {len(widths)} and {len(convs)}"
-            )
+            raise ValueError(f"FCN has five encoder blocks: widths and convs need five values each, "
+                             f"got {len(widths)} and {len(convs)}")
         for k in range(5):
             check_int(f"widths[{k}]", widths[k])
             check_int(f"convs[{k}]", convs[k])
@@ -90,29 +79,19 @@ class FCN(SegmentationNet):
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), not {dropout}")
         self.convs = tuple(convs)
-        self.hparams = {
-            "variant": variant,
-            "widths": widths,
-            "convs": convs,
-            "fc_width": fc_width,
-            "batch_norm": bool(batch_norm),
-            "dropout": float(dropout),
-        }
+        self.hparams = {"variant": variant, "widths": widths, "convs": convs, "fc_width": fc_width,
+                        "batch_norm": bool(batch_norm), "dropout": float(dropout)}
 
         self.blocks = nn.ModuleList()
         previous = in_channels
         for width, count in zip(widths, convs):
-            self.blocks.append(
-                nn.Sequential(ConvStack(previous, width, count, padding="same", batch_norm=batch_norm), nn.MaxPool2d(2))
-            )
+            self.blocks.append(nn.Sequential(ConvStack(previous, width, count, padding="same",
+                                                       batch_norm=batch_norm),
+                                             nn.MaxPool2d(2)))
             previous = width
         self.fc = nn.Sequential(
-            nn.Conv2d(widths[4], fc_width, 7, padding=3),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Conv2d(fc_width, fc_width, 1),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
+            nn.Conv2d(widths[4], fc_width, 7, padding=3), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Conv2d(fc_width, fc_width, 1), nn.ReLU(inplace=True), nn.Dropout(dropout),
         )
         self.score = nn.Conv2d(fc_width, num_classes, 1)
         if variant in ("16s", "8s"):
@@ -172,12 +151,5 @@ class FCN(SegmentationNet):
     def geometry(self) -> Geometry:
         """Stride 32, padded (no shrink); the halo is the least that makes tiling exact (see ``Span.tile_halo``)."""
         halo = self._span().tile_halo(STRIDE)
-        return Geometry(
-            halo=halo,
-            multiple=STRIDE,
-            offset=0,
-            shrink=0,
-            default_tile=default_tile(halo, STRIDE),
-            equivariant=True,
-            blend=BlendMode.CROP,
-        )
+        return Geometry(halo=halo, multiple=STRIDE, offset=0, shrink=0, default_tile=default_tile(halo, STRIDE),
+                        equivariant=True, blend=BlendMode.CROP)

@@ -43,26 +43,21 @@ class TransformerBlock(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(
-            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout)
-        )
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim),
+                                 nn.Dropout(dropout))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         batch, count, dim = tokens.shape
         q, k, v = self.qkv(self.norm1(tokens)).reshape(batch, count, 3, self.heads, dim // self.heads).unbind(2)
-        attended = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=self.dropout if self.training else 0.0
-        )
+        attended = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                  dropout_p=self.dropout if self.training else 0.0)
         tokens = tokens + self.proj(attended.transpose(1, 2).reshape(batch, count, dim))
         return tokens + self.mlp(self.norm2(tokens))
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, kernel: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
 
 class NaiveDecoder(nn.Module):
@@ -99,9 +94,8 @@ class MLADecoder(nn.Module):
         super().__init__()
         half, quarter = dim // 2, dim // 4
         self.reduce = nn.ModuleList(_conv_bn_relu(dim, half, 1) for _ in range(streams))
-        self.refine = nn.ModuleList(
-            nn.Sequential(_conv_bn_relu(half, half, 3), _conv_bn_relu(half, quarter, 3)) for _ in range(streams)
-        )
+        self.refine = nn.ModuleList(nn.Sequential(_conv_bn_relu(half, half, 3), _conv_bn_relu(half, quarter, 3))
+                                    for _ in range(streams))
         self.classifier = nn.Conv2d(streams * quarter, num_classes, 1)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
@@ -109,10 +103,8 @@ class MLADecoder(nn.Module):
         # top-down: each stream adds the aggregate of every deeper stream
         for m in reversed(range(len(reduced) - 1)):
             reduced[m] = reduced[m] + reduced[m + 1]
-        outputs = [
-            F.interpolate(refine(r), scale_factor=4, mode="bilinear", align_corners=False)
-            for refine, r in zip(self.refine, reduced)
-        ]
+        outputs = [F.interpolate(refine(r), scale_factor=4, mode="bilinear", align_corners=False)
+                   for refine, r in zip(self.refine, reduced)]
         return self.classifier(torch.cat(outputs, dim=1))
 
 
@@ -133,21 +125,9 @@ class SETR(SegmentationNet):
         dropout: dropout in the transformer blocks.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        *,
-        decoder: str = "naive",
-        img_size: int = 256,
-        embed_dim: int = 192,
-        depth: int = 6,
-        heads: int = 3,
-        mlp_ratio: float = 4,
-        mla_streams: int = 4,
-        decoder_channels: int = 64,
-        dropout: float = 0.0,
-    ) -> None:
+    def __init__(self, in_channels: int, num_classes: int, *, decoder: str = "naive", img_size: int = 256,
+                 embed_dim: int = 192, depth: int = 6, heads: int = 3, mlp_ratio: float = 4,
+                 mla_streams: int = 4, decoder_channels: int = 64, dropout: float = 0.0) -> None:
         super().__init__()
         self.in_channels = check_int("in_channels", in_channels)
         self.num_classes = check_int("num_classes", num_classes)
@@ -171,17 +151,9 @@ class SETR(SegmentationNet):
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), not {dropout}")
         self.img_size = img_size
-        self.hparams = {
-            "decoder": decoder,
-            "img_size": img_size,
-            "embed_dim": embed_dim,
-            "depth": depth,
-            "heads": heads,
-            "mlp_ratio": mlp_ratio,
-            "mla_streams": mla_streams,
-            "decoder_channels": decoder_channels,
-            "dropout": float(dropout),
-        }
+        self.hparams = {"decoder": decoder, "img_size": img_size, "embed_dim": embed_dim, "depth": depth,
+                        "heads": heads, "mlp_ratio": mlp_ratio, "mla_streams": mla_streams,
+                        "decoder_channels": decoder_channels, "dropout": float(dropout)}
 
         grid = img_size // PATCH
         self.patch_embed = nn.Conv2d(in_channels, embed_dim, PATCH, stride=PATCH)
@@ -233,12 +205,5 @@ class SETR(SegmentationNet):
         the window the training size."""
         # a tiny img_size (tests) would leave no core; one patch is the least that is still a tile
         core = max(PATCH, self.img_size - 2 * HALO)
-        return Geometry(
-            halo=HALO,
-            multiple=PATCH,
-            offset=0,
-            shrink=0,
-            default_tile=core,
-            equivariant=False,
-            blend=BlendMode.GAUSSIAN,
-        )
+        return Geometry(halo=HALO, multiple=PATCH, offset=0, shrink=0, default_tile=core, equivariant=False,
+                        blend=BlendMode.GAUSSIAN)

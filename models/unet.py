@@ -37,7 +37,6 @@ def valid_unet_sizes(depth: int) -> tuple[int, int, int]:
     stride = 2**depth
     shrink = 6 * stride - 4
     offset = 4 % stride
-
     # the expanding path maps a bottleneck length b to 2b - 4 per level; b = 4 is its fixed point, so the
     # smallest b <= 4 that keeps every level non-empty gives the smallest output
     def expanding(bottom: int) -> list[int]:
@@ -62,16 +61,8 @@ class UNet(SegmentationNet):
         batch_norm: BatchNorm after every 3x3 convolution (not in the paper; it makes training easier).
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        *,
-        depth: int = 4,
-        base: int = 16,
-        padding: str = "valid",
-        batch_norm: bool = True,
-    ) -> None:
+    def __init__(self, in_channels: int, num_classes: int, *, depth: int = 4, base: int = 16,
+                 padding: str = "valid", batch_norm: bool = True) -> None:
         super().__init__()
         self.in_channels = check_int("in_channels", in_channels)
         self.num_classes = check_int("num_classes", num_classes)
@@ -82,7 +73,8 @@ class UNet(SegmentationNet):
 
         widths = [base * 2**k for k in range(depth + 1)]
         self.down = nn.ModuleList(
-            ConvStack(in_channels if k == 0 else widths[k - 1], widths[k], 2, padding=padding, batch_norm=batch_norm)
+            ConvStack(in_channels if k == 0 else widths[k - 1], widths[k], 2, padding=padding,
+                      batch_norm=batch_norm)
             for k in range(depth + 1)
         )
         self.pool = nn.MaxPool2d(2)
@@ -148,19 +140,12 @@ class UNet(SegmentationNet):
         """
         multiple, offset, shrink, _ = self._size_rule()
         halo = self._span().tile_halo(multiple, offset, shrink)
-        return Geometry(
-            halo=halo,
-            multiple=multiple,
-            offset=offset,
-            shrink=shrink,
-            default_tile=default_tile(halo, multiple),
-            equivariant=True,
-            blend=BlendMode.CROP,
-        )
+        return Geometry(halo=halo, multiple=multiple, offset=offset, shrink=shrink,
+                        default_tile=default_tile(halo, multiple), equivariant=True, blend=BlendMode.CROP)
 
 
 def _centre_crop(features: torch.Tensor, size: torch.Size) -> torch.Tensor:
     """The centre ``size`` of ``features`` (for valid U-Net skips; a no-op when the sizes already agree)."""
     top = (features.shape[-2] - size[0]) // 2
     left = (features.shape[-1] - size[1]) // 2
-    return features[..., top : top + size[0], left : left + size[1]]
+    return features[..., top:top + size[0], left:left + size[1]]

@@ -38,17 +38,8 @@ class UNetPlusPlus(SegmentationNet):
     Inputs must have sides that are multiples of ``2**L`` (``L`` the evaluated level).
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        *,
-        depth: int = 4,
-        base: int = 16,
-        deep_supervision: bool = True,
-        prune: int | None = None,
-        batch_norm: bool = True,
-    ) -> None:
+    def __init__(self, in_channels: int, num_classes: int, *, depth: int = 4, base: int = 16,
+                 deep_supervision: bool = True, prune: int | None = None, batch_norm: bool = True) -> None:
         super().__init__()
         self.in_channels = check_int("in_channels", in_channels)
         self.num_classes = check_int("num_classes", num_classes)
@@ -60,22 +51,16 @@ class UNetPlusPlus(SegmentationNet):
                 raise ValueError(f"prune={prune} needs the head on X^(0,{prune}): build with deep_supervision=True")
         self.deep_supervision = bool(deep_supervision)
         self.levels = depth if prune is None else prune
-        self.hparams = {
-            "depth": depth,
-            "base": base,
-            "deep_supervision": self.deep_supervision,
-            "prune": prune,
-            "batch_norm": bool(batch_norm),
-        }
+        self.hparams = {"depth": depth, "base": base, "deep_supervision": self.deep_supervision, "prune": prune,
+                        "batch_norm": bool(batch_norm)}
 
         widths = [base * 2**i for i in range(depth + 1)]
         self.pool = nn.MaxPool2d(2)
         self.nodes = nn.ModuleDict()
         self.ups = nn.ModuleDict()
         for i in range(depth + 1):
-            self.nodes[_key(i, 0)] = ConvStack(
-                in_channels if i == 0 else widths[i - 1], widths[i], 2, batch_norm=batch_norm
-            )
+            self.nodes[_key(i, 0)] = ConvStack(in_channels if i == 0 else widths[i - 1], widths[i], 2,
+                                               batch_norm=batch_norm)
         for j in range(1, depth + 1):
             for i in range(depth + 1 - j):
                 self.ups[_key(i, j)] = nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2)
@@ -133,15 +118,8 @@ class UNetPlusPlus(SegmentationNet):
         that makes tiling exact (see ``Span.tile_halo``)."""
         multiple = 2**self.levels
         halo = self._span().tile_halo(multiple)
-        return Geometry(
-            halo=halo,
-            multiple=multiple,
-            offset=0,
-            shrink=0,
-            default_tile=default_tile(halo, multiple),
-            equivariant=True,
-            blend=BlendMode.CROP,
-        )
+        return Geometry(halo=halo, multiple=multiple, offset=0, shrink=0, default_tile=default_tile(halo, multiple),
+                        equivariant=True, blend=BlendMode.CROP)
 
 
 def _key(i: int, j: int) -> str:

@@ -150,7 +150,6 @@ def sample_crop(
 
 # --- U-Net's border weight map -------------------------------------------------------------------------
 
-
 def connected_components(mask: np.ndarray) -> np.ndarray:
     """4-connected components of a boolean mask: int64 labels 1..n, 0 outside the mask.
 

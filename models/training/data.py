@@ -236,9 +236,8 @@ def pair_files(image_dir: Path, mask_dir: Path, image_suffixes: Sequence[str] = 
         raise TrainingDataError(f"no images ({', '.join(image_suffixes)}) in {image_dir}")
     lonely = sorted(set(images) ^ set(masks))
     if lonely:
-        which = [
-            f"{images[s].name} has no mask" if s in images else f"mask {masks[s].name} has no image" for s in lonely
-        ]
+        which = [f"{images[s].name} has no mask" if s in images else f"mask {masks[s].name} has no image"
+                 for s in lonely]
         raise TrainingDataError(f"images and masks do not pair up in {image_dir.parent}: {'; '.join(which[:5])}")
     pairs = []
     for stem in sorted(images):
@@ -297,7 +296,7 @@ def isbi2012(root: str | Path) -> DataSource:
         lut=lut,
         license=ISBI_LICENSE,
         split=f"images {pairs[0].name}-{pairs[n_train - 1].name} train, "
-        f"{pairs[n_train].name}-{pairs[-1].name} validation",
+              f"{pairs[n_train].name}-{pairs[-1].name} validation",
         val_split=f"images {pairs[n_train].name}-{pairs[-1].name}",
         citation="Cardona et al. 2010; ISBI 2012 EM segmentation challenge",
         instance_channel=1,
@@ -315,10 +314,8 @@ def dubai(root: str | Path) -> DataSource:
     if len(tiles) < 2:
         raise TrainingDataError(f"{root} needs at least two tileN folders (found {len(tiles)})")
     per_tile = [
-        [
-            Pair(f"{t.name}/{p.name}", p.image, p.mask)
-            for p in pair_files(t / "images", t / "masks", (".jpg", ".jpeg", ".png"))
-        ]
+        [Pair(f"{t.name}/{p.name}", p.image, p.mask)
+         for p in pair_files(t / "images", t / "masks", (".jpg", ".jpeg", ".png"))]
         for t in tiles
     ]
     lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
@@ -338,9 +335,8 @@ def dubai(root: str | Path) -> DataSource:
     )
 
 
-def folder(
-    root: str | Path, val_fraction: float = 0.2, class_names: Sequence[str] | None = None, license: str = ""
-) -> DataSource:
+def folder(root: str | Path, val_fraction: float = 0.2, class_names: Sequence[str] | None = None,
+           license: str = "") -> DataSource:
     """A generic folder: ``images/`` and ``masks/`` with matching stems, masks holding class indices.
 
     The classes are the mask values found (255 is ignored), in increasing order; ``class_names`` names them.

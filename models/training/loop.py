@@ -48,22 +48,10 @@ STATE_VERSION = 1
 BF16_AGREEMENT_FOR_BF16 = 0.995  # the card offers bf16 when its masks agree with fp32 on this share of pixels
 
 # Settings that may change from one session of a run to the next; every other setting defines the run.
-SESSION_FIELDS = frozenset(
-    {
-        "data",
-        "steps",
-        "device",
-        "threads",
-        "checkpoint_every",
-        "time_budget",
-        "session_steps",
-        "eval_tile",
-        "val_every",
-        "progress",
-        "default_tile",
-        "resume",
-    }
-)
+SESSION_FIELDS = frozenset({
+    "data", "steps", "device", "threads", "checkpoint_every", "time_budget", "session_steps", "eval_tile",
+    "val_every", "progress", "default_tile", "resume",
+})
 
 
 class TrainingConfigError(TilesegError, ValueError):
@@ -114,13 +102,8 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        positive = {
-            "crop": self.crop,
-            "batch": self.batch,
-            "steps": self.steps,
-            "checkpoint_every": self.checkpoint_every,
-            "eval_tile": self.eval_tile,
-        }
+        positive = {"crop": self.crop, "batch": self.batch, "steps": self.steps,
+                    "checkpoint_every": self.checkpoint_every, "eval_tile": self.eval_tile}
         for name, value in positive.items():
             if value is not None and value < 1:
                 raise TrainingConfigError(f"{name} must be at least 1, got {value}")
@@ -296,7 +279,6 @@ def parse_class_weights(text: str, labels: list[np.ndarray], num_classes: int) -
 
 # --- processes and devices -----------------------------------------------------------------------------
 
-
 @dataclass(frozen=True)
 class Processes:
     """This process's place in a data-parallel run (rank 0 of 1 when alone)."""
@@ -344,7 +326,6 @@ def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
 
 # --- the pieces of a step ------------------------------------------------------------------------------
 
-
 class Heads(nn.Module):
     """The network as trained: its deep-supervision heads, or its one output, as a list.
 
@@ -365,16 +346,8 @@ class Sampler:
     """Random training batches from a data set in memory; batch ``t`` of process ``r`` depends only on
     ``(seed, r, t)``."""
 
-    def __init__(
-        self,
-        data: Dataset,
-        output: int,
-        shrink: int,
-        augment: Augment,
-        seed: int,
-        rank: int,
-        weights: list[np.ndarray] | None,
-    ) -> None:
+    def __init__(self, data: Dataset, output: int, shrink: int, augment: Augment, seed: int, rank: int,
+                 weights: list[np.ndarray] | None) -> None:
         self.samples = data.train
         self.mean, self.std = data.band_stats()
         self.output, self.shrink, self.augment = output, shrink, augment
@@ -391,15 +364,8 @@ class Sampler:
         for _ in range(size):
             k = int(rng.choice(len(self.samples), p=self.p))
             sample = self.samples[k]
-            img, lab, wts = sample_crop(
-                rng,
-                sample.image,
-                sample.label,
-                self.output,
-                self.shrink,
-                self.augment,
-                self.weights[k] if self.weights is not None else None,
-            )
+            img, lab, wts = sample_crop(rng, sample.image, sample.label, self.output, self.shrink, self.augment,
+                                        self.weights[k] if self.weights is not None else None)
             images.append(normalize(img, self.mean, self.std))
             labels.append(lab)
             weights.append(wts)
@@ -416,12 +382,8 @@ def centre_crop_to(t: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return t[..., top : top + height, left : left + width]
 
 
-def segmentation_loss(
-    heads: list[torch.Tensor],
-    labels: torch.Tensor,
-    class_weights: torch.Tensor | None,
-    pixel_weights: torch.Tensor | None,
-) -> torch.Tensor:
+def segmentation_loss(heads: list[torch.Tensor], labels: torch.Tensor, class_weights: torch.Tensor | None,
+                      pixel_weights: torch.Tensor | None) -> torch.Tensor:
     """Mean over heads of the weighted pixel-wise cross-entropy over labelled pixels.
 
     Each pixel weighs ``class_weights[label] + pixel_weights`` (1 + border term without class weights);
@@ -448,15 +410,8 @@ def segmentation_loss(
 
 # --- resumable state -----------------------------------------------------------------------------------
 
-
-def save_state(
-    directory: Path,
-    step: int,
-    net: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None,
-    extra: dict[str, Any],
-) -> None:
+def save_state(directory: Path, step: int, net: nn.Module, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler | None, extra: dict[str, Any]) -> None:
     """Write the resumable state: tensors to step-numbered safetensors files, the rest to ``state.json``,
     written last and atomically, so that a crash mid-write leaves the previous state intact."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -530,7 +485,6 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], index: dict[str, Any])
 
 # --- stopping cleanly ----------------------------------------------------------------------------------
 
-
 class StopSignals:
     """Turns the first SIGINT or SIGTERM into a request to stop after the current step (the state is then
     saved); a second one acts as usual."""
@@ -568,7 +522,6 @@ class TrainResult:
 
 
 # --- the loop ------------------------------------------------------------------------------------------
-
 
 def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> TrainResult:
     """Train ``config.arch`` on ``config.dataset`` and write ``config.out`` (``.safetensors`` + card).
@@ -622,21 +575,19 @@ def _train(config: TrainConfig, procs: Processes, device: torch.device, say: Cal
     input_size = geometry.input_length(output)
     served = geometry.window(config.default_tile or geometry.default_tile)
     if not geometry.equivariant and served != input_size:
-        say(
-            f"note: {config.arch} is not translation-equivariant and will be served on windows of {served} px "
+        say(f"note: {config.arch} is not translation-equivariant and will be served on windows of {served} px "
             f"(its default tile), but trains on {input_size}-pixel crops: give --crop {served}, or set the net's "
-            "training size to the crop (SETR: --param img_size)"
-        )
+            "training size to the crop (SETR: --param img_size)")
 
     class_weights = parse_class_weights(config.class_weights, [s.label for s in data.train], num_classes)
     pixel_weights = None
     if config.border_weight:
         if source.instance_channel is None:
-            raise TrainingConfigError(
-                f"--border-weight needs a data set of separable objects (two classes); {config.dataset} has none"
-            )
+            raise TrainingConfigError(f"--border-weight needs a data set of separable objects (two classes); "
+                                      f"{config.dataset} has none")
         say(f"computing border weights (w0 {config.w0:g}, sigma {config.sigma:g}) for {len(data.train)} images")
-        pixel_weights = [border_weights(s.label, source.instance_channel, config.w0, config.sigma) for s in data.train]
+        pixel_weights = [border_weights(s.label, source.instance_channel, config.w0, config.sigma)
+                         for s in data.train]
     augment = Augment(flips=config.flips, elastic=config.elastic)
     sampler = Sampler(data, output, geometry.shrink, augment, config.seed, procs.rank, pixel_weights)
 
@@ -655,23 +606,14 @@ def _train(config: TrainConfig, procs: Processes, device: torch.device, say: Cal
         from torch.nn.parallel import DistributedDataParallel
 
         # static_graph: the same parameters take part in every step, and it tolerates heads left unused
-        model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, static_graph=True
-        )
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                        static_graph=True)
     cw_tensor = torch.tensor(class_weights, dtype=torch.float32, device=device) if class_weights is not None else None
     warmup = config.warmup_steps()
 
     def extra_state(step_seconds: float) -> dict[str, Any]:
-        return {
-            "seconds": step_seconds,
-            "sessions": sessions,
-            "config": config.to_json(),
-            "crop": output,
-            "world_size": procs.world,
-            "mean": list(mean),
-            "std": list(std),
-            "loss_ema": loss_ema,
-        }
+        return {"seconds": step_seconds, "sessions": sessions, "config": config.to_json(), "crop": output,
+                "world_size": procs.world, "mean": list(mean), "std": list(std), "loss_ema": loss_ema}
 
     step = start
     stop_reason = "done"
@@ -700,9 +642,8 @@ def _train(config: TrainConfig, procs: Processes, device: torch.device, say: Cal
                 try:
                     heads = model(x)
                 except ValueError as err:  # the net refuses the crop size; say which crop would do
-                    raise TrainingConfigError(
-                        f"{config.arch} refuses a {input_size}-pixel crop: {err}. Choose a larger --crop"
-                    ) from err
+                    raise TrainingConfigError(f"{config.arch} refuses a {input_size}-pixel crop: {err}. "
+                                              "Choose a larger --crop") from err
             if step == start:
                 _check_output(heads[-1], output, input_size, config.arch)
             loss = segmentation_loss(heads, y, cw_tensor, w)
@@ -724,15 +665,11 @@ def _train(config: TrainConfig, procs: Processes, device: torch.device, say: Cal
                 so_far = seconds + time.monotonic() - session_start
                 save_state(directory, step, net, optimizer, scaler, extra_state(so_far))
             if procs.main and config.val_every and step % config.val_every == 0 and step < config.steps:
-                cm, _ = evaluate(
-                    net, data.val, mean, std, geometry, num_classes, config.evaluation_tile(geometry), device
-                )
+                cm, _ = evaluate(net, data.val, mean, std, geometry, num_classes, config.evaluation_tile(geometry),
+                                 device)
                 found = summarize(cm, [c.name for c in data.classes])
-                _write(
-                    progress,
-                    say,
-                    f"step {step}: validation pixel error {found['pixel_error']:.4f}, mIoU {found['miou']:.4f}",
-                )
+                _write(progress, say,
+                       f"step {step}: validation pixel error {found['pixel_error']:.4f}, mIoU {found['miou']:.4f}")
         signum = signals.received
     if progress is not None:
         progress.close()
@@ -742,10 +679,8 @@ def _train(config: TrainConfig, procs: Processes, device: torch.device, say: Cal
     if procs.main and (step > start or not finished):
         save_state(directory, step, net, optimizer, scaler, extra_state(seconds))
     if not finished:
-        say(
-            f"stopped at step {step} of {config.steps} ({stop_reason}); the state is in {directory}: "
-            "run again with --resume to continue"
-        )
+        say(f"stopped at step {step} of {config.steps} ({stop_reason}); the state is in {directory}: "
+            "run again with --resume to continue")
         return TrainResult(step, config.steps, False, stop_reason, signal=signum)
     if procs.distributed:
         import torch.distributed as dist
@@ -755,79 +690,34 @@ def _train(config: TrainConfig, procs: Processes, device: torch.device, say: Cal
         return TrainResult(step, config.steps, True, "done")
 
     say(f"evaluating on the validation split ({len(data.val)} images, whole-image inference)")
-    path, metrics = _finish(
-        config,
-        data,
-        source,
-        net,
-        geometry,
-        output,
-        deep,
-        class_weights,
-        augment,
-        device,
-        procs,
-        seconds,
-        sessions,
-        step,
-        warmup,
-        loss_ema,
-    )
-    say(
-        f"validation: pixel error {metrics['pixel_error']:.4f} (majority baseline "
+    path, metrics = _finish(config, data, source, net, geometry, output, deep, class_weights, augment, device,
+                            procs, seconds, sessions, step, warmup, loss_ema)
+    say(f"validation: pixel error {metrics['pixel_error']:.4f} (majority baseline "
         f"{metrics['majority_baseline_pixel_error']:.4f}), mIoU {metrics['miou']:.4f}, "
-        f"bf16 agreement {metrics['bf16_agreement']:.4f}; wrote {path}"
-    )
+        f"bf16 agreement {metrics['bf16_agreement']:.4f}; wrote {path}")
     return TrainResult(step, config.steps, True, "done", path, metrics)
 
 
-def _finish(
-    config: TrainConfig,
-    data: Dataset,
-    source,
-    net: nn.Module,
-    geometry: Geometry,
-    output: int,
-    deep: bool,
-    class_weights: np.ndarray | None,
-    augment: Augment,
-    device: torch.device,
-    procs: Processes,
-    seconds: float,
-    sessions: int,
-    step: int,
-    warmup: int,
-    loss_ema: float | None,
-) -> tuple[Path, dict]:
+def _finish(config: TrainConfig, data: Dataset, source, net: nn.Module, geometry: Geometry, output: int, deep: bool,
+            class_weights: np.ndarray | None, augment: Augment, device: torch.device, procs: Processes,
+            seconds: float, sessions: int, step: int, warmup: int, loss_ema: float | None) -> tuple[Path, dict]:
     """Evaluate the weights as they will be shipped and write the checkpoint and its card."""
     mean, std = data.band_stats()
     names = [c.name for c in data.classes]
     # The checkpoint stores fp16 weights: measure the network that users will load, not the fp32 one.
     shipped = build_model(config.arch, in_channels=data.bands, num_classes=len(data.classes), **config.params)
-    shipped.load_state_dict(
-        {
-            k: v.detach().to(torch.float16).to(v.dtype) if v.is_floating_point() else v
-            for k, v in net.state_dict().items()
-        }
-    )
+    shipped.load_state_dict({k: v.detach().to(torch.float16).to(v.dtype) if v.is_floating_point() else v
+                             for k, v in net.state_dict().items()})
     shipped = shipped.to(device=device, memory_format=torch.channels_last).eval()
     tile = config.evaluation_tile(geometry)
     cm, fp32_masks = evaluate(shipped, data.val, mean, std, geometry, len(data.classes), tile, device)
-    _, bf16_masks = evaluate(
-        shipped, data.val, mean, std, geometry, len(data.classes), tile, device, autocast=torch.bfloat16
-    )
-    metrics = {
-        "split": f"{config.dataset} validation, {source.val_split}",
-        **summarize(cm, names),
-        "bf16_agreement": round(agreement(fp32_masks, bf16_masks), 6),
-        "evaluation": f"whole images, mirror-padded, cores of at most {tile} px"
-        + (
-            ""
-            if geometry.equivariant
-            else f" (windows of {geometry.window(tile)} px), each core kept whole, not blended"
-        )
-        + f", fp32 on {device.type}",
-    }
+    _, bf16_masks = evaluate(shipped, data.val, mean, std, geometry, len(data.classes), tile, device,
+                             autocast=torch.bfloat16)
+    metrics = {"split": f"{config.dataset} validation, {source.val_split}", **summarize(cm, names),
+               "bf16_agreement": round(agreement(fp32_masks, bf16_masks), 6),
+               "evaluation": f"whole images, mirror-padded, cores of at most {tile} px"
+                             + ("" if geometry.equivariant else f" (windows of {geometry.window(tile)} px), "
+                                "each core kept whole, not blended") + f", fp32 on {device.type}"}
     if loss_ema is not None:
         metrics["final_training_loss"] = round(loss_ema, 6)
     geo = geometry if config.default_tile is None else dataclasses.replace(geometry, default_tile=config.default_tile)
@@ -853,7 +743,7 @@ def _finish(
         "weight_decay": config.weight_decay,
         "schedule": f"{config.schedule}, {warmup} warmup steps",
         "loss": "pixel-wise cross-entropy over labelled pixels"
-        + (", mean over deep-supervision heads" if deep else ""),
+                + (", mean over deep-supervision heads" if deep else ""),
         "class_weights": [round(float(v), 6) for v in class_weights] if class_weights is not None else None,
         "border_weight": {"w0": config.w0, "sigma": config.sigma} if config.border_weight else None,
         "deep_supervision": deep,
@@ -876,16 +766,8 @@ def _finish(
         data_card["pixel_size"] = source.pixel_size
     if config.dataset == "dubai":
         data_card["ignored_label"] = "mask value 0 (unlabeled): not learnt, not scored, never predicted"
-    path = checkpoint.save(
-        shipped,
-        spec,
-        config.out,
-        training=training,
-        metrics=metrics,
-        license=source.license,
-        created=datetime.date.today().isoformat(),
-        data=data_card,
-    )
+    path = checkpoint.save(shipped, spec, config.out, training=training, metrics=metrics, license=source.license,
+                           created=datetime.date.today().isoformat(), data=data_card)
     return path, metrics
 
 
@@ -893,18 +775,13 @@ def _load_data(config: TrainConfig, say: Callable[[str], None]):
     """The data source and its data in memory."""
     options = {}
     if config.dataset == "folder":
-        options = {
-            "val_fraction": config.val_fraction,
-            "class_names": config.class_names,
-            "license": config.data_license or "",
-        }
+        options = {"val_fraction": config.val_fraction, "class_names": config.class_names,
+                   "license": config.data_license or ""}
     source = open_source(config.dataset, config.data, **options)
     data = source.load()
     mean, std = data.band_stats()
-    say(
-        f"{config.dataset}: {len(data.train)} training and {len(data.val)} validation images, "
-        f"{data.bands} band(s), {len(data.classes)} classes; mean {_fmt(mean)}, std {_fmt(std)}"
-    )
+    say(f"{config.dataset}: {len(data.train)} training and {len(data.val)} validation images, "
+        f"{data.bands} band(s), {len(data.classes)} classes; mean {_fmt(mean)}, std {_fmt(std)}")
     return source, data
 
 
@@ -918,10 +795,8 @@ def _build_net(config: TrainConfig, data: Dataset, say: Callable[[str], None]):
     geometry = net.geometry()
     output = nearest_valid_crop(geometry, config.crop)
     if output != config.crop:
-        say(
-            f"crop {config.crop} does not fit {config.arch} (output % {geometry.multiple} must be "
-            f"{geometry.offset}); using the nearest valid output crop {output}"
-        )
+        say(f"crop {config.crop} does not fit {config.arch} (output % {geometry.multiple} must be "
+            f"{geometry.offset}); using the nearest valid output crop {output}")
     # a U-Net++ built without deep supervision has forward_deep, but only its one head behind it
     has_deep = callable(getattr(net, "forward_deep", None)) and net.hparams.get("deep_supervision", True) is not False
     if config.deep_supervision and not has_deep:
@@ -930,22 +805,15 @@ def _build_net(config: TrainConfig, data: Dataset, say: Callable[[str], None]):
     return net, geometry, output, deep
 
 
-def _restore(
-    directory: Path,
-    config: TrainConfig,
-    net: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None,
-    say: Callable[[str], None],
-) -> tuple[int, float, int, float | None]:
+def _restore(directory: Path, config: TrainConfig, net: nn.Module, optimizer: torch.optim.Optimizer,
+             scaler: torch.amp.GradScaler | None, say: Callable[[str], None]) -> tuple[int, float, int, float | None]:
     """Load a saved state into the net and optimizer; ``(step, seconds, sessions, smoothed loss)`` so far
     (zeros and None if none)."""
     if not (directory / "state.json").is_file():
         return 0, 0.0, 0, None
     if not config.resume:
-        raise TrainingConfigError(
-            f"{directory} holds a saved run: pass --resume to continue it, or remove the folder to start again"
-        )
+        raise TrainingConfigError(f"{directory} holds a saved run: pass --resume to continue it, or remove "
+                                  "the folder to start again")
     state = load_state(directory)
     net.load_state_dict(state["model_tensors"])
     optimizer.load_state_dict(state["optimizer_state"])
@@ -998,9 +866,8 @@ def _progress(config: TrainConfig, procs: Processes, start: int):
         return None
     from tqdm import tqdm
 
-    return tqdm(
-        total=config.steps, initial=start, desc=Path(config.out).with_suffix("").name, unit="step", dynamic_ncols=True
-    )
+    return tqdm(total=config.steps, initial=start, desc=Path(config.out).with_suffix("").name, unit="step",
+                dynamic_ncols=True)
 
 
 def _write(progress, say: Callable[[str], None], message: str) -> None:

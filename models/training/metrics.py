@@ -23,9 +23,8 @@ from tileseg.models.training.augment import mirror_window
 from tileseg.models.training.data import IGNORE_INDEX, Sample, normalize
 
 
-def confusion_matrix(
-    pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX
-) -> np.ndarray:
+def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int,
+                     ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """Counts (num_classes, num_classes) int64 of (true row, predicted column) over the labelled pixels.
 
     Raises:
@@ -89,7 +88,6 @@ def summarize(cm: np.ndarray, class_names: Sequence[str]) -> dict:
 
 
 # --- prediction on whole images ------------------------------------------------------------------------
-
 
 @torch.inference_mode()
 def predict_image(
