@@ -37,7 +37,8 @@ from torch import nn
 from tileseg.models.errors import CheckpointError
 from tileseg.models.spec import BlendMode, Geometry, reflect_indices
 
-SEARCH_BASES = (64, 128, 256, 448)
+SEARCH_BASES = (64, 128, 256, 448)  # a size check such as "(size - 184) % 16 == 4" passes within 64 of one
+SCAN = 64  # sizes tried from each base
 PHASES = 32  # consecutive perturbed pixels: every phase of any stride dividing 32 (more for a larger step)
 MAX_LENGTH = 2048  # a receptive field reaching past this long input is not exactly tileable here
 CHUNK = 16  # perturbed inputs per forward pass (memory)
@@ -125,36 +126,53 @@ def _try(net: nn.Module, bands: int, size: int) -> tuple[int, int] | str:
 
 
 def accepted_sizes(net: nn.Module, bands: int, fixed: int | None, clock: _Clock) -> list[tuple[int, int, int]]:
-    """Two accepted sizes (one for a fixed window) as ``(input, output, channels)``.
+    """Two accepted sizes a size step apart (one for a fixed window) as ``(input, output, channels)``.
 
     Raises:
         ProbeError: no probed size runs (the message quotes the network's first error).
     """
-    found: list[tuple[int, int, int]] = []
     errors: list[str] = []
-    # consecutive sizes from each base: a size check such as "(size - 184) % 16 == 4" passes within 64 of any
-    sizes = [fixed] if fixed else [base + k for base in SEARCH_BASES for k in range(64)]
-    for size in sizes:
+    if fixed:
+        result = _try(net, bands, fixed)
+        clock.check()
+        if isinstance(result, str):
+            raise ProbeError(f"the model fails on its one input size ({fixed} px, {bands} bands): {result}")
+        return [(fixed, *result)]
+    for base in SEARCH_BASES:
+        grows = _growing_sizes(net, bands, base, clock, errors)
+        if len(grows) >= 2:
+            step = grows[-1][0] - grows[-2][0]
+            on_grid = [g for g in grows if (grows[-1][0] - g[0]) % step == 0]
+            return on_grid[:2]
+        if grows:
+            return grows
+    tried = f"{SEARCH_BASES[0]}-{SEARCH_BASES[-1] + SCAN - 1}"
+    first = errors[0] if errors else "no output"
+    raise ProbeError(f"the model fails on every probed size ({tried} px, {bands} bands): {first}")
+
+
+def _growing_sizes(
+    net: nn.Module, bands: int, base: int, clock: _Clock, errors: list[str]
+) -> list[tuple[int, int, int]]:
+    """Sizes from ``base`` up on which ``net`` runs and gives a longer output than on every smaller size
+    tried: a traced network may run on any size yet use only part of it (its pooling floors), and those sizes
+    are not accepted. Stops at three equally spaced ones, or ``2 * SCAN`` sizes past the first that runs, or
+    after ``SCAN`` sizes when none runs."""
+    grows: list[tuple[int, int, int]] = []
+    size, limit = base, base + SCAN
+    while size < limit:
         result = _try(net, bands, size)
         clock.check()
         if isinstance(result, str):
             errors.append(result)
-            continue
-        found.append((size, *result))
-        break
-    if not found:
-        tried = str(fixed) if fixed else f"{sizes[0]}-{sizes[-1]}"
-        raise ProbeError(f"the model fails on every probed size ({tried} px, {bands} bands): {errors[0]}")
-    if fixed:
-        return found
-    start = found[0][0]
-    for size in range(start + 1, start + 65):
-        result = _try(net, bands, size)
-        clock.check()
-        if not isinstance(result, str):
-            found.append((size, *result))
-            break
-    return found
+        elif not grows or result[0] > grows[-1][1]:
+            if not grows:
+                limit = size + 2 * SCAN + 1
+            grows.append((size, *result))
+            if len(grows) >= 3 and grows[-1][0] - grows[-2][0] == grows[-2][0] - grows[-3][0]:
+                break
+        size += 1
+    return grows
 
 
 def output_relation(found: list[tuple[int, int, int]]) -> tuple[float, int]:
@@ -186,20 +204,24 @@ def _thin(bands: int, axis: int, long: int, narrow: int) -> torch.Tensor:
 def _perturbed(net: nn.Module, x: torch.Tensor, axis: int, positions: list[int]) -> list[torch.Tensor]:
     """For each position along ``axis`` (in the middle across it), the output indices along ``axis`` whose
     logits change when that one input pixel does."""
-    base = _run(net, x)
     across = x.shape[3 - axis] // 2
     changed: list[torch.Tensor] = []
     for first in range(0, len(positions), CHUNK):
         part = positions[first : first + CHUNK]
-        batch = x.repeat(len(part), 1, 1, 1)
-        for k, pos in enumerate(part):
+        # the unperturbed input runs in the same batch, first and last: a kernel chosen for another batch size
+        # may round differently, and the two copies show how much a kernel rounds by batch position (0 for
+        # torch's and ONNX Runtime's CPU kernels, so the reach is measured to the last bit)
+        batch = x.repeat(len(part) + 2, 1, 1, 1)
+        for k, pos in enumerate(part, start=1):
             if axis == 0:
                 batch[k, :, pos, across] += 5.0
             else:
                 batch[k, :, across, pos] += 5.0
-        delta = (_run(net, batch) - base).abs().amax(dim=1)  # (k, h, w)
+        logits = _run(net, batch)
+        floor = float((logits[-1] - logits[0]).abs().max())
+        delta = (logits[1:-1] - logits[:1]).abs().amax(dim=1)  # (k, h, w)
         along = delta.amax(dim=2 if axis == 0 else 1)  # (k, length along the axis)
-        changed.extend(torch.nonzero(row > 0).flatten() for row in along)
+        changed.extend(torch.nonzero(row > floor).flatten() for row in along)
     return changed
 
 
