@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -110,6 +111,8 @@ class OnnxNet(ExternalNet):
         self.input_name = inputs[0].name
         shape = inputs[0].shape
         self.input_bands = shape[1] if isinstance(shape[1], int) else None
+        # a file exported without a dynamic batch takes exactly that many images per run
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
         # fixed sizes: the exporter wrote integers where a dynamic axis would have a name
         self.fixed_size = tuple(shape[2:]) if all(isinstance(s, int) for s in shape[2:]) else None
         self.to(device)
@@ -123,12 +126,19 @@ class OnnxNet(ExternalNet):
     def run(self, x: torch.Tensor) -> torch.Tensor:
         session = self.session(x.device.type)
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        try:
-            out = session.run(None, {self.input_name: array})[0]
-        except Exception as err:  # onnxruntime's own error types (InvalidArgument, Fail...)
-            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise RuntimeError(f"ONNX Runtime refused a {tuple(x.shape)} input: {message}") from err
-        return first_tensor(torch.from_numpy(out)).to(x.device)
+        size = self.fixed_batch or len(array)
+        parts = []
+        for first in range(0, len(array), size):
+            part = array[first : first + size]
+            if len(part) < size:  # the file's fixed batch: fill it with copies, keep only the real images
+                part = np.concatenate([part, np.repeat(part[-1:], size - len(part), axis=0)])
+            try:
+                out = session.run(None, {self.input_name: part})[0]
+            except Exception as err:  # onnxruntime's own error types (InvalidArgument, Fail...)
+                message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise RuntimeError(f"ONNX Runtime refused a {tuple(part.shape)} input: {message}") from err
+            parts.append(torch.from_numpy(out[: len(array) - first]))
+        return first_tensor(torch.cat(parts)).to(x.device)
 
 
 def _onnx_session(path: Path, device_type: str) -> Any:
@@ -138,7 +148,7 @@ def _onnx_session(path: Path, device_type: str) -> Any:
         raise CheckpointError(f"ONNX models need the onnx extra: pip install 'tileseg[onnx]' ({err})") from err
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
-    options.log_severity_level = 3  # warnings about unused initialisers and the like are not the user's
+    options.log_severity_level = 4  # ORT logs refused sizes as errors; the wrapper raises with the reason
     providers = ["CPUExecutionProvider"]
     if device_type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")

@@ -82,6 +82,7 @@ class ProbeReport:
             default_tile=self.default_tile,
             equivariant=self.equivariant,
             blend=blend,
+            fixed_window=self.fixed_window,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -462,6 +463,6 @@ def _exact_geometry(step: int, offset: int, shrink: int, fixed: int | None, grid
     if fixed:
         core = fixed - 2 * halo
         return Geometry(halo=halo, multiple=core, offset=(fixed - 2 * shrink) % core, shrink=shrink,
-                        default_tile=core)  # fmt: skip
+                        default_tile=core, fixed_window=fixed)  # fmt: skip
     core = grid * max(1, round(DEFAULT_CORE / grid))
     return Geometry(halo=halo, multiple=grid, offset=offset % grid, shrink=shrink, default_tile=core)
