@@ -43,6 +43,7 @@ PHASES = 32  # consecutive perturbed pixels: every phase of any stride dividing 
 MAX_LENGTH = 2048  # a receptive field reaching past this long input is not exactly tileable here
 CHUNK = 16  # perturbed inputs per forward pass (memory)
 DEFAULT_CORE = 256
+EXACT_FIXED = "windows a stride apart agree on their cores: exact seams"
 
 
 class ProbeError(CheckpointError):
@@ -312,19 +313,18 @@ def stride_grid(
 
 def least_halo(reaches: list[_Reach], grid: int, found: tuple[int, int, int, int | None], reach: int) -> int | None:
     """The least halo for which every changed output lies in a core whose window holds the changed input pixel
-    (cores of ``grid`` pixels, or of ``fixed - 2 * halo`` for a fixed window); None when none up to the reach
-    and a stride does."""
+    (cores of one ``grid`` step, the worst case, with the window the engine reads for them); None when none
+    up to the reach and a stride does. A fixed window's core, ``fixed - 2 * halo``, must also be on the grid."""
     multiple, offset, shrink, fixed = found
     for halo in range(shrink, reach + grid + shrink + 1):
-        margin = halo - shrink
         if fixed:
-            step, window = fixed - 2 * halo, fixed
-            if step <= 0 or step % grid:
+            # a larger core only adds cells whose context is wider than its first and last cell's
+            if fixed - 2 * halo <= 0 or (fixed - 2 * halo) % grid:
                 continue
+            window = grid + 2 * halo
         else:
-            step = grid
             window = _accept(grid, offset % grid, shrink, grid + 2 * halo)
-        if all(_covered(r, step, margin, window) for r in reaches):
+        if all(_covered(r, grid, halo - shrink, window) for r in reaches):
             return halo
     return None
 
@@ -360,17 +360,19 @@ def tiled_error(net: nn.Module, bands: int, geometry: Geometry, core: int, toler
     return _close(whole, tiled, tolerance)
 
 
-def fixed_window_error(net: nn.Module, bands: int, fixed: int, grid: int, reach: int, shrink: int, tolerance: float):
-    """For a fixed window: two windows ``grid`` apart, compared where both outputs are a receptive field away
-    from their window's border; None when over ``tolerance`` or no such output exists."""
+def fixed_window_error(
+    net: nn.Module, bands: int, fixed: int, grid: int, margin: int, tolerance: float
+) -> float | None:
+    """For a fixed window: two windows ``grid`` apart (along both axes), compared where their cores (``margin``
+    output pixels in from the border) overlap; None when over ``tolerance`` or the cores do not overlap."""
     image = torch.randn(1, bands, fixed + grid, fixed + grid)
     first = _run(net, image[:, :, :fixed, :fixed])
     second = _run(net, image[:, :, grid:, grid:])
-    keep, length = reach - shrink, fixed - 2 * shrink
-    if length - grid - keep <= keep:
+    length = first.shape[2]
+    if length - grid - margin <= margin:
         return None
-    a = first[:, :, grid + keep : length - keep, grid + keep : length - keep]
-    b = second[:, :, keep : length - grid - keep, keep : length - grid - keep]
+    a = first[:, :, grid + margin : length - margin, grid + margin : length - margin]
+    b = second[:, :, margin : length - grid - margin, margin : length - grid - margin]
     return _close(a, b, tolerance)
 
 
@@ -438,13 +440,13 @@ def _report(net, bands, channels, shape, scale, reach, grid, halo, tolerance) ->
     if why is None and grid is not None and halo is not None:
         geometry = _exact_geometry(step, offset, shrink, fixed, grid, halo)
         if fixed:
-            error = fixed_window_error(net, bands, fixed, grid, reach, shrink, tolerance)
+            error = fixed_window_error(net, bands, fixed, grid, halo - shrink, tolerance)
         else:
             error = tiled_error(net, bands, geometry, geometry.multiple * max(1, 64 // geometry.multiple), tolerance)
         if error is not None:
             return ProbeReport(**common, multiple=geometry.multiple, offset=geometry.offset, halo=halo,
                                equivariant=True, tiled_error=error, default_tile=geometry.default_tile,
-                               why="tiled equals whole: exact seams")  # fmt: skip
+                               why=EXACT_FIXED if fixed else "tiled equals whole: exact seams")  # fmt: skip
         why = f"tiled differs from whole beyond {tolerance:g} (relative): not translation-equivariant"
     halo = max(shrink, 32)
     if fixed:
