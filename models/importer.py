@@ -65,6 +65,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     Raises:
         CheckpointError: unreadable, not a mapping of tensors, or a pickle that holds code (refused).
     """
+    tensors: Any
     try:
         if path.suffix == ".safetensors":
             tensors = load_file(str(path))
@@ -247,7 +248,8 @@ def check_model(name: str, budget: float | None = None, log=None) -> tuple[Probe
     if recorded is None:
         geometry = net.spec.geometry
         recorded = {"multiple": geometry.multiple, "offset": geometry.offset, "shrink": geometry.shrink,
-                    "halo": geometry.halo, "equivariant": geometry.equivariant, "classes": net.spec.num_classes}  # fmt: skip
+                    "halo": geometry.halo, "equivariant": geometry.equivariant,
+                    "classes": net.spec.num_classes}  # fmt: skip
     drifts = []
     for key in PROBE_KEYS:
         if key not in recorded:

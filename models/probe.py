@@ -4,13 +4,16 @@ The zoo's architectures derive their geometry from their layers (and tests/model
 proves it by perturbing single pixels). A TorchScript, ONNX or smp network gets the same numbers measured,
 treating it as a black box ``(1, bands, H, W) -> (1, classes, h, w)``:
 
-1. *Accepted sizes.* Square inputs of every size from 64 px up until one runs, then above it until the next:
-   the step between them is the size ``multiple``; the output length gives the ``shrink`` (valid
-   convolutions: ``h = H - 2 * shrink``) or a fixed ``output_scale`` (``h = H * scale``, upsampled by the
-   wrapper). An ONNX file with fixed dimensions accepts one window only.
+1. *Accepted sizes.* Square inputs from 64 px up (then from 128, 256, 448) until the network runs on three
+   equally spaced sizes with a longer output each time (a traced network may run on any size but use only
+   part of it, so a size whose output does not grow is not accepted): their spacing is the size step; the
+   output length gives the ``shrink`` (valid convolutions: ``h = H - 2 * shrink``) or a fixed
+   ``output_scale`` (``h = H * scale``, upsampled by the wrapper). An ONNX file with fixed dimensions accepts
+   one window only.
 2. *Receptive field.* One input pixel at a time is changed, at 32 consecutive positions (every phase of any
-   stride dividing 32; a whole size step if larger), on a long, thin random input, along rows and along columns; the output pixels whose
-   logits change give the reach of each input pixel. The input grows until the reach stays inside it.
+   stride dividing 32; a whole size step if larger), on a long, thin random input, along rows and along
+   columns; the output pixels whose logits change (beside the unperturbed input in the same batch, to the
+   last bit) give the reach of each input pixel. The input grows until the reach stays inside it.
 3. *Stride grid.* The smallest multiple of the size step by which shifting the input shifts the output
    (away from the borders): tiles must start on this grid.
 4. *Least exact halo.* The smallest context for which every changed output lies in a core whose window
@@ -406,7 +409,7 @@ def probe(
     if scale != 1:
         if not hasattr(net, "output_scale"):
             raise ProbeError(f"the output is {scale:g} of the input; only TorchScript and ONNX models are upsampled")
-        net.output_scale = scale
+        setattr(net, "output_scale", scale)  # noqa: B010 (an ExternalNet's attribute; nn.Module types it loosely)
     size, out, channels = found[0]
     out = size - 2 * shrink  # after the wrapper's upsampling
     fixed = fixed or (size if len(found) == 1 else None)
@@ -457,7 +460,7 @@ def _report(net, bands, channels, shape, scale, reach, grid, halo, tolerance) ->
         multiple, out_offset = grid or step, offset
         core = multiple * max(1, round((DEFAULT_CORE - 64) / multiple))
     return ProbeReport(**common, multiple=multiple, offset=out_offset % multiple, halo=halo, equivariant=False,
-                       tiled_error=None, default_tile=core, why=why + "; blended windows")  # fmt: skip
+                       tiled_error=None, default_tile=core, why=f"{why}; blended windows")  # fmt: skip
 
 
 def _exact_geometry(step: int, offset: int, shrink: int, fixed: int | None, grid: int, halo: int) -> Geometry:
