@@ -7,6 +7,8 @@
 # TORCH_VARIANT  cuda (default): the CUDA build of PyTorch (what the default package index serves for
 #                Linux x86_64); cpu: the CPU build, from PyTorch's CPU index.
 # TORCH_VERSION  default 2.13.0.
+# TORCHVISION_VERSION  the torchvision built for that torch (default 0.28.0): smp's encoders need it, and a
+#                torchvision for another torch would make pip replace torch.
 # TORCH_INDEX_URL  where PyTorch comes from instead; `pip` takes it from pip's own configuration (index,
 #                find-links), as CI does with the CPU wheel on local disk.
 # VENV           the virtual environment to make (default /opt/tileseg).
@@ -17,6 +19,7 @@ set -euo pipefail
 
 TORCH_VARIANT="${TORCH_VARIANT:-cuda}"
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+TORCHVISION_VERSION="${TORCHVISION_VERSION:-0.28.0}"
 VENV="${VENV:-/opt/tileseg}"
 SRC="${SRC:-$(cd "$(dirname "$0")/.." && pwd)}"
 PYTHON="${PYTHON:-python3}"
@@ -32,9 +35,11 @@ echo "install.sh: tileseg from $SRC into $VENV, PyTorch $TORCH_VERSION ($TORCH_V
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 # PyTorch first, from its variant's index: the package's own dependencies then find it installed
-"$VENV/bin/python" -m pip install --quiet ${torch_index:+--index-url "$torch_index"} "torch==$TORCH_VERSION"
-# the way the README installs it (not editable: the image holds no source tree)
-"$VENV/bin/python" -m pip install --quiet "$SRC"
+"$VENV/bin/python" -m pip install --quiet ${torch_index:+--index-url "$torch_index"} "torch==$TORCH_VERSION" \
+  "torchvision==$TORCHVISION_VERSION"
+# the way the README installs it (not editable: the image holds no source tree), with the extras for models
+# added from outside: ONNX Runtime and segmentation_models_pytorch
+"$VENV/bin/python" -m pip install --quiet "$SRC[onnx,smp]"
 
 if [ -n "${WEIGHTS_DIR:-}" ]; then
   mkdir -p "$WEIGHTS_DIR"
@@ -45,3 +50,5 @@ fi
 "$VENV/bin/tileseg" --version
 "$VENV/bin/python" -c "import torch, rasterio, celery, psycopg, tileseg.api, tileseg.jobs.queue; \
 print('install.sh: torch', torch.__version__, '| cuda build' if torch.version.cuda else '| cpu build')"
+"$VENV/bin/python" -c "import onnxruntime; from tileseg.models.smp import import_smp; import_smp(); \
+print('install.sh: onnxruntime', onnxruntime.__version__, '| smp', import_smp().__version__)"
