@@ -22,8 +22,8 @@ import click
 from tqdm import tqdm
 
 from tileseg import models
-from tileseg.cli.models import register as register_model_commands
 from tileseg.cli.options import build, click_options
+from tileseg.cli.own_models import register as register_model_commands
 from tileseg.cli.train import train
 from tileseg.engine.options import SegmentOptions
 from tileseg.errors import ModelNotFoundError, OptionsError, TilesegError

@@ -1,5 +1,7 @@
 """``tileseg models add NAME FILE`` and ``tileseg models check NAME``: serve a model trained elsewhere.
 
+(Not ``models.py``: importing it would shadow ``tileseg.models`` inside the CLI package.)
+
 The options give what a file cannot say about itself (bands, classes, normalisation...); ``--card card.json``
 gives the same fields as a JSON object (``bands``, ``classes``, ``mean``, ``std``, ``dtypes``, ``pixel_size``,
 ``precision``, ``license``, ``provenance``, ``arch``, ``params``); options override it. The geometry is
