@@ -23,7 +23,15 @@ $(VENV)/.torch: | $(BIN)/python
 install: $(VENV)/.torch
 	$(BIN)/pip install --quiet -e .
 
-install-test: $(VENV)/.torch
+# torchvision (for smp's encoders) must match the installed torch: pinned beside it, installed before the
+# extras so that pip never resolves a newer torch for it (0.28.0 requires torch==2.13.0)
+TORCHVISION_CPU ?= torchvision==0.28.0
+$(VENV)/.torchvision: $(VENV)/.torch
+	@if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install --quiet "torch>=2.3,<2.15" torchvision; \
+	else $(BIN)/pip install --quiet "$(TORCH_CPU)" "$(TORCHVISION_CPU)"; fi
+	touch $@
+
+install-test: $(VENV)/.torchvision
 	$(BIN)/pip install --quiet -e ".[test]"
 
 lint: install-test

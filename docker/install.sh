@@ -13,6 +13,8 @@
 #                needs only the NVIDIA driver and container toolkit. cpu: the CPU build (`torch==X+cpu`),
 #                from PyTorch's CPU index.
 # TORCH_VERSION  default 2.13.0.
+# TORCHVISION_VERSION  the torchvision built for that torch (default 0.28.0): smp's encoders need it, and a
+#                torchvision for another torch would make pip replace torch.
 # TORCH_INDEX_URL  where PyTorch comes from instead; `pip` takes it from pip's own configuration (index,
 #                find-links), as CI does with the CPU wheel on local disk.
 # VENV           the virtual environment to make (default /opt/tileseg).
@@ -23,6 +25,7 @@ set -euo pipefail
 
 TORCH_VARIANT="${TORCH_VARIANT:-cuda}"
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+TORCHVISION_VERSION="${TORCHVISION_VERSION:-0.28.0}"
 VENV="${VENV:-/opt/tileseg}"
 SRC="${SRC:-$(cd "$(dirname "$0")/.." && pwd)}"
 PYTHON="${PYTHON:-python3}"
@@ -46,7 +49,7 @@ step_venv() {
 }
 step_torch() {
   # PyTorch first, from its variant's index: the package's own dependencies then find it installed
-  "${pip[@]}" ${torch_index:+--index-url "$torch_index"} "$torch_spec"
+  "${pip[@]}" ${torch_index:+--index-url "$torch_index"} "$torch_spec" "torchvision==$TORCHVISION_VERSION"
 }
 step_deps() {
   "$VENV/bin/python" - "$SRC/pyproject.toml" >"$VENV/.tileseg-deps.txt" <<'PY'
@@ -56,8 +59,9 @@ PY
   "${pip[@]}" -r "$VENV/.tileseg-deps.txt"
 }
 step_package() {
-  # the way the README installs it (not editable: the image holds no source tree)
-  "${pip[@]}" "$SRC"
+  # the way the README installs it (not editable: the image holds no source tree), with the extras for models
+  # added from outside: ONNX Runtime and segmentation_models_pytorch
+  "${pip[@]}" "$SRC[onnx,smp]"
 }
 step_weights() {
   [ -n "${WEIGHTS_DIR:-}" ] || return 0
@@ -69,6 +73,8 @@ step_check() {
   "$VENV/bin/tileseg" --version
   "$VENV/bin/python" -c "import torch, rasterio, celery, psycopg, tileseg.api, tileseg.jobs.queue; \
 print('install.sh: torch', torch.__version__, '| cuda build' if torch.version.cuda else '| cpu build')"
+  "$VENV/bin/python" -c "import onnxruntime; from tileseg.models.smp import import_smp; \
+print('install.sh: onnxruntime', onnxruntime.__version__, '| smp', import_smp().__version__)"
 }
 
 [ "$#" -gt 0 ] || set -- venv torch deps package weights check

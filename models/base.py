@@ -22,6 +22,8 @@ class SegmentationNet(nn.Module):
     spec: ModelSpec
     card: dict[str, Any]
     checkpoint_path: Path | None = None
+    # whether the runtime tuner may try torch.compile and other memory formats (not for TorchScript or ONNX)
+    compilable: bool = True
 
     def geometry(self) -> Geometry:
         raise NotImplementedError

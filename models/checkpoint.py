@@ -1,5 +1,8 @@
 """Checkpoints: ``NAME.safetensors`` (tensors only, nothing is ever unpickled) beside ``NAME.json`` (the card).
 
+A model added from outside (``tileseg models add``) may instead be a TorchScript or ONNX file,
+``NAME.torchscript`` or ``NAME.onnx``; the card's ``format`` says which (``safetensors`` when absent).
+
 The model card is a JSON object::
 
     {"name", "arch", "hparams": {...}, "spec": ModelSpec.to_dict(), "training": {...},
@@ -25,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from tileseg.models.base import SegmentationNet
 from tileseg.models.errors import CheckpointError, ModelNotFoundError, UnknownArchitectureError
+from tileseg.models.external import FORMATS, open_external
 from tileseg.models.registry import build_model
 from tileseg.models.spec import ModelSpec
 
@@ -40,24 +44,43 @@ def weights_dir() -> Path:
 
 
 def available(directory: Path | None = None) -> list[str]:
-    """Names of the installed checkpoints (those with both files), sorted."""
+    """Names of the installed checkpoints (a card with a network file beside it), sorted."""
     root = Path(directory) if directory else weights_dir()
     if not root.is_dir():
         return []
-    return sorted(p.stem for p in root.glob("*.safetensors") if p.with_suffix(".json").is_file())
+    return sorted(
+        p.stem for p in root.glob("*.json") if any(p.with_suffix(suffix).is_file() for suffix in FORMATS.values())
+    )
+
+
+def network_file(card_path: Path) -> Path:
+    """The network's file beside a card: ``NAME.safetensors``, or what the card's ``format`` names (an added
+    TorchScript or ONNX model). A card that cannot be read points at ``NAME.safetensors``: reading it then
+    fails with the card's own error."""
+    try:
+        fmt = json.loads(card_path.read_text()).get("format", "safetensors")
+    except (OSError, ValueError, AttributeError):
+        fmt = "safetensors"
+    return card_path.with_suffix(FORMATS.get(fmt, ".safetensors"))
 
 
 def resolve(name_or_path: str | os.PathLike) -> Path:
-    """The ``.safetensors`` path of an installed name or of a path (with or without the suffix)."""
+    """The network file of an installed name or of a path (the card's or the network's, or neither suffix)."""
     text = str(name_or_path)
     candidate = Path(text)
-    looks_like_path = candidate.suffix in (".safetensors", ".json") or os.sep in text or "/" in text
+    suffixes = (".json", *FORMATS.values())
+    looks_like_path = candidate.suffix in suffixes or os.sep in text or "/" in text
     if looks_like_path:
-        path = candidate.with_suffix(".safetensors")
+        base = candidate.with_suffix("") if candidate.suffix in suffixes else candidate
+        card = Path(f"{base}.json")
+        path = network_file(card) if card.is_file() else Path(f"{base}.safetensors")
+        if candidate.suffix in FORMATS.values() and not card.is_file():
+            path = candidate
         if not path.is_file():
             raise ModelNotFoundError(f"no checkpoint at {path}")
         return path
-    path = weights_dir() / f"{text}.safetensors"
+    card = weights_dir() / f"{text}.json"
+    path = network_file(card) if card.is_file() else weights_dir() / f"{text}.safetensors"
     if not path.is_file():
         names = available()
         raise ModelNotFoundError(
@@ -143,6 +166,8 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu", **
     path = resolve(name_or_path)
     card = read_card(path)
     spec = ModelSpec.from_dict(card["spec"])
+    if card.get("format", "safetensors") != "safetensors":
+        return _load_external(path, card, spec, device, options)
     model = _build(path, card, spec, options)
     try:
         tensors = load_file(str(path))
@@ -186,9 +211,24 @@ def card_spec(name_or_path: str | os.PathLike, **options: Any) -> ModelSpec:
     spec = ModelSpec.from_dict(card["spec"])
     if not options:
         return spec
+    if card.get("format", "safetensors") != "safetensors":
+        raise CheckpointError(f"{path.name} is a {card['format']} file: it takes no serving options ({options})")
     with torch.device("meta"):
         model = _build(path, card, spec, options)
     return _with_options(spec, model, options)
+
+
+def _load_external(
+    path: Path, card: dict[str, Any], spec: ModelSpec, device: str | torch.device, options: dict[str, Any]
+) -> SegmentationNet:
+    """A TorchScript or ONNX network with its card (see :mod:`tileseg.models.external`)."""
+    if options:
+        raise CheckpointError(f"{path.name} is a {card['format']} file: it takes no serving options ({options})")
+    model = open_external(path, card["format"], card["hparams"], device)
+    model.spec = spec
+    model.card = card
+    model.checkpoint_path = path
+    return model.eval()
 
 
 def _build(path: Path, card: dict[str, Any], spec: ModelSpec, options: dict[str, Any]) -> SegmentationNet:

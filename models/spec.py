@@ -136,10 +136,14 @@ class Geometry:
     default_tile: int = 256
     equivariant: bool = True
     blend: BlendMode = BlendMode.CROP
+    # the one input length the network takes (an exported file with fixed sizes); None: any accepted length
+    fixed_window: int | None = None
 
     def __post_init__(self) -> None:
         if self.multiple < 1 or not 0 <= self.offset < self.multiple:
             raise ValueError("need multiple >= 1 and 0 <= offset < multiple")
+        if self.fixed_window is not None and self.fixed_window < 2 * self.halo + 1:
+            raise ValueError("a fixed window must be longer than twice the halo")
         if self.halo < self.shrink:
             raise ValueError("the halo must be at least the shrink: each output pixel needs its input")
         object.__setattr__(self, "blend", BlendMode(self.blend))

@@ -2,6 +2,8 @@
 
     tileseg segment INPUT OUTPUT --model NAME [options]
     tileseg models [--json]
+    tileseg models add NAME FILE [options]     (TorchScript, ONNX or a state dict; geometry measured)
+    tileseg models check NAME
     tileseg train --arch ARCH --data DIR --out weights/NAME [options]
     tileseg serve [--host 127.0.0.1] [--port 8000]
     tileseg worker
@@ -21,6 +23,7 @@ from tqdm import tqdm
 
 from tileseg import models
 from tileseg.cli.options import build, click_options
+from tileseg.cli.own_models import register as register_model_commands
 from tileseg.cli.train import train
 from tileseg.engine.options import SegmentOptions
 from tileseg.errors import ModelNotFoundError, OptionsError, TilesegError
@@ -140,6 +143,9 @@ def list_models(ctx: click.Context, as_json: bool) -> None:
             f"{e['name']:<20} {e['arch']:<11} {e['bands']:>5}  {geometry['default_tile']:>5}  "
             f"{geometry['blend']:<8} {classes}"
         )
+
+
+register_model_commands(list_models, user_errors)
 
 
 @list_models.command("bench")

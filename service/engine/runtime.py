@@ -168,11 +168,17 @@ def compile_available(device: torch.device) -> bool:
     return device.type == "cuda" or any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
 
 
-def candidates(spec: ModelSpec, device: torch.device, precision: str = "auto", compile: str = "auto") -> list[Runtime]:
+def candidates(
+    spec: ModelSpec, device: torch.device, precision: str = "auto", compile: str = "auto", compilable: bool = True
+) -> list[Runtime]:
     """The runtimes a run may choose from, given its fixed choices (``precision``, ``compile``).
 
+    ``compilable`` False (a TorchScript or ONNX network, ``SegmentationNet.compilable``): neither compiled
+    nor copied into another memory format, so the one eager runtime of each precision is left.
+
     Raises:
-        OptionsError: a precision the card or the device does not allow, or an unknown choice.
+        OptionsError: a precision the card or the device does not allow, an unknown choice, or compile on
+            for a network that cannot be compiled.
     """
     allowed = allowed_precisions(spec, device)
     if precision == "auto":
@@ -186,6 +192,10 @@ def candidates(spec: ModelSpec, device: torch.device, precision: str = "auto", c
     if compile not in ("auto", "on", "off"):
         raise OptionsError(f"unknown compile choice {compile!r}; use auto, on or off")
     modes = {"auto": [False, True], "on": [True], "off": [False]}[compile]
+    if not compilable:
+        if compile == "on":
+            raise OptionsError("compile on was asked for, but this model is a TorchScript or ONNX program")
+        return [Runtime(p, True, False) for p in precisions]
     if True in modes and not compile_available(device):
         if compile == "on":
             raise OptionsError(
@@ -417,7 +427,7 @@ class Tuner:
         left, nothing is measured. ``window_pixels`` scales the estimate when the run's window differs from
         the measured one. ``measure_compile`` measures compilation whatever the run's length (a benchmark).
         """
-        options = candidates(model.spec, device, precision, compile)
+        options = candidates(model.spec, device, precision, compile, getattr(model, "compilable", True))
         if len(options) == 1 or (precision != "auto" and compile != "auto"):
             runtime = options[0] if len(options) == 1 else replace(options[0], channels_last=True)
             return Choice(runtime, "as asked", window=window, batch=batch)

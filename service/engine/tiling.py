@@ -49,6 +49,11 @@ class TileSettings:
             raise TileGeometryError(
                 f"tile {self.core} is out of range: give a core between {g.multiple} and {MAX_TILE}"
             )
+        if g.fixed_window is not None and self.window != g.fixed_window:
+            raise TileGeometryError(
+                f"tile {self.core} needs a {self.window} px window, but the model takes only {g.fixed_window} px "
+                f"windows: give tile {g.fixed_window - 2 * g.halo}"
+            )
         if self.core % g.multiple:
             below = self.core - self.core % g.multiple
             nearest = ", ".join(str(n) for n in (below, below + g.multiple) if n > 0)

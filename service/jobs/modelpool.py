@@ -60,7 +60,7 @@ class ServedModels(Generic[Entry]):
     """Served models by name, each read once and kept; subclasses say what is read (:meth:`_read`).
 
     Args:
-        weights_dir: where the checkpoints are (``NAME.safetensors`` + ``NAME.json``).
+        weights_dir: where the checkpoints are (``NAME.json`` and the network's file beside it).
         names: the models to serve; empty: every installed one.
 
     Raises:
@@ -78,7 +78,7 @@ class ServedModels(Generic[Entry]):
         raise NotImplementedError
 
     def _path(self, name: str) -> Path:
-        return self.weights_dir / f"{name}.safetensors"
+        return self.weights_dir / f"{name}.json"  # the card names the network's file (models.resolve)
 
     def _entry(self, name: str, prune: int | None) -> Entry:
         """What is kept for ``name`` with ``prune``, read now if it was not yet.
