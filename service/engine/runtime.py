@@ -228,18 +228,25 @@ def prepare(model: SegmentationNet, runtime: Runtime) -> Callable[[torch.Tensor]
     """The forward function of ``model`` in ``runtime``'s memory format and compilation, made once per model
     and runtime and kept while the model lives (a compiled network is reused by every later run).
 
-    The model itself stays as loaded (channels_last): a contiguous runtime gets a copy.
+    The model itself stays as loaded (channels_last, eager) and is what that runtime runs; every other runtime
+    runs a copy, so that what is kept here never refers back to the model and goes when the model goes.
     """
+    if runtime.channels_last and not runtime.compiled:
+        return model
     per_model = _PREPARED.setdefault(model, {})
     key = (runtime.channels_last, runtime.compiled)
     if key not in per_model:
-        net = model if runtime.channels_last else copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+        net = copy.deepcopy(model)
+        if not runtime.channels_last:
+            net = net.to(memory_format=torch.contiguous_format)
         per_model[key] = torch.compile(net, dynamic=False) if runtime.compiled else net
     return per_model[key]
 
 
 def is_prepared(model: SegmentationNet, runtime: Runtime) -> bool:
     """Whether this process already holds ``model`` prepared for ``runtime`` (a compile paid)."""
+    if runtime.channels_last and not runtime.compiled:
+        return True
     return (runtime.channels_last, runtime.compiled) in _PREPARED.get(model, {})
 
 

@@ -214,3 +214,17 @@ def test_the_first_process_to_measure_decides_for_the_machine(model, tmp_path, m
     late._memory[late._key(model, torch.device("cpu"), 100, 4)] = []
     second = late.choose(model, torch.device("cpu"), 100, 4, batches=10, compile="off")
     assert first.runtime == second.runtime == Runtime("fp32", True, False)
+
+
+def test_prepared_copies_go_with_their_model(tmp_path):
+    import gc
+    import weakref
+
+    model = checkpoint(tmp_path, "test-pool", bands=1, classes=3)
+    assert rt.prepare(model, BASELINE) is model
+    copy_ = rt.prepare(model, Runtime("fp32", False, False))
+    assert copy_ is not model and rt.is_prepared(model, Runtime("fp32", False, False))
+    gone = weakref.ref(model)
+    del model, copy_
+    gc.collect()
+    assert gone() is None, "the engine's cache keeps no model alive"
