@@ -32,10 +32,11 @@ from typing import Any
 import numpy as np
 
 from tileseg import __version__, models
+from tileseg.engine.io.inputs import open_input
 from tileseg.engine.io.pixelsize import describe
 from tileseg.engine.io.read import ALLOWED_DRIVERS, InputRaster, RasterInfo, gdal_env
 from tileseg.engine.io.resample import ResampledRaster, regrid_strips
-from tileseg.engine.io.slide import SLIDE_DRIVER, SlideRaster, slide_format
+from tileseg.engine.io.slide import SlideRaster
 from tileseg.engine.io.write import BackgroundWriter, MaskSink
 from tileseg.engine.memory import release_free_memory
 from tileseg.engine.options import OutputGrid, SegmentOptions
@@ -47,7 +48,7 @@ from tileseg.engine.runtime import Choice, pick_device, tuner
 from tileseg.engine.stitching import Strip, build_stitcher
 from tileseg.engine.tiling import Tile, TilePlan, TileSettings
 from tileseg.engine.vectors import VectorSink, check_vector_path
-from tileseg.errors import TilesegError, UnsupportedFormatError
+from tileseg.errors import TilesegError
 from tileseg.models.base import SegmentationNet
 
 log = logging.getLogger(__name__)
@@ -194,24 +195,6 @@ def _write(sink: MaskSink, strips: Iterable[Strip], tags: dict[str, str], spec, 
 
 def _mask_dtype(spec: models.ModelSpec) -> tuple[str, int]:
     return ("uint8", 255) if max(c.index for c in spec.classes) < 255 else ("uint16", 65535)
-
-
-def open_input(
-    source, spec: models.ModelSpec, bands=None, allowed_drivers=ALLOWED_DRIVERS, max_pixels: int | None = None
-) -> InputRaster | SlideRaster:
-    """The reader that owns ``source``, decided by its content: OpenSlide for a vendor's whole-slide image,
-    GDAL (rasterio) for everything else.
-
-    Raises:
-        UnreadableInputError, UnsupportedFormatError, TooLargeError, BandMismatchError, DtypeError.
-    """
-    path = Path(source)
-    vendor = slide_format(path) if path.is_file() else None
-    if vendor is not None:
-        if SLIDE_DRIVER not in allowed_drivers:
-            raise UnsupportedFormatError(f"{path.name} is a whole-slide image ({vendor}); this server takes none")
-        return SlideRaster(path, spec, bands, 0, max_pixels)
-    return InputRaster(path, spec, bands, allowed_drivers - {SLIDE_DRIVER}, max_pixels)
 
 
 @contextmanager

@@ -48,6 +48,7 @@ class Resolution:
         return {
             "input_pixel_size_m": self.input.metres,
             "input_pixel_size_source": self.input.source,
+            "input_pixel_size_note": self.input.note,
             "model_pixel_size_m": self.model,
             "read_pixel_size_m": self.read,
             "level": self.level,

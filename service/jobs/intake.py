@@ -1,12 +1,14 @@
 """Checks made before a job exists: its options, where its input lies, and whether the model can take it.
 
-Everything here reads headers only (size, format, bands, dtype, the TIFF's block index), never pixels, so
-that a bad request is answered at once and a decompression bomb is refused before anything is decoded.
+Everything here reads headers only (size, format, bands, dtype, the TIFF's block index, pyramid levels, pixel
+size; of a slide, OpenSlide's properties and one tile), so that a bad request is answered at once and a
+decompression bomb is refused before anything is decoded.
 The same checks run again, fully, when the engine opens the input; these only answer earlier.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +17,10 @@ from typing import Any
 from pydantic import ConfigDict, Field, create_model, field_validator
 
 from tileseg.engine import tile_settings
-from tileseg.engine.io import ALLOWED_DRIVERS, RasterInfo, check_dtype, gdal_env, open_raster, probe, select_bands
+from tileseg.engine.io import ALLOWED_DRIVERS, RasterInfo
+from tileseg.engine.io.inputs import inspect_input
 from tileseg.engine.options import SegmentOptions, scope
+from tileseg.engine.resolution import plan_resolution
 from tileseg.errors import SourceNotAllowedError, TooLargeError
 from tileseg.models.spec import ModelSpec
 
@@ -103,7 +107,9 @@ def resolve_source(text: str, roots: list[str]) -> Path:
 def check_input(
     path: str | os.PathLike, spec: ModelSpec, options: JobOptions, limits: InputLimits, name: str | None = None
 ) -> RasterInfo:
-    """Check, from headers alone, that ``spec``'s model can segment the raster at ``path`` with ``options``.
+    """Check, from headers alone, that ``spec``'s model can segment the input at ``path`` with ``options``:
+    the engine's own choice of reader (a whole-slide image through OpenSlide, any other raster through
+    GDAL), its size and format limits, bands, dtype, the pixel size plan and the tile settings.
 
     Args:
         path: the input on the server's disk.
@@ -116,10 +122,11 @@ def check_input(
         What the input is (the job record's ``input``).
 
     Raises:
-        UnreadableInputError (not a raster, empty, truncated), UnsupportedFormatError, TooLargeError,
-        BandMismatchError, DtypeError, TileGeometryError.
+        UnreadableInputError (not an image, empty, truncated, a corrupt slide), UnsupportedFormatError,
+        TooLargeError, BandMismatchError, DtypeError, PixelSizeError, TileGeometryError.
     """
-    info = probe(path, limits.allowed_drivers, limits.max_pixels)
+    header = inspect_input(path, spec, options.bands, limits.allowed_drivers, limits.max_pixels)
+    info = header.info
     label = name or info.name
     pixels = info.width * info.height
     if limits.max_untiled_pixels and info.driver in UNTILED_DRIVERS and pixels > limits.max_untiled_pixels:
@@ -128,19 +135,9 @@ def check_input(
             f"{info.driver} has no tiles to read by window, and the limit for such formats is "
             f"{limits.max_untiled_pixels}: convert it to a tiled GeoTIFF"
         )
-    with gdal_env(), open_raster(path) as src:
-        bands, _alpha = select_bands(src, spec, options.bands)
-        check_dtype(src, spec, bands)
+    plan_resolution(header.levels, header.pixel_size, spec, options.pixel_size_policy, options.pixel_size_m)
     tile_settings(spec, options.segment_options())
-    return RasterInfo(
-        name=label,
-        width=info.width,
-        height=info.height,
-        bands=info.bands,
-        dtype=info.dtype,
-        crs=info.crs,
-        driver=info.driver,
-    )
+    return dataclasses.replace(info, name=label)
 
 
 __all__ = [

@@ -16,10 +16,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
-from tileseg.engine import segment
+from tileseg.engine import SegmentResult, segment
 from tileseg.engine.preview import render_preview
 from tileseg.engine.view import add_overviews, write_view
 from tileseg.errors import CanceledError, InterruptedJobError, JobNotFoundError, LeaseLostError, TilesegError
@@ -137,7 +138,7 @@ def run_job(
             model = load_model(job.model, options.prune)
             segment_options = options.segment_options(config.batch)
             attempt.root.mkdir(parents=True, exist_ok=True)
-            segment(
+            result = segment(
                 model,
                 job.input_path,
                 attempt.mask,
@@ -153,9 +154,22 @@ def run_job(
                 _prepare_viewer(job, attempt, options)
         except Exception as err:  # a bug in one job included: it must not take the worker down
             return run.stopped(err)
-        return run.publish()
+        return run.publish(run_summary(result))
     finally:
         run.close()
+
+
+def run_summary(result: SegmentResult) -> dict[str, Any]:
+    """What the job record keeps of a finished run (``GET /jobs/{id}``'s ``result``): the pixel sizes, the
+    level read and why, the region of interest's share, the tiles run and skipped, and the warnings."""
+    return {
+        "pixel_size": result.resolution,
+        "roi": result.roi,
+        "tiles_total": result.tiles_total,
+        "tiles_skipped": result.tiles_skipped,
+        "seconds": round(result.seconds, 3),
+        "warnings": list(result.warnings),
+    }
 
 
 def _prepare_viewer(job: Job, attempt: JobFiles, options: JobOptions) -> None:
@@ -217,12 +231,12 @@ class _Attempt:
         log.error("job %s failed unexpectedly", job.id, exc_info=err)
         return self._fail("internal_error", f"unexpected error: {type(err).__name__}: {err}")
 
-    def publish(self) -> Outcome:
-        """End the run that made its results: commit the success in the table, then move the files into
-        place and drop the upload."""
+    def publish(self, summary: dict[str, Any]) -> Outcome:
+        """End the run that made its results: commit the success with the run's ``summary`` in the table,
+        then move the files into place and drop the upload."""
         job = self.job
         self.heartbeat.stop()  # before the end: a beat after it would read as a lost lease
-        if not self.store.finish(job.id, job.token, JobStatus.SUCCEEDED, ttl=self.config.result_ttl):
+        if not self.store.finish(job.id, job.token, JobStatus.SUCCEEDED, ttl=self.config.result_ttl, result=summary):
             return self._ended_elsewhere()
         # the table now names this attempt as the published one; the renames follow (anyone may redo them)
         self.files.publish(job.token)

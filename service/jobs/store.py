@@ -67,6 +67,9 @@ jobs = sa.Table(
     sa.Column("expires", sa.Float, nullable=True),
     sa.Column("enqueued", sa.Float, nullable=True),  # queue mode: when a message for it was last sent
     sa.Column("published", sa.String(32), nullable=True),  # the token of the attempt whose results are served
+    sa.Column(
+        "result", sa.JSON(none_as_null=True), nullable=True
+    ),  # the published run's summary: pixel sizes, level, ROI share
     sa.Index("ix_jobs_status_created", "status", "created"),
     sa.Index("ix_jobs_owner_created", "owner", "created"),
 )
@@ -99,6 +102,7 @@ class Job:
     expires: float | None = None
     enqueued: float | None = None
     published: str | None = None
+    result: dict[str, Any] | None = None
     read_at: float | None = None  # not a column: the database's clock when the row was read
 
     @classmethod
@@ -319,6 +323,7 @@ class JobStore:
         *,
         error: tuple[str, str] | None = None,
         ttl: float | None = None,
+        result: dict[str, Any] | None = None,
     ) -> bool:
         """End an attempt as succeeded or failed; False when it no longer owned the job (canceled, or its
         lease ran out and the job went to another attempt). A success publishes the attempt: its token is
@@ -329,6 +334,7 @@ class JobStore:
             status: ``succeeded`` or ``failed``.
             error: a failure's ``(code, message)``.
             ttl: seconds the results are kept (from now, on the database's clock); None: no end.
+            result: a success's summary of the run (JSON-serialisable), kept with the published attempt.
         """
         code, message = error or (None, None)
         published = token if status is JobStatus.SUCCEEDED else None
@@ -346,6 +352,7 @@ class JobStore:
                         error_message=message,
                         expires=expires,
                         published=published,
+                        result=result if status is JobStatus.SUCCEEDED else None,
                     )
                 ).rowcount
                 == 1

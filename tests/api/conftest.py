@@ -43,13 +43,15 @@ def test_architectures():
 def weights(tmp_path_factory) -> Path:
     """Test checkpoints: ``rgb-test`` (3 bands, 4 classes), ``grey-test`` (1 band uint8, 2 classes) and
     ``slow`` (1 band, 200 classes, sleeps 0.1 s a batch; its mask is the input shifted, capped at 199) and
-    ``nested`` (a small U-Net++ of depth 2, which can be pruned)."""
+    ``nested`` (a small U-Net++ of depth 2, which can be pruned) and ``rgb-2um`` (3 bands, 4 classes, trained
+    at a pixel size of 2 µm: inputs at another are read resampled)."""
     nets.register()
     root = tmp_path_factory.mktemp("api-weights")
     checkpoint(root, "test-pool", bands=3, classes=4, name="rgb-test")
     checkpoint(root, "test-pool", bands=1, classes=2, name="grey-test", dtypes=["uint8"], seed=1)
     checkpoint(root, "test-slow", bands=1, classes=200, name="slow", delay=0.1)
     checkpoint(root, "unetpp", bands=1, classes=2, name="nested", depth=2, base=4)
+    checkpoint(root, "test-pool", bands=3, classes=4, name="rgb-2um", pixel_size=2e-6, seed=2)
     for name in SHIPPED_MODELS:
         for suffix in (".safetensors", ".json"):
             shutil.copy(REPO / "weights" / f"{name}{suffix}", root / "weights" / f"{name}{suffix}")

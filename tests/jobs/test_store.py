@@ -159,6 +159,22 @@ def test_only_the_attempt_that_holds_the_job_publishes(store):
     assert store.claim("w1", job_id) is None, "a finished job cannot be claimed again"
 
 
+def test_a_success_keeps_its_run_summary_and_a_failure_none(store):
+    summary = {"pixel_size": {"level": 1, "why": "µm ≠ nm", "grid": [3, 4]}, "roi": None, "warnings": []}
+    done, failed = add(store), add(store)
+    assert store.get(done).result is None
+    attempt = store.claim("w", done)
+    assert not store.finish(done, "not-the-token", JobStatus.SUCCEEDED, result=summary)
+    assert store.get(done).result is None, "only the attempt holding the job writes its summary"
+    assert store.finish(done, attempt.token, JobStatus.SUCCEEDED, result=summary)
+    assert store.get(done).result == summary
+    attempt = store.claim("w", failed)
+    assert store.finish(failed, attempt.token, JobStatus.FAILED, error=("x", "y"), result=summary)
+    assert store.get(failed).result is None
+    with store.engine.connect() as conn:  # SQL NULL, not the JSON text 'null'
+        assert conn.execute(sa.select(jobs.c.id).where(jobs.c.result.is_(None))).scalars().all() == [failed]
+
+
 def test_unclaimed_jobs_are_those_not_sent_lately(store):
     old, fresh = add(store), add(store)
     store.enqueued([fresh])
@@ -188,4 +204,8 @@ def test_a_table_of_an_older_version_gets_the_new_columns(tmp_path):
     store = JobStore(url)
     job_id = add(store)
     assert store.get(job_id).published is None and store.unclaimed(older_than=-1) == [job_id]
+    assert store.get(job_id).result is None
+    attempt = store.claim("w", job_id)
+    assert store.finish(job_id, attempt.token, JobStatus.SUCCEEDED, result={"tiles_total": 4})
+    assert store.get(job_id).result == {"tiles_total": 4}
     store.close()

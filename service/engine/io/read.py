@@ -254,6 +254,15 @@ def mirrored_window(read_region, row: int, col: int, length: int, height: int, w
     return data
 
 
+def level_sizes(path: Path, src, band: int = 1) -> list[tuple[int, int]]:
+    """``(height, width)`` of level 0 and of each of GDAL's overviews of ``band`` (read from their headers)."""
+    sizes = [(src.height, src.width)]
+    for k in range(len(src.overviews(band))):
+        with open_raster(path, overview=k) as ov:
+            sizes.append((ov.height, ov.width))
+    return sizes
+
+
 class InputRaster:
     """A checked input raster that reads normalised, mirror-padded windows; safe to use from many threads.
 
@@ -301,14 +310,7 @@ class InputRaster:
         self.pixel_size = pixelsize.from_dataset(src)
 
     def _levels(self, src) -> list[tuple[int, int]]:
-        """``(height, width)`` of level 0 and of each of GDAL's overviews (read from their headers)."""
-        if self.level:
-            return []
-        sizes = [(src.height, src.width)]
-        for k in range(len(src.overviews(self.bands[0]))):
-            with open_raster(self.path, overview=k) as ov:
-                sizes.append((ov.height, ov.width))
-        return sizes
+        return [] if self.level else level_sizes(self.path, src, self.bands[0])
 
     def at_level(self, level: int) -> InputRaster:
         """The same raster read at pyramid ``level`` (a new reader; the caller closes it).
