@@ -17,7 +17,7 @@ import rasterio
 from tests.backends import free_port
 from tests.conftest import REPO
 from tests.deploy.containers import PREFIX, TAG, compose, job_json, podman, ready, timed, wait_until
-from tests.deploy.test_image import EXACT, HEALTHCHECK_START_PERIOD, cli_mask, wait_for_job
+from tests.deploy.test_image import EXACT, HEALTHCHECK_START_PERIOD, LONG, cli_mask, wait_for_job
 
 pytestmark = pytest.mark.slow
 
@@ -133,7 +133,7 @@ def job_worker(project: str, job_id: str) -> str:
 def kill_a_worker_mid_job(client: httpx.Client, project: str) -> None:
     """``podman kill`` the worker container running a long job: the job is requeued once its lease
     expires and succeeds on the other worker."""
-    job = submit(client, source="/input/geotiff/shade.tif", tile="128")
+    job = submit(client, source="/input/geotiff/shade.tif", tile="128", **LONG)
     wait_for_job(client, job["id"], ("running",), 120, check=lambda j: j["progress"]["tiles_done"] > 0)
     hosts = {
         podman("inspect", "--format", "{{.Config.Hostname}}", f"{project}_{service}_1").strip(): service
