@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -59,8 +60,8 @@ def run(image: Path, out: Path, name: str, cache: Path, *args: str) -> tuple[flo
     seconds = time.perf_counter() - started
     if done.returncode:
         raise SystemExit(f"{name} {' '.join(args)} failed: {done.stderr.strip()[-500:]}")
-    summary = done.stderr.strip().splitlines()[-1]
-    return seconds, summary.rsplit(", ", 1)[-1].split(" on ")[0]
+    found = re.search(r"(\w+/\w+/\w+) on \w+", done.stderr)  # the summary line names the runtime
+    return seconds, found.group(1) if found else "?"
 
 
 def machine() -> str:
