@@ -116,7 +116,8 @@ class CropStitcher(Stitcher):
         if tile.col == 0:
             self._strip = self._empty_strip(tile)
         strip = self._strip
-        assert strip is not None, "a tile row starts at column 0"  # the base class refuses tiles out of order
+        if strip is None:  # the base class refuses tiles out of order, so only a bug gets here
+            raise ValueError(f"tile {tile.index} continues a tile row that was never started")
         if prediction is not None:
             cols = slice(tile.x, tile.x + tile.width)
             strip.labels[:, cols] = prediction.labels[: tile.height, : tile.width]

@@ -201,7 +201,8 @@ class JobService:
             for worker in self.workers:
                 worker.wake()
             return
-        assert self.broker is not None  # queue mode has one
+        if self.broker is None:  # queue mode makes one at start: a missing one is a bug, said plainly
+            raise RuntimeError("queue mode without a broker")
         try:
             self.broker.send(job_id)
         except Exception:  # the job is in the table: the reaper sends it once the broker answers again
