@@ -53,9 +53,12 @@ COPY docker/preflight.py /usr/local/lib/tileseg/preflight.py
 COPY docker/entrypoint.sh /usr/local/bin/tileseg-entrypoint
 COPY --from=build /opt/tileseg /opt/tileseg
 COPY --from=build /weights /weights
+# the tuner's measurements and exported programs (ONNX) live in the data volume: made on first use, kept
+# across restarts, shared by the API and the workers (keyed by device, so mixed machines do not mix)
 ENV PATH=/opt/tileseg/bin:$PATH \
     TILESEG_DATA_DIR=/data \
-    TILESEG_WEIGHTS_DIR=/weights
+    TILESEG_WEIGHTS_DIR=/weights \
+    TILESEG_CACHE_DIR=/data/cache
 USER tileseg
 WORKDIR /data
 VOLUME ["/data"]

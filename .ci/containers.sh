@@ -49,6 +49,29 @@ configure_podman() {
   fi
 }
 
+# The first Debian archive URI in this machine's apt sources (deb822 .sources files, else sources.list).
+host_debian_mirror() {
+  local uri
+  uri="$(grep -h -E '^[[:space:]]*URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' \
+    | grep -v -- '-security' | head -n1 || true)"
+  [ -n "$uri" ] || uri="$(grep -h -E '^[[:space:]]*deb[[:space:]]' /etc/apt/sources.list 2>/dev/null \
+    | awk '{print $2}' | grep -v -- '-security' | head -n1 || true)"
+  [ -n "$uri" ] || { echo "no Debian mirror in this machine's apt sources" >&2; return 1; }
+  echo "$uri"
+}
+
+# This machine's Debian sources, for the image's apt (the deb822 file when there is one).
+host_debian_sources() {
+  if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+    cat /etc/apt/sources.list.d/debian.sources
+  else
+    local mirror
+    mirror="$(host_debian_mirror)"
+    printf 'Types: deb\nURIs: %s\nSuites: bookworm bookworm-updates\nComponents: main\n' "$mirror"
+    printf 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n'
+  fi
+}
+
 make_base_image() {
   if podman image exists "$BASE_IMAGE"; then
     :
@@ -59,21 +82,10 @@ make_base_image() {
     say "making $BASE_IMAGE with debootstrap (1-2 minutes)"
     local root
     root="$(mktemp -d /var/tmp/debian-base.XXXXXX)"
-    debootstrap --variant=minbase bookworm "$root" http://deb.debian.org/debian >/dev/null
+    # the Debian mirror and sources of this machine's own apt: no registry host is written into the tree
+    debootstrap --variant=minbase bookworm "$root" "$(host_debian_mirror)" >/dev/null
     rm -f "$root/etc/apt/sources.list"
-    cat >"$root/etc/apt/sources.list.d/debian.sources" <<'EOF'
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: bookworm bookworm-updates
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-
-Types: deb
-URIs: http://deb.debian.org/debian-security
-Suites: bookworm-security
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-EOF
+    host_debian_sources >"$root/etc/apt/sources.list.d/debian.sources"
     # what official Debian images do: no services started by package scripts, no apt caches kept
     printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d" && chmod 755 "$root/usr/sbin/policy-rc.d"
     printf 'APT::Install-Recommends "false";\nDir::Cache::pkgcache "";\nDir::Cache::srcpkgcache "";\n' \

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 import warnings
@@ -23,11 +22,10 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from tileseg import models
+from tileseg.models.external import OnnxNet, TorchScriptNet
 
-from tileseg import models  # noqa: E402
-from tileseg.models.external import OnnxNet, TorchScriptNet  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def export(net: models.SegmentationNet, folder: Path, size: int) -> tuple[Path, Path]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 import warnings
@@ -29,7 +28,6 @@ import rasterio
 from rasterio.windows import Window
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 DATA = Path(os.environ.get("TILESEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 SOURCES = {1: DATA / "isbi2012" / "test" / "images" / "0.png", 3: DATA / "geotiff" / "cogeo.tif"}
 DATA_FOLDERS = {"isbi2012": DATA / "isbi2012", "dubai": DATA / "dubai_aerial"}  # a card's data set, on disk

@@ -8,7 +8,9 @@ stitch, write) on a mirrored mosaic of a real image with the model's band count:
 
 * ``auto (measuring)``: the defaults with an empty measurement cache: what the first run on a machine costs;
 * ``auto``: the defaults again, the measurements cached: what every later run costs;
-* every fixed option: ``--precision fp32|bf16`` (bf16 where the card allows it) x ``--compile off|on``.
+* every fixed option at the card's tile and batch 4 (what ran before the tuner chose the window): ``--runtime
+  torch|onnxruntime|openvino`` (those installed) x ``--precision fp32|bf16`` (bf16 where the card allows it;
+  ONNX Runtime fp32 only) x ``--compile off|on`` (torch).
 
 ``auto`` and the fixed options run in rounds (``--repeat``, default 2), each cell the fastest of its rounds.
 
@@ -29,10 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from tileseg.models import available, card_spec
 
-from tileseg.models import available, card_spec  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _bench_models():
@@ -64,10 +65,19 @@ def run(image: Path, out: Path, name: str, cache: Path, *args: str) -> tuple[flo
     return seconds, found.group(1) if found else "?"
 
 
+def runtimes() -> list[str]:
+    """torch, and the exported runtimes installed here."""
+    import torch
+
+    from tileseg.engine.runtime import exported_modes
+
+    return ["torch", *(m for m in exported_modes(torch.device("cpu")) if m in ("onnxruntime", "openvino"))]
+
+
 def machine() -> str:
     import torch
 
-    from tileseg.engine.runtime import configure_threads, describe_device
+    from tileseg.engine.device import configure_threads, describe_device
 
     configure_threads()
     d = describe_device(torch.device("cpu"))
@@ -107,9 +117,15 @@ def main() -> None:
             image, out, cache = inputs[bands], tmp / "out.tif", tmp / f"cache-{name}"
             first, _ = run(image, out, name, cache)
             variants = {"auto": ()}
-            for precision in ["fp32"] + ([spec.precision] if spec.precision == "bf16" else []):
-                for compile_ in ["off"] + ([] if args.no_compile else ["on"]):
-                    variants[f"{precision}/{compile_}"] = ("--precision", precision, "--compile", compile_)
+            tile = ("--tile", str(spec.geometry.default_tile), "--batch", "4")  # what ran before the tuner chose
+            for runtime in runtimes():
+                for precision in ["fp32"] + ([spec.precision] if spec.precision == "bf16" else []):
+                    if runtime == "onnxruntime" and precision != "fp32":
+                        continue  # ONNX Runtime runs the fp32 graph
+                    modes = ["off"] + ([] if args.no_compile or runtime != "torch" else ["on"])
+                    for compile_ in modes:
+                        key = f"{runtime} {precision}" + (" compiled" if compile_ == "on" else "")
+                        variants[key] = ("--runtime", runtime, "--precision", precision, "--compile", compile_, *tile)
             seconds: dict[str, list[float]] = {key: [] for key in variants}
             chosen = ""
             for _ in range(args.repeat):  # rounds in turn, so that a busy spell does not fall on one variant
@@ -140,7 +156,7 @@ def main() -> None:
 def run_with_readers(image: Path, out: Path, name: str, cache: Path, readers: int) -> tuple[float, str]:
     code = (
         "import sys, time; from tileseg.engine import run_file, SegmentOptions; "
-        "from tileseg.engine.runtime import configure_threads; configure_threads(); t = time.perf_counter(); "
+        "from tileseg.engine.device import configure_threads; configure_threads(); t = time.perf_counter(); "
         f"run_file({name!r}, {str(image)!r}, {str(out)!r}, SegmentOptions(readers={readers})); "
         "print(time.perf_counter() - t)"
     )

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from engine import make_image, make_model, tileseg  # noqa: E402  (bench/engine.py: the same network and image)
+from common import make_image, make_model, tileseg  # noqa: E402  (bench/common.py: the same network and image)
 
 from tests.backends import PostgresCluster, RedisServer, free_port  # noqa: E402
 

@@ -67,7 +67,12 @@ class Settings(BaseSettings):
         "web viewer's base layer; it goes when the results expire.",
     )
     min_free_bytes: int = Field(256 << 20, ge=0, description="/readyz fails below this much free disk.")
-    batch: int = Field(4, ge=1, description="Tiles per forward pass.")
+    batch: int | None = Field(None, ge=1, description="Tiles per forward pass; default: measured by the tuner.")
+    memory_budget: str | None = Field(
+        None,
+        description="Memory a forward pass may take, e.g. 2GiB; default: a fair share of what is free (the "
+        "engine reads TILESEG_MEMORY_BUDGET itself, so the CLI on the same machine takes the same budget).",
+    )
     torch_threads: int | None = Field(
         None, ge=1, description="CPU threads for the network; default: every core the process may use."
     )

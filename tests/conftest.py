@@ -14,6 +14,9 @@ from affine import Affine
 REPO = Path(__file__).resolve().parent.parent
 # Runtime measurements go to a folder of the test session's own, not the user's cache (servers inherit it).
 os.environ["TILESEG_CACHE_DIR"] = tempfile.mkdtemp(prefix="tileseg-cache-")
+# The tuner's search is bounded for the tests: they check what it chooses, not how fast it runs (servers and
+# workers inherit the bound; bench/runtime.py measures the real search).
+os.environ.setdefault("TILESEG_TUNE_SECONDS", "1")
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,10 @@ def list_models(jobs: JobsDep) -> dict[str, Any]:
 
 @router.get("/models/{name}", summary="One model's card", responses={s: ERROR_RESPONSES[s] for s in (401, 404)})
 def get_model(name: str, jobs: JobsDep) -> dict[str, Any]:
-    """One entry of ``GET /models``."""
-    return jobs.models.describe(name)
+    """One entry of ``GET /models``, with ``runtime``: how it runs on this server with default options
+    (runtime, tile, window, batch, measured Mpx/s), once a job has measured it here; null before, and in
+    queue mode (each job's ``result.runtime`` says what its worker ran)."""
+    return {**jobs.models.describe(name), "runtime": jobs.models.runtime(name)}
 
 
 __all__ = ["router"]

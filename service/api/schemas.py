@@ -105,6 +105,11 @@ class RunResult(BaseModel):
     tiles_skipped: int = Field(description="Tiles not run: outside the region of interest or wholly nodata.")
     seconds: float = Field(description="The engine's run time.")
     warnings: list[str] = Field(description="What the user should know, e.g. a model run at the wrong scale.")
+    runtime: dict[str, Any] | None = Field(
+        None,
+        description="How the network ran: runtime (precision/format/mode), tile and window run, batch, the "
+        "tuner's measured Mpx/s and peak MB, and why it was chosen.",
+    )
 
 
 class JobOut(BaseModel):

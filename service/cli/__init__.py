@@ -61,7 +61,8 @@ def cli() -> None:
 @click.option(
     "--vectors",
     type=click.Path(path_type=Path),
-    help="Also write every region of every object class as a polygon here (.gpkg, .geojson, .fgb, .parquet).",
+    help="Also write every region of every object class as a polygon here (.gpkg, .geojson, .fgb; .parquet "
+    "where this GDAL writes GeoParquet).",
 )
 @click_options(SegmentOptions)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -79,7 +80,7 @@ def segment(
 ) -> None:
     """Segment INPUT (any raster GDAL reads) into the mask GeoTIFF OUTPUT."""
     from tileseg.engine import run_file
-    from tileseg.engine.runtime import configure_threads
+    from tileseg.engine.device import configure_threads
 
     if bool(model_name) == bool(weights_path):
         raise click.UsageError("give exactly one of --model NAME or --weights PATH")
@@ -106,7 +107,8 @@ def segment(
             f"{output_path}: {info.width}x{info.height}, {result.tiles_total} tiles "
             f"({result.tiles_skipped} nodata), {result.seconds:.1f} s, "
             f"{info.width * info.height / result.seconds / 1e6:.2f} Mpx/s, "
-            f"{result.settings['runtime']} on {result.settings['device']}",
+            f"{result.settings['runtime']} on {result.settings['device']}, tile {result.settings['tile']} "
+            f"(window {result.settings['window']}) x{result.settings['batch']}",
             err=True,
         )
         if result.resolution:
@@ -151,54 +153,54 @@ register_model_commands(list_models, user_errors)
 @list_models.command("bench")
 @click.argument("name")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--batch", type=int, default=4, show_default=True, help="Tiles per forward pass.")
+@click.option("--memory", help="The forward's memory budget, e.g. 2GiB (default: a fair share of what is free).")
+@click.option("--seconds", type=float, help="Bound of the search (default: TILESEG_TUNE_SECONDS, else 20).")
+@click.option("--compile", "with_compile", is_flag=True, help="Also measure torch.compile at the best point.")
 @click.option(
-    "--pixels",
-    type=int,
-    default=2048 * 2048,
-    show_default=True,
-    help="The run to choose for: compilation pays only on long runs.",
+    "--pixels", type=int, default=2048 * 2048, show_default=True, help="The run to choose for (output pixels)."
 )
 @user_errors
-def bench_model(name: str, device: str, batch: int, pixels: int) -> None:
-    """Measure how NAME runs here in every precision, memory format and compilation the card allows."""
-    import math
-
-    from tileseg.engine.runtime import Tuner, configure_threads, describe_device, pick_device
+def bench_model(
+    name: str, device: str, memory: str | None, seconds: float | None, with_compile: bool, pixels: int
+) -> None:
+    """Measure how NAME runs here: every runtime, precision and memory format the card and the installed
+    libraries allow, over windows and batches, as the tuner searches them; prints the table and the choice."""
+    from tileseg.engine.device import configure_threads, describe_device, memory_budget, pick_device
+    from tileseg.engine.tuner import Request, Tuner
 
     configure_threads()
     model = models.load(name, device=pick_device(device))
-    geometry = model.spec.geometry
-    window, core = geometry.window(geometry.default_tile), geometry.default_tile
-    tiles = math.ceil(math.sqrt(pixels) / core) ** 2
-    machine = describe_device(next(model.parameters()).device)
+    where = next(model.parameters()).device
+    geometry, machine = model.spec.geometry, describe_device(where)
     click.echo(
         f"{name} on {machine['name']} ({machine['capability']}, native bf16: {machine['native_bf16']}"
         + (f", {machine['threads']} threads" if "threads" in machine else "")
         + f"), torch {torch_version()}"
     )
-    click.echo(f"window {window} px (core {core}), batch {batch}; choosing for {tiles} tiles ({pixels / 1e6:.1f} Mpx)")
-    choice = Tuner(cache=None).choose(
-        model, next(model.parameters()).device, window, batch, batches=math.ceil(tiles / batch), measure_compile=True
+    exact = geometry.equivariant and geometry.blend.value == "crop" and geometry.fixed_window is None
+    request = Request(
+        core=None if exact else geometry.default_tile,
+        default_core=geometry.default_tile,
+        batch=None,
+        budget=memory_budget(where, memory),
+        run_pixels=pixels,
+        compile="auto",
+        measure_compile=with_compile,
     )
-    small = _screen_window_core(model)
-    click.echo(f"{'runtime':<30} {'Mpx/s':>7} {'screen':>7} {'setup s':>8}  status")
+    click.echo(f"budget {request.budget / 2**20:.0f} MB; window {'searched' if exact else 'fixed (blended model)'}")
+    choice = Tuner(cache=None, seconds=seconds).choose(model, where, request)
+    click.echo(f"{'runtime':<30} {'tile':>5} {'window':>6} {'batch':>5} {'Mpx/s':>7} {'peak MB':>8}  status")
     for row in choice.table():
-        seconds, screen = row["seconds_per_batch"], row["screen_seconds"]
-        speed = f"{batch * core * core / seconds / 1e6:7.3f}" if seconds else f"{'-':>7}"
-        speed += f" {small * small / screen / 1e6:7.3f}" if screen else f" {'-':>7}"
-        mark = "  <- chosen" if row["chosen"] else ""
+        speed = f"{row['mpx_per_s']:7.3f}" if row["mpx_per_s"] is not None else f"{'-':>7}"
+        peak = f"{row['peak_mb']:8d}" if row["peak_mb"] is not None else f"{'-':>8}"
         note = f" ({row['error'][:60]})" if row["error"] else ""
-        click.echo(f"{row['runtime']:<30} {speed} {row['setup_seconds']:>8.1f}  {row['status']}{note}{mark}")
-    click.echo(f"chosen: {choice.runtime.label} ({choice.reason})")
-
-
-def _screen_window_core(model) -> int:
-    from tileseg.engine.runtime import _screen_window
-
-    geometry = model.spec.geometry
-    window = _screen_window(model, geometry.window(geometry.default_tile))
-    return window - 2 * (geometry.halo - geometry.shrink) - 2 * geometry.shrink
+        mark = "  <- chosen" if row["chosen"] else ""
+        window = geometry.window(row["core"])
+        click.echo(
+            f"{row['runtime']:<30} {row['core']:>5} {window:>6} {row['batch']:>5} {speed} {peak}  "
+            f"{row['status']}{note}{mark}"
+        )
+    click.echo(f"chosen: {choice.runtime.label}, tile {choice.core} (window {choice.window}) x{choice.batch}")
 
 
 def torch_version() -> str:

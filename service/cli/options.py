@@ -36,9 +36,29 @@ def _option(model: type[BaseModel], name: str) -> Callable:
         return click.option(
             flag, name, type=click.Choice([m.value for m in kind]), show_default=default is not None, **common
         )
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    if kind is int and extra.get("auto"):
+        return click.option(flag, name, type=AUTO_INT, show_default="auto", **{**common, "default": None})
     if kind in (int, float):
         return click.option(flag, name, type=kind, show_default=default is not None, **common)
     return click.option(flag, name, type=str, **common)  # bands: "1,2,3", parsed by the model
+
+
+class _AutoInt(click.ParamType):
+    """A whole number, or ``auto`` (left to the engine to choose)."""
+
+    name = "INTEGER|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+            return None
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither a whole number nor auto", param, ctx)
+
+
+AUTO_INT = _AutoInt()
 
 
 def build(model: type[BaseModel], values: dict[str, Any]) -> BaseModel:

@@ -20,6 +20,7 @@ from tileseg.models.spec import BlendMode, parse_length
 
 BANDS_PATTERN = r"^[0-9]{1,4}(,[0-9]{1,4})*$"
 MAX_TILE = 8192  # the largest core: a window of 8192^2 already takes gigabytes of activations
+DEFAULT_BATCH = 4  # tiles per forward pass where nothing was measured
 
 
 class Precision(str, enum.Enum):
@@ -37,6 +38,15 @@ class Compile(str, enum.Enum):
     AUTO = "auto"
     ON = "on"
     OFF = "off"
+
+
+class RuntimeChoice(str, enum.Enum):
+    """Who runs the network: ``auto`` measures PyTorch and the exported runtimes installed, and takes the fastest."""
+
+    AUTO = "auto"
+    TORCH = "torch"
+    ONNXRUNTIME = "onnxruntime"
+    OPENVINO = "openvino"
 
 
 class Connectivity(str, enum.Enum):
@@ -81,7 +91,9 @@ class SegmentOptions(BaseModel):
         None,
         ge=1,
         le=MAX_TILE,
-        description="Output core size in pixels (default: the model's); a multiple of the network's stride.",
+        description="Output core size in pixels, a multiple of the network's stride; auto (the default): measured "
+        "fastest for exact models, the model's own for blended ones.",
+        json_schema_extra={"auto": True},
     )
     blend: BlendMode | None = Field(None, description="crop (exact), gaussian or cosine (default: the model's).")
     overlap: float = Field(0.0, ge=0, lt=1, description="Blended modes: extra overlap, a fraction of the window.")
@@ -90,6 +102,10 @@ class SegmentOptions(BaseModel):
     cog: bool = Field(False, description="Write a Cloud Optimized GeoTIFF with overviews.")
     precision: Precision = Field(
         Precision.AUTO, description="auto: the fastest the model card allows, measured on this device."
+    )
+    runtime: RuntimeChoice = Field(
+        RuntimeChoice.AUTO,
+        description="auto: PyTorch or an exported runtime (ONNX Runtime, OpenVINO), measured fastest on this device.",
     )
     compile: Compile = Field(
         Compile.AUTO, **_cli_only("torch.compile; auto: when measured to save more time than it costs.")
@@ -132,8 +148,40 @@ class SegmentOptions(BaseModel):
         description="Only segment a region: auto (tissue found on a low-resolution level), or a GeoJSON/GeoPackage "
         "file of polygons in the input's coordinates (a server takes auto only).",
     )
-    batch: int = Field(4, ge=1, le=1024, **_cli_only("Tiles per forward pass."))
+    batch: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Tiles per forward pass; auto (the default): measured.",
+        json_schema_extra={"scope": "cli", "auto": True},
+    )
+    memory: str | None = Field(
+        None,
+        max_length=32,
+        **_cli_only(
+            "Memory the network's forward pass may take, e.g. 800MB or 2GiB (default: TILESEG_MEMORY_BUDGET, else a "
+            "fair share of what is free)."
+        ),
+    )
     readers: int = Field(2, ge=1, le=64, **_cli_only("Reader threads preparing batches ahead of the network."))
+
+    @field_validator("tile", "batch", mode="before")
+    @classmethod
+    def _auto(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() in ("auto", "") else value
+
+    @field_validator("memory")
+    @classmethod
+    def _parse_memory(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from tileseg.engine.device import parse_bytes
+
+        try:
+            parse_bytes(value)
+        except Exception as err:
+            raise ValueError(str(err)) from None
+        return value.strip()
 
     @field_validator("bands", mode="before")
     @classmethod
@@ -202,6 +250,7 @@ def scope(model: type[BaseModel], name: str) -> str:
 
 __all__ = [
     "BANDS_PATTERN",
+    "DEFAULT_BATCH",
     "MAX_TILE",
     "Compile",
     "Connectivity",
@@ -209,6 +258,7 @@ __all__ = [
     "OutputGrid",
     "PixelSizePolicy",
     "Precision",
+    "RuntimeChoice",
     "SegmentOptions",
     "base_type",
     "scope",

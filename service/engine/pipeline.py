@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from tileseg import __version__, models
+from tileseg.engine.device import memory_budget, pick_device
 from tileseg.engine.io.inputs import open_input
 from tileseg.engine.io.pixelsize import describe
 from tileseg.engine.io.read import ALLOWED_DRIVERS, InputRaster, RasterInfo, gdal_env
@@ -39,17 +40,18 @@ from tileseg.engine.io.resample import ResampledRaster, regrid_strips
 from tileseg.engine.io.slide import SlideRaster
 from tileseg.engine.io.write import BackgroundWriter, MaskSink
 from tileseg.engine.memory import release_free_memory
-from tileseg.engine.options import OutputGrid, SegmentOptions
+from tileseg.engine.options import DEFAULT_BATCH, OutputGrid, SegmentOptions
 from tileseg.engine.prediction import TilePrediction
 from tileseg.engine.resolution import Resolution, plan_resolution
 from tileseg.engine.roi import region_of_interest
 from tileseg.engine.runner import BatchRunner
-from tileseg.engine.runtime import Choice, pick_device, tuner
 from tileseg.engine.stitching import Strip, build_stitcher
 from tileseg.engine.tiling import Tile, TilePlan, TileSettings
+from tileseg.engine.tuner import Choice, Request, tuner
 from tileseg.engine.vectors import VectorSink, check_vector_path
 from tileseg.errors import TilesegError
 from tileseg.models.base import SegmentationNet
+from tileseg.models.spec import BlendMode
 
 log = logging.getLogger(__name__)
 
@@ -74,27 +76,41 @@ class SegmentResult:
 
 
 def tile_settings(
-    spec: models.ModelSpec, options: SegmentOptions, shape: tuple[int, int] | None = None
+    spec: models.ModelSpec,
+    options: SegmentOptions,
+    shape: tuple[int, int] | None = None,
+    choice: Choice | None = None,
 ) -> TileSettings:
-    """The tile settings of a run, from the options and the model's defaults; checked against its geometry.
+    """The tile settings of a run, from the options, the tuner's ``choice`` (core and batch) and the model's
+    defaults; checked against its geometry.
 
-    Without ``--tile``, and given the image's ``shape``, the model's default core is evened out over the
-    image: the fewest cores of at most the default that cover it, each as small as the stride allows. A
-    512-pixel image then takes two 256-pixel cores a side rather than two of 384, 40 % less work for the
-    same exact result; on large images nothing changes. Networks that are not translation-equivariant
-    (transformers) keep their default core, whose window is the size they were trained on.
+    Without ``--tile``, and given the image's ``shape``, the core (the tuner's, else the model's default) is
+    evened out over the image: the fewest cores of at most that size that cover it, each as small as the
+    stride allows. A 512-pixel image then takes two 256-pixel cores a side rather than two of 384, 40 % less
+    work for the same exact result; on large images nothing changes. Networks that are not
+    translation-equivariant (transformers) keep their default core, whose window is the size they were
+    trained on.
     """
     geometry = spec.geometry
     core = options.tile
+    batch = options.batch or (choice.batch if choice else DEFAULT_BATCH)
     if core is None:
-        core = geometry.default_tile
+        core = choice.core if choice else geometry.default_tile
         if shape is not None and geometry.equivariant:
             longest = max(shape)
             count = math.ceil(longest / core)
             core = min(core, math.ceil(math.ceil(longest / count) / geometry.multiple) * geometry.multiple)
     return TileSettings(
-        geometry, core=core, blend=options.blend or geometry.blend, overlap=options.overlap, batch=options.batch
+        geometry, core=core, blend=options.blend or geometry.blend, overlap=options.overlap, batch=batch
     )
+
+
+def window_is_free(spec: models.ModelSpec, options: SegmentOptions) -> bool:
+    """Whether the tuner may choose the window: only for exact runs (a translation-equivariant network in crop
+    mode, no fixed window), whose mask does not depend on it, and only when ``--tile`` is not given."""
+    geometry = spec.geometry
+    blend = options.blend or geometry.blend
+    return options.tile is None and geometry.equivariant and blend is BlendMode.CROP and geometry.fixed_window is None
 
 
 def segment(
@@ -137,8 +153,8 @@ def segment(
         with reading_grid(full, resolution) as grid:
             roi = region_of_interest(full, grid, options.roi) if options.roi else None
             src = roi.restrict(grid) if roi else grid
-            settings = tile_settings(spec, options, (src.height, src.width))
-            choice = choose_runtime(model, device, settings, len(TilePlan(settings, src.height, src.width)), options)
+            choice = choose_runtime(model, device, options, src.height * src.width)
+            settings = tile_settings(spec, options, (src.height, src.width), choice)
             target = full if options.output_grid is OutputGrid.INPUT else grid
             target = roi.restrict(target) if roi else target
             pixel = _grid_pixel_size(full, target)
@@ -169,10 +185,12 @@ def segment(
             "window": settings.window,
             "step": settings.step,
             "blend": settings.blend.value,
+            "batch": settings.batch,
             "precision": runner.runtime.precision,
             "runtime": runner.runtime.label,
             "runtime_reason": choice.reason,
             "device": str(device),
+            "tuning": choice.summary(),
         },
         warnings=_pixel_size_warnings(resolution, spec),
         resolution={**resolution.to_dict(), "pixels_read": pixels},
@@ -240,7 +258,7 @@ def _tags(
                 "precision": choice.runtime.precision,
             }
         ),
-        "TILESEG_RUNTIME": json.dumps({"runtime": choice.runtime.label, "device": str(device), "why": choice.reason}),
+        "TILESEG_RUNTIME": json.dumps({**choice.summary(), "window": settings.window, "device": str(device)}),
         "TILESEG_SOURCE": full.info.name,
         "TILESEG_PIXEL_SIZE": json.dumps(resolution.to_dict()),
     }
@@ -250,23 +268,34 @@ def _tags(
     return tags
 
 
-def choose_runtime(
-    model: SegmentationNet, device, settings: TileSettings, tiles: int, options: SegmentOptions
-) -> Choice:
-    """The runtime for a run of ``tiles`` tiles: measured at the model's default window (cached), scaled to
-    this run's window (see :mod:`tileseg.engine.runtime`)."""
+def runtime_request(model: SegmentationNet, device, options: SegmentOptions, run_pixels: int | None) -> Request:
+    """What a run over ``run_pixels`` output pixels leaves to the tuner; the core is searched only where
+    :func:`window_is_free`."""
     geometry = model.spec.geometry
-    default_window = geometry.window(geometry.default_tile)
-    return tuner().choose(
-        model,
-        device,
-        default_window,
-        settings.batch,
-        batches=math.ceil(tiles / settings.batch),
+    fixed_core = None if window_is_free(model.spec, options) else (options.tile or geometry.default_tile)
+    return Request(
+        core=fixed_core,
+        default_core=geometry.default_tile,
+        batch=options.batch,
+        budget=memory_budget(device, options.memory),
+        run_pixels=run_pixels,
         precision=options.precision.value,
         compile=options.compile.value,
-        window_pixels=settings.window**2,
+        runtime=options.runtime.value,
     )
+
+
+def choose_runtime(model: SegmentationNet, device, options: SegmentOptions, run_pixels: int) -> Choice:
+    """The runtime, core and batch of a run, measured by the tuner (cached per machine; see
+    :mod:`tileseg.engine.tuner`)."""
+    return tuner().choose(model, device, runtime_request(model, device, options, run_pixels))
+
+
+def known_choice(model: SegmentationNet, options: SegmentOptions = SegmentOptions()) -> Choice | None:
+    """What a run with ``options`` would take on the model's device, if this machine has measured it already
+    (nothing is measured here); None otherwise."""
+    device = next(model.parameters()).device
+    return tuner().choose(model, device, runtime_request(model, device, options, None), measure=False)
 
 
 @dataclass

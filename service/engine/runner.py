@@ -37,7 +37,7 @@ class BatchRunner:
         settings: the run's tile settings.
         scaling: how raw values become the network's input.
         device: where the network runs.
-        runtime: precision, memory format and compilation (:mod:`tileseg.engine.runtime`).
+        runtime: precision, memory format and mode (:mod:`tileseg.engine.runtime`).
         tta: average the predictions of the four flips of each window.
         probabilities: crop mode: return the cores' probabilities too.
         logits: crop mode: return the raw logits in place of probabilities.
@@ -76,8 +76,9 @@ class BatchRunner:
         return self.want_probs or self.logits
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.runtime.compiled and x.shape[0] < self.settings.batch:
-            # a compiled network is specialised to the full batch: pad the last one rather than compile again
+        if self.runtime.mode in ("compiled", "openvino") and x.shape[0] < self.settings.batch:
+            # a compiled network (and an OpenVINO program) is specialised to the full batch: pad the last one
+            # rather than compile again
             pad = x.new_zeros((self.settings.batch - x.shape[0], *x.shape[1:]))
             return self._forward(torch.cat([x, pad]))[: x.shape[0]]
         try:

@@ -44,9 +44,11 @@ class JobOptions(SegmentOptions):
             raise ValueError("a job takes roi=auto only (polygon files are for the command line)")
         return value
 
-    def segment_options(self, batch: int = 4) -> SegmentOptions:
-        """The engine's options for this job, with the server's batch size."""
-        return SegmentOptions(**{**self.model_dump(exclude={"probabilities", "vectors"}), "batch": batch})
+    def segment_options(self, batch: int | None = None, memory: str | None = None) -> SegmentOptions:
+        """The engine's options for this job, with the server's batch size and memory budget (None: the
+        tuner's batch; the budget of TILESEG_MEMORY_BUDGET or a fair share)."""
+        own = self.model_dump(exclude={"probabilities", "vectors"})
+        return SegmentOptions(**{**own, "batch": batch, "memory": memory})
 
     def to_record(self) -> dict[str, Any]:
         """The options as the job table and the API show them: the form's fields."""

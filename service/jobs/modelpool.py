@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from tileseg import models
-from tileseg.engine.runtime import pick_device
+from tileseg.engine.device import pick_device
 from tileseg.errors import CheckpointError, ModelNotFoundError, OptionsError
 from tileseg.models.spec import ModelSpec
 from tileseg.settings import Settings
@@ -117,6 +117,11 @@ class ServedModels(Generic[Entry]):
         self._entry(name, None)
         return models.describe(self._path(name))
 
+    def runtime(self, name: str) -> dict[str, Any] | None:
+        """How ``name`` runs here with default options (runtime, tile, window, batch, rate), once measured on
+        this machine; None before, or where no network is loaded here (queue mode: the workers choose)."""
+        return None
+
     def close(self) -> None:
         """Drop what was read."""
         with self._lock:
@@ -130,26 +135,42 @@ class ModelPool(ServedModels[nn.Module]):
         weights_dir: where the checkpoints are.
         names: the models to load; empty: every installed one.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        batch, memory: the server's batch (None: the tuner's) and memory budget, as its jobs run.
 
     Raises:
         ModelNotFoundError, CheckpointError: as :class:`ServedModels`.
         OptionsError: an unknown device, or CUDA where there is none.
     """
 
-    def __init__(self, weights_dir: Path, names: list[str] | None = None, device: str = "auto"):
+    def __init__(
+        self,
+        weights_dir: Path,
+        names: list[str] | None = None,
+        device: str = "auto",
+        batch: int | None = None,
+        memory: str | None = None,
+    ):
         self.device = pick_device(device)
+        self.batch, self.memory = batch, memory
         super().__init__(weights_dir, names)
 
     @classmethod
     def of(cls, settings: Settings, device: str) -> ModelPool:
         """The pool of the settings' models on ``device``."""
-        return cls(weights_folder(settings), settings.models, device)
+        return cls(weights_folder(settings), settings.models, device, settings.batch, settings.memory_budget)
 
     def _read(self, name: str, prune: int | None = None) -> nn.Module:
         options = {"prune": prune} if prune is not None else {}
         model = models.load(self._path(name), device=self.device, **options)
         log.info("loaded %s%s on %s", name, f" (prune {prune})" if prune else "", self.device)
         return model
+
+    def runtime(self, name: str) -> dict[str, Any] | None:
+        from tileseg.engine.options import SegmentOptions
+        from tileseg.engine.pipeline import known_choice
+
+        choice = known_choice(self._entry(name, None), SegmentOptions(batch=self.batch, memory=self.memory))
+        return choice.summary() if choice is not None else None
 
     def get(self, name: str, prune: int | None = None) -> nn.Module:
         """The network for ``name`` (pruned to ``prune`` when given).

@@ -22,7 +22,7 @@ import time
 from celery import signals
 from celery.exceptions import Reject
 
-from tileseg.engine.runtime import configure_threads
+from tileseg.engine.device import configure_threads
 from tileseg.errors import OptionsError
 from tileseg.jobs.broker import TASK, Broker, make_celery
 from tileseg.jobs.modelpool import ModelPool

@@ -42,7 +42,8 @@ class RunConfig:
     data_dir: Path
     result_ttl: float  # seconds
     limits: InputLimits = InputLimits()
-    batch: int = 4
+    batch: int | None = None
+    memory: str | None = None  # the forward's budget (TILESEG_MEMORY_BUDGET)
     keep_inputs: bool = False
     view_copies: bool = True  # the viewer's base layer, and overviews on the mask
     heartbeat: float = 10.0  # seconds between lease renewals; well inside the lease
@@ -56,6 +57,7 @@ class RunConfig:
             result_ttl=settings.result_ttl.total_seconds(),
             limits=limits,
             batch=settings.batch,
+            memory=settings.memory_budget,
             keep_inputs=settings.keep_inputs,
             view_copies=settings.view_copies,
             heartbeat=settings.heartbeat,
@@ -136,7 +138,7 @@ def run_job(
         try:
             options = JobOptions(**job.options)
             model = load_model(job.model, options.prune)
-            segment_options = options.segment_options(config.batch)
+            segment_options = options.segment_options(config.batch, config.memory)
             attempt.root.mkdir(parents=True, exist_ok=True)
             result = segment(
                 model,
@@ -169,6 +171,7 @@ def run_summary(result: SegmentResult) -> dict[str, Any]:
         "tiles_skipped": result.tiles_skipped,
         "seconds": round(result.seconds, 3),
         "warnings": list(result.warnings),
+        "runtime": {**result.settings["tuning"], "window": result.settings["window"], "tile": result.settings["tile"]},
     }
 
 

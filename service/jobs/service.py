@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tileseg.engine.device import configure_threads
 from tileseg.engine.options import ObjectType
-from tileseg.engine.runtime import configure_threads
 from tileseg.engine.vectors import export
 from tileseg.errors import (
     JobCanceledError,

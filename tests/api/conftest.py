@@ -143,7 +143,9 @@ def server_env(weights, data_dir, inputs_root):
     """The environment of a test server; ``server_env(data, **settings)`` adds TILESEG_* settings."""
 
     def make(data: Path, **settings) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TILESEG_")}
+        # the session's tuner cache and search bound (tests/conftest.py) reach the servers; no other setting does
+        kept = ("TILESEG_CACHE_DIR", "TILESEG_TUNE_SECONDS", "TILESEG_SHARED_DATA")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TILESEG_") or k in kept}
         env.update(
             {
                 "TILESEG_DATA_DIR": str(data),
@@ -155,6 +157,8 @@ def server_env(weights, data_dir, inputs_root):
                 "TILESEG_INPUT_ROOTS": f"{data_dir},{inputs_root}",
                 "TILESEG_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
                 "TILESEG_SWEEP_INTERVAL": "5",
+                # a fixed batch: the lifecycle tests time their jobs by the slow net's 0.1 s a forward pass
+                "TILESEG_BATCH": "4",
                 "PYTHONUNBUFFERED": "1",
             }
         )

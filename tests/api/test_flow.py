@@ -111,7 +111,8 @@ def test_models_are_the_cli_cards(client, weights):
     cards = json.loads(result.output)
     assert client.get("/models").json() == cards
     one = client.get("/models/rgb-test")
-    assert one.status_code == 200 and one.json() == next(m for m in cards["models"] if m["name"] == "rgb-test")
+    card = {k: v for k, v in one.json().items() if k != "runtime"}
+    assert one.status_code == 200 and card == next(m for m in cards["models"] if m["name"] == "rgb-test")
     unknown = client.get("/models/nosuch")
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
 
@@ -133,3 +134,13 @@ def test_metrics(client):
     assert 'tileseg_job_seconds_count{outcome="succeeded"}' in text
     assert "tileseg_tiles_per_second" in text
     assert 'tileseg_http_responses_total{code="202"}' in text
+
+
+def test_the_chosen_runtime_and_window_are_shown(client, data_dir):
+    """After a job, the job says what ran, and the model says how it runs here with default options."""
+    job = wait_for(client, submit(client, None, model="grey-test", source="isbi2012/test/images/2.png").json()["id"])
+    assert job["status"] == "succeeded", job.get("error")
+    ran = job["result"]["runtime"]
+    assert ran["runtime"].count("/") == 2 and ran["window"] >= ran["tile"] > 0 and ran["batch"] >= 1
+    shown = client.get("/models/grey-test").json()["runtime"]
+    assert shown is not None and shown["runtime"] == ran["runtime"] and shown["window"] >= ran["window"]

@@ -144,7 +144,7 @@ def _check_viewer(tab: Page, srv: Server, job_id: str, classes: list[dict], shot
     shares = _mask_shares(srv, job_id)
     colours = {c["index"]: c["color"] for c in classes}
     main = max(shares, key=shares.get)
-    Image.fromarray(opaque).save(DOCS.parent / ".viewer-last.png") if os.environ.get("TILESEG_KEEP_SHOTS") else None
+    Image.fromarray(opaque).save(DOCS / ".viewer-last.png") if os.environ.get("TILESEG_KEEP_SHOTS") else None
     on_screen = {index: _colour_share(opaque, colour) for index, colour in colours.items()}
     drawn = sum(on_screen.values())
     assert drawn > 0.05, f"hardly any class colour on screen: {on_screen}"

@@ -155,6 +155,6 @@ def test_a_compiled_network_sees_full_batches_only(pointwise, batch, monkeypatch
         return real(model, BASELINE, x, device)
 
     monkeypatch.setattr(runner_module, "run_forward", run_forward)
-    prediction = make_runner(pointwise, runtime=Runtime(compiled=True))(batch)  # 3 windows, batch 4
+    prediction = make_runner(pointwise, runtime=Runtime(mode="compiled"))(batch)  # 3 windows, batch 4
     assert sizes == [4] and len(prediction) == 3
     np.testing.assert_array_equal(prediction.labels, batch[:, 0, KEEP, KEEP])

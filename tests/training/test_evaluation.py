@@ -61,9 +61,20 @@ def test_a_valid_convolution_net_covers_the_whole_image():
 
 @pytest.mark.parametrize("geometry", [CONV, VIT], ids=["convolutional", "transformer"])
 @pytest.mark.parametrize("tile", [None, 300])
-def test_validation_tiles_as_segment_does(tmp_path, geometry, tile):
+def test_validation_tiles_as_segment_does(tmp_path, geometry, tile, monkeypatch):
     """The same windows, in the same batches: the served defaults (a convolutional net's default tile evened
-    out over the image; a transformer's whole default window, blended), or a given tile rounded to the stride."""
+    out over the image; a transformer's whole default window, blended), or a given tile rounded to the stride.
+    The tuner of the served run is held at the card's tile and batch 4, which is what validation runs (an exact
+    network's mask does not depend on the tile the tuner would choose; this test is about the tiling)."""
+    from tileseg.engine import pipeline
+    from tileseg.engine.runtime import BASELINE
+    from tileseg.engine.search import Choice
+
+    def card_choice(model, device, options, run_pixels):
+        core = options.tile or model.spec.geometry.default_tile
+        return Choice(BASELINE, core, options.batch or 4, "held for the test")
+
+    monkeypatch.setattr(pipeline, "choose_runtime", card_choice)
     sample = _sample(100, 70)
     evaluated, served = Record(geometry), Record(geometry)
     found = evaluate(evaluated, [sample], tile=tile)

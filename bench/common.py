@@ -1,0 +1,66 @@
+"""What the service and scale-out benchmarks share: a random-weight U-Net saved as a checkpoint, a mosaic of
+the Blue Marble scene as a large GeoTIFF, and the ``tileseg`` command line of this interpreter."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+DATA = Path(os.environ.get("TILESEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SOURCE = DATA / "large" / "bmng_5400x2700_epsg4326_tiled.tif"
+ARCH = {"arch": "unet", "padding": "same", "depth": 4, "base": 16}
+CLASSES = 6
+
+
+def tileseg(*args: str) -> list[str]:
+    """The command line of ``tileseg ARGS`` with this interpreter (the benches run from the source tree)."""
+    return [sys.executable, "-c", "from tileseg.cli import cli; cli()", *args]
+
+
+def make_model(folder: Path, tile: int) -> Path:
+    import torch
+
+    from tileseg import models
+    from tileseg.models.spec import ClassInfo, InputSpec, ModelSpec
+
+    torch.manual_seed(0)
+    hparams = {k: v for k, v in ARCH.items() if k != "arch"}
+    net = models.build_model(ARCH["arch"], 3, CLASSES, **hparams)
+    geometry = net.geometry()
+    from dataclasses import replace
+
+    spec = ModelSpec(
+        name="bench-unet",
+        arch=ARCH["arch"],
+        input=InputSpec(bands=3, mean=(0.5,) * 3, std=(0.25,) * 3),
+        classes=tuple(ClassInfo(i, f"c{i}", "#808080") for i in range(CLASSES)),
+        geometry=replace(geometry, default_tile=tile),
+    )
+    return models.save(net, spec, folder / "bench-unet")
+
+
+def make_image(path: Path, size: int) -> None:
+    """A ``size`` x ``size`` mosaic of the Blue Marble scene, mirrored, tiled 512 and compressed."""
+    import numpy as np
+    import rasterio
+    from rasterio.windows import Window
+
+    with rasterio.open(SOURCE) as src:
+        scene = src.read()
+        profile = {
+            **src.profile,
+            "width": size,
+            "height": size,
+            "tiled": True,
+            "blockxsize": 512,
+            "blockysize": 512,
+            "compress": "deflate",
+            "photometric": "RGB",
+        }
+        _, h, w = scene.shape
+        with rasterio.open(path, "w", **profile) as dst:
+            for i, y in enumerate(range(0, size, h)):
+                for j, x in enumerate(range(0, size, w)):
+                    block = scene[:, :: (-1) ** i, :: (-1) ** j][:, : size - y, : size - x]
+                    dst.write(np.ascontiguousarray(block), window=Window(x, y, block.shape[2], block.shape[1]))

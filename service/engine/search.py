@@ -1,0 +1,351 @@
+"""One search of the tuner (:mod:`tileseg.engine.tuner`): the points it measures and the choice it makes.
+
+The records (:class:`Measurement`, :class:`Choice`, :class:`Request`) and the steps of the search, in the order
+the tuner's docstring gives them: screen, measure at the default core, walk the window, refine, batch, compile.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from tileseg.engine.device import native_bf16
+from tileseg.engine.runtime import BASELINE, Runtime, is_prepared
+from tileseg.models.base import SegmentationNet
+
+log = logging.getLogger(__name__)
+
+SCREEN_FACTOR = 2.5  # a candidate this much slower than the best on the small window is not measured further
+SCREEN_CORE = 128  # about the core of the screening window
+MEASURE_SECONDS = 0.3  # timed calls per point stop after this long (after one warm-up call, at least one timed)
+LADDER = 1.4  # ratio between the cores of the coarse window walk
+WALK_RUNTIMES = 2  # runtimes whose window is walked (the best at the default core first)
+WORSE = 0.8  # a walk stops after two steps below this share of the best rate
+COMPILE_WORTH = 3.0  # measure compilation only for runs whose time is this many typical compiles
+TYPICAL_COMPILE_SECONDS = 20.0  # what compiling a zoo network took here (CPU, inductor): 9-23 s
+SEARCH_SHARE = 3.0  # a first run searches at most 3x as long as it would run at the screening rate (within the bound)
+MIN_SEARCH_SECONDS = 1.0
+NATIVE_BF16_MARGIN = 0.9  # without native bf16, bf16 must be at least 10 % faster than fp32 to be taken
+
+
+@dataclass
+class Measurement:
+    """One point: a runtime at a core and batch, its seconds per batch, setup seconds and peak bytes."""
+
+    runtime: str
+    core: int
+    batch: int
+    seconds: float | None = None  # per batch, steady state
+    setup: float = 0.0  # seconds the first call took beyond a steady one (compiling, exporting)
+    peak: int | None = None  # bytes the first call took beyond what the process held
+    status: str = "measured"  # measured or failed
+    error: str | None = None
+
+    @property
+    def rate(self) -> float:
+        """Output (core) pixels a second; 0 when not measured."""
+        return self.batch * self.core**2 / self.seconds if self.seconds else 0.0
+
+    @property
+    def point(self) -> tuple[str, int, int]:
+        return (self.runtime, self.core, self.batch)
+
+
+@dataclass
+class Choice:
+    """What a run takes (runtime, core, batch), why, and the measurements it was chosen from."""
+
+    runtime: Runtime
+    core: int
+    batch: int
+    reason: str
+    window: int = 0
+    rate: float | None = None  # measured output px/s
+    peak: int | None = None  # measured bytes of the forward
+    budget: int | None = None
+    measurements: list[Measurement] = field(default_factory=list)
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row a measured point: runtime, core, window, batch, Mpx/s, peak MB, status, chosen."""
+        rows = []
+        for m in sorted(self.measurements, key=lambda m: (m.runtime, m.core, m.batch)):
+            over = self.budget is not None and m.peak is not None and m.peak > self.budget
+            rows.append(
+                {
+                    "runtime": m.runtime,
+                    "core": m.core,
+                    "batch": m.batch,
+                    "mpx_per_s": round(m.rate / 1e6, 3) if m.seconds else None,
+                    "peak_mb": round(m.peak / 2**20) if m.peak is not None else None,
+                    "setup_seconds": round(m.setup, 2),
+                    "status": "over budget" if over and m.status == "measured" else m.status,
+                    "error": m.error,
+                    "chosen": m.point == (self.runtime.label, self.core, self.batch),
+                }
+            )
+        return rows
+
+    def summary(self) -> dict[str, Any]:
+        """The choice as JSON: what the summary line, the job record and ``GET /models/{name}`` show."""
+        return {
+            "runtime": self.runtime.label,
+            "tile": self.core,
+            "window": self.window,
+            "batch": self.batch,
+            "mpx_per_s": round(self.rate / 1e6, 3) if self.rate else None,
+            "peak_mb": round(self.peak / 2**20) if self.peak is not None else None,
+            "why": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a run leaves to the tuner: the fixed choices narrow the search.
+
+    Attributes:
+        core: a fixed core (``--tile N``, or a model whose window must not change), or None to search.
+        default_core: where the search starts (the card's default tile).
+        batch: a fixed batch, or None to search.
+        budget: bytes the forward may take.
+        run_pixels: output pixels of the run (compilation pays only on long runs), or None (a benchmark).
+    """
+
+    core: int | None
+    default_core: int
+    batch: int | None
+    budget: int
+    run_pixels: int | None = None
+    precision: str = "auto"
+    compile: str = "auto"
+    runtime: str = "auto"
+    measure_compile: bool = False
+
+
+# (model, runtime, window, batch, seconds) -> (seconds per batch, setup seconds, peak bytes or None)
+Timer = Callable[[SegmentationNet, Runtime, int, int, float], tuple[float, float, int | None]]
+
+
+class Search:
+    """One search over the candidates of a request (see the module's docstring for its steps)."""
+
+    def __init__(self, timer: Timer, seconds: float, model, device, options: list[Runtime], request: Request, known):
+        self.timer, self.model, self.device, self.options, self.request = timer, model, device, options, request
+        self.geometry = model.spec.geometry
+        self.points: dict[tuple[str, int, int], Measurement] = {m.point: m for m in known}
+        self.new: list[Measurement] = []
+        self.started = time.monotonic()
+        self.deadline = self.started + seconds
+
+    def measure(self, runtime: Runtime, core: int, batch: int, force: bool = False) -> Measurement | None:
+        """The point's measurement: known, or timed now; None past the deadline (unless ``force``) or where
+        its estimated peak is over the budget."""
+        known = self.points.get((runtime.label, core, batch))
+        if known is not None:
+            return known
+        if not force and (
+            time.monotonic() > self.deadline or self._estimate(runtime, core, batch) > self.request.budget
+        ):
+            return None
+        window = self.geometry.window(core)
+        try:
+            seconds, setup, peak = self.timer(self.model, runtime, window, batch, MEASURE_SECONDS)
+            m = Measurement(runtime.label, core, batch, seconds=seconds, setup=setup, peak=peak)
+        except Exception as err:  # an operator the precision lacks, an export that differs: never chosen
+            log.info("runtime %s failed on %s at %d px: %s", runtime.label, self.model.spec.name, window, err)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            m = Measurement(runtime.label, core, batch, status="failed", error=f"{type(err).__name__}: {first}"[:300])
+        self.points[m.point] = m
+        self.new.append(m)
+        return m
+
+    def _estimate(self, runtime: Runtime, core: int, batch: int) -> float:
+        """A point's peak from the nearest measured one of the same runtime, scaled by the pixels it holds."""
+        window = self.geometry.window(core)
+        known = [m for m in self.points.values() if m.runtime == runtime.label and m.peak is not None]
+        if not known:
+            return 0.0
+        near = min(known, key=lambda m: abs(self.geometry.window(m.core) - window))
+        return near.peak * (batch * window**2) / (near.batch * self.geometry.window(near.core) ** 2)
+
+    def _rate(self, runtime: Runtime, core: int, batch: int) -> float:
+        m = self.points.get((runtime.label, core, batch))
+        return m.rate if m is not None and m.status == "measured" and not self._over(m) else 0.0
+
+    def _over(self, m: Measurement) -> bool:
+        return m.peak is not None and m.peak > self.request.budget
+
+    def run(self) -> None:
+        """Screen, measure at the start core, walk the window, refine, then the batch. Only the first candidate
+        is measured whatever the bound (something must be chosen); the bound itself shrinks to a share of the
+        run's estimated time, so that a one-second run never pays a twenty-second search."""
+        request = self.request
+        start, batch = request.core or request.default_core, request.batch or 1
+        eager = [r for r in self.options if not r.compiled] or self.options
+        screen = self._screen_core(start)
+        if len(eager) > 1 and screen < start:
+            for i, r in enumerate(eager):
+                self.measure(r, screen, 1, force=i == 0)
+                if i == 0:
+                    self._bound_by_run(self._rate(r, screen, 1))
+            fastest = max(self._rate(r, screen, 1) for r in eager)
+            eager = [r for r in eager if self._rate(r, screen, 1) * SCREEN_FACTOR >= fastest > 0]
+        for i, r in enumerate(eager):
+            self.measure(r, start, batch, force=i == 0)
+            if i == 0:
+                self._bound_by_run(self._rate(r, start, batch))
+        ranked = sorted(
+            (r for r in eager if self._rate(r, start, batch) > 0), key=lambda r: -self._rate(r, start, batch)
+        )
+        if not ranked:
+            return
+        if request.core is None and not ranked[0].compiled:
+            for r in ranked[:WALK_RUNTIMES]:
+                self._walk(r, start, batch)
+            self._refine(*self._best_core(ranked[0], batch))
+        best, core = self._best_core(ranked[0], batch) if request.core is None else (ranked[0], start)
+        if request.batch is None and not best.compiled:
+            self._batches(best, core)
+
+    def _bound_by_run(self, rate: float) -> None:
+        """Bring the deadline in to :data:`SEARCH_SHARE` of the run's time at ``rate`` (at least
+        :data:`MIN_SEARCH_SECONDS`)."""
+        if self.request.run_pixels is None or rate <= 0:
+            return
+        share = max(MIN_SEARCH_SECONDS, SEARCH_SHARE * self.request.run_pixels / rate)
+        self.deadline = min(self.deadline, self.started + share)
+
+    def _screen_core(self, start: int) -> int:
+        multiple = self.geometry.multiple
+        if self.geometry.fixed_window is not None:
+            return start
+        return max(multiple, min(start // 2, SCREEN_CORE) // multiple * multiple)
+
+    def _best_core(self, first: Runtime, batch: int) -> tuple[Runtime, int]:
+        """The runtime and core of the fastest point at ``batch`` so far."""
+        found = [
+            (self._rate(r, core, b), r, core)
+            for (label, core, b) in self.points
+            for r in self.options
+            if r.label == label and b == batch and not r.compiled
+        ]
+        best = max(found, key=lambda f: f[0], default=(0.0, first, self.request.core or self.request.default_core))
+        return best[1], best[2]
+
+    def _step(self, core: int, up: bool, ratio: float = LADDER) -> int | None:
+        from tileseg.engine.options import MAX_TILE
+
+        multiple = self.geometry.multiple
+        nxt = math.ceil(core * ratio / multiple) * multiple if up else math.floor(core / ratio / multiple) * multiple
+        nxt = max(nxt, core + multiple) if up else min(nxt, core - multiple)
+        return nxt if multiple <= nxt <= MAX_TILE else None
+
+    def _walk(self, runtime: Runtime, start: int, batch: int) -> None:
+        """From ``start`` up while the rate holds and the peak fits, then down while it improves."""
+        for up in (True, False):
+            best, core, worse = self._rate(runtime, start, batch), start, 0
+            while (step := self._step(core, up)) is not None:
+                core = step
+                m = self.measure(runtime, core, batch)
+                if m is None or m.status != "measured" or self._over(m):
+                    break
+                if m.rate >= best:
+                    best, worse = m.rate, 0
+                elif m.rate < WORSE * best:
+                    worse += 1
+                    if worse >= (2 if up else 1):
+                        break
+
+    def _refine(self, runtime: Runtime, core: int) -> None:
+        """Halve the step around the best core while time lasts: kernel speed is not smooth in the window."""
+        step = max(
+            self.geometry.multiple, round(core * (LADDER - 1) / 2 / self.geometry.multiple) * self.geometry.multiple
+        )
+        while step >= self.geometry.multiple and time.monotonic() < self.deadline:
+            for nxt in (core - step, core + step):
+                if nxt >= self.geometry.multiple:
+                    self.measure(runtime, nxt, 1)
+            core = max((core, core - step, core + step), key=lambda c: self._rate(runtime, c, 1))
+            step = step // 2 // self.geometry.multiple * self.geometry.multiple
+
+    def _batches(self, runtime: Runtime, core: int) -> None:
+        best, batch = self._rate(runtime, core, 1), 2
+        while batch <= 64:
+            m = self.measure(runtime, core, batch)
+            if m is None or m.status != "measured" or self._over(m) or m.rate < 1.03 * best:
+                return
+            best, batch = m.rate, batch * 2
+
+    def compile_if_worth(self) -> None:
+        """Measure compilation of the best eager torch point, where the run is long enough for it to pay."""
+        compiled = [r for r in self.options if r.compiled]
+        best = self.pick(list(self.points.values()), compiled=False)
+        if not compiled or best.runtime.mode != "eager" or not best.rate:
+            return
+        target = replace(best.runtime, mode="compiled")
+        long_run = self.request.run_pixels is not None and (
+            self.request.run_pixels / best.rate >= COMPILE_WORTH * TYPICAL_COMPILE_SECONDS
+        )
+        if target in compiled and (self.request.compile == "on" or self.request.measure_compile or long_run):
+            self.measure(target, best.core, best.batch, force=True)
+
+    def pick(self, points: list[Measurement], compiled: bool = True) -> Choice:
+        """The cheapest eligible point over the whole run (compiles not yet paid count their setup)."""
+        request, allowed = self.request, {r.label: r for r in self.options if compiled or not r.compiled}
+        # the screening window only screens: chosen only where nothing larger was measured
+        screen = self._screen_core(request.default_core)
+        only_screened = all(m.core == screen for m in points if m.runtime in allowed and m.seconds)
+        eligible = [
+            m
+            for m in points
+            if m.runtime in allowed
+            and m.status == "measured"
+            and m.seconds
+            and not self._over(m)
+            and (m.core == request.core if request.core is not None else m.core != screen or only_screened)
+            and (request.batch is None or m.batch == request.batch)
+        ]
+        eligible = _without_emulated_bf16(eligible, native_bf16(self.device))
+        fresh = request.measure_compile
+
+        def cost(m: Measurement) -> float:
+            runtime = allowed[m.runtime]
+            unpaid = runtime.compiled and (fresh or not is_prepared(self.model, runtime))
+            pixels = request.run_pixels or 1.0
+            return pixels / m.rate + (m.setup if unpaid else 0.0)
+
+        core, batch = request.core or request.default_core, request.batch or 1
+        if not eligible:
+            return Choice(
+                BASELINE, core, batch, "no candidate measured within the budget: eager fp32",
+                window=self.geometry.window(core), budget=request.budget, measurements=points,
+            )  # fmt: skip
+        best = min(eligible, key=cost)
+        return Choice(
+            allowed[best.runtime], best.core, best.batch,
+            f"measured fastest of {len({m.runtime for m in eligible})} runtimes at {len(eligible)} points",
+            window=self.geometry.window(best.core), rate=best.rate, peak=best.peak, budget=request.budget,
+            measurements=points,
+        )  # fmt: skip
+
+
+def _without_emulated_bf16(points: list[Measurement], native: bool) -> list[Measurement]:
+    """Without native bf16, a bf16 point must beat fp32 at its core and batch by 1/:data:`NATIVE_BF16_MARGIN`."""
+    if native:
+        return points
+    fp32: dict[tuple[int, int], float] = {}
+    for m in points:
+        if m.runtime.startswith("fp32/"):
+            fp32[(m.core, m.batch)] = max(fp32.get((m.core, m.batch), 0.0), m.rate)
+    best_fp32 = max(fp32.values(), default=0.0)
+    return [
+        m
+        for m in points
+        if not m.runtime.startswith("bf16/") or m.rate * NATIVE_BF16_MARGIN > fp32.get((m.core, m.batch), best_fp32)
+    ]
+
+
+__all__ = ["Choice", "Measurement", "Request", "Search", "Timer"]

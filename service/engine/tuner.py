@@ -1,0 +1,276 @@
+"""Choosing how a run goes by measuring it: runtime, precision, memory format, window and batch.
+
+Nothing about speed holds from one machine to the next. On a CPU with native bf16 (AVX-512-bf16, AMX) bf16
+autocast is 2-3x faster than fp32; on an AVX2 CPU it is emulated and 6.5x *slower*. ONNX Runtime beat PyTorch
+eager by 1.3-1.6x on an AVX2 EPYC; the kernels' speed jumps between window sizes (contiguous fp32 ran 0.74 Mpx/s
+at a 512 px window and 0.38 at 576); a larger window wastes less on the halo. So the tuner measures, once a
+machine, and keeps the fastest by **output pixels per second on the window it will run** (a window's exact
+core, ``core**2`` pixels a window, is what a run produces):
+
+1. *Screen*: every candidate runtime (:func:`tileseg.engine.runtime.candidates`) on a small window; those
+   :data:`SCREEN_FACTOR` times slower than the best are dropped (an emulated bf16 costs a fraction of a second).
+2. *Measure* the survivors at the model's default core.
+3. *Walk the window* (exact models only, whose mask does not depend on it): from the default core up in
+   steps of about :data:`LADDER`, then down, for the best runtimes, while the rate holds and the forward's
+   measured peak memory stays within the budget (:func:`tileseg.engine.device.memory_budget`); then
+   finer steps around the best core.
+4. *Batch*: larger batches at the best core while they pay and fit.
+5. *Compile* only pays on long runs: measured (compile time included) only when a run's estimated time is at
+   least :data:`COMPILE_WORTH` typical compiles, chosen only when it saves more than it costs.
+
+The search stops starting measurements after ``TILESEG_TUNE_SECONDS`` (default :data:`TUNE_SECONDS`) and
+chooses from what it has. Measurements are cached on disk (``$TILESEG_CACHE_DIR/runtime.json``) per checkpoint
+hash, device, library versions and model options; a search once done is not done again, so later runs and
+every process on the machine (CLI, server, workers) take the same choice at no cost. A candidate that fails
+(an operator a precision lacks, an export that differs from eager) is recorded and never chosen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tileseg.engine.device import PeakMemory, describe_device, resident
+from tileseg.engine.exported import cache_dir, library_versions
+from tileseg.engine.runtime import Runtime, candidates, prepare, release, run_forward
+from tileseg.engine.search import Choice, Measurement, Request, Search, Timer
+from tileseg.models.base import SegmentationNet
+
+log = logging.getLogger(__name__)
+
+TUNE_SECONDS = 20.0  # the search's bound on a first run; later runs read the cache
+
+
+def time_forward(
+    model: SegmentationNet, runtime: Runtime, window: int, batch: int, seconds: float
+) -> tuple[float, float, int | None]:
+    """Seconds per forward pass of ``batch`` random windows in ``runtime`` (steady state), the first call's
+    extra seconds (compiling, exporting, allocating) and the peak memory of a call at this size.
+
+    The peak is what a second call takes at its highest beyond what the process held before the first: so a
+    program's buffers kept for this size count (OpenVINO's), while a one-off cost of the first call (an
+    export, a session) does not. Timed calls go on for ``seconds``."""
+    device = next(model.parameters()).device
+    x = torch.randn(batch, model.spec.input.bands, window, window, device=device)
+    with torch.inference_mode():
+        started = time.perf_counter()
+        forward = prepare(model, runtime)
+        getattr(forward, "clear", lambda: None)()  # shapes kept from other sizes would hide this one's cost
+        before = resident(device)
+        run_forward(model, runtime, x, device)
+        _sync(device)
+        first = time.perf_counter() - started
+        calls, started = 0, time.perf_counter()
+        with PeakMemory(device, since=before) as peak:
+            run_forward(model, runtime, x, device)
+            _sync(device)
+        while True:
+            calls += 1
+            elapsed = time.perf_counter() - started
+            if elapsed >= seconds or (calls >= 2 and elapsed >= seconds / 2):
+                break
+            run_forward(model, runtime, x, device)
+            _sync(device)
+    steady = elapsed / calls
+    return steady, max(0.0, first - steady), peak.bytes
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def tune_seconds() -> float:
+    """The search's bound in seconds: ``TILESEG_TUNE_SECONDS``, else :data:`TUNE_SECONDS`."""
+    configured = os.environ.get("TILESEG_TUNE_SECONDS")
+    return float(configured) if configured else TUNE_SECONDS
+
+
+class MeasurementCache:
+    """Measurements on disk, one JSON file: per key, the points measured and the searches done.
+
+    A cache that cannot be read or written is left alone with one log line: measuring again is the worst case.
+    """
+
+    def __init__(self, path: Path | None = None):
+        self.path = path or default_cache_path()
+
+    def get(self, key: str) -> dict[str, Any]:
+        entry = self._read().get(key) or {}
+        try:
+            points = [Measurement(**m) for m in entry.get("measurements", [])]
+        except TypeError:  # an entry written by another version
+            return {"measurements": [], "searches": []}
+        return {"measurements": points, "searches": list(entry.get("searches", []))}
+
+    def merge(self, key: str, measured: list[Measurement], searches: list[str]) -> dict[str, Any]:
+        """Add points and searches to the entry of ``key``; a point already there wins (so that two processes
+        measuring at once end up with one choice). Returns the entry."""
+        entry = self.get(key)
+        kept = {m.point: m for m in entry["measurements"]}
+        for m in measured:
+            kept.setdefault(m.point, m)
+        merged = {"measurements": list(kept.values()), "searches": sorted(set(entry["searches"]) | set(searches))}
+        data = self._read()
+        data[key] = {
+            "measurements": [asdict(m) for m in merged["measurements"]],
+            "searches": merged["searches"],
+            "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(data, indent=1))
+            os.replace(tmp, self.path)
+        except OSError as err:
+            log.warning("runtime measurements not cached (%s): %s", self.path, err)
+            tmp.unlink(missing_ok=True)
+        return merged
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as err:
+            log.warning("runtime measurement cache %s is unreadable, measuring again: %s", self.path, err)
+            return {}
+
+
+def default_cache_path() -> Path:
+    """``runtime.json`` in :func:`tileseg.engine.exported.cache_dir`."""
+    return cache_dir() / "runtime.json"
+
+
+def model_key(model: SegmentationNet) -> str | None:
+    """The checkpoint's hash, or None for a network that was not loaded from one (it is measured per process)."""
+    path = getattr(model, "checkpoint_path", None)
+    if path is None:
+        return None
+    from tileseg import models
+
+    return models.card_hash(path)
+
+
+class Tuner:
+    """Measures candidates and chooses among them; one per process is enough (:func:`tuner`).
+
+    Args:
+        cache: where measurements persist; None keeps them in memory only.
+        timer: how a point is timed (tests give a fake one).
+        seconds: the search's bound (default :func:`tune_seconds`).
+    """
+
+    def __init__(
+        self, cache: MeasurementCache | None = None, timer: Timer = time_forward, seconds: float | None = None
+    ):
+        self.cache = cache
+        self.timer = timer
+        self.seconds = seconds
+        self._memory: dict[str, dict[str, Any]] = {}
+
+    def choose(self, model: SegmentationNet, device: torch.device, request: Request, measure: bool = True):
+        """The runtime, core and batch for a run (a :class:`Choice`); with ``measure`` False, None when this
+        search was never done (``GET /models/{name}`` shows a choice without paying for one).
+
+        With every choice fixed (one runtime left, or precision, runtime, tile and batch all given), nothing
+        is measured.
+
+        Raises:
+            OptionsError: fixed choices the card, the device or the installed libraries do not allow.
+        """
+        persistent = model_key(model) is not None
+        options = candidates(
+            model.spec,
+            device,
+            request.precision,
+            request.compile,
+            getattr(model, "compilable", True),
+            request.runtime,
+            exportable=persistent,
+        )
+        geometry = model.spec.geometry
+        fixed_runtime = len(options) == 1 or (
+            request.precision != "auto" and (request.runtime == "torch" or request.compile == "on")
+        )
+        if fixed_runtime and request.core is not None and request.batch is not None:
+            runtime = options[0] if len(options) == 1 else replace(options[0], channels_last=True)
+            window = geometry.window(request.core)
+            return Choice(runtime, request.core, request.batch, "as asked", window=window, budget=request.budget)
+        key = self._key(model, device)
+        entry = self._load(key, persistent)
+        signature = json.dumps(
+            [sorted(r.label for r in options), request.core, request.default_core, request.batch, request.budget >> 26]
+        )
+        bound = self.seconds if self.seconds is not None else tune_seconds()
+        search = Search(self.timer, bound, model, device, options, request, entry["measurements"])
+        # a search is recorded with the run size it was bounded for: a longer run searches on from its points
+        size = request.run_pixels if request.run_pixels is not None else -1
+        done = [int(s.rsplit("|", 1)[1]) for s in entry["searches"] if s.startswith(f"{signature}|")]
+        searched = any(d < 0 or (size >= 0 and d >= size) for d in done) or (not measure and bool(done))
+        if not searched:
+            if not measure:
+                return None
+            search.run()
+        search.compile_if_worth()
+        if search.new or not searched:
+            entry = self._store(key, search.new, [f"{signature}|{size}"], persistent)
+        choice = search.pick(entry["measurements"])
+        if search.new:
+            release(model, keep=choice.runtime)
+        return choice
+
+    def _key(self, model: SegmentationNet, device: torch.device) -> str:
+        checkpoint = model_key(model) or f"process:{id(model):x}"
+        return json.dumps(
+            {
+                "model": checkpoint,
+                "device": describe_device(device),
+                "versions": library_versions(),
+                "options": model.spec.options,
+            },
+            sort_keys=True,
+        )
+
+    def _load(self, key: str, persistent: bool) -> dict[str, Any]:
+        # the disk first: every process on the machine then takes the same choice for the same run
+        if self.cache and persistent:
+            found = self.cache.get(key)
+            if found["measurements"]:
+                return found
+        return self._memory.get(key, {"measurements": [], "searches": []})
+
+    def _store(self, key: str, measured: list[Measurement], searches: list[str], persistent: bool) -> dict[str, Any]:
+        if self.cache and persistent:
+            entry = self.cache.merge(key, measured, searches)
+        else:
+            entry = self._memory.get(key, {"measurements": [], "searches": []})
+            known = {m.point for m in entry["measurements"]}
+            entry = {
+                "measurements": entry["measurements"] + [m for m in measured if m.point not in known],
+                "searches": sorted(set(entry["searches"]) | set(searches)),
+            }
+        self._memory[key] = entry
+        return entry
+
+
+_TUNER: Tuner | None = None
+
+
+def tuner() -> Tuner:
+    """The process's tuner, caching on disk at :func:`default_cache_path`."""
+    global _TUNER
+    if _TUNER is None or (_TUNER.cache and _TUNER.cache.path != default_cache_path()):
+        _TUNER = Tuner(MeasurementCache())
+    return _TUNER
+
+
+__all__ = ["Choice", "Measurement", "MeasurementCache", "Request", "Tuner", "time_forward", "tune_seconds", "tuner"]

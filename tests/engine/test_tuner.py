@@ -1,0 +1,271 @@
+"""The tuner's search with a fake timer: what it measures, what it chooses, what it refuses, what it caches.
+
+The fake timer says how fast each runtime is at each window and how much memory it takes, so that every rule
+is checked without waiting on real kernels: the window is chosen for exact models only, the budget is never
+exceeded, emulated bf16 must clearly win, compilation only where it pays, failures never chosen, the cache
+answers later processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+
+import pytest
+import torch
+
+from tests.engine.nets import checkpoint
+from tileseg.engine import runtime as rt
+from tileseg.engine import search as search_module
+from tileseg.engine import tuner as tn
+from tileseg.engine.runtime import BASELINE, Runtime
+from tileseg.engine.search import Request
+from tileseg.engine.tuner import MeasurementCache, Tuner
+from tileseg.errors import OptionsError
+from tileseg.models.spec import BlendMode
+
+CPU = torch.device("cpu")
+MB = 1 << 20
+
+FAST_BF16 = {
+    "fp32/channels_last/eager": 1.0,
+    "fp32/contiguous/eager": 1.3,
+    "bf16/channels_last/eager": 0.4,
+    "bf16/contiguous/eager": 0.6,
+    "fp32/channels_last/compiled": 0.7,
+    "bf16/channels_last/compiled": 0.3,
+    "fp32/contiguous/compiled": 0.9,
+    "bf16/contiguous/compiled": 0.5,
+    "fp32/contiguous/onnxruntime": 1.1,
+    "fp32/contiguous/openvino": 1.2,
+    "bf16/contiguous/openvino": 0.8,
+}
+
+
+class FakeTimer:
+    """Seconds per window pixel by runtime label, times ``speedup(window)``; peak bytes per window pixel."""
+
+    def __init__(self, seconds, setup=0.0, fail=(), speedup=None, bytes_per_pixel=100.0):
+        self.seconds, self.setup, self.fail = seconds, setup, fail
+        self.speedup = speedup or (lambda window: 1.0)
+        self.bytes_per_pixel = bytes_per_pixel
+        self.calls: list[tuple[str, int, int]] = []
+
+    def __call__(self, model, runtime: Runtime, window, batch, budget):
+        self.calls.append((runtime.label, window, batch))
+        if runtime.label in self.fail:
+            raise RuntimeError("no kernel for this")
+        per_pixel = self.seconds[runtime.label] * 1e-4 / self.speedup(window)
+        setup = self.setup if runtime.compiled else 0.0
+        return per_pixel * window**2 * batch, setup, int(self.bytes_per_pixel * window**2 * batch)
+
+    @property
+    def labels(self) -> set[str]:
+        return {label for label, _, _ in self.calls}
+
+
+@pytest.fixture
+def model(tmp_path):
+    return checkpoint(tmp_path, "test-pool", bands=1, classes=3, precision="bf16")
+
+
+@pytest.fixture(autouse=True)
+def every_runtime_installed(monkeypatch):
+    """The exported runtimes count as installed and torch.compile as available, whatever this machine has."""
+    monkeypatch.setattr(rt, "exported_modes", lambda device: ["onnxruntime", "openvino"])
+    monkeypatch.setattr(rt, "compile_available", lambda device: True)
+    monkeypatch.setattr(search_module, "native_bf16", lambda device: True)
+
+
+def request(model, **kwargs) -> Request:
+    geometry = model.spec.geometry
+    fields = {"core": geometry.default_tile, "default_core": geometry.default_tile, "batch": 4, "budget": 1 << 40}
+    fields.update(run_pixels=10 * 4 * geometry.default_tile**2, compile="off")
+    return Request(**{**fields, **kwargs})
+
+
+def choose(model, timer, seconds=60.0, **kwargs):
+    return Tuner(cache=None, timer=timer, seconds=seconds).choose(model, CPU, request(model, **kwargs))
+
+
+def test_auto_never_picks_a_precision_the_card_does_not_allow(tmp_path):
+    fp32_only = checkpoint(tmp_path, "test-pool", bands=1, classes=3, precision="fp32")
+    timer = FakeTimer(FAST_BF16)
+    assert choose(fp32_only, timer).runtime.precision == "fp32"
+    assert not any(label.startswith("bf16") for label in timer.labels), "bf16 was not even to be measured"
+    with pytest.raises(OptionsError, match="fp8"):
+        rt.candidates(fp32_only.spec, CPU, precision="fp8")
+
+
+def test_without_native_bf16_bf16_is_taken_only_when_measured_faster(model, monkeypatch):
+    monkeypatch.setattr(search_module, "native_bf16", lambda device: False)
+    slow = {k: (6.5 if k.startswith("bf16") else v) for k, v in FAST_BF16.items()}
+    assert choose(model, FakeTimer(slow)).runtime == Runtime("fp32", True, "eager")
+    barely = {k: (0.95 if k.startswith("bf16") else v) for k, v in FAST_BF16.items()}
+    assert choose(model, FakeTimer(barely)).runtime.precision == "fp32", "within the margin"
+    assert choose(model, FakeTimer(FAST_BF16)).runtime == Runtime("bf16", True, "eager")
+
+
+def test_an_exported_runtime_wins_where_it_is_fastest(model):
+    fast_onnx = {**FAST_BF16, "fp32/contiguous/onnxruntime": 0.2}
+    choice = choose(model, FakeTimer(fast_onnx))
+    assert choice.runtime == Runtime("fp32", False, "onnxruntime") and choice.runtime.exported
+
+
+def test_slow_candidates_are_screened_on_a_small_window(model):
+    slow = {**FAST_BF16, "bf16/channels_last/eager": 4.0, "bf16/contiguous/eager": 4.0}  # 10x the best
+    timer = FakeTimer(slow)
+    choose(model, timer, core=None)
+    default_window = model.spec.geometry.window(model.spec.geometry.default_tile)
+    measured_big = {label for label, window, _ in timer.calls if window >= default_window}
+    assert "bf16/channels_last/eager" not in measured_big, "dropped after the small window"
+    assert "fp32/contiguous/eager" in measured_big, "1.3x slower survives the screen: measured at the run's size"
+
+
+def test_the_window_is_chosen_for_an_exact_model(model):
+    geometry = model.spec.geometry
+    best_window = geometry.window(96)
+    timer = FakeTimer(FAST_BF16, speedup=lambda window: 3.0 if window == best_window else 1.0)
+    choice = choose(model, timer, core=None, batch=1)
+    assert choice.core == 96 and choice.window == best_window
+    assert len({w for _, w, _ in timer.calls}) > 3, "several windows measured"
+
+
+def test_a_larger_window_wins_by_its_smaller_halo_share(model):
+    choice = choose(model, FakeTimer(FAST_BF16), core=None, batch=1, seconds=60.0)
+    assert choice.core > model.spec.geometry.default_tile, "same kernel speed: a larger core wastes less on the halo"
+
+
+def test_a_blended_model_keeps_its_window(model, monkeypatch):
+    """The pipeline fixes the core of a blended (or non-equivariant) model: the tuner never moves it."""
+    from tileseg.engine.options import SegmentOptions
+    from tileseg.engine.pipeline import window_is_free
+
+    assert window_is_free(model.spec, SegmentOptions())
+    blended = replace(model.spec, geometry=replace(model.spec.geometry, blend=BlendMode.GAUSSIAN))
+    assert not window_is_free(blended, SegmentOptions())
+    assert not window_is_free(model.spec, SegmentOptions(blend="cosine"))
+    assert not window_is_free(model.spec, SegmentOptions(tile=64))
+    not_equivariant = replace(model.spec, geometry=replace(model.spec.geometry, equivariant=False))
+    assert not window_is_free(not_equivariant, SegmentOptions())
+    timer = FakeTimer(FAST_BF16, speedup=lambda window: 5.0 if window != model.spec.geometry.window(32) else 1.0)
+    choice = choose(model, timer, core=32, batch=None)
+    fixed, screen = model.spec.geometry.window(32), model.spec.geometry.window(16)
+    assert choice.core == 32 and all(m.core == 32 for m in choice.measurements if m.batch > 1)
+    assert {w for _, w, _ in timer.calls} <= {fixed, screen}, "the fixed window, and the small one that screens"
+
+
+def test_the_memory_budget_is_never_exceeded(model):
+    geometry = model.spec.geometry
+    budget = int(100 * geometry.window(64) ** 2)  # 100 bytes a pixel: cores of 64 and below fit
+    timer = FakeTimer(FAST_BF16, bytes_per_pixel=100.0)
+    choice = choose(model, timer, core=None, batch=None, budget=budget)
+    assert choice.peak is not None and choice.peak <= budget
+    assert choice.core <= 64 and choice.batch * geometry.window(choice.core) ** 2 * 100 <= budget
+    over = [m for m in choice.measurements if m.peak > budget]
+    assert len(over) <= 2, "a point estimated over the budget is not even measured"
+    assert all(not row["chosen"] for row in choice.table() if row["status"] == "over budget")
+
+
+def test_the_batch_is_searched_where_it_pays(model):
+    class BatchTimer(FakeTimer):
+        def __call__(self, model, runtime, window, batch, budget):
+            seconds, setup, peak = super().__call__(model, runtime, window, batch, budget)
+            return seconds / min(batch, 4) ** 0.5, setup, peak  # a GPU-like gain up to 4
+
+    choice = choose(model, BatchTimer(FAST_BF16), core=32, batch=None)
+    assert choice.batch == 4
+    assert choose(model, FakeTimer(FAST_BF16), core=32, batch=None).batch == 1, "no gain: batch 1"
+
+
+def test_compilation_is_measured_and_taken_only_where_it_pays(model):
+    pixels = 4 * 32**2  # one batch of the default core
+    timer = FakeTimer(FAST_BF16, setup=30.0)
+    short = choose(model, timer, compile="auto", run_pixels=3 * pixels)
+    assert not short.runtime.compiled and not any("compiled" in label for label in timer.labels)
+    long = choose(model, FakeTimer(FAST_BF16, setup=30.0), compile="auto", run_pixels=10**6 * pixels)
+    assert long.runtime == Runtime("bf16", True, "compiled")
+    middle = choose(
+        model, FakeTimer(FAST_BF16, setup=30.0), compile="auto", run_pixels=50 * pixels, measure_compile=True
+    )
+    assert not middle.runtime.compiled, "what it saves does not pay 30 s of compiling"
+
+
+def test_fixed_choices_narrow_the_candidates_and_all_fixed_measures_nothing(model):
+    timer = FakeTimer(FAST_BF16)
+    assert choose(model, timer, precision="fp32", runtime="torch").runtime == BASELINE
+    assert timer.calls == []
+    assert choose(model, timer, precision="fp32").runtime.precision == "fp32"
+    assert all(label.startswith("fp32") for label in timer.labels)
+    only_onnx = FakeTimer(FAST_BF16)
+    assert choose(model, only_onnx, runtime="onnxruntime").runtime.mode == "onnxruntime"
+    assert only_onnx.calls == [], "one candidate left: nothing to measure"
+
+
+def test_a_failing_candidate_is_recorded_and_never_chosen(model):
+    choice = choose(model, FakeTimer(FAST_BF16, fail=("bf16/channels_last/eager",)))
+    assert choice.runtime == Runtime("bf16", False, "eager")
+    failed = [m for m in choice.measurements if m.status == "failed"]
+    assert {m.runtime for m in failed} == {"bf16/channels_last/eager"} and "no kernel" in failed[0].error
+
+
+def test_nothing_measurable_falls_back_to_eager_fp32(model):
+    choice = choose(model, FakeTimer(FAST_BF16, fail=tuple(FAST_BF16)))
+    assert choice.runtime == BASELINE and "eager fp32" in choice.reason
+
+
+def test_measurements_are_cached_on_disk_per_checkpoint_machine_and_versions(model, tmp_path):
+    cache = MeasurementCache(tmp_path / "cache" / "runtime.json")
+    first = FakeTimer(FAST_BF16)
+    chosen = Tuner(cache, first, seconds=5).choose(model, CPU, request(model, core=None))
+    assert first.calls
+    again = FakeTimer({})  # any measurement would fail: a KeyError
+    later = Tuner(cache, again, seconds=5).choose(model, CPU, request(model, core=None))
+    assert again.calls == [] and (later.runtime, later.core, later.batch) == (chosen.runtime, chosen.core, chosen.batch)
+    (key,) = json.loads(cache.path.read_text())
+    fields = json.loads(key)
+    assert fields["model"] == tn.model_key(model) and fields["versions"]["torch"] == torch.__version__
+    assert "onnxruntime" in fields["versions"] or "onnx" not in fields["versions"]
+    assert fields["device"]["capability"] == torch.backends.cpu.get_cpu_capability()
+    other = FakeTimer(FAST_BF16)
+    Tuner(cache, other, seconds=5).choose(model, CPU, request(model, core=48))
+    assert other.calls, "another fixed tile is a search of its own"
+
+
+def test_a_choice_is_shown_without_measuring_only_once_searched(model, tmp_path):
+    cache = MeasurementCache(tmp_path / "runtime.json")
+    timer = FakeTimer(FAST_BF16)
+    assert Tuner(cache, timer).choose(model, CPU, request(model), measure=False) is None and timer.calls == []
+    made = Tuner(cache, timer).choose(model, CPU, request(model))
+    shown = Tuner(cache, FakeTimer({})).choose(model, CPU, request(model), measure=False)
+    assert shown.summary() == made.summary()
+
+
+def test_an_unreadable_cache_is_measured_again(model, tmp_path, caplog):
+    path = tmp_path / "runtime.json"
+    path.write_text("{not json")
+    timer = FakeTimer(FAST_BF16)
+    with caplog.at_level(logging.WARNING):
+        Tuner(MeasurementCache(path), timer).choose(model, CPU, request(model))
+    assert timer.calls and "unreadable" in caplog.text
+    assert json.loads(path.read_text()), "rewritten"
+
+
+def test_the_first_process_to_measure_decides_for_the_machine(model, tmp_path):
+    cache = MeasurementCache(tmp_path / "runtime.json")
+    fp32_fast = {**FAST_BF16, "fp32/channels_last/eager": 0.1}
+    first = Tuner(cache, FakeTimer(fp32_fast)).choose(model, CPU, request(model))
+    # a second process that had measured on its own, in memory, before the first wrote the cache
+    late = Tuner(cache, FakeTimer(FAST_BF16))
+    second = late.choose(model, CPU, request(model))
+    assert first.runtime == second.runtime == Runtime("fp32", True, "eager")
+
+
+def test_the_search_stops_at_its_bound(model):
+    timer = FakeTimer(FAST_BF16)
+    choice = choose(model, timer, core=None, batch=None, seconds=0.0)
+    walked = {w for _, w, _ in timer.calls}
+    geometry = model.spec.geometry
+    assert walked <= {geometry.window(32), geometry.window(16)}, "past its bound: the screen and the start only"
+    assert choice.core in (16, 32)
