@@ -175,7 +175,7 @@ def main() -> None:
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--model", default="unet-aerial")
     parser.add_argument("--sizes", default="3072,8192", help="image sides")
-    parser.add_argument("--no-monai", action="store_true", help="leave MONAI out (its memory grows with the image)")
+    parser.add_argument("--monai-sizes", default="3072", help="sides MONAI runs at (its time and memory grow fast)")
     parser.add_argument("--fp16-bare", action="store_true", help="a GPU: add the bare eager fp16 forward")
     args = parser.parse_args()
     if args.run:
@@ -192,13 +192,15 @@ def main() -> None:
             image, out = str(Path(tmp) / f"img{size}.tif"), str(Path(tmp) / "out.tif")
             make_image(Path(image), size, bands)
             rows = {}
-            kinds = [("first", "ours"), ("ours", "ours"), ("bare", "bare")] + (
-                [] if args.no_monai else [("monai", "monai")]
-            )
+            kinds = [("first", "ours"), ("ours", "ours"), ("bare", "bare")]
+            kinds += [("fp16", "bare")] if args.fp16_bare else []
+            kinds += [("monai", "monai")] if str(size) in args.monai_sizes.split(",") else []
             for name, kind in kinds:
-                rows[name] = r = measure(kind, env, model=args.model, image=image, out=out)
+                extra = {"fp16": True} if name == "fp16" else {}
+                rows[name] = r = measure(kind, env, model=args.model, image=image, out=out, **extra)
                 label = {"first": "tileseg, first run (search included)", "ours": "tileseg, defaults",
-                         "bare": "bare forward, chosen", "monai": "MONAI as its users run it"}[name]  # fmt: skip
+                         "bare": "bare forward, chosen", "fp16": "bare forward, eager fp16",
+                         "monai": "MONAI as its users run it"}[name]  # fmt: skip
                 chosen = f"{r['runtime']} window {r['window']} x{r['batch']}" if "window" in r else r.get("runtime", "")
                 mpx = size * size / 1e6 / r["seconds"]
                 print(

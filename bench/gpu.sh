@@ -17,4 +17,4 @@ for model in unet-aerial fcn8s-aerial setr-pup-aerial; do
   "$PYTHON" -c "from tileseg.cli import cli; cli()" models bench "$model" --device cuda --seconds 40 --pixels $((16384 * 16384))
 done
 echo
-timeout 420 "$PYTHON" bench/engine.py --model unet-aerial --sizes 16384 --no-monai --fp16-bare
+timeout 420 "$PYTHON" bench/engine.py --model unet-aerial --sizes 16384 --monai-sizes "" --fp16-bare

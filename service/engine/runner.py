@@ -109,7 +109,9 @@ class BatchRunner:
     def _scale(self, raw: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
             raw = raw.pin_memory().to(self.device, non_blocking=True)
-        x = raw.to(memory_format=torch.channels_last).float()
+        # straight into the layout the runtime takes: an exported program wants NCHW, a copy saved
+        layout = torch.channels_last if self.runtime.channels_last else torch.contiguous_format
+        x = raw.to(memory_format=layout).float()
         if self.clip:
             x = torch.minimum(torch.maximum(torch.nan_to_num(x), self.low), self.high)
         return x.mul_(self.a).add_(self.b)
@@ -131,4 +133,19 @@ class BatchRunner:
 
     def _labels(self, scores: torch.Tensor) -> np.ndarray:
         # reduced on the device: one byte a pixel comes back instead of a float per channel
-        return scores.argmax(dim=1).to(self.index_dtype).cpu().numpy()
+        return winning_class(scores, self.index_dtype).cpu().numpy()
+
+
+def winning_class(scores: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``scores.argmax(dim=1)`` as ``dtype``, the first class winning ties, by one pass per class over the
+    pixels. On a CPU, ``argmax`` over the channels of a contiguous (NCHW) core cut from a window's output
+    strides through memory: 0.33 s for 6 classes of a 1840² core against 0.05 s this way (2 threads), which
+    was a quarter of an OpenVINO run's time. (A NaN score never wins here unless the first class has it;
+    ``argmax`` would pick it.)"""
+    best = scores[:, 0].clone()
+    labels = torch.zeros(best.shape, dtype=dtype, device=scores.device)
+    for k in range(1, scores.shape[1]):
+        better = scores[:, k] > best
+        best = torch.where(better, scores[:, k], best)
+        labels.masked_fill_(better, k)
+    return labels
