@@ -26,15 +26,16 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from tileseg import weights as _shipped
 from tileseg.models.base import SegmentationNet
 from tileseg.models.errors import CheckpointError, ModelNotFoundError, UnknownArchitectureError
 from tileseg.models.external import FORMATS, open_external
 from tileseg.models.registry import build_model
 from tileseg.models.spec import ModelSpec
 
-# In the source tree ``models/weights`` is a link to the repository's ``weights/``; a built wheel carries
-# the shipped checkpoints there as files, so an installed package and the Docker image find them too.
-SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights"
+# The shipped checkpoints are the data-only package ``tileseg.weights`` (the repository's ``weights/``): the
+# source tree, an editable install, a wheel and the Docker image all find them where the package is.
+SHIPPED_WEIGHTS = Path(_shipped.__file__).resolve().parent
 
 
 def weights_dir() -> Path:

@@ -12,7 +12,7 @@ import zipfile
 
 from .conftest import REPO
 
-SOURCE_ROOTS = {"service": "tileseg", "models": "tileseg/models"}
+SOURCE_ROOTS = {"service": "tileseg", "models": "tileseg/models", "weights": "tileseg/weights"}
 
 
 def package_folders() -> set[str]:
@@ -55,7 +55,7 @@ def test_the_wheel_holds_only_tileseg_with_every_package_command_and_weights(tmp
     assert package_folders() <= packaged, f"package folders missing from the wheel: {package_folders() - packaged}"
     shipped = sorted(p.name for p in (REPO / "weights").iterdir() if p.suffix in (".json", ".safetensors"))
     assert shipped, "the repository ships weights"
-    assert {f"tileseg/models/weights/{name}" for name in shipped} <= names
+    assert {f"tileseg/weights/{name}" for name in shipped} <= names
     # run from a folder that holds a models.py and a service.py of its own, with only the unpacked wheel on
     # the path: nothing of ours is shadowed, and the package finds its own weights
     (tmp_path / "models.py").write_text("raise SystemExit('a user module named models was imported')\n")

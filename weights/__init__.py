@@ -1,0 +1,1 @@
+"""The shipped checkpoints: ``NAME.safetensors`` with its model card ``NAME.json`` (data, no code)."""
