@@ -1,12 +1,12 @@
 # One command each: `make serve` sets up and runs the service; `make test` sets up and runs the tests;
-# `make segment IN=... OUT=... MODEL=...` sets up and runs the command line. Everything goes into .venv;
+# `make segment IN=... OUT=... MODEL=...` sets up and runs the command line; `make demo` segments the example image. Everything goes into .venv;
 # the CPU build of PyTorch is installed first unless a GPU is present.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: install install-test lint test serve segment vendor clean
+.PHONY: install install-test lint test serve segment demo vendor clean
 
 HOST ?= 127.0.0.1
 PORT ?= 8000
@@ -47,6 +47,13 @@ serve: install
 
 segment: install
 	$(BIN)/tileseg segment "$(IN)" "$(OUT)" --model "$(MODEL)"
+
+# The example image in the repository, segmented from a fresh clone with nothing beside it.
+demo: install
+	@mkdir -p demo
+	$(BIN)/tileseg segment examples/aerial.tif demo/aerial-mask.tif --model unet-aerial --vectors demo/aerial.gpkg
+	@echo "mask:     $(CURDIR)/demo/aerial-mask.tif (class colours inside; polygons in demo/aerial.gpkg)"
+	@echo "the page: run 'make serve', open http://$(HOST):$(PORT)/ and upload examples/aerial.tif"
 
 # The web page's JavaScript libraries (Leaflet, OpenSeadragon) from npm at pinned versions, into the package;
 # the result is committed, so installing needs no Node.
