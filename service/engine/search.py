@@ -186,7 +186,9 @@ class Search:
         start, batch = request.core or request.default_core, request.batch or 1
         eager = [r for r in self.options if not r.compiled] or self.options
         screen = self._screen_core(start)
-        if len(eager) > 1 and screen < start:
+        # a fixed window (a blended model, --tile) is measured where it runs: a transformer exported at its
+        # window may not even take a smaller one
+        if len(eager) > 1 and screen < start and request.core is None:
             for i, r in enumerate(eager):
                 self.measure(r, screen, 1, force=i == 0)
                 if i == 0:
