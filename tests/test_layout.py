@@ -2,6 +2,8 @@
 
 tileseg.models (spec, architectures, checkpoints)  <-  tileseg.engine  <-  tileseg.models.training
                                                                    <-  tileseg.jobs  <-  tileseg.api, tileseg.cli
+The viewer straddles two levels: its render and preview sit on the engine (the jobs make view copies and
+previews with them), its routes on the jobs and the API's dependencies (the API's app includes them).
 """
 
 from __future__ import annotations
@@ -14,13 +16,37 @@ import pytest
 from .conftest import REPO
 
 SOURCE = {"service": "tileseg", "models": "tileseg.models"}
+# the viewer's parts that the jobs use sit on the engine: nothing above it, nor the viewer's own routes
+VIEWER_ON_ENGINE = ["tileseg.jobs", "tileseg.api", "tileseg.cli", "tileseg.settings", "tileseg.viewer.routes"]
 # a package may not import these (prefix match); the root modules errors/settings are shared by all
 FORBIDDEN = {
     "tileseg.models": ["tileseg.engine", "tileseg.jobs", "tileseg.api", "tileseg.cli", "tileseg.models.training"],
-    "tileseg.engine": ["tileseg.jobs", "tileseg.api", "tileseg.cli", "tileseg.models.training", "tileseg.settings"],
+    "tileseg.engine": [
+        "tileseg.jobs",
+        "tileseg.api",
+        "tileseg.cli",
+        "tileseg.models.training",
+        "tileseg.settings",
+        "tileseg.viewer",
+    ],
     "tileseg.models.training": ["tileseg.jobs", "tileseg.api", "tileseg.cli"],
-    "tileseg.jobs": ["tileseg.api", "tileseg.cli"],
+    "tileseg.jobs": ["tileseg.api", "tileseg.cli", "tileseg.viewer.routes"],
     "tileseg.api": ["tileseg.cli"],
+    "tileseg.viewer": ["tileseg.cli"],
+    "tileseg.viewer.render": [
+        "tileseg.jobs",
+        "tileseg.api",
+        "tileseg.cli",
+        "tileseg.settings",
+        "tileseg.viewer.routes",
+    ],
+    "tileseg.viewer.preview": [
+        "tileseg.jobs",
+        "tileseg.api",
+        "tileseg.cli",
+        "tileseg.settings",
+        "tileseg.viewer.routes",
+    ],
 }
 MAX_FUNCTION_LINES = 60  # code lines, the docstring not counted
 
@@ -82,3 +108,5 @@ def test_the_checker_sees_a_forbidden_import(tmp_path):
     assert {"tileseg.api.main", "tileseg.jobs.store"} <= imported(sample)
     assert owner("tileseg.engine.pipeline") == "tileseg.engine"
     assert owner("tileseg.models.training.loop") == "tileseg.models.training"
+    assert owner("tileseg.viewer.routes") == "tileseg.viewer"
+    assert owner("tileseg.viewer.render") == "tileseg.viewer.render"

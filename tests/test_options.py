@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
+from tileseg.api.errors import RequestError
 from tileseg.api.schemas import FORM_FIELDS, SEGMENT_FORM_SCHEMA, SegmentForm
 from tileseg.cli import cli
 from tileseg.cli import segment as segment_command
 from tileseg.engine.options import MAX_TILE, SegmentOptions, scope
-from tileseg.errors import RequestError
 from tileseg.jobs.intake import JobOptions, JobOptionsRecord, form_fields
 
 

@@ -9,8 +9,8 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
-from tileseg.api.metrics import ServiceMetrics
-from tileseg.errors import AuthenticationError
+from tileseg.api.errors import AuthenticationError
+from tileseg.api.prometheus import ServiceMetrics
 from tileseg.jobs.service import JobService
 from tileseg.settings import Settings, get_settings
 

@@ -1,4 +1,5 @@
-"""One mapping from the product's errors to HTTP status codes, and the handlers that answer with it.
+"""The HTTP layer's own errors, one mapping from the product's errors to HTTP status codes, and the
+handlers that answer with it.
 
 Every error answer is ``{"error": {"code", "message"}}``: the product's errors (by their ``code``, else by
 the builtin they inherit), FastAPI's validation errors (400: the request is malformed), Starlette's
@@ -8,18 +9,49 @@ HTTP errors (unknown route, wrong method) and, last, anything unexpected (500, l
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from tileseg.api.schemas import ErrorBody, describe_validation
-from tileseg.errors import TilesegError
+from tileseg.errors import TilesegError, TooLargeError
 
 log = logging.getLogger(__name__)
+
+
+class RequestError(TilesegError, ValueError):
+    """A request that is malformed: a missing or unparsable field, both or neither of file and source."""
+
+    code = "bad_request"
+
+
+class UploadTooLargeError(TooLargeError):
+    """The request body carries more bytes than the server accepts."""
+
+    code = "upload_too_large"
+
+
+class AuthenticationError(TilesegError, PermissionError):
+    """A missing or unknown API key."""
+
+    code = "unauthorized"
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Machine-readable: bad_request, job_not_found, band_mismatch, ...")
+    message: str = Field(description="What went wrong, and what to do about it.")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer, FastAPI's own validation errors included."""
+
+    error: ErrorDetail
+
 
 STATUS_BY_CODE = {
     "bad_request": 400,
@@ -62,6 +94,16 @@ ERROR_RESPONSES = {
         422: "Bands, data type or options the model cannot take; a tile address outside the scheme.",
     }.items()
 }
+
+
+def describe_validation(errors: Sequence[Mapping[str, Any]]) -> str:
+    """pydantic's validation errors in one line: ``tile: Input should be a valid integer; ...``."""
+    parts = []
+    for e in errors[:5]:
+        where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body",)) or "request"
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(parts) + more
 
 
 def status_for(err: TilesegError) -> int:
@@ -145,4 +187,16 @@ def _declare_validation_errors(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to change the schema
 
 
-__all__ = ["ERROR_RESPONSES", "STATUS_BY_CODE", "error_response", "install", "status_for"]
+__all__ = [
+    "ERROR_RESPONSES",
+    "STATUS_BY_CODE",
+    "AuthenticationError",
+    "ErrorBody",
+    "ErrorDetail",
+    "RequestError",
+    "UploadTooLargeError",
+    "describe_validation",
+    "error_response",
+    "install",
+    "status_for",
+]

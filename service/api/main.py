@@ -16,11 +16,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from tileseg import __version__
-from tileseg.api import errors, routes_health, routes_jobs, routes_models, routes_ui, routes_viewer
-from tileseg.api.metrics import ServiceMetrics
+from tileseg.api import errors, routes_health, routes_jobs, routes_models
 from tileseg.api.middleware import ResponseCounter
+from tileseg.api.prometheus import ServiceMetrics
 from tileseg.jobs.service import JobService
 from tileseg.settings import Settings, get_settings
+from tileseg.viewer import routes as viewer
 
 DESCRIPTION = """Segment arbitrarily large rasters, tile by tile, into mask GeoTIFFs.
 
@@ -50,9 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(routes_jobs.router)
     app.include_router(routes_models.router)
-    app.include_router(routes_viewer.router)
+    viewer.install(app)  # its routes, the page at / and its assets at /ui/
     app.include_router(routes_health.router)
-    routes_ui.install(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

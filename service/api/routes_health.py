@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tileseg.api.deps import JobsDep, MetricsDep, get_owner
 from tileseg.api.errors import ERROR_RESPONSES
-from tileseg.api.metrics import CONTENT_TYPE
+from tileseg.api.prometheus import CONTENT_TYPE
 
 router = APIRouter(tags=["health"])
 

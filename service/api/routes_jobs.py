@@ -16,7 +16,7 @@ from tileseg.api.deps import JobsDep, OwnerDep, SettingsDep
 from tileseg.api.errors import ERROR_RESPONSES
 from tileseg.api.schemas import FORM_FIELDS, SEGMENT_FORM_SCHEMA, JobList, JobOut, SegmentForm
 from tileseg.api.uploads import receive_form
-from tileseg.errors import ResultGoneError
+from tileseg.jobs.errors import ResultGoneError
 from tileseg.jobs.service import Upload
 from tileseg.jobs.store import Job
 

@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tileseg.api.errors import ErrorDetail, RequestError, describe_validation
 from tileseg.engine.options import BANDS_PATTERN, base_type
-from tileseg.errors import RequestError
 from tileseg.jobs.intake import JobOptions, JobOptionsRecord, form_fields
 from tileseg.jobs.store import Job, JobStatus
-
-
-class ErrorDetail(BaseModel):
-    code: str = Field(description="Machine-readable: bad_request, job_not_found, band_mismatch, ...")
-    message: str = Field(description="What went wrong, and what to do about it.")
-
-
-class ErrorBody(BaseModel):
-    """Every error answer, FastAPI's own validation errors included."""
-
-    error: ErrorDetail
 
 
 class InputInfo(BaseModel):
@@ -249,18 +237,8 @@ SEGMENT_FORM_SCHEMA: dict[str, Any] = {
 }
 
 
-def describe_validation(errors: Sequence[Mapping[str, Any]]) -> str:
-    """pydantic's validation errors in one line: ``tile: Input should be a valid integer; ...``."""
-    parts = []
-    for e in errors[:5]:
-        where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body",)) or "request"
-        parts.append(f"{where}: {e.get('msg', 'invalid')}")
-    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-    return "; ".join(parts) + more
-
-
 def _time(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, tz=timezone.utc)
 
 
-__all__ = ["ErrorBody", "FORM_FIELDS", "JobList", "JobOut", "SEGMENT_FORM_SCHEMA", "SegmentForm", "describe_validation"]
+__all__ = ["FORM_FIELDS", "JobList", "JobOut", "SEGMENT_FORM_SCHEMA", "SegmentForm"]

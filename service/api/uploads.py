@@ -19,7 +19,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from tileseg.errors import RequestError, UploadTooLargeError
+from tileseg.api.errors import RequestError, UploadTooLargeError
 
 MAX_FIELD_BYTES = 8 << 10  # one text field
 MAX_PARTS = 32

@@ -62,7 +62,7 @@ class JobFiles:
 
     @property
     def view(self) -> Path:
-        """The view copy of the input: the viewer's base layer (:func:`tileseg.engine.view.write_view`)."""
+        """The view copy of the input: the viewer's base layer (:func:`tileseg.viewer.render.write_view`)."""
         return self.root / "view.tif"
 
     @property

@@ -21,7 +21,8 @@ from tileseg.engine.io import ALLOWED_DRIVERS, RasterInfo
 from tileseg.engine.io.inputs import inspect_input
 from tileseg.engine.options import SegmentOptions, scope
 from tileseg.engine.resolution import plan_resolution
-from tileseg.errors import SourceNotAllowedError, TooLargeError
+from tileseg.errors import TooLargeError
+from tileseg.jobs.errors import SourceNotAllowedError
 from tileseg.models.spec import ModelSpec
 
 # Formats without internal tiles: reaching any window decodes every row above it, so their size is

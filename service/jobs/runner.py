@@ -21,14 +21,15 @@ from typing import Any
 from torch import nn
 
 from tileseg.engine import SegmentResult, segment
-from tileseg.engine.preview import render_preview
-from tileseg.engine.view import add_overviews, write_view
-from tileseg.errors import CanceledError, InterruptedJobError, JobNotFoundError, LeaseLostError, TilesegError
+from tileseg.errors import CanceledError, TilesegError
+from tileseg.jobs.errors import InterruptedJobError, JobNotFoundError, LeaseLostError
 from tileseg.jobs.files import JobFiles, drop_input
 from tileseg.jobs.intake import InputLimits, JobOptions
 from tileseg.jobs.periodic import Periodic
 from tileseg.jobs.store import Job, JobStatus, JobStore
 from tileseg.settings import Settings
+from tileseg.viewer.preview import render_preview
+from tileseg.viewer.render import add_overviews, write_view
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any
 from tileseg.engine.device import configure_threads
 from tileseg.engine.options import ObjectType
 from tileseg.engine.vectors import export
-from tileseg.errors import (
+from tileseg.jobs.errors import (
     JobCanceledError,
     JobFailedError,
     ResultGoneError,

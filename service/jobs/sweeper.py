@@ -14,7 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tileseg.errors import JobNotFoundError
+from tileseg.jobs.errors import JobNotFoundError
 from tileseg.jobs.files import JobFiles, drop_input, jobs_root
 from tileseg.jobs.periodic import Periodic
 from tileseg.jobs.store import Job, JobStatus, JobStore

@@ -9,8 +9,9 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from tileseg.errors import JobNotFoundError
-from tileseg.jobs.store import ANY_OWNER, JobStatus, JobStore, jobs, new_job_id
+from tileseg.jobs.errors import JobNotFoundError
+from tileseg.jobs.store import ANY_OWNER, JobStatus, JobStore, new_job_id
+from tileseg.jobs.table import jobs
 
 
 @pytest.fixture(scope="module")

@@ -40,13 +40,28 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from tileseg.engine.io import gdal_env
-from tileseg.errors import BadTileError, TileNotFoundError
+from tileseg.errors import TilesegError
 
 TILE = 256
 MAX_XYZ_ZOOM = 24  # 2.4 mm at the equator: deeper than any raster this serves
 MERCATOR = "EPSG:3857"
 WEB_MERCATOR = morecantile.tms.get("WebMercatorQuad")
 VIEW_BLOCK = 1024  # rows of the view copy written at a time (memory: VIEW_BLOCK x width x 4 bytes)
+
+
+class BadTileError(TilesegError, ValueError):
+    """A tile address that is not one of the pyramid's scheme (a negative index, a level too deep)."""
+
+    code = "bad_tile"
+
+
+class TileNotFoundError(TilesegError, LookupError):
+    """A valid tile address that does not touch the image."""
+
+    code = "no_such_tile"
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)
@@ -335,7 +350,9 @@ def _view_colorinterp(count: int) -> list[ColorInterp]:
 
 
 __all__ = [
+    "BadTileError",
     "Pyramid",
+    "TileNotFoundError",
     "add_overviews",
     "deepzoom_window",
     "display_bands",

@@ -1,4 +1,4 @@
-"""The viewer's tiles (tileseg.engine.view): each tile's pixels are a window of the mask, resampled.
+"""The viewer's tiles (tileseg.viewer.render): each tile's pixels are a window of the mask, resampled.
 
 Known answers, computed here independently of GDAL's warper: a Deep Zoom tile is a window of the mask
 sampled at its pixel centres; an XYZ tile of a mask on the web-mercator tile grid is exactly a window of it;
@@ -18,8 +18,10 @@ from rasterio.crs import CRS
 from rasterio.transform import rowcol
 from rasterio.warp import transform as warp_points
 
-from tileseg.engine.view import (
+from tileseg.viewer.render import (
     TILE,
+    BadTileError,
+    TileNotFoundError,
     add_overviews,
     deepzoom_window,
     pyramid,
@@ -27,7 +29,6 @@ from tileseg.engine.view import (
     write_view,
     xyz_transform,
 )
-from tileseg.errors import BadTileError, TileNotFoundError
 
 COLOURS = {0: (255, 0, 0, 255), 1: (0, 128, 0, 255), 2: (0, 0, 255, 255), 3: (250, 250, 0, 255)}
 NODATA = 255

@@ -1,9 +1,12 @@
-"""The viewer's routes: a job's live progress as server-sent events, and web tiles of its input and mask.
+"""The viewer's routes: the web page, a job's live progress as server-sent events, and web tiles of its
+input and mask.
 
+``GET /`` is the page and ``/ui/`` its assets (plain HTML, a little JavaScript, and the vendored Leaflet and
+OpenSeadragon, committed by ``make vendor``): public, the page asks for a key when the API wants one.
 ``GET /jobs/{id}/events`` streams the job (the same JSON as ``GET /jobs/{id}``) each time its status or
 progress changes, read from the job table every :data:`POLL_SECONDS`, and ends once the job is final.
 ``GET /jobs/{id}/tiles`` describes the two tile pyramids; ``GET /jobs/{id}/tiles/{layer}/{z}/{x}/{y}.png``
-renders one tile (:mod:`tileseg.engine.view`). Keys and ownership as on every job route.
+renders one tile (:mod:`tileseg.viewer.render`). Keys and ownership as on every job route.
 """
 
 from __future__ import annotations
@@ -15,19 +18,21 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
+from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from tileseg.api.deps import JobsDep, OwnerDep
 from tileseg.api.errors import ERROR_RESPONSES
 from tileseg.api.schemas import JobOut
-from tileseg.engine.view import pyramid, render_tile
-from tileseg.errors import JobNotFoundError, ResultNotFoundError
+from tileseg.jobs.errors import JobNotFoundError, ResultNotFoundError
 from tileseg.jobs.service import JobService
 from tileseg.jobs.store import Job
+from tileseg.viewer.render import pyramid, render_tile
 
 router = APIRouter(tags=["viewer"])
 
@@ -36,6 +41,7 @@ STREAM_SECONDS = 60.0  # a stream ends after this (the browser reconnects), so n
 KEEPALIVE_SECONDS = 15.0
 TILE_CACHE = "private, max-age=3600"  # a published result never changes; it may expire, and then it is a 410
 RENDERS = threading.BoundedSemaphore(4)  # tiles rendered at once: bounds the CPU a zooming browser takes
+UI_DIR = Path(__file__).parent / "ui"
 
 
 class Layer(str, enum.Enum):
@@ -152,4 +158,16 @@ def get_tile(
     return Response(png, media_type="image/png", headers=headers)
 
 
-__all__ = ["router"]
+@router.get("/", include_in_schema=False)
+def page() -> FileResponse:
+    """The page."""
+    return FileResponse(UI_DIR / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
+
+
+def install(app: FastAPI) -> None:
+    """Serve the viewer's routes, the page at ``/`` and its assets at ``/ui/``."""
+    app.include_router(router)
+    app.mount("/ui", StaticFiles(directory=UI_DIR), name="ui")
+
+
+__all__ = ["install", "router"]
