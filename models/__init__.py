@@ -1,4 +1,4 @@
-"""tileseg's model zoo: architectures, the registry, checkpoints and training.
+"""tileseg's model zoo: architectures, the registry, checkpoints, own-model import.
 
 ``tileseg.models.load(name_or_path, device)`` returns a network in eval mode with a typed ``.spec``;
 ``tileseg.models.available()`` lists the installed checkpoints.

@@ -24,7 +24,7 @@ import numpy as np
 INTEGER_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32")
 DEFAULT_DTYPES = INTEGER_DTYPES + ("float32", "float64")
 DEFAULT_PIXEL_TOLERANCE = 0.1
-UNITS = {"m": 1.0, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "nm": 1e-9}  # metres per unit
+UNITS = {"m": 1.0, "cm": 1e-2, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "nm": 1e-9}  # metres per unit
 
 
 class BlendMode(str, enum.Enum):
@@ -84,19 +84,28 @@ class InputSpec:
             raise ValueError(f"pixel_tolerance must be in [0, 1), not {self.pixel_tolerance}")
 
 
-LENGTH_PATTERN = r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(nm|um|µm|mm|m)\s*"
+LENGTH_PATTERN = r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(nm|um|µm|mm|cm|m)?\s*"
 
 
-def parse_length(text: str) -> float:
-    """A length with its unit (``"0.25um"``, ``"4 nm"``, ``"0.3m"``), in metres.
+def parse_length(text: str, default_unit: str | None = None) -> float:
+    """A length with its unit (``"0.25um"``, ``"4 nm"``, ``"0.3m"``), in metres: the one parser of pixel sizes
+    given as text (segment options, ``tileseg models add``).
+
+    Args:
+        text: a positive number followed by one of the units of :data:`UNITS`.
+        default_unit: the unit of a bare number; None (the default) refuses a bare number.
 
     Raises:
-        ValueError: no number, no unit, or a unit other than nm, um (µm), mm, m.
+        ValueError: no positive number, no unit (and no ``default_unit``), or an unknown unit.
     """
     match = re.fullmatch(LENGTH_PATTERN, str(text))
-    if not match or float(match.group(1)) <= 0:
-        raise ValueError(f"{text!r} is not a pixel size: give a positive number and its unit, e.g. 0.25um or 0.3m")
-    return float(match.group(1)) * UNITS[match.group(2)]
+    unit = (match.group(2) or default_unit) if match else None
+    if not match or not unit or float(match.group(1)) <= 0:
+        raise ValueError(
+            f"{text!r} is not a pixel size: give a positive number and its unit ({', '.join(UNITS)}), "
+            "e.g. 0.25um or 0.3m"
+        )
+    return float(match.group(1)) * UNITS[unit]
 
 
 def pixel_size_record(metres: float | None, tolerance: float) -> dict[str, Any] | None:

@@ -1,7 +1,7 @@
 """tileseg: segment arbitrarily large images tile by tile with trained networks, into seamless mask GeoTIFFs.
 
 Packages, each depending only on those before it: ``tileseg.models`` (geometry, architectures, checkpoints)
-<- ``tileseg.engine`` (tiling, raster IO, running, stitching) <- ``tileseg.models.training`` (validates through
+<- ``tileseg.engine`` (tiling, raster IO, running, stitching) <- ``tileseg.training`` (validates through
 the engine) and ``tileseg.jobs`` (the job table and workers) <- ``tileseg.api`` (HTTP) and ``tileseg.cli``.
 """
 

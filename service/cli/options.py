@@ -4,13 +4,15 @@ with the field's type, default, choices and description, so that nothing is decl
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import click
 from pydantic import BaseModel, ValidationError
 
 from tileseg.engine.options import base_type
+from tileseg.errors import OptionsError
 
 
 def click_options(model: type[BaseModel]) -> Callable:
@@ -78,4 +80,28 @@ def build(model: type[BaseModel], values: dict[str, Any]) -> BaseModel:
         ) from None
 
 
-__all__ = ["build", "click_options"]
+def parse_params(items: Iterable[str]) -> dict[str, Any]:
+    """Architecture hyper-parameters given as ``--param KEY=VALUE`` (``tileseg train`` and ``tileseg models
+    add``): true/false and none/null in any case, then JSON (numbers, lists, quoted text), else the text.
+
+    Raises:
+        OptionsError: an item without ``=``, or with an empty key.
+    """
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not sep or not key:
+            raise OptionsError(f"--param {item!r}: give KEY=VALUE")
+        words = {"true": True, "false": False, "none": None, "null": None}
+        if raw.lower() in words:
+            params[key] = words[raw.lower()]
+            continue
+        try:
+            params[key] = json.loads(raw)
+        except ValueError:
+            params[key] = raw
+    return params
+
+
+__all__ = ["build", "click_options", "parse_params"]

@@ -17,11 +17,11 @@ from typing import Any
 
 import click
 
+from tileseg.cli.options import parse_params
 from tileseg.errors import OptionsError
-from tileseg.models.spec import DEFAULT_DTYPES, ClassInfo, Geometry, InputSpec, ModelSpec
+from tileseg.models.spec import DEFAULT_DTYPES, ClassInfo, Geometry, InputSpec, ModelSpec, parse_length
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-UNITS = {"m": 1.0, "cm": 1e-2, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "nm": 1e-9}
 
 
 def parse_classes(text: str) -> list[dict[str, Any]]:
@@ -47,18 +47,18 @@ def _palette(k: int) -> str:
     return colours[k % len(colours)]
 
 
-def parse_pixel_size(text: str | float | None) -> float | None:
-    """``"0.5 m"``, ``"0.25um"`` or a number of metres, in metres.
+def _pixel_size(value: str | float | None) -> float | None:
+    """``"0.5 m"``, ``"0.25um"`` or a number of metres (bare, or as text), in metres; None stays None.
 
     Raises:
-        OptionsError: no number, or a unit other than m, cm, mm, µm (um), nm.
+        OptionsError: not a positive number, or a unit that :func:`~tileseg.models.spec.parse_length` refuses.
     """
-    if text is None or isinstance(text, (int, float)):
-        return None if text is None else float(text)
-    match = re.fullmatch(r"\s*([0-9.eE+-]+)\s*([a-zµ]*)\s*", text)
-    if not match or (match.group(2) or "m") not in UNITS:
-        raise OptionsError(f"pixel size {text!r}: give a number and a unit (m, cm, mm, um, nm), e.g. 0.5m")
-    return float(match.group(1)) * UNITS[match.group(2) or "m"]
+    if value is None or isinstance(value, (int, float)):
+        return None if value is None else float(value)
+    try:
+        return parse_length(value, default_unit="m")
+    except ValueError as err:
+        raise OptionsError(f"pixel size: {err}") from err
 
 
 def _floats(value: Any) -> tuple[float, ...] | None:
@@ -86,7 +86,7 @@ def build_spec(fields: dict[str, Any]) -> ModelSpec:
     std = _floats(fields.get("std")) or (1.0,) * bands
     try:
         inp = InputSpec(bands=bands, mean=mean, std=std, dtypes=tuple(fields.get("dtypes") or DEFAULT_DTYPES),
-                        pixel_size=parse_pixel_size(fields.get("pixel_size")))  # fmt: skip
+                        pixel_size=_pixel_size(fields.get("pixel_size")))  # fmt: skip
         info = tuple(ClassInfo(int(c["index"]), str(c["name"]), str(c["color"])) for c in classes)
     except (ValueError, KeyError, TypeError) as err:
         raise OptionsError(f"the card's input or classes are invalid: {err}") from err
@@ -112,24 +112,6 @@ def gather(card: Path | None, options: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(fields, dict):
             raise OptionsError(f"--card {card}: expected a JSON object")
     return {**fields, **{k: v for k, v in options.items() if v not in (None, ())}}
-
-
-def parse_params(items: tuple[str, ...]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs; values are read as JSON where they parse (numbers, true, lists), else as text.
-
-    Raises:
-        OptionsError: an item without ``=``.
-    """
-    params: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise OptionsError(f"--param {item!r}: give KEY=VALUE")
-        try:
-            params[key] = json.loads(value)
-        except ValueError:
-            params[key] = value
-    return params
 
 
 def check_name(name: str) -> str:

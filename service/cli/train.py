@@ -1,6 +1,6 @@
 """``tileseg train``: train a registered architecture on a data set and write a checkpoint with its card.
 
-A thin layer over :func:`tileseg.models.training.train`: it parses options, builds the config (completing it from
+A thin layer over :func:`tileseg.training.train`: it parses options, builds the config (completing it from
 the saved run with ``--resume``), and turns the product's errors into messages without tracebacks.
 
 Run it standalone with ``python -m tileseg.cli.train ...``, and data-parallel with
@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import click
 
-from tileseg.models.training.data import ADAPTERS
+from tileseg.cli.options import parse_params
+from tileseg.errors import OptionsError
+from tileseg.training.data import ADAPTERS
 
 
 def _params(ctx: click.Context, option: click.Parameter, values: tuple[str, ...]) -> dict | None:
-    from tileseg.models.errors import TrainingConfigError
-    from tileseg.models.training.params import parse_param
-
     if not values:
         return None
     try:
-        return dict(parse_param(v) for v in values)
-    except TrainingConfigError as err:
+        return parse_params(values)
+    except OptionsError as err:
         raise click.BadParameter(str(err)) from None
 
 
@@ -134,8 +133,8 @@ def train(out: str, resume: bool, class_names: str | None, **options) -> None:
         --steps 2000 --amp --elastic --time-budget 45 --resume
     """
     from tileseg.models.errors import TilesegError
-    from tileseg.models.training.config import make_config
-    from tileseg.models.training.loop import train as run_training
+    from tileseg.training.config import make_config
+    from tileseg.training.loop import train as run_training
 
     if class_names is not None:
         options["class_names"] = [n.strip() for n in class_names.split(",")]

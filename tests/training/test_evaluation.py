@@ -13,10 +13,10 @@ from tileseg import models
 from tileseg.engine import SegmentOptions, segment
 from tileseg.errors import TileGeometryError
 from tileseg.models.spec import ClassInfo, Geometry, InputSpec, ModelSpec
-from tileseg.models.training import data
-from tileseg.models.training.data import Sample
-from tileseg.models.training.evaluation import evaluate
-from tileseg.models.training.metrics import confusion_matrix, mean_iou
+from tileseg.training import data
+from tileseg.training.data import Sample
+from tileseg.training.evaluation import evaluate
+from tileseg.training.scores import confusion_matrix, mean_iou
 
 CLASSES = (ClassInfo(0, "a", "#000000"), ClassInfo(1, "b", "#ffffff"))
 CONV = Geometry(halo=8, multiple=16, default_tile=64)

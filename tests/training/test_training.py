@@ -1,4 +1,4 @@
-"""Tests of models.training and `tileseg train`, on the real data sets in ../shared/data.
+"""Tests of tileseg.training and `tileseg train`, on the real data sets in ../shared/data.
 
 The data folder comes from TILESEG_SHARED_DATA (default: the repository's ../shared/data). Missing data fails
 the tests rather than skipping them: a test that cannot run has not passed.
@@ -20,15 +20,17 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import load_file
+from scipy import ndimage
 
 from tileseg import models
+from tileseg.cli.options import parse_params
 from tileseg.cli.train import train as train_command
+from tileseg.errors import OptionsError
 from tileseg.models.crop import centre_crop
-from tileseg.models.errors import TrainingConfigError
 from tileseg.models.spec import reflect_indices
-from tileseg.models.training import augment, class_weights, data, metrics, network, optimizer, params
-from tileseg.models.training.data import IGNORE_INDEX, TrainingDataError
-from tileseg.models.training.state import flatten_optimizer, unflatten_optimizer
+from tileseg.training import augment, class_weights, data, network, optimizer, scores
+from tileseg.training.data import IGNORE_INDEX, TrainingDataError
+from tileseg.training.state import flatten_optimizer, unflatten_optimizer
 
 REPO = Path(models.__file__).parent.parent
 DATA = Path(os.environ.get("TILESEG_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -51,37 +53,37 @@ def dubai_dir() -> Path:
     return DUBAI
 
 
-# --- metrics -------------------------------------------------------------------------------------------
+# --- scores --------------------------------------------------------------------------------------------
 
 
 def test_confusion_matrix_counts_labelled_pixels_only():
     target = np.array([[0, 0, 1], [1, 2, IGNORE_INDEX]])
     pred = np.array([[0, 1, 1], [1, 0, 2]])
-    cm = metrics.confusion_matrix(pred, target, 3)
+    cm = scores.confusion_matrix(pred, target, 3)
     # rows: truth, columns: prediction; the ignored pixel (predicted 2) is not counted
     assert cm.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
 
 
 def test_iou_miou_pixel_error_known_answers():
     cm = np.array([[5, 1, 0], [2, 2, 0], [0, 0, 0]])  # class 2 neither present nor predicted
-    iou = metrics.per_class_iou(cm)
+    iou = scores.per_class_iou(cm)
     assert iou[0] == pytest.approx(5 / 8)  # TP 5, FN 1, FP 2
     assert iou[1] == pytest.approx(2 / 5)  # TP 2, FN 2, FP 1
     assert np.isnan(iou[2])
-    assert metrics.mean_iou(cm) == pytest.approx((5 / 8 + 2 / 5) / 2)
-    assert metrics.pixel_error(cm) == pytest.approx(3 / 10)
-    assert metrics.majority_baseline_pixel_error(cm) == pytest.approx(4 / 10)
+    assert scores.mean_iou(cm) == pytest.approx((5 / 8 + 2 / 5) / 2)
+    assert scores.pixel_error(cm) == pytest.approx(3 / 10)
+    assert scores.majority_baseline_pixel_error(cm) == pytest.approx(4 / 10)
     # always class 0: IoU 6/10 for it, 0 for class 1, none for the absent class 2
-    assert metrics.majority_baseline_miou(cm) == pytest.approx((6 / 10 + 0) / 2)
-    summary = metrics.summarize(cm, ["a", "b", "c"])
+    assert scores.majority_baseline_miou(cm) == pytest.approx((6 / 10 + 0) / 2)
+    summary = scores.summarize(cm, ["a", "b", "c"])
     assert summary["per_class_iou"]["c"] is None and summary["labelled_pixels"] == 10
 
 
 def test_confusion_matrix_refuses_out_of_range_and_shape():
     with pytest.raises(ValueError):
-        metrics.confusion_matrix(np.array([0, 3]), np.array([0, 1]), 3)
+        scores.confusion_matrix(np.array([0, 3]), np.array([0, 1]), 3)
     with pytest.raises(ValueError):
-        metrics.confusion_matrix(np.zeros((2, 2)), np.zeros((2, 3)), 2)
+        scores.confusion_matrix(np.zeros((2, 2)), np.zeros((2, 3)), 2)
 
 
 # --- data ----------------------------------------------------------------------------------------------
@@ -214,12 +216,12 @@ def test_elastic_deformation_moves_weights_with_the_image():
     np.testing.assert_array_equal(out, image[:, :16, :16])
 
 
-def test_connected_components_and_border_weights():
+def test_four_connected_objects_and_border_weights():
     mask = np.zeros((12, 20), dtype=bool)
     mask[2:10, 2:8] = True  # object A
     mask[2:10, 10:16] = True  # object B, two pixels right of A
     mask[11, 19] = True  # object C, a single pixel
-    comps = augment.connected_components(mask)
+    comps, _ = ndimage.label(mask)  # the objects border_weights separates
     assert comps.max() == 3 and len({comps[3, 3], comps[3, 12], comps[11, 19]}) == 3
     label = mask.astype(np.uint8)
     w = augment.border_weights(label, instance_channel=1, w0=10, sigma=5)
@@ -233,12 +235,14 @@ def test_connected_components_and_border_weights():
 
 
 def test_small_pieces_of_the_loop():
-    assert params.parse_param("base=64") == ("base", 64)
-    assert params.parse_param("batch_norm=False") == ("batch_norm", False)
-    assert params.parse_param("padding=same") == ("padding", "same")
-    assert params.parse_param("prune=none") == ("prune", None)
-    with pytest.raises(TrainingConfigError):
-        params.parse_param("base")
+    assert parse_params(["base=64"]) == {"base": 64}
+    assert parse_params(["batch_norm=False"]) == {"batch_norm": False}
+    assert parse_params(["padding=same"]) == {"padding": "same"}
+    assert parse_params(["prune=none"]) == {"prune": None}
+    given = [" lr = 1e-3", "channels=[64,32]", 'name="7"']
+    assert parse_params(given) == {"lr": 1e-3, "channels": [64, 32], "name": "7"}
+    with pytest.raises(OptionsError):
+        parse_params(["base"])
     geometry = models.Geometry(halo=92, multiple=16, offset=4, shrink=92)
     assert network.nearest_valid_crop(geometry, 128) == 132 and network.nearest_valid_crop(geometry, 120) == 116
     assert network.nearest_valid_crop(geometry, 1) == 20

@@ -17,7 +17,7 @@ from PIL import Image
 from tests.engine.test_engine import tiled_logits
 from tileseg import models
 from tileseg.engine import SegmentOptions, segment
-from tileseg.models.training.metrics import confusion_matrix, majority_baseline_miou, mean_iou
+from tileseg.training.scores import confusion_matrix, majority_baseline_miou, mean_iou
 
 MEDICAL = ["unet-em", "unetpp-em"]
 AERIAL_CONV = ["fcn32s-aerial", "fcn16s-aerial", "fcn8s-aerial", "unet-aerial"]

@@ -14,12 +14,12 @@ from tileseg.errors import TileGeometryError
 from tileseg.models.base import SegmentationNet
 from tileseg.models.errors import TrainingConfigError
 from tileseg.models.spec import ClassInfo, Geometry, InputSpec, ModelSpec
-from tileseg.models.training.augment import Augment
-from tileseg.models.training.class_weights import parse_class_weights
-from tileseg.models.training.config import TrainConfig
-from tileseg.models.training.data import Dataset, DataSource, open_source
-from tileseg.models.training.evaluation import validation_options
-from tileseg.models.training.network import build_network
+from tileseg.training.augment import Augment
+from tileseg.training.class_weights import parse_class_weights
+from tileseg.training.config import TrainConfig
+from tileseg.training.data import Dataset, DataSource, open_source
+from tileseg.training.evaluation import validation_options
+from tileseg.training.network import build_network
 
 
 @dataclass(frozen=True, eq=False)

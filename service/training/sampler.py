@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from tileseg.models.errors import TrainingConfigError
-from tileseg.models.training.augment import Augment, border_weights, sample_crop
-from tileseg.models.training.data import Dataset, DataSource, normalize
+from tileseg.training.augment import Augment, border_weights, sample_crop
+from tileseg.training.data import Dataset, DataSource, normalize
 
 
 class Sampler:

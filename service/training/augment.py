@@ -20,10 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from tileseg.models.crop import centre_crop
 from tileseg.models.spec import reflect_indices
-from tileseg.models.training.data import IGNORE_INDEX
+from tileseg.training.data import IGNORE_INDEX
 
 
 def mirror_window(array: np.ndarray, top: int, left: int, height: int, width: int) -> np.ndarray:
@@ -145,37 +146,6 @@ def sample_crop(
 # --- U-Net's border weight map -------------------------------------------------------------------------
 
 
-def connected_components(mask: np.ndarray) -> np.ndarray:
-    """4-connected components of a boolean mask: int64 labels 1..n, 0 outside the mask.
-
-    Pure numpy (no scipy here): every pixel starts with its own flat index as its label; labels spread as
-    the minimum over neighbours, and pointer jumping (``label = label[label]``) lets a minimum cross a
-    long region in a few rounds instead of one pixel per round.
-    """
-    h, w = mask.shape
-    big = h * w
-    flat = np.where(mask.ravel(), np.arange(big), big)
-    label = flat.reshape(h, w)
-    while True:
-        best = label.copy()
-        np.minimum(best[1:], label[:-1], out=best[1:])
-        np.minimum(best[:-1], label[1:], out=best[:-1])
-        np.minimum(best[:, 1:], label[:, :-1], out=best[:, 1:])
-        np.minimum(best[:, :-1], label[:, 1:], out=best[:, :-1])
-        best = np.where(mask, best, big)
-        # Pointer jumping: follow each label to the label of the pixel it names.
-        extended = np.append(best.ravel(), big)
-        jumped = extended[np.minimum(best.ravel(), big)].reshape(h, w)
-        best = np.where(mask, np.minimum(best, jumped), big)
-        if np.array_equal(best, label):
-            break
-        label = best
-    roots, dense = np.unique(label[mask], return_inverse=True)
-    out = np.zeros((h, w), dtype=np.int64)
-    out[mask] = dense + 1
-    return out
-
-
 def two_nearest_distances(objects: np.ndarray, reach: int) -> tuple[np.ndarray, np.ndarray]:
     """Distances from every pixel to the nearest and the second nearest distinct object, up to ``reach``.
 
@@ -235,7 +205,7 @@ def border_weights(label: np.ndarray, instance_channel: int, w0: float = 10.0, s
     Returns:
         (H, W) float32.
     """
-    objects = connected_components(label == instance_channel)
+    objects, _ = ndimage.label(label == instance_channel)  # scipy's default structure: 4-connected
     # exp(-x^2 / 2 sigma^2) falls below 1e-4 of w0 past x = 4.3 sigma, so farther objects need not be found.
     reach = int(math.ceil(4.3 * sigma))
     d1, d2 = two_nearest_distances(objects, reach)

@@ -13,7 +13,7 @@ from tileseg.models.base import SegmentationNet
 from tileseg.models.errors import TrainingConfigError
 from tileseg.models.registry import build_model
 from tileseg.models.spec import Geometry
-from tileseg.models.training.config import TrainConfig
+from tileseg.training.config import TrainConfig
 
 
 def nearest_valid_crop(geometry: Geometry, wanted: int) -> int:

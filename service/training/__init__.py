@@ -4,10 +4,10 @@
 checkpoint with its model card; ``tileseg train`` is the command-line face of it.
 
 The modules, in the order a run meets them: :mod:`.config` (settings, completed from the saved run on
-resume), :mod:`.params` (``--param`` values), :mod:`.data` (data sets), :mod:`.recipe` (what is trained:
+resume), :mod:`.data` (data sets), :mod:`.recipe` (what is trained:
 :mod:`.network`, :mod:`.class_weights`, :mod:`.augment`), :mod:`.distributed` (torchrun), :mod:`.loop`
 (the steps: :mod:`.sampler`, :mod:`.loss`, :mod:`.optimizer`, :mod:`.state`, :mod:`.stopping`), and
-:mod:`.card` (the checkpoint, measured by :mod:`.evaluation` through the engine, scored by :mod:`.metrics`).
+:mod:`.card` (the checkpoint, measured by :mod:`.evaluation` through the engine, scored by :mod:`.scores`).
 """
 
 from __future__ import annotations
@@ -21,23 +21,23 @@ from typing import Any
 _EXPORTS = {
     "TrainingConfigError": "tileseg.models.errors",
     "TrainingDataError": "tileseg.models.errors",
-    "TrainConfig": "tileseg.models.training.config",
-    "make_config": "tileseg.models.training.config",
-    "IGNORE_INDEX": "tileseg.models.training.data",
-    "DataSource": "tileseg.models.training.data",
-    "Dataset": "tileseg.models.training.data",
-    "Sample": "tileseg.models.training.data",
-    "normalize": "tileseg.models.training.data",
-    "open_source": "tileseg.models.training.data",
-    "Evaluation": "tileseg.models.training.evaluation",
-    "evaluate": "tileseg.models.training.evaluation",
-    "TrainResult": "tileseg.models.training.loop",
-    "train": "tileseg.models.training.loop",
-    "confusion_matrix": "tileseg.models.training.metrics",
-    "majority_baseline_pixel_error": "tileseg.models.training.metrics",
-    "mean_iou": "tileseg.models.training.metrics",
-    "per_class_iou": "tileseg.models.training.metrics",
-    "pixel_error": "tileseg.models.training.metrics",
+    "TrainConfig": "tileseg.training.config",
+    "make_config": "tileseg.training.config",
+    "IGNORE_INDEX": "tileseg.training.data",
+    "DataSource": "tileseg.training.data",
+    "Dataset": "tileseg.training.data",
+    "Sample": "tileseg.training.data",
+    "normalize": "tileseg.training.data",
+    "open_source": "tileseg.training.data",
+    "Evaluation": "tileseg.training.evaluation",
+    "evaluate": "tileseg.training.evaluation",
+    "TrainResult": "tileseg.training.loop",
+    "train": "tileseg.training.loop",
+    "confusion_matrix": "tileseg.training.scores",
+    "majority_baseline_pixel_error": "tileseg.training.scores",
+    "mean_iou": "tileseg.training.scores",
+    "per_class_iou": "tileseg.training.scores",
+    "pixel_error": "tileseg.training.scores",
 }
 
 __all__ = sorted(_EXPORTS)

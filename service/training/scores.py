@@ -1,7 +1,7 @@
-"""Validation metrics from a confusion matrix (filled by :mod:`.evaluation`, which predicts through the engine).
+"""Validation scores from a confusion matrix (filled by :mod:`.evaluation`, which predicts through the engine).
 
 The confusion matrix counts labelled pixels: rows are the true channel, columns the predicted one.
-Pixels labelled :data:`~models.training.data.IGNORE_INDEX` are not counted. From it:
+Pixels labelled :data:`~tileseg.training.data.IGNORE_INDEX` are not counted. From it:
 
 * IoU of class c: ``TP / (TP + FP + FN)``; NaN when the class is neither present nor predicted.
 * mIoU: the mean over the classes that have an IoU.
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tileseg.models.training.data import IGNORE_INDEX
+from tileseg.training.data import IGNORE_INDEX
 
 
 def confusion_matrix(

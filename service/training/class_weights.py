@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from tileseg.models.errors import TrainingConfigError
-from tileseg.models.training.data import IGNORE_INDEX
+from tileseg.training.data import IGNORE_INDEX
 
 
 def median_frequency_weights(labels: list[np.ndarray], num_classes: int) -> np.ndarray:

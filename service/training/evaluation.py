@@ -1,13 +1,9 @@
 """Validation through the serving engine, so that a model card's metrics are what ``segment()`` gives.
 
-Each validation image goes whole, from memory, through the engine's own overlap-tile prediction: an
-:class:`~tileseg.engine.io.ArrayRaster` serves its windows (mirror-padded, scaled and normalised as a file's
-are), :func:`~tileseg.engine.tile_settings` picks the tiles exactly as ``segment()`` does (by default the
-model's default tile evened out over the image, and its default blend), a
-:class:`~tileseg.engine.runner.BatchRunner` runs the batches in a given
-:class:`~tileseg.engine.runtime.Runtime`, and :func:`~tileseg.engine.predict_strips` stitches the rows.
-There is no second tiler: the served mask of an image, written by ``segment(..., SegmentOptions(precision=
-"fp32", compile="off"))``, and the mask scored here are one computation.
+Each validation image goes whole, from memory, through :func:`tileseg.engine.arrays.predict_array`: the
+engine's own overlap-tile prediction, with the tiles ``segment()`` picks. There is no second tiler: the
+served mask of an image, written by ``segment(..., SegmentOptions(precision="fp32", compile="off"))``, and the
+mask scored here are one computation.
 """
 
 from __future__ import annotations
@@ -19,17 +15,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from tileseg.engine import SegmentOptions, predict_strips, tile_settings
-from tileseg.engine.io import ArrayRaster
+from tileseg.engine import SegmentOptions, tile_settings
+from tileseg.engine.arrays import predict_array
 from tileseg.engine.options import MAX_TILE
-from tileseg.engine.runner import BatchRunner
 from tileseg.engine.runtime import BASELINE, Runtime
 from tileseg.engine.tiling import TileSettings
 from tileseg.errors import TileGeometryError
 from tileseg.models.base import SegmentationNet
 from tileseg.models.spec import ModelSpec
-from tileseg.models.training.data import Sample
-from tileseg.models.training.metrics import confusion_matrix
+from tileseg.training.data import Sample
+from tileseg.training.scores import confusion_matrix
 
 BF16 = Runtime("bf16")  # bf16 autocast, channels_last, eager: what the card's agreement figure measures
 
@@ -97,34 +92,6 @@ def validation_options(spec: ModelSpec, tile: int | None = None) -> SegmentOptio
     return options
 
 
-def predict(
-    model: SegmentationNet, image: np.ndarray, options: SegmentOptions = SegmentOptions(), runtime: Runtime = BASELINE
-) -> tuple[np.ndarray, TileSettings, Runtime]:
-    """The predicted channel of every pixel of an in-memory image, through the engine's tiler.
-
-    Args:
-        model: a network with a ``.spec`` (as :func:`tileseg.models.load` gives), on its device, in eval mode.
-        image: ``(bands, H, W)`` uint8.
-        options: tiling options (``tile``, ``blend``, ``overlap``, ``batch``), as ``segment()`` takes them.
-        runtime: the precision and memory format to run in.
-
-    Returns:
-        ``(channels (H, W), the tile settings used, the runtime that ran)``.
-
-    Raises:
-        DtypeError, BandMismatchError: the image does not fit the model.
-    """
-    spec = model.spec
-    raster = ArrayRaster(image, spec)
-    settings = tile_settings(spec, options, (raster.height, raster.width))
-    device = next(model.parameters()).device
-    runner = BatchRunner(model, settings, raster.scaling, device, runtime)
-    mask = np.empty((raster.height, raster.width), dtype=np.uint8 if spec.num_classes <= 256 else np.int16)
-    for strip in predict_strips(runner, raster, readers=1):
-        mask[strip.y : strip.y + strip.height] = strip.labels
-    return mask, settings, runner.runtime
-
-
 def evaluate(
     model: SegmentationNet,
     samples: Iterable[Sample],
@@ -153,11 +120,11 @@ def evaluate(
     model.eval()
     try:
         for sample in samples:
-            mask, used, actual = predict(served, sample.image, options, runtime)
-            cm += confusion_matrix(mask, sample.label, spec.num_classes)
-            masks.append(mask)
-            settings.append(used)
-            ran = actual if actual != runtime else ran
+            found = predict_array(served, sample.image, options, runtime)
+            cm += confusion_matrix(found.labels, sample.label, spec.num_classes)
+            masks.append(found.labels)
+            settings.append(found.settings)
+            ran = found.runtime if found.runtime != runtime else ran
     finally:
         model.train(was_training)
     return Evaluation(cm, masks, settings, options, ran)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tileseg.models.crop import centre_crop
-from tileseg.models.training.data import IGNORE_INDEX
+from tileseg.training.data import IGNORE_INDEX
 
 
 def segmentation_loss(

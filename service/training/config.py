@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from tileseg.models.errors import TrainingConfigError
-from tileseg.models.training.state import saved_config, state_dir
+from tileseg.training.state import saved_config, state_dir
 
 # Settings that may change from one session of a run to the next; every other setting defines the run.
 SESSION_FIELDS = frozenset(

@@ -30,9 +30,9 @@ from torch import nn
 
 from tileseg.models.base import SegmentationNet
 from tileseg.models.errors import TrainingConfigError
-from tileseg.models.training.card import FinishedRun, write_checkpoint
-from tileseg.models.training.config import TrainConfig
-from tileseg.models.training.distributed import (
+from tileseg.training.card import FinishedRun, write_checkpoint
+from tileseg.training.config import TrainConfig
+from tileseg.training.distributed import (
     Processes,
     barrier,
     data_parallel,
@@ -41,15 +41,15 @@ from tileseg.models.training.distributed import (
     share_threads,
     sync_batchnorm,
 )
-from tileseg.models.training.evaluation import evaluate
-from tileseg.models.training.loss import segmentation_loss
-from tileseg.models.training.metrics import summarize
-from tileseg.models.training.network import Heads, check_output
-from tileseg.models.training.optimizer import lr_factor, make_optimizer
-from tileseg.models.training.recipe import Recipe, prepare
-from tileseg.models.training.sampler import Sampler, pixel_weights, step_seed
-from tileseg.models.training.state import Tally, restore, save_state, state_dir
-from tileseg.models.training.stopping import StopSignals, agree_on_stop, stop_reason
+from tileseg.training.evaluation import evaluate
+from tileseg.training.loss import segmentation_loss
+from tileseg.training.network import Heads, check_output
+from tileseg.training.optimizer import lr_factor, make_optimizer
+from tileseg.training.recipe import Recipe, prepare
+from tileseg.training.sampler import Sampler, pixel_weights, step_seed
+from tileseg.training.scores import summarize
+from tileseg.training.state import Tally, restore, save_state, state_dir
+from tileseg.training.stopping import StopSignals, agree_on_stop, stop_reason
 
 Say = Callable[[str], None]
 

@@ -20,10 +20,10 @@ from tileseg.models import checkpoint
 from tileseg.models.base import SegmentationNet
 from tileseg.models.registry import build_model
 from tileseg.models.spec import ModelSpec
-from tileseg.models.training.evaluation import BF16, Evaluation, evaluate
-from tileseg.models.training.metrics import agreement, summarize
-from tileseg.models.training.recipe import Recipe
-from tileseg.models.training.state import Tally
+from tileseg.training.evaluation import BF16, Evaluation, evaluate
+from tileseg.training.recipe import Recipe
+from tileseg.training.scores import agreement, summarize
+from tileseg.training.state import Tally
 
 BF16_AGREEMENT_FOR_BF16 = 0.995  # the card offers bf16 when its masks agree with fp32 on this share of pixels
 
