@@ -18,6 +18,12 @@ SOURCE = {"service": "tileseg", "models": "tileseg.models"}
 FORBIDDEN = {
     "tileseg.models": ["tileseg.engine", "tileseg.jobs", "tileseg.api", "tileseg.cli", "tileseg.models.training"],
     "tileseg.engine": ["tileseg.jobs", "tileseg.api", "tileseg.cli", "tileseg.models.training", "tileseg.settings"],
+    # the io folder reads and writes rasters; it never reaches up into the engine's stitching, sinks or vectors
+    "tileseg.engine.io": [
+        *("tileseg.jobs", "tileseg.api", "tileseg.cli", "tileseg.models.training", "tileseg.settings"),
+        *("tileseg.engine.stitching", "tileseg.engine.sinks", "tileseg.engine.vectors", "tileseg.engine.polygons"),
+        *("tileseg.engine.pipeline", "tileseg.engine.readplan", "tileseg.engine.roi"),
+    ],
     "tileseg.models.training": ["tileseg.jobs", "tileseg.api", "tileseg.cli"],
     "tileseg.jobs": ["tileseg.api", "tileseg.cli"],
     "tileseg.api": ["tileseg.cli"],

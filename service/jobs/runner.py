@@ -22,6 +22,7 @@ from torch import nn
 
 from tileseg.engine import SegmentResult, segment
 from tileseg.engine.preview import render_preview
+from tileseg.engine.results import RunResult
 from tileseg.engine.view import add_overviews, write_view
 from tileseg.errors import CanceledError, InterruptedJobError, JobNotFoundError, LeaseLostError, TilesegError
 from tileseg.jobs.files import JobFiles, drop_input
@@ -162,17 +163,19 @@ def run_job(
 
 
 def run_summary(result: SegmentResult) -> dict[str, Any]:
-    """What the job record keeps of a finished run (``GET /jobs/{id}``'s ``result``): the pixel sizes, the
-    level read and why, the region of interest's share, the tiles run and skipped, and the warnings."""
-    return {
-        "pixel_size": result.resolution,
-        "roi": result.roi,
-        "tiles_total": result.tiles_total,
-        "tiles_skipped": result.tiles_skipped,
-        "seconds": round(result.seconds, 3),
-        "warnings": list(result.warnings),
-        "runtime": {**result.settings["tuning"], "window": result.settings["window"], "tile": result.settings["tile"]},
-    }
+    """What the job record keeps of a finished run (``GET /jobs/{id}``'s ``result``, a :class:`RunResult` as
+    JSON): the pixel sizes, the level read and why, the region of interest's share, the tiles run and skipped,
+    the warnings and how the network ran."""
+    runtime = result.runtime
+    return RunResult(
+        pixel_size=result.pixel_size,
+        roi=result.roi,
+        tiles_total=result.tiles_total,
+        tiles_skipped=result.tiles_skipped,
+        seconds=round(result.seconds, 3),
+        warnings=list(result.warnings),
+        runtime={**runtime.tuning, "window": runtime.window, "tile": runtime.tile},
+    ).model_dump(mode="json")
 
 
 def _prepare_viewer(job: Job, attempt: JobFiles, options: JobOptions) -> None:
