@@ -43,6 +43,7 @@ from tileseg.engine.prediction import TilePrediction
 from tileseg.engine.readplan import ReadPlan, read_plan
 from tileseg.engine.resolution import Resolution
 from tileseg.engine.results import PixelSizeReport, RoiReport, RuntimeReport
+from tileseg.engine.runtime import Runtime
 from tileseg.engine.sinks import MaskSink, Sink, write_all
 from tileseg.engine.stitching import Strip, build_stitcher
 from tileseg.engine.tiling import Tile, TilePlan, TileSettings
@@ -157,12 +158,13 @@ def segment(
             runner = BatchRunner(
                 model, settings, src.scaling, device, choice.runtime, options.tta, probabilities is not None
             )
-            runtime = _runtime_report(settings, runner, choice, device)
+            tags = _tags(model, plan, options, _runtime_report(settings, choice.runtime, choice, device))
             sinks = _sinks(plan, spec, options, Path(output), probabilities, vectors)
             counts = TileCounts()
-            strips = plan.output_strips(predict_strips(runner, src, counts, options.readers, progress))
-            write_all(sinks, strips, _tags(model, plan, options, runtime))
+            write_all(sinks, plan.output_strips(predict_strips(runner, src, counts, options.readers, progress)), tags)
             pixels = plan.pixels_read()
+    # after the run: the runner falls back to eager fp32 when its runtime fails mid-run
+    runtime = _runtime_report(settings, runner.runtime, choice, device)
     seconds = time.perf_counter() - started
     return SegmentResult(
         output=Path(output),
@@ -179,15 +181,16 @@ def segment(
     )
 
 
-def _runtime_report(settings: TileSettings, runner: BatchRunner, choice: Choice, device) -> RuntimeReport:
+def _runtime_report(settings: TileSettings, runtime: Runtime, choice: Choice, device) -> RuntimeReport:
+    """How a run ran (or, before it, is to run) in ``runtime``."""
     return RuntimeReport(
         tile=settings.core,
         window=settings.window,
         step=settings.step,
         blend=settings.blend.value,
         batch=settings.batch,
-        precision=runner.runtime.precision,
-        runtime=runner.runtime.label,
+        precision=runtime.precision,
+        runtime=runtime.label,
         runtime_reason=choice.reason,
         device=str(device),
         tuning=choice.summary(),
