@@ -66,7 +66,7 @@ def run_ours(model: str, image: str, out: str) -> dict:
     net = models.load(model)
     start = time.perf_counter()
     result = segment(net, image, out)
-    return {"seconds": time.perf_counter() - start, "tiles": result.tiles_total, **result.settings["tuning"]}
+    return {"seconds": time.perf_counter() - start, "tiles": result.tiles_total, **result.runtime.tuning}
 
 
 def run_bare(model: str, image: str, out: str, fp16: bool = False) -> dict:

@@ -146,8 +146,8 @@ def main() -> None:
                 again = f" {found['miou']:.3f} / {found['pixel_error']:.4f} |" if found else " — |"
             print(
                 f"| `{name}` | {params / 1e6:.2f} M | {size_mb:.1f} MB | {metrics_text(model.card)} |{again} "
-                f"{args.size**2 / seconds / 1e6:.2f} (tile {result.settings['tile']}, "
-                f"{result.settings['precision']}) | {result.settings['blend']} |",
+                f"{args.size**2 / seconds / 1e6:.2f} (tile {result.runtime.tile}, "
+                f"{result.runtime.precision}) | {result.runtime.blend} |",
                 flush=True,
             )
 

@@ -100,7 +100,7 @@ def child(spec: str) -> None:
     started = time.perf_counter()
     result = segment(model, args["image"], args["out"], options)
     seconds = time.perf_counter() - started
-    plan = result.resolution
+    plan = result.pixel_size.model_dump()
     print(
         json.dumps(
             {

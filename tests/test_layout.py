@@ -29,6 +29,12 @@ FORBIDDEN = {
         "tileseg.settings",
         "tileseg.viewer",
     ],
+    # the io folder reads and writes rasters; it never reaches up into the engine's stitching, sinks or vectors
+    "tileseg.engine.io": [
+        *("tileseg.jobs", "tileseg.api", "tileseg.cli", "tileseg.training", "tileseg.settings", "tileseg.viewer"),
+        *("tileseg.engine.stitching", "tileseg.engine.sinks", "tileseg.engine.vectors", "tileseg.engine.polygons"),
+        *("tileseg.engine.pipeline", "tileseg.engine.readplan", "tileseg.engine.roi"),
+    ],
     "tileseg.training": ["tileseg.jobs", "tileseg.api", "tileseg.cli"],
     "tileseg.jobs": ["tileseg.api", "tileseg.cli", "tileseg.viewer.routes"],
     "tileseg.api": ["tileseg.cli"],

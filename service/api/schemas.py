@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tileseg.api.errors import ErrorDetail, RequestError, describe_validation
 from tileseg.engine.options import BANDS_PATTERN, base_type
+from tileseg.engine.results import PixelSizeReport, PixelsRead, RoiReport, RunResult
 from tileseg.jobs.intake import JobOptions, JobOptionsRecord, form_fields
 from tileseg.jobs.store import Job, JobStatus
 
@@ -46,58 +47,6 @@ class Links(BaseModel):
     vectors: str | None = Field(None, description="Null unless the job asked for vectors (add ?format=geojson).")
     preview: str
     tiles: str = Field(description="The viewer's tile pyramids of the input and the mask (GET it to describe them).")
-
-
-class PixelsRead(BaseModel):
-    level_0: int = Field(description="Pixels decoded from the input's full-resolution level.")
-    grid: int = Field(description="Pixels decoded from the level the model's grid was made of.")
-
-
-class PixelSizeReport(BaseModel):
-    """Which pixel size a run read at, from which pyramid level, and why (metres throughout)."""
-
-    input_pixel_size_m: float | None = Field(description="The input's pixel size; null when unknown.")
-    input_pixel_size_source: str = Field(
-        description="Where it came from: the CRS's transform, TIFF resolution tags, OME-XML, the slide's "
-        "properties (openslide.mpp-x), `stated (pixel_size option)`, or `none`."
-    )
-    input_pixel_size_note: str | None = Field(
-        None, description="Why a pixel size in the file was not used (e.g. a 72-dpi writer's default)."
-    )
-    model_pixel_size_m: float | None = Field(description="The pixel size the model was trained at; null: unknown.")
-    read_pixel_size_m: float | None = Field(description="The pixel size of the grid the model saw.")
-    level: int = Field(description="The pyramid level read (0: full resolution; k: overview or slide level k).")
-    grid: list[int] = Field(description="[height, width] of the grid the model saw.")
-    resampled: bool = Field(description="Whether the level was resampled on the fly to the model's pixel size.")
-    policy: str = Field(description="The pixel_size_policy applied: resample, native or strict.")
-    why: str = Field(description="The reason for this choice, in one sentence.")
-    pixels_read: PixelsRead
-
-
-class RoiReport(BaseModel):
-    """The region of interest's share of the image and of the tiles, and the time it saved."""
-
-    source: str = Field(description="`auto` (tissue found on a low-resolution level) or the polygon file's name.")
-    area_share: float = Field(description="Share of the image's area inside the region, 0..1.")
-    tiles_skipped: int = Field(description="Tiles wholly outside the region, never read or run.")
-    skipped_share: float = Field(description="Share of the tiles skipped, 0..1.")
-    seconds_saved_estimate: float = Field(description="Time saved, estimated from the time per tile that ran.")
-
-
-class RunResult(BaseModel):
-    """A succeeded job's summary of its run."""
-
-    pixel_size: PixelSizeReport
-    roi: RoiReport | None = Field(description="Null unless the job asked for a region of interest (roi=auto).")
-    tiles_total: int
-    tiles_skipped: int = Field(description="Tiles not run: outside the region of interest or wholly nodata.")
-    seconds: float = Field(description="The engine's run time.")
-    warnings: list[str] = Field(description="What the user should know, e.g. a model run at the wrong scale.")
-    runtime: dict[str, Any] | None = Field(
-        None,
-        description="How the network ran: runtime (precision/format/mode), tile and window run, batch, the "
-        "tuner's measured Mpx/s and peak MB, and why it was chosen.",
-    )
 
 
 class JobOut(BaseModel):
@@ -241,4 +190,14 @@ def _time(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, tz=timezone.utc)
 
 
-__all__ = ["FORM_FIELDS", "JobList", "JobOut", "SEGMENT_FORM_SCHEMA", "SegmentForm"]
+__all__ = [
+    "FORM_FIELDS",
+    "SEGMENT_FORM_SCHEMA",
+    "JobList",
+    "JobOut",
+    "PixelSizeReport",
+    "PixelsRead",
+    "RoiReport",
+    "RunResult",
+    "SegmentForm",
+]

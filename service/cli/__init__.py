@@ -107,17 +107,16 @@ def segment(
             f"{output_path}: {info.width}x{info.height}, {result.tiles_total} tiles "
             f"({result.tiles_skipped} nodata), {result.seconds:.1f} s, "
             f"{info.width * info.height / result.seconds / 1e6:.2f} Mpx/s, "
-            f"{result.settings['runtime']} on {result.settings['device']}, tile {result.settings['tile']} "
-            f"(window {result.settings['window']}) x{result.settings['batch']}",
+            f"{result.runtime.runtime} on {result.runtime.device}, tile {result.runtime.tile} "
+            f"(window {result.runtime.window}) x{result.runtime.batch}",
             err=True,
         )
-        if result.resolution:
-            click.echo(f"pixel size: {result.resolution['why']}", err=True)
+        click.echo(f"pixel size: {result.pixel_size.why}", err=True)
         if result.roi:
             roi = result.roi
             click.echo(
-                f"roi {roi['source']}: {roi['area_share']:.0%} of the image, {roi['tiles_skipped']} tiles "
-                f"({roi['skipped_share']:.0%}) skipped, about {roi['seconds_saved_estimate']:.1f} s saved",
+                f"roi {roi.source}: {roi.area_share:.0%} of the image, {roi.tiles_skipped} tiles "
+                f"({roi.skipped_share:.0%}) skipped, about {roi.seconds_saved_estimate:.1f} s saved",
                 err=True,
             )
 

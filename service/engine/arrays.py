@@ -3,7 +3,7 @@
 An :class:`~tileseg.engine.io.ArrayRaster` serves the array's windows (mirror-padded, scaled and normalised
 as a file's are), :func:`~tileseg.engine.tile_settings` picks the tiles as ``segment()`` does (by default the
 model's default tile evened out over the image, and its default blend), a
-:class:`~tileseg.engine.runner.BatchRunner` runs the batches in the given runtime, and
+:class:`~tileseg.engine.batches.BatchRunner` runs the batches in the given runtime, and
 :func:`~tileseg.engine.predict_strips` stitches the rows. There is no second tiler: the mask that
 ``segment(..., SegmentOptions(precision="fp32", compile="off"))`` writes for an image and the one returned
 here are one computation (training validates with it, so that a model card's metrics are what is served).
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from tileseg.engine import SegmentOptions, predict_strips, tile_settings
+from tileseg.engine.batches import BatchRunner
 from tileseg.engine.io import ArrayRaster
-from tileseg.engine.runner import BatchRunner
 from tileseg.engine.runtime import BASELINE, Runtime
 from tileseg.engine.tiling import TileSettings
 from tileseg.models.base import SegmentationNet

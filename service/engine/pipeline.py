@@ -5,7 +5,7 @@ The pipeline, each step a small piece of its own:
 1. plan the tiles (:mod:`tileseg.engine.tiling`);
 2. read windows, mirror-padded and normalised, a batch at a time, in reader threads that run ahead of
    the network (:mod:`tileseg.engine.io`); tiles that are wholly nodata are skipped;
-3. run each batch, reduced to the winning channel per pixel on the device (:mod:`tileseg.engine.runner`);
+3. run each batch, reduced to the winning channel per pixel on the device (:mod:`tileseg.engine.batches`);
 4. stitch cores, or blend windows, into finished rows (:mod:`tileseg.engine.stitching`), through one
    interface for every blend mode: each tile's prediction is aggregated, then the stitcher is finalized;
 5. write the rows in a writer thread, block-aligned, to a temporary file renamed into place at the end.
@@ -23,28 +23,28 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from tileseg import __version__, models
+from tileseg.engine.batches import BatchRunner
 from tileseg.engine.device import memory_budget, pick_device
 from tileseg.engine.io.inputs import open_input
 from tileseg.engine.io.pixelsize import describe
-from tileseg.engine.io.read import ALLOWED_DRIVERS, InputRaster, RasterInfo, gdal_env
-from tileseg.engine.io.resample import ResampledRaster, regrid_strips
+from tileseg.engine.io.read import ALLOWED_DRIVERS, RasterInfo, gdal_env
 from tileseg.engine.io.slide import SlideRaster
-from tileseg.engine.io.write import BackgroundWriter, MaskSink
+from tileseg.engine.io.source import RasterSource
 from tileseg.engine.memory import release_free_memory
-from tileseg.engine.options import DEFAULT_BATCH, OutputGrid, SegmentOptions
+from tileseg.engine.options import DEFAULT_BATCH, SegmentOptions
 from tileseg.engine.prediction import TilePrediction
-from tileseg.engine.resolution import Resolution, plan_resolution
-from tileseg.engine.roi import region_of_interest
-from tileseg.engine.runner import BatchRunner
+from tileseg.engine.readplan import ReadPlan, read_plan
+from tileseg.engine.resolution import Resolution
+from tileseg.engine.results import PixelSizeReport, RoiReport, RuntimeReport
+from tileseg.engine.runtime import Runtime
+from tileseg.engine.sinks import MaskSink, Sink, write_all
 from tileseg.engine.stitching import Strip, build_stitcher
 from tileseg.engine.tiling import Tile, TilePlan, TileSettings
 from tileseg.engine.tuner import Choice, Request, tuner
@@ -60,7 +60,13 @@ Progress = Callable[[int, int], None]  # (tiles done, tiles total); raising from
 
 @dataclass
 class SegmentResult:
-    """What a finished run produced and how it went."""
+    """What a finished run produced and how it went.
+
+    Attributes:
+        pixel_size: the pixel sizes, the level read and why, the pixels decoded.
+        runtime: the tile settings and the runtime the network ran in.
+        roi: the region of interest's share of the tiles and the time it saved, or None.
+    """
 
     output: Path
     probabilities: Path | None
@@ -68,10 +74,10 @@ class SegmentResult:
     tiles_total: int
     tiles_skipped: int
     seconds: float
-    settings: dict[str, Any]
+    runtime: RuntimeReport
+    pixel_size: PixelSizeReport
     warnings: list[str] = field(default_factory=list)
-    resolution: dict[str, Any] = field(default_factory=dict)  # the pixel sizes, the level read and why
-    roi: dict[str, Any] | None = None  # the region of interest's share of the tiles and the time it saved
+    roi: RoiReport | None = None
     vectors: Path | None = None
 
 
@@ -141,130 +147,87 @@ def segment(
         TilesegError subclasses for anything the caller can fix (input, bands, dtype, tile settings).
     """
     started = time.perf_counter()
-    spec = model.spec
-    device = next(model.parameters()).device
-    output = Path(output)
+    spec, device = model.spec, next(model.parameters()).device
     if vectors is not None:
         check_vector_path(vectors)  # before any work
     with gdal_env(), open_input(source, spec, options.bands, allowed_drivers, max_pixels) as full:
-        resolution = plan_resolution(
-            full.levels, full.pixel_size, spec, options.pixel_size_policy, options.pixel_size_m
-        )
-        with reading_grid(full, resolution) as grid:
-            roi = region_of_interest(full, grid, options.roi) if options.roi else None
-            src = roi.restrict(grid) if roi else grid
+        with read_plan(full, spec, options) as plan:
+            src = plan.source
             choice = choose_runtime(model, device, options, src.height * src.width)
             settings = tile_settings(spec, options, (src.height, src.width), choice)
-            target = full if options.output_grid is OutputGrid.INPUT else grid
-            target = roi.restrict(target) if roi else target
-            pixel = _grid_pixel_size(full, target)
-            tags = _tags(model, full, options, settings, choice, device, resolution, pixel)
-            vector_sink = VectorSink.of(vectors, spec, target, options, pixel)
-            sink = MaskSink(target, spec, output, probabilities, *_mask_dtype(spec), vector_sink)
             runner = BatchRunner(
                 model, settings, src.scaling, device, choice.runtime, options.tta, probabilities is not None
             )
+            tags = _tags(model, plan, options, _runtime_report(settings, choice.runtime, choice, device))
+            sinks = _sinks(plan, spec, options, Path(output), probabilities, vectors)
             counts = TileCounts()
-            strips: Iterable[Strip] = predict_strips(runner, src, counts, options.readers, progress)
-            if target is not src and (target.height, target.width) != (src.height, src.width):
-                strips = regrid_strips(strips, (src.height, src.width), (target.height, target.width))
-            if roi:
-                tags["TILESEG_ROI"] = json.dumps({"source": roi.source, "area_share": round(float(roi.mask.mean()), 4)})
-            _write(sink, strips, tags, spec, options.cog or isinstance(full, SlideRaster))
-            pixels = {"level_0": full.pixels_read, "grid": _pixels_read(grid) if grid is not full else full.pixels_read}
+            write_all(sinks, plan.output_strips(predict_strips(runner, src, counts, options.readers, progress)), tags)
+            pixels = plan.pixels_read()
+    # after the run: the runner falls back to eager fp32 when its runtime fails mid-run
+    runtime = _runtime_report(settings, runner.runtime, choice, device)
     seconds = time.perf_counter() - started
     return SegmentResult(
-        output=output,
+        output=Path(output),
         probabilities=Path(probabilities) if probabilities else None,
         input=full.info,
         tiles_total=counts.total,
         tiles_skipped=counts.skipped,
         seconds=seconds,
-        settings={
-            "tile": settings.core,
-            "window": settings.window,
-            "step": settings.step,
-            "blend": settings.blend.value,
-            "batch": settings.batch,
-            "precision": runner.runtime.precision,
-            "runtime": runner.runtime.label,
-            "runtime_reason": choice.reason,
-            "device": str(device),
-            "tuning": choice.summary(),
-        },
-        warnings=_pixel_size_warnings(resolution, spec),
-        resolution={**resolution.to_dict(), "pixels_read": pixels},
-        roi=roi.summary(counts, seconds) if roi else None,
+        runtime=runtime,
+        pixel_size=plan.resolution.report(pixels),
+        warnings=_pixel_size_warnings(plan.resolution, spec),
+        roi=plan.roi.report(counts.total, counts.skipped, seconds) if plan.roi else None,
         vectors=Path(vectors) if vectors is not None else None,
     )
 
 
-def _write(sink: MaskSink, strips: Iterable[Strip], tags: dict[str, str], spec, cog: bool) -> None:
-    """Write every strip, then finish the mask; a failure removes what was written."""
-    try:
-        with BackgroundWriter(sink) as writer:
-            for strip in strips:
-                writer.put(strip)
-        sink.finish(tags, spec, cog)
-    except BaseException:
-        sink.discard()
-        raise
+def _runtime_report(settings: TileSettings, runtime: Runtime, choice: Choice, device) -> RuntimeReport:
+    """How a run ran (or, before it, is to run) in ``runtime``."""
+    return RuntimeReport(
+        tile=settings.core,
+        window=settings.window,
+        step=settings.step,
+        blend=settings.blend.value,
+        batch=settings.batch,
+        precision=runtime.precision,
+        runtime=runtime.label,
+        runtime_reason=choice.reason,
+        device=str(device),
+        tuning=choice.summary(),
+    )
 
 
-def _mask_dtype(spec: models.ModelSpec) -> tuple[str, int]:
-    return ("uint8", 255) if max(c.index for c in spec.classes) < 255 else ("uint16", 65535)
+def _sinks(plan: ReadPlan, spec, options: SegmentOptions, output: Path, probabilities, vectors) -> list[Sink]:
+    """The run's sinks: the polygons first (the likelier to fail, so finished first), then the mask."""
+    target = plan.target
+    cog = options.cog or isinstance(plan.full, SlideRaster)
+    vector_sink = VectorSink.of(vectors, spec, target, options, plan.target_pixel_size)
+    mask_sink = MaskSink(target, spec, output, probabilities, cog)
+    return [mask_sink] if vector_sink is None else [vector_sink, mask_sink]
 
 
-@contextmanager
-def reading_grid(full, resolution: Resolution) -> Iterator[Any]:
-    """The reader of the grid the model sees: ``full`` itself, one of its pyramid levels, or a level
-    resampled to a virtual grid (:class:`ResampledRaster`); a level's reader is closed on the way out."""
-    if resolution.level == 0 and not resolution.resampled:
-        yield full
-        return
-    level = full.at_level(resolution.level) if resolution.level else full
-    try:
-        yield ResampledRaster(level, *resolution.grid) if resolution.resampled else level
-    finally:
-        if level is not full:
-            level.close()
-
-
-def _pixels_read(grid) -> int:
-    """Pixels decoded from the level a grid is made of (a resampled grid counts its level's)."""
-    return int(getattr(grid, "pixels_read", getattr(getattr(grid, "base", None), "pixels_read", 0)))
-
-
-def _grid_pixel_size(full, target) -> float | None:
-    size = full.pixel_size.metres
-    return None if size is None else size * full.height / target.height
-
-
-def _tags(
-    model, full, options, settings, choice, device, resolution: Resolution, pixel: float | None
-) -> dict[str, str]:
-    """The provenance tags of a mask: model, options, runtime, the pixel size read and why; for an input
-    without a CRS whose pixel size is known, TIFF resolution tags (pixels per centimetre) as slide viewers
-    read them."""
+def _tags(model: SegmentationNet, plan: ReadPlan, options: SegmentOptions, runtime: RuntimeReport) -> dict[str, str]:
+    """The provenance tags of a mask: model, options, runtime, the pixel size read and why, the region of
+    interest; for an input without a CRS whose pixel size is known, TIFF resolution tags (pixels per
+    centimetre) as slide viewers read them."""
+    full, pixel = plan.full, plan.target_pixel_size
     tags = {
         "TILESEG_MODEL": model.spec.name,
         "TILESEG_CARD_SHA256": _card_hash(model),
         "TILESEG_VERSION": __version__,
         "TILESEG_OPTIONS": json.dumps(
-            {
-                **options.to_record(),
-                "tile": settings.core,
-                "blend": settings.blend.value,
-                "precision": choice.runtime.precision,
-            }
+            {**options.to_record(), "tile": runtime.tile, "blend": runtime.blend, "precision": runtime.precision}
         ),
-        "TILESEG_RUNTIME": json.dumps({**choice.summary(), "window": settings.window, "device": str(device)}),
+        "TILESEG_RUNTIME": json.dumps({**runtime.tuning, "window": runtime.window, "device": runtime.device}),
         "TILESEG_SOURCE": full.info.name,
-        "TILESEG_PIXEL_SIZE": json.dumps(resolution.to_dict()),
+        "TILESEG_PIXEL_SIZE": json.dumps(plan.resolution.report().model_dump(exclude={"pixels_read"})),
     }
     if full.crs is None and pixel is not None:
         per_cm = f"{0.01 / pixel:.6f}"
         tags.update(TIFFTAG_XRESOLUTION=per_cm, TIFFTAG_YRESOLUTION=per_cm, TIFFTAG_RESOLUTIONUNIT="3")
+    if plan.roi:
+        roi = plan.roi
+        tags["TILESEG_ROI"] = json.dumps({"source": roi.source, "area_share": round(float(roi.mask.mean()), 4)})
     return tags
 
 
@@ -307,7 +270,7 @@ class TileCounts:
 
 def predict_strips(
     runner: BatchRunner,
-    src: InputRaster,
+    src: RasterSource,
     counts: TileCounts | None = None,
     readers: int = 2,
     progress: Progress | None = None,
@@ -369,7 +332,7 @@ def _batches(plan: TilePlan, size: int) -> Iterator[list[Tile]]:
 
 
 def _read_batch(
-    src: InputRaster, plan: TilePlan, tiles: list[Tile]
+    src: RasterSource, plan: TilePlan, tiles: list[Tile]
 ) -> tuple[list[Tile], list[Tile], np.ndarray | None]:
     """Windows of the tiles that have valid pixels, stacked; wholly-nodata tiles are left out."""
     length = plan.settings.window

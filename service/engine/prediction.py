@@ -1,6 +1,6 @@
 """What the network hands the stitchers: a batch of predictions from the runner, one tile's to a stitcher.
 
-The runner (:mod:`tileseg.engine.runner`) returns a :class:`BatchPrediction` for each batch of windows; the
+The runner (:mod:`tileseg.engine.batches`) returns a :class:`BatchPrediction` for each batch of windows; the
 pipeline takes each tile's :class:`TilePrediction` from it and gives it to a stitcher
 (:mod:`tileseg.engine.stitching`). Which parts are present follows from the blend mode, never from the caller:
 
@@ -9,7 +9,7 @@ pipeline takes each tile's :class:`TilePrediction` from it and gives it to a sti
 
 Labels are *channel* indices: channel ``k`` is the network's ``k``-th output. The model card says which class
 index each channel stands for (``spec.classes[k].index``); that mapping is applied only when the mask is
-written (:class:`tileseg.engine.io.MaskSink`).
+written (:class:`tileseg.engine.sinks.MaskSink`).
 """
 
 from __future__ import annotations

@@ -11,10 +11,10 @@ refuses an input (or a model) without a pixel size.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from tileseg.engine.io.pixelsize import MeasuredSize, describe
 from tileseg.engine.options import OutputGrid, PixelSizePolicy
+from tileseg.engine.results import PixelSizeReport, PixelsRead
 from tileseg.errors import PixelSizeError
 from tileseg.models.spec import ModelSpec
 
@@ -44,19 +44,21 @@ class Resolution:
     policy: PixelSizePolicy
     why: str
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "input_pixel_size_m": self.input.metres,
-            "input_pixel_size_source": self.input.source,
-            "input_pixel_size_note": self.input.note,
-            "model_pixel_size_m": self.model,
-            "read_pixel_size_m": self.read,
-            "level": self.level,
-            "grid": list(self.grid),
-            "resampled": self.resampled,
-            "policy": self.policy.value,
-            "why": self.why,
-        }
+    def report(self, pixels_read: PixelsRead | None = None) -> PixelSizeReport:
+        """The plan as the run's report, with the pixels decoded once the run is done."""
+        return PixelSizeReport(
+            input_pixel_size_m=self.input.metres,
+            input_pixel_size_source=self.input.source,
+            input_pixel_size_note=self.input.note,
+            model_pixel_size_m=self.model,
+            read_pixel_size_m=self.read,
+            level=self.level,
+            grid=list(self.grid),
+            resampled=self.resampled,
+            policy=self.policy.value,
+            why=self.why,
+            pixels_read=pixels_read,
+        )
 
 
 def plan_resolution(

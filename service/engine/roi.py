@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from affine import Affine
@@ -29,6 +28,8 @@ from rasterio.errors import CRSError
 from rasterio.features import rasterize, sieve
 
 from tileseg.engine.io.resample import ResampledRaster, nearest_index
+from tileseg.engine.io.source import RasterSource
+from tileseg.engine.results import RoiReport
 from tileseg.errors import RoiError
 
 MASK_SIDE = 2048  # the ROI mask's longest side: a 100 000 px slide's mask costs 4 MB, one pixel per ~50 px
@@ -59,31 +60,36 @@ class Roi:
         cols = nearest_index(shape[1], self.mask.shape[1])[col : col + width]
         return self.mask[rows[:, None], cols[None, :]]
 
-    def summary(self, counts, seconds: float) -> dict[str, Any]:
-        """The share of the image in the region, the tiles skipped, and the time they saved (estimated from
-        the time the run took per tile it did run)."""
-        run = counts.total - counts.skipped
-        saved = seconds / run * counts.skipped if run else 0.0
-        return {
-            "source": self.source,
-            "area_share": round(float(self.mask.mean()), 4),
-            "tiles_skipped": counts.skipped,
-            "skipped_share": round(counts.skipped / counts.total, 4) if counts.total else 0.0,
-            "seconds_saved_estimate": round(saved, 2),
-        }
+    def report(self, total: int, skipped: int, seconds: float) -> RoiReport:
+        """The share of the image in the region, the tiles skipped of ``total``, and the time they saved
+        (estimated from the time the run took per tile it did run)."""
+        run = total - skipped
+        saved = seconds / run * skipped if run else 0.0
+        return RoiReport(
+            source=self.source,
+            area_share=round(float(self.mask.mean()), 4),
+            tiles_skipped=skipped,
+            skipped_share=round(skipped / total, 4) if total else 0.0,
+            seconds_saved_estimate=round(saved, 2),
+        )
 
 
 class RoiRaster:
-    """An input reader whose pixels outside a region of interest read as invalid (window interface)."""
+    """A :class:`~tileseg.engine.io.source.RasterSource` whose pixels outside a region of interest read as
+    invalid; everything else is its base's."""
 
-    def __init__(self, base, roi: Roi):
+    def __init__(self, base: RasterSource, roi: Roi):
         self.base, self.roi = base, roi
         self.height, self.width, self.scaling = base.height, base.width, base.scaling
-        self.crs, self.transform = getattr(base, "crs", None), getattr(base, "transform", None)
+        self.crs, self.transform = base.crs, base.transform
+        self.pixel_size, self.levels, self.info = base.pixel_size, base.levels, base.info
         self.has_mask = True
 
     def read_window(self, row: int, col: int, length: int) -> np.ndarray:
         return self.base.read_window(row, col, length)
+
+    def read_region(self, row: int, col: int, height: int, width: int) -> np.ndarray:
+        return self.base.read_region(row, col, height, width)
 
     def read_valid(self, row: int, col: int, height: int, width: int) -> np.ndarray | None:
         """Valid where the base is valid and the region covers."""

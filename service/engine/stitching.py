@@ -9,17 +9,20 @@ come. A stitcher holds only one band of rows, so memory follows the tile row, no
 * :class:`BlendStitcher` (gaussian, cosine): weighted probabilities of overlapping windows are summed in a
   band that rolls down the image.
 
-:func:`build_stitcher` picks the one for a plan's blend mode.
+:func:`build_stitcher` picks the one for a plan's blend mode; :func:`regrid_strips` puts the strips of a
+resampled grid back on the input's grid.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from tileseg.engine.blending import blend_weights
+from tileseg.engine.io.resample import nearest_index
 from tileseg.engine.prediction import TilePrediction
 from tileseg.engine.tiling import Tile, TilePlan
 from tileseg.models.spec import BlendMode
@@ -33,13 +36,16 @@ class Strip:
         y: the first image row.
         labels: ``(height, width)`` the winning output channel of the network per pixel. This is a channel
             index, not yet a class index: the writer maps channel ``k`` to the model card's
-            ``spec.classes[k].index`` and marks nodata (:class:`tileseg.engine.io.MaskSink`).
+            ``spec.classes[k].index`` and marks nodata (:class:`tileseg.engine.sinks.ClassIndices`).
         probabilities: ``(K, height, width)`` float32 in [0, 1] per channel, or None when not asked for.
+        valid: ``(height, width)`` the input's validity of these rows, or None when all of them are valid (or
+            not known yet: the pipeline adds it once the strip is on the output's grid).
     """
 
     y: int
     labels: np.ndarray
     probabilities: np.ndarray | None
+    valid: np.ndarray | None = None
 
     @property
     def height(self) -> int:
@@ -203,4 +209,33 @@ def build_stitcher(plan: TilePlan, num_classes: int, probabilities: bool, index_
     return BlendStitcher(plan, num_classes, blend_weights(blend, plan.settings.output_size), index_dtype)
 
 
-__all__ = ["BlendStitcher", "CropStitcher", "Stitcher", "Strip", "build_stitcher"]
+def regrid_strips(strips: Iterable[Strip], grid: tuple[int, int], out: tuple[int, int]) -> Iterator[Strip]:
+    """Strips of a ``grid`` (height, width) mask turned into strips of an ``out`` (height, width) mask of the
+    same extent, by nearest neighbour (class labels must stay labels; probabilities are taken alike).
+    Only the grid rows still needed are held, so memory follows the strips."""
+    rows, cols = nearest_index(out[0], grid[0]), nearest_index(out[1], grid[1])
+    held: Strip | None = None
+    y = 0
+    for strip in strips:
+        held = strip if held is None else _join(held, strip)
+        stop = int(np.searchsorted(rows, held.y + held.height, side="left"))
+        if stop > y:
+            pick = rows[y:stop] - held.y
+            probs = held.probabilities
+            yield Strip(y, held.labels[pick][:, cols], None if probs is None else probs[:, pick][:, :, cols])
+            y = stop
+        drop = (rows[y] if y < out[0] else held.y + held.height) - held.y
+        held = _tail(held, drop)
+
+
+def _join(a: Strip, b: Strip) -> Strip:
+    probs = None if a.probabilities is None else np.concatenate([a.probabilities, b.probabilities], axis=1)
+    return Strip(a.y, np.concatenate([a.labels, b.labels]), probs)
+
+
+def _tail(strip: Strip, drop: int) -> Strip:
+    probs = None if strip.probabilities is None else strip.probabilities[:, drop:]
+    return Strip(strip.y + drop, strip.labels[drop:], probs)
+
+
+__all__ = ["BlendStitcher", "CropStitcher", "Stitcher", "Strip", "build_stitcher", "regrid_strips"]

@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from tileseg.engine import SegmentResult, segment
+from tileseg.engine.results import RunResult
 from tileseg.errors import CanceledError, TilesegError
 from tileseg.jobs.errors import InterruptedJobError, JobNotFoundError, LeaseLostError
 from tileseg.jobs.files import JobFiles, drop_input
@@ -163,17 +164,19 @@ def run_job(
 
 
 def run_summary(result: SegmentResult) -> dict[str, Any]:
-    """What the job record keeps of a finished run (``GET /jobs/{id}``'s ``result``): the pixel sizes, the
-    level read and why, the region of interest's share, the tiles run and skipped, and the warnings."""
-    return {
-        "pixel_size": result.resolution,
-        "roi": result.roi,
-        "tiles_total": result.tiles_total,
-        "tiles_skipped": result.tiles_skipped,
-        "seconds": round(result.seconds, 3),
-        "warnings": list(result.warnings),
-        "runtime": {**result.settings["tuning"], "window": result.settings["window"], "tile": result.settings["tile"]},
-    }
+    """What the job record keeps of a finished run (``GET /jobs/{id}``'s ``result``, a :class:`RunResult` as
+    JSON): the pixel sizes, the level read and why, the region of interest's share, the tiles run and skipped,
+    the warnings and how the network ran."""
+    runtime = result.runtime
+    return RunResult(
+        pixel_size=result.pixel_size,
+        roi=result.roi,
+        tiles_total=result.tiles_total,
+        tiles_skipped=result.tiles_skipped,
+        seconds=round(result.seconds, 3),
+        warnings=list(result.warnings),
+        runtime={**runtime.tuning, "window": runtime.window, "tile": runtime.tile},
+    ).model_dump(mode="json")
 
 
 def _prepare_viewer(job: Job, attempt: JobFiles, options: JobOptions) -> None:

@@ -12,8 +12,8 @@ import torch
 
 from tests.engine.nets import checkpoint
 from tileseg.engine import SegmentOptions, predict_strips, segment, tile_settings
+from tileseg.engine.batches import BatchRunner
 from tileseg.engine.io import InputRaster
-from tileseg.engine.runner import BatchRunner
 from tileseg.models.spec import BlendMode
 
 
@@ -161,7 +161,7 @@ def test_default_core_is_evened_out_over_the_image(tmp_path, raster_factory):
     path = raster_factory(70, 40)
     out = tmp_path / "mask.tif"
     result = segment(model, path, out, SegmentOptions(runtime="torch", precision="fp32", batch=4))
-    tile = result.settings["tile"]
+    tile = result.runtime.tile
     assert result.tiles_total == math.ceil(70 / tile) * math.ceil(40 / tile)
-    assert tile <= result.settings["tuning"]["tile"], "the tuner's core, evened out"
+    assert tile <= result.runtime.tuning["tile"], "the tuner's core, evened out"
     np.testing.assert_array_equal(read_mask(out), reference_logits(model, path).argmax(0))

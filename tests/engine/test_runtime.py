@@ -91,11 +91,11 @@ def test_onnx_runtime_gives_eager_fp32_mask_for_a_shipped_model(tmp_path, monkey
     for name in ("torch", "onnxruntime"):
         options = SegmentOptions(precision="fp32", runtime=name, tile=256, batch=2, compile="off")
         result = segment(model, source, tmp_path / f"{name}.tif", options)
-        assert result.settings["runtime"].endswith("/eager" if name == "torch" else "/onnxruntime")
+        assert result.runtime.runtime.endswith("/eager" if name == "torch" else "/onnxruntime")
         with rasterio.open(tmp_path / f"{name}.tif") as dst:
             out[name] = dst.read(1)
             tags = json.loads(dst.tags()["TILESEG_RUNTIME"])
-        assert tags["runtime"] == result.settings["runtime"] and tags["window"] == model.spec.geometry.window(256)
+        assert tags["runtime"] == result.runtime.runtime and tags["window"] == model.spec.geometry.window(256)
     assert np.array_equal(out["torch"], out["onnxruntime"])
     assert list((tmp_path / "cache" / "exports").glob("*.onnx")), "the export is cached"
 
@@ -106,10 +106,10 @@ def test_tile_auto_gives_the_mask_of_a_fixed_tile_for_an_exact_model(tmp_path, m
     path = raster_factory(150, 230)
     auto = segment(model, path, tmp_path / "auto.tif", SegmentOptions(precision="fp32", runtime="torch"))
     fixed = segment(model, path, tmp_path / "fixed.tif", SegmentOptions(precision="fp32", runtime="torch", tile=16))
-    assert fixed.settings["tile"] == 16
+    assert fixed.runtime.tile == 16
     with rasterio.open(tmp_path / "auto.tif") as a, rasterio.open(tmp_path / "fixed.tif") as b:
         assert np.array_equal(a.read(), b.read())
-    assert auto.settings["tuning"]["tile"] >= 16
+    assert auto.runtime.tuning["tile"] >= 16
 
 
 def test_a_runtime_that_fails_during_a_run_falls_back_to_eager_fp32(tmp_path, raster_factory, caplog):
@@ -126,7 +126,7 @@ def test_a_runtime_that_fails_during_a_run_falls_back_to_eager_fp32(tmp_path, ra
     fixed = {"compile": "off", "runtime": "torch", "tile": 32, "batch": 4}
     with caplog.at_level(logging.WARNING):
         result = segment(model, path, tmp_path / "out.tif", SegmentOptions(precision="bf16", **fixed))
-    assert result.settings["runtime"] == BASELINE.label
+    assert result.runtime.runtime == BASELINE.label
     assert sum("running eager fp32 instead" in r.message for r in caplog.records) == 1, "one log line"
     expected = tmp_path / "ref.tif"
     segment(model, path, expected, SegmentOptions(precision="fp32", **fixed))
@@ -140,7 +140,7 @@ def test_auto_runs_measure_once_and_record_the_runtime(tmp_path, raster_factory,
     model = checkpoint(tmp_path, "test-pool", bands=1, classes=3, precision="bf16")
     path = raster_factory(64, 64)
     result = segment(model, path, tmp_path / "a.tif")
-    assert result.settings["runtime"] in {r.label for r in rt.candidates(model.spec, CPU)}
+    assert result.runtime.runtime in {r.label for r in rt.candidates(model.spec, CPU)}
     cached = json.loads((tmp_path / "cache" / "runtime.json").read_text())
     assert len(cached) == 1
     calls = []
@@ -148,8 +148,8 @@ def test_auto_runs_measure_once_and_record_the_runtime(tmp_path, raster_factory,
     fresh = Tuner(MeasurementCache(), lambda *a: calls.append(a) or (1.0, 0.0, None))
     monkeypatch.setattr(tn, "_TUNER", fresh)
     again = segment(model, path, tmp_path / "b.tif")
-    assert calls == [] and again.settings["runtime"] == result.settings["runtime"]
-    assert again.settings["tuning"] == result.settings["tuning"]
+    assert calls == [] and again.runtime.runtime == result.runtime.runtime
+    assert again.runtime.tuning == result.runtime.tuning
 
 
 def test_prepared_copies_go_with_their_model(tmp_path):

@@ -60,8 +60,8 @@ def test_isbi_upsampled_is_read_at_the_models_pixel_size(tmp_path, isbi_pair):
     reference = _read(segment(model, original, tmp_path / "ref.tif", SegmentOptions(**FAST)).output)
 
     result = segment(model, upsampled, tmp_path / "resampled.tif", SegmentOptions(**FAST))
-    assert result.resolution["input_pixel_size_m"] == pytest.approx(2e-9, rel=1e-6)
-    assert result.resolution["resampled"] and result.resolution["grid"] == [256, 256]
+    assert result.pixel_size.input_pixel_size_m == pytest.approx(2e-9, rel=1e-6)
+    assert result.pixel_size.resampled and result.pixel_size.grid == [256, 256]
     with rasterio.open(result.output) as dst:
         assert (dst.width, dst.height) == (512, 512)  # written on the input's grid
         assert json.loads(dst.tags()["TILESEG_PIXEL_SIZE"])["read_pixel_size_m"] == pytest.approx(4e-9)
@@ -69,7 +69,7 @@ def test_isbi_upsampled_is_read_at_the_models_pixel_size(tmp_path, isbi_pair):
     assert _agreement(resampled, reference) >= 0.97
 
     native = segment(model, upsampled, tmp_path / "native.tif", SegmentOptions(pixel_size_policy="native", **FAST))
-    assert native.resolution["policy"] == "native" and not native.resolution["resampled"]
+    assert native.pixel_size.policy == "native" and not native.pixel_size.resampled
     assert native.warnings  # read at half the model's pixel size: said
     assert _agreement(_read(native.output), reference) < 0.97
 
@@ -122,8 +122,8 @@ def test_geotiff_pair_at_two_ground_sample_distances(tmp_path, geotiff_pair):
     assert np.bincount(reference.ravel()).max() < 0.9 * reference.size  # several classes: agreement means something
 
     result = segment(model, fine, tmp_path / "resampled.tif", SegmentOptions(**FAST))
-    assert result.resolution["input_pixel_size_m"] == pytest.approx(gsd / 2)
-    assert result.resolution["grid"] == [384, 384]
+    assert result.pixel_size.input_pixel_size_m == pytest.approx(gsd / 2)
+    assert result.pixel_size.grid == [384, 384]
     with rasterio.open(result.output) as dst, rasterio.open(fine) as src:
         assert dst.transform == src.transform and dst.crs == src.crs  # on the input's grid, on the map
     assert _agreement(_read(result.output), reference) >= 0.97

@@ -111,10 +111,10 @@ def test_level_matching_the_model_is_read(tmp_path, data_dir, rgb):
 
     rgb.spec = dataclasses.replace(rgb.spec, input=dataclasses.replace(rgb.spec.input, pixel_size=2e-6))
     result = segment(rgb, data_dir / "wsi" / "boxes.tiff", tmp_path / "m.tif", SegmentOptions(pixel_size="1um", **FAST))
-    res = result.resolution
-    assert res["level"] == 1 and not res["resampled"] and res["grid"] == [125, 150]
-    assert res["pixels_read"]["level_0"] == 0
-    assert 150 * 125 <= res["pixels_read"]["grid"] <= 4 * 150 * 125  # the level, with its mirrored context
+    res = result.pixel_size
+    assert res.level == 1 and not res.resampled and res.grid == [125, 150]
+    assert res.pixels_read is not None and res.pixels_read.level_0 == 0
+    assert 150 * 125 <= res.pixels_read.grid <= 4 * 150 * 125  # the level, with its mirrored context
     with rasterio.open(result.output) as dst:
         assert (dst.height, dst.width) == (250, 300)  # written on the input's grid
 
@@ -138,8 +138,8 @@ def test_cmu_slide_roi_auto_skips_the_glass(tmp_path, data_dir, rgb):
     svs = data_dir / "large" / "cmu_small_region.svs"
     full = segment(rgb, svs, tmp_path / "full.tif", SegmentOptions(tile=256, **FAST))
     roi = segment(rgb, svs, tmp_path / "roi.tif", SegmentOptions(tile=256, roi="auto", **FAST))
-    assert roi.roi["skipped_share"] > 0.05 and roi.roi["tiles_skipped"] == roi.tiles_skipped
-    assert 0.1 < roi.roi["area_share"] < 0.95
+    assert roi.roi.skipped_share > 0.05 and roi.roi.tiles_skipped == roi.tiles_skipped
+    assert 0.1 < roi.roi.area_share < 0.95
     a, b = (rasterio.open(p).read(1) for p in (full.output, roi.output))
     tissue = b != 255
     assert 0.1 < tissue.mean() < 0.95
@@ -163,7 +163,7 @@ def test_roi_file_in_pixel_and_map_coordinates(tmp_path, data_dir, rgb):
     result = segment(rgb, src, tmp_path / "m.tif", SegmentOptions(tile=64, roi=str(path), **FAST))
     mask = rasterio.open(result.output).read(1)
     assert (mask[:300, :300] != 255).mean() > 0.5 and (mask[450:, 450:] == 255).all()
-    assert result.roi["tiles_skipped"] > 0
+    assert result.roi.tiles_skipped > 0
 
 
 @pytest.mark.parametrize(

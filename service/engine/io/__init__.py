@@ -1,5 +1,6 @@
-"""Raster input and output with rasterio: windows in (:mod:`.read`, or :mod:`.array` for an image already in
-memory), finished rows out (:mod:`.write`)."""
+"""Raster input and output with rasterio: every reader implements the :class:`RasterSource` contract
+(:mod:`.source`): files (:mod:`.read`), slides (:mod:`.slide`), images already in memory (:mod:`.array`),
+resampled grids (:mod:`.resample`); finished rows out (:mod:`.write`). Nothing here imports the engine above."""
 
 from tileseg.engine.io.array import ArrayRaster
 from tileseg.engine.io.read import (
@@ -13,14 +14,15 @@ from tileseg.engine.io.read import (
     probe,
     select_bands,
 )
-from tileseg.engine.io.write import MaskSink, StripWriter, mask_profile, write_class_metadata
+from tileseg.engine.io.source import RasterSource
+from tileseg.engine.io.write import StripWriter, mask_profile, write_class_metadata
 
 __all__ = [
     "ALLOWED_DRIVERS",
     "ArrayRaster",
     "InputRaster",
-    "MaskSink",
     "RasterInfo",
+    "RasterSource",
     "Scaling",
     "StripWriter",
     "check_dtype",

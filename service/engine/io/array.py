@@ -1,9 +1,8 @@
-"""An image already in memory, read through the same window interface as a raster file.
+"""An image already in memory, read through the same contract as a raster file.
 
-:func:`tileseg.engine.predict_strips` reads its input through four members: ``height`` and ``width``, the
-``scaling`` that turns raw values into the network's input, ``read_window`` (a mirror-padded square of raw
-values) and ``read_valid`` (the validity mask of a region). :class:`~tileseg.engine.io.read.InputRaster`
-serves them from a file; :class:`ArrayRaster` serves them from a uint8 array, so that an image held in
+:func:`tileseg.engine.predict_strips` reads its input through the :class:`~tileseg.engine.io.source.RasterSource`
+contract. :class:`~tileseg.engine.io.read.InputRaster` serves it from a file; :class:`ArrayRaster` serves it
+from a uint8 array, so that an image held in
 memory (a validation image during training) is tiled, padded, scaled and stitched by the very code that
 serves files, and gives the very mask ``segment()`` would write for it.
 """
@@ -12,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tileseg.engine.io.read import Scaling, uint8_scaling
+from tileseg.engine.io.pixelsize import UNKNOWN
+from tileseg.engine.io.read import RasterInfo, Scaling, uint8_scaling
 from tileseg.errors import BandMismatchError, DtypeError
 from tileseg.models.spec import ModelSpec, reflect_indices
 
@@ -44,6 +44,9 @@ class ArrayRaster:
         self._image = image
         self.height, self.width = image.shape[1:]
         self.scaling: Scaling = uint8_scaling(spec)
+        self.crs, self.transform, self.pixel_size, self.has_mask = None, None, UNKNOWN, False
+        self.levels = [(self.height, self.width)]
+        self.info = RasterInfo("array", self.width, self.height, image.shape[0], "uint8", None, "array")
 
     def read_window(self, row: int, col: int, length: int) -> np.ndarray:
         """The raw ``(bands, length, length)`` uint8 window whose first pixel is ``(row, col)``, a copy;
@@ -51,6 +54,10 @@ class ArrayRaster:
         rows = reflect_indices(row, length, self.height)
         cols = reflect_indices(col, length, self.width)
         return self._image[:, rows[:, None], cols[None, :]]
+
+    def read_region(self, row: int, col: int, height: int, width: int) -> np.ndarray:
+        """The raw ``(bands, height, width)`` uint8 values of an in-image region (a view, not a copy)."""
+        return self._image[:, row : row + height, col : col + width]
 
     def read_valid(self, row: int, col: int, height: int, width: int) -> None:
         """None: every pixel of an array is valid (an array carries no nodata)."""

@@ -184,7 +184,7 @@ def check_dtype(src, spec: ModelSpec, bands: tuple[int, ...]) -> str:
 class Scaling:
     """How raw band values become the network's input: clip to ``[low, high]`` (dtypes other than uint8),
     then ``x * a + b``, which is the dtype's scaling to [0, 1] folded into the spec's mean/std. The
-    arithmetic runs where the network does (:class:`tileseg.engine.runner.BatchRunner`), so that windows travel
+    arithmetic runs where the network does (:class:`tileseg.engine.batches.BatchRunner`), so that windows travel
     to the device as raw uint8."""
 
     low: np.ndarray

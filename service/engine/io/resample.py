@@ -1,4 +1,4 @@
-"""Reading an input on a virtual grid at another pixel size, and putting a mask back on the input's grid.
+"""Reading an input on a virtual grid at another pixel size.
 
 The *virtual grid* is the input seen at the model's pixel size: ``height x width`` pixels, each covering
 ``ry x rx`` pixels of one pyramid level of the input (``ry = level_height / height``, so the grid covers
@@ -14,13 +14,11 @@ it, so memory follows the window, as for any other read.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-
 import numpy as np
 from affine import Affine
 
+from tileseg.engine.io.pixelsize import MeasuredSize
 from tileseg.engine.io.read import mirrored_window
-from tileseg.engine.stitching import Strip
 
 
 def axis_weights(start: int, count: int, ratio: float, size: int) -> tuple[int, np.ndarray]:
@@ -57,8 +55,8 @@ def axis_weights(start: int, count: int, ratio: float, size: int) -> tuple[int, 
 class ResampledRaster:
     """An input reader (at one pyramid level) seen on a virtual grid of ``height x width`` pixels.
 
-    It has the window interface of :class:`~tileseg.engine.io.read.InputRaster` (``height``, ``width``,
-    ``scaling``, ``read_window``, ``read_valid``, ``read_region``), so the tiler reads it as it reads a file.
+    It is a :class:`~tileseg.engine.io.source.RasterSource`, so the tiler reads it as it reads a file; its
+    pixel size is the base's scaled to the grid, and its only level is itself.
 
     Args:
         base: the reader of the level to resample (its ``read_region`` and ``read_valid`` are used).
@@ -72,6 +70,9 @@ class ResampledRaster:
         self.crs = getattr(base, "crs", None)
         transform = getattr(base, "transform", None)
         self.transform = None if transform is None else transform @ Affine.scale(self.rx, self.ry)
+        self.info, self.levels = base.info, [(self.height, self.width)]
+        size = base.pixel_size
+        self.pixel_size = size if size.metres is None else MeasuredSize(size.metres * self.ry, size.source, size.note)
 
     def read_region(self, row: int, col: int, height: int, width: int) -> np.ndarray:
         """The ``(bands, height, width)`` values of an in-grid region: uint8 for uint8 input, else float32."""
@@ -106,33 +107,4 @@ def nearest_index(out_size: int, grid_size: int) -> np.ndarray:
     return np.minimum(((np.arange(out_size) + 0.5) * grid_size / out_size).astype(np.intp), grid_size - 1)
 
 
-def regrid_strips(strips: Iterable[Strip], grid: tuple[int, int], out: tuple[int, int]) -> Iterator[Strip]:
-    """Strips of a ``grid`` (height, width) mask turned into strips of an ``out`` (height, width) mask of the
-    same extent, by nearest neighbour (class labels must stay labels; probabilities are taken alike).
-    Only the grid rows still needed are held, so memory follows the strips."""
-    rows, cols = nearest_index(out[0], grid[0]), nearest_index(out[1], grid[1])
-    held: Strip | None = None
-    y = 0
-    for strip in strips:
-        held = strip if held is None else _join(held, strip)
-        stop = int(np.searchsorted(rows, held.y + held.height, side="left"))
-        if stop > y:
-            pick = rows[y:stop] - held.y
-            probs = held.probabilities
-            yield Strip(y, held.labels[pick][:, cols], None if probs is None else probs[:, pick][:, :, cols])
-            y = stop
-        drop = (rows[y] if y < out[0] else held.y + held.height) - held.y
-        held = _tail(held, drop)
-
-
-def _join(a: Strip, b: Strip) -> Strip:
-    probs = None if a.probabilities is None else np.concatenate([a.probabilities, b.probabilities], axis=1)
-    return Strip(a.y, np.concatenate([a.labels, b.labels]), probs)
-
-
-def _tail(strip: Strip, drop: int) -> Strip:
-    probs = None if strip.probabilities is None else strip.probabilities[:, drop:]
-    return Strip(strip.y + drop, strip.labels[drop:], probs)
-
-
-__all__ = ["ResampledRaster", "axis_weights", "nearest_index", "regrid_strips"]
+__all__ = ["ResampledRaster", "axis_weights", "nearest_index"]

@@ -1,18 +1,15 @@
-"""Writing the mask: finished rows in, a complete GeoTIFF out, or nothing.
+"""Writing a GeoTIFF: full-width rows in, in order, a complete file out, or nothing.
 
-Rows arrive in order from the stitcher. A :class:`MaskSink` applies the input's nodata and writes the class
-indices (and, if asked, the probabilities) in block-aligned strips, in a writer thread that runs beside the
-network (:class:`BackgroundWriter`), to a temporary file beside the target. :meth:`MaskSink.finish` adds
-the colour table and provenance tags, optionally rewrites the file as a Cloud Optimized GeoTIFF, and renames
-it into place; :meth:`MaskSink.discard` removes it. A failed run never leaves a partial file.
+A :class:`StripWriter` writes rows in block-aligned strips to a temporary file beside the target, which its
+owner renames into place (:class:`tileseg.engine.sinks.MaskSink`) or removes; :func:`mask_profile` derives
+the output's profile from the input's grid, :func:`write_class_metadata` adds the colour table and the
+provenance tags, :func:`to_cog` rewrites a finished file as a Cloud Optimized GeoTIFF.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import queue
-import threading
 import uuid
 import warnings
 from pathlib import Path
@@ -24,18 +21,17 @@ import rasterio.shutil
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from tileseg.engine.io.read import OUTPUT_BLOCK, InputRaster
-from tileseg.engine.stitching import Strip
-from tileseg.engine.vectors import VectorSink
+from tileseg.engine.io.read import OUTPUT_BLOCK
+from tileseg.engine.io.source import RasterSource
 from tileseg.models.spec import ModelSpec
 
 
 class StripWriter:
     """Writes full-width rows of a raster in order, in strips aligned to the output blocks.
 
-    The rows go to a temporary file beside ``path`` (``tmp``); :meth:`close` completes it and the owner renames
-    it into place (:meth:`MaskSink.finish`), or :meth:`discard` removes it, so a failed run never leaves a
-    partial file.
+    The rows go to a temporary file beside ``path`` (``tmp``); :meth:`close` completes it and the owner
+    renames it into place (:class:`tileseg.engine.sinks.MaskSink`), or :meth:`discard` removes it, so a
+    failed run never leaves a partial file.
     """
 
     def __init__(self, path: str | os.PathLike, profile: dict[str, Any]):
@@ -83,7 +79,7 @@ class StripWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-def mask_profile(source: InputRaster, num_bands: int, dtype: str, nodata: int | None) -> dict[str, Any]:
+def mask_profile(source: RasterSource, num_bands: int, dtype: str, nodata: int | None) -> dict[str, Any]:
     """The output profile: the input's grid (size, CRS, transform), tiled, compressed, BigTIFF if needed."""
     profile = {
         "driver": "GTiff",
@@ -114,78 +110,6 @@ def write_class_metadata(dst, spec: ModelSpec, tags: dict[str, str]) -> None:
     dst.update_tags(**tags)
 
 
-class MaskSink:
-    """Where finished strips go: the mask and, if asked, the probabilities and the polygons
-    (:class:`tileseg.engine.vectors.VectorSink`, fed the same class indices), with the input's nodata applied."""
-
-    def __init__(
-        self,
-        src: InputRaster,
-        spec: ModelSpec,
-        output: Path,
-        probabilities,
-        dtype: str,
-        nodata: int,
-        vectors: VectorSink | None = None,
-    ):
-        self.src = src
-        self.vectors = vectors
-        self.nodata = nodata
-        self.dtype = np.dtype(dtype)
-        indices = np.array([c.index for c in spec.classes])
-        self.lut = None if np.array_equal(indices, np.arange(len(indices))) else indices.astype(self.dtype)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        self.mask = StripWriter(output, mask_profile(src, 1, dtype, nodata))
-        self.probs = None
-        if probabilities is not None:
-            Path(probabilities).parent.mkdir(parents=True, exist_ok=True)
-            self.probs = StripWriter(probabilities, mask_profile(src, spec.num_classes, "uint8", None))
-
-    def write(self, strip: Strip) -> None:
-        # the stitchers give the network's channel per pixel; the card says which class index each one writes
-        classes = strip.labels.astype(self.dtype, copy=False)
-        if self.lut is not None:
-            classes = self.lut[strip.labels]
-        valid = self.src.read_valid(strip.y, 0, strip.height, self.src.width)
-        if valid is not None:
-            classes = np.where(valid, classes, self.dtype.type(self.nodata))
-        self.mask.write_rows(classes[None])
-        if self.vectors is not None:
-            self.vectors.write(strip.y, classes, strip.probabilities)
-        if self.probs is not None:
-            scaled = np.rint(strip.probabilities * 255).astype(np.uint8)
-            if valid is not None:
-                scaled *= valid[None]
-            self.probs.write_rows(scaled)
-
-    def finish(self, tags: dict[str, str], spec: ModelSpec, cog: bool) -> None:
-        if self.vectors is not None:  # first: it is the likelier to fail; every file is renamed at the end
-            self.vectors.finish()
-        write_class_metadata(self.mask.dataset, spec, tags)
-        self.mask.close()
-        writers = [self.mask]
-        if self.probs is not None:
-            self.probs.dataset.update_tags(**tags)
-            for c in spec.classes:
-                self.probs.dataset.set_band_description(spec.classes.index(c) + 1, f"p({c.name})")
-            self.probs.close()
-            writers.append(self.probs)
-        for writer in writers:
-            if cog:
-                to_cog(writer.tmp)
-        if self.vectors is not None:
-            self.vectors.commit()
-        for writer in writers:
-            os.replace(writer.tmp, writer.path)
-
-    def discard(self) -> None:
-        self.mask.discard()
-        if self.vectors is not None:
-            self.vectors.discard()
-        if self.probs is not None:
-            self.probs.discard()
-
-
 def to_cog(path: Path) -> None:
     """Rewrite a finished GeoTIFF as a Cloud Optimized GeoTIFF with overviews (nearest: class indices)."""
     cog = path.with_name(path.name + ".cog")
@@ -204,37 +128,4 @@ def to_cog(path: Path) -> None:
         cog.unlink(missing_ok=True)
 
 
-class BackgroundWriter:
-    """A thread that writes strips while the network runs; its errors surface in the caller."""
-
-    def __init__(self, sink: MaskSink):
-        self.sink = sink
-        self.queue: queue.Queue = queue.Queue(maxsize=4)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="tileseg-write", daemon=True)
-
-    def __enter__(self) -> BackgroundWriter:
-        self.thread.start()
-        return self
-
-    def _run(self) -> None:
-        while (strip := self.queue.get()) is not None:
-            if self.error is None:
-                try:
-                    self.sink.write(strip)
-                except BaseException as err:  # handed to the caller, which re-raises it
-                    self.error = err
-
-    def put(self, strip: Strip) -> None:
-        if self.error is not None:
-            raise self.error
-        self.queue.put(strip)
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.queue.put(None)
-        self.thread.join()
-        if self.error is not None and exc is None:
-            raise self.error
-
-
-__all__ = ["BackgroundWriter", "MaskSink", "StripWriter", "mask_profile", "to_cog", "write_class_metadata"]
+__all__ = ["StripWriter", "mask_profile", "to_cog", "write_class_metadata"]

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from tests.engine.nets import checkpoint
-from tileseg.engine import runner as runner_module
+from tileseg.engine import batches as batches_module
+from tileseg.engine.batches import BatchRunner
 from tileseg.engine.io import Scaling
-from tileseg.engine.runner import BatchRunner
 from tileseg.engine.runtime import BASELINE, Runtime
 from tileseg.engine.tiling import TileSettings
 
@@ -130,7 +130,7 @@ def test_tta_keeps_a_pointwise_answer(pointwise, batch):
 
 
 def test_a_failing_runtime_falls_back_to_eager_fp32(pointwise, batch, monkeypatch):
-    real = runner_module.run_forward
+    real = batches_module.run_forward
     tried = []
 
     def run_forward(model, runtime, x, device):
@@ -139,7 +139,7 @@ def test_a_failing_runtime_falls_back_to_eager_fp32(pointwise, batch, monkeypatc
             raise RuntimeError("no kernel for this precision")
         return real(model, runtime, x, device)
 
-    monkeypatch.setattr(runner_module, "run_forward", run_forward)
+    monkeypatch.setattr(batches_module, "run_forward", run_forward)
     runner = make_runner(pointwise, runtime=Runtime("bf16"))
     prediction = runner(batch)
     assert tried == [Runtime("bf16"), BASELINE] and runner.runtime == BASELINE
@@ -147,14 +147,14 @@ def test_a_failing_runtime_falls_back_to_eager_fp32(pointwise, batch, monkeypatc
 
 
 def test_a_compiled_network_sees_full_batches_only(pointwise, batch, monkeypatch):
-    real = runner_module.run_forward
+    real = batches_module.run_forward
     sizes = []
 
     def run_forward(model, runtime, x, device):
         sizes.append(x.shape[0])
         return real(model, BASELINE, x, device)
 
-    monkeypatch.setattr(runner_module, "run_forward", run_forward)
+    monkeypatch.setattr(batches_module, "run_forward", run_forward)
     prediction = make_runner(pointwise, runtime=Runtime(mode="compiled"))(batch)  # 3 windows, batch 4
     assert sizes == [4] and len(prediction) == 3
     np.testing.assert_array_equal(prediction.labels, batch[:, 0, KEEP, KEEP])
