@@ -18,9 +18,20 @@ from tileseg.cli import cli
 
 
 def run_cli(weights: Path, source: Path, out: Path, model: str, *options: str) -> Path:
-    result = CliRunner(env={"TILESEG_WEIGHTS_DIR": str(weights)}).invoke(
-        cli, ["segment", str(source), str(out), "--model", model, "-q", *options]
-    )
+    """The CLI's mask, run as the test server runs its jobs: one torch thread and batch 4 (its settings), so
+    that both take the tuner's one choice for this machine (a bf16 runtime chosen by one and not the other
+    would differ where the top two classes nearly tie)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    env = {"TILESEG_WEIGHTS_DIR": str(weights), "TILESEG_TORCH_THREADS": "1"}
+    batch = [] if "--batch" in options else ["--batch", "4"]
+    try:
+        result = CliRunner(env=env).invoke(
+            cli, ["segment", str(source), str(out), "--model", model, "-q", *batch, *options]
+        )
+    finally:
+        torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
     return out
 
