@@ -37,15 +37,3 @@ class CheckpointError(TilesegError, ValueError):
     """A checkpoint is corrupt, incomplete, or does not match its model card."""
 
     code = "bad_checkpoint"
-
-
-class TrainingConfigError(TilesegError, ValueError):
-    """Training settings that cannot work together, or that contradict the run being resumed."""
-
-    code = "bad_training_config"
-
-
-class TrainingDataError(TilesegError, ValueError):
-    """A training data set is missing, incomplete, or its images and masks do not fit together."""
-
-    code = "bad_training_data"

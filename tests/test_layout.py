@@ -55,6 +55,8 @@ FORBIDDEN = {
     ],
 }
 MAX_FUNCTION_LINES = 60  # code lines, the docstring not counted
+MAX_FUNCTION_LINES_WITH_DOCSTRING = 80
+MAX_MODULE_LINES = 500
 
 
 def modules() -> list[tuple[str, Path]]:
@@ -106,6 +108,40 @@ def test_no_function_is_longer_than_sixty_lines():
                     if lines > MAX_FUNCTION_LINES:
                         long.append(f"{module}.{node.name}: {lines} lines")
     assert not long, long
+
+
+def test_no_module_is_longer_than_five_hundred_lines():
+    long = [
+        f"{module}: {n}" for module, path in modules() if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    ]
+    assert not long, long
+
+
+def test_no_function_with_its_docstring_is_longer_than_eighty_lines():
+    long = []
+    for module, path in modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.body[0].lineno + 1
+                if lines > MAX_FUNCTION_LINES_WITH_DOCSTRING:
+                    long.append(f"{module}.{node.name}: {lines} lines")
+    assert not long, long
+
+
+def test_every_reader_is_checked_against_raster_source():
+    """Every reader class of the engine (a class named ``*Raster``) is checked to satisfy the one contract the
+    pipeline reads through, ``RasterSource``, on a real instance in tests/engine/test_sources.py: a new reader
+    cannot come in unchecked."""
+    readers = {
+        node.name
+        for _, path in modules()
+        if "/engine/" in path.as_posix()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ClassDef) and node.name.endswith("Raster")
+    }
+    assert {"InputRaster", "SlideRaster", "ArrayRaster", "ResampledRaster", "RoiRaster"} <= readers
+    checked = (REPO / "tests" / "engine" / "test_sources.py").read_text()
+    assert not [r for r in readers if r not in checked], f"readers not checked against RasterSource: {readers}"
 
 
 def test_the_checker_sees_a_forbidden_import(tmp_path):

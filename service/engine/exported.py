@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -97,6 +98,10 @@ def onnx_path(model: SegmentationNet) -> Path:
         raise RuntimeError("only a network loaded from a checkpoint is exported (its hash keys the file)")
     versions = library_versions()
     tag = f"torch{versions['torch']}-onnx{versions.get('onnx', '0')}-opset{OPSET}".replace("+", "_")
+    # serving options change the network (a pruned U-Net++ is another graph from the same checkpoint)
+    if model.spec.options:
+        options = json.dumps(model.spec.options, sort_keys=True, default=str).encode()
+        tag += "-" + hashlib.sha256(options).hexdigest()[:12]
     return cache_dir() / "exports" / f"{models.card_hash(checkpoint)[:24]}-{tag}.onnx"
 
 

@@ -233,8 +233,14 @@ def _tags(model: SegmentationNet, plan: ReadPlan, options: SegmentOptions, runti
 
 def runtime_request(model: SegmentationNet, device, options: SegmentOptions, run_pixels: int | None) -> Request:
     """What a run over ``run_pixels`` output pixels leaves to the tuner; the core is searched only where
-    :func:`window_is_free`."""
+    :func:`window_is_free`.
+
+    Raises:
+        TileGeometryError: a tile, blend or overlap the model's geometry refuses (before anything is measured:
+            the tuner must never time a window the tiling would refuse).
+    """
     geometry = model.spec.geometry
+    tile_settings(model.spec, options)  # checks --tile, --blend and --overlap against the geometry
     fixed_core = None if window_is_free(model.spec, options) else (options.tile or geometry.default_tile)
     return Request(
         core=fixed_core,

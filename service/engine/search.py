@@ -308,6 +308,7 @@ class Search:
             and m.seconds
             and not self._over(m)
             and (m.core == request.core if request.core is not None else m.core != screen or only_screened)
+            and m.core % self.geometry.multiple == 0
             and (request.batch is None or m.batch == request.batch)
         ]
         eligible = _without_emulated_bf16(eligible, native_bf16(self.device))

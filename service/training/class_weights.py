@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tileseg.models.errors import TrainingConfigError
 from tileseg.training.data import IGNORE_INDEX
+from tileseg.training.errors import TrainingConfigError
 
 
 def median_frequency_weights(labels: list[np.ndarray], num_classes: int) -> np.ndarray:

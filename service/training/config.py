@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from tileseg.models.errors import TrainingConfigError
+from tileseg.training.errors import TrainingConfigError
 from tileseg.training.state import saved_config, state_dir
 
 # Settings that may change from one session of a run to the next; every other setting defines the run.

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tileseg.models.errors import TrainingDataError
 from tileseg.models.spec import ClassInfo
+from tileseg.training.errors import TrainingDataError
 
 IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tileseg.models.errors import TrainingConfigError
+from tileseg.training.errors import TrainingConfigError
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,6 @@ import torch
 from torch import nn
 
 from tileseg.models.base import SegmentationNet
-from tileseg.models.errors import TrainingConfigError
 from tileseg.training.card import FinishedRun, write_checkpoint
 from tileseg.training.config import TrainConfig
 from tileseg.training.distributed import (
@@ -41,6 +40,7 @@ from tileseg.training.distributed import (
     share_threads,
     sync_batchnorm,
 )
+from tileseg.training.errors import TrainingConfigError
 from tileseg.training.evaluation import evaluate
 from tileseg.training.loss import segmentation_loss
 from tileseg.training.network import Heads, check_output

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from tileseg.models.base import SegmentationNet
-from tileseg.models.errors import TrainingConfigError
 from tileseg.models.registry import build_model
 from tileseg.models.spec import Geometry
 from tileseg.training.config import TrainConfig
+from tileseg.training.errors import TrainingConfigError
 
 
 def nearest_valid_crop(geometry: Geometry, wanted: int) -> int:

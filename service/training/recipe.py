@@ -12,12 +12,12 @@ import numpy as np
 
 from tileseg.errors import TileGeometryError
 from tileseg.models.base import SegmentationNet
-from tileseg.models.errors import TrainingConfigError
 from tileseg.models.spec import ClassInfo, Geometry, InputSpec, ModelSpec
 from tileseg.training.augment import Augment
 from tileseg.training.class_weights import parse_class_weights
 from tileseg.training.config import TrainConfig
 from tileseg.training.data import Dataset, DataSource, open_source
+from tileseg.training.errors import TrainingConfigError
 from tileseg.training.evaluation import validation_options
 from tileseg.training.network import build_network
 

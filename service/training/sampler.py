@@ -9,9 +9,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from tileseg.models.errors import TrainingConfigError
 from tileseg.training.augment import Augment, border_weights, sample_crop
 from tileseg.training.data import Dataset, DataSource, normalize
+from tileseg.training.errors import TrainingConfigError
 
 
 class Sampler:

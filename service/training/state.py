@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tileseg.models.errors import TrainingConfigError
+from tileseg.training.errors import TrainingConfigError
 
 STATE_VERSION = 1
 STATE_FILE = "state.json"

@@ -174,3 +174,11 @@ def test_the_measured_peak_grows_with_the_window(tmp_path):
     if small is None:
         pytest.fail("peak memory cannot be measured here (/proc/self/clear_refs)")
     assert large > small and large > 1024**2 * 4 * 4, "at least the first layer's activations"
+
+
+def test_an_export_is_keyed_by_the_serving_options(tmp_path, monkeypatch):
+    """A pruned U-Net++ is another graph from the same checkpoint: it must never run the full network's export."""
+    monkeypatch.setenv("TILESEG_CACHE_DIR", str(tmp_path))
+    full, pruned = models.load("unetpp-em"), models.load("unetpp-em", prune=1)
+    assert ex.onnx_path(full) != ex.onnx_path(pruned)
+    assert ex.onnx_path(pruned) == ex.onnx_path(models.load("unetpp-em", prune=1))
