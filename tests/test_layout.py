@@ -39,6 +39,11 @@ FORBIDDEN = {
     "tileseg.jobs": ["tileseg.api", "tileseg.cli", "tileseg.viewer.routes"],
     "tileseg.api": ["tileseg.cli"],
     "tileseg.viewer": ["tileseg.cli"],
+    # a notebook calling a server needs httpx only: nothing of the product, no torch (checked at run time too)
+    "tileseg.client": [
+        *("tileseg.models", "tileseg.engine", "tileseg.jobs", "tileseg.api", "tileseg.cli", "tileseg.training"),
+        *("tileseg.viewer", "tileseg.settings", "tileseg.errors", "torch", "numpy", "rasterio"),
+    ],
     "tileseg.viewer.render": [
         "tileseg.jobs",
         "tileseg.api",
@@ -152,3 +157,4 @@ def test_the_checker_sees_a_forbidden_import(tmp_path):
     assert owner("tileseg.training.loop") == "tileseg.training"
     assert owner("tileseg.viewer.routes") == "tileseg.viewer"
     assert owner("tileseg.viewer.render") == "tileseg.viewer.render"
+    assert owner("tileseg.client") == "tileseg.client"

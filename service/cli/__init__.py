@@ -1,7 +1,7 @@
 """The ``tileseg`` command: a thin layer over the engine, the model zoo and the service.
 
-    tileseg segment INPUT OUTPUT --model NAME [options]
-    tileseg models [--json]
+    tileseg segment INPUT OUTPUT --model NAME [options] [--server URL [--api-key KEY]]
+    tileseg models [--json] [--server URL [--api-key KEY]]
     tileseg models add NAME FILE [options]     (TorchScript, ONNX or a state dict; geometry measured)
     tileseg models check NAME
     tileseg train --arch ARCH --data DIR --out weights/NAME [options]
@@ -24,7 +24,9 @@ from tqdm import tqdm
 from tileseg import models
 from tileseg.cli.options import build, click_options
 from tileseg.cli.own_models import register as register_model_commands
+from tileseg.cli.remote import segment_remote, server_options
 from tileseg.cli.train import train
+from tileseg.client import Client, ClientError
 from tileseg.engine.options import SegmentOptions
 from tileseg.errors import ModelNotFoundError, OptionsError, TilesegError
 
@@ -32,17 +34,41 @@ EXIT_USER_ERROR = 1
 
 
 def user_errors(fn):
-    """Print the product's own errors as ``error: ...`` and exit non-zero."""
+    """Print the product's own errors, and a server's (through the client), as ``error: ...`` and exit
+    non-zero."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except TilesegError as err:
+        except (TilesegError, ClientError) as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(EXIT_USER_ERROR)
 
     return wrapper
+
+
+server_option = click.option(
+    "--server",
+    envvar="TILESEG_SERVER",
+    metavar="URL",
+    help="Run on this tileseg server instead of here (env TILESEG_SERVER), e.g. http://127.0.0.1:8000.",
+)
+api_key_option = click.option(
+    "--api-key", envvar="TILESEG_API_KEY", metavar="KEY", help="The server's API key (env TILESEG_API_KEY)."
+)
+
+
+def connect(server: str, api_key: str | None) -> Client:
+    """A client of ``server``.
+
+    Raises:
+        click.BadParameter: not an http(s) URL.
+    """
+    try:
+        return Client(server, api_key=api_key)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--server") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -52,7 +78,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.argument("input_path", metavar="INPUT")
 @click.argument("output_path", metavar="OUTPUT", type=click.Path(path_type=Path))
 @click.option("--model", "model_name", help="An installed model (see `tileseg models`).")
 @click.option("--weights", "weights_path", type=click.Path(path_type=Path), help="A checkpoint NAME.safetensors.")
@@ -66,9 +92,13 @@ def cli() -> None:
 )
 @click_options(SegmentOptions)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@server_option
+@api_key_option
+@click.pass_context
 @user_errors
 def segment(
-    input_path: Path,
+    ctx: click.Context,
+    input_path: str,
     output_path: Path,
     model_name: str | None,
     weights_path: Path | None,
@@ -76,28 +106,41 @@ def segment(
     probabilities: Path | None,
     vectors: Path | None,
     quiet: bool,
+    server: str | None,
+    api_key: str | None,
     **values,
 ) -> None:
-    """Segment INPUT (any raster GDAL reads) into the mask GeoTIFF OUTPUT."""
+    """Segment INPUT (any raster GDAL reads) into the mask GeoTIFF OUTPUT.
+
+    With --server, the server runs it: INPUT is uploaded, or, when it is a URL or no file here, sent for the
+    server to read itself (a path under its TILESEG_INPUT_ROOTS); the results are written here as a local
+    run writes them. Ctrl-C cancels the job on the server.
+    """
     from tileseg.engine import run_file
     from tileseg.engine.device import configure_threads
 
     if bool(model_name) == bool(weights_path):
         raise click.UsageError("give exactly one of --model NAME or --weights PATH")
-    options = build(SegmentOptions, values)
+    options = build(SegmentOptions, values)  # checked here, before any upload
+    if server:
+        with connect(server, api_key) as client:
+            sent = server_options(ctx, values)
+            segment_remote(client, input_path, output_path, str(model_name), sent, vectors, probabilities, quiet)
+        return
     if vectors is not None:
         from tileseg.engine.vectors import check_vector_path
 
         check_vector_path(vectors)  # before any work
     configure_threads()
-    with tqdm(total=0, unit="tile", disable=quiet, desc=input_path.name) as bar:
+    source = Path(input_path)
+    with tqdm(total=0, unit="tile", disable=quiet, desc=source.name) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
         result = run_file(
-            str(model_name or weights_path), input_path, output_path, options, device, probabilities, progress, vectors
+            str(model_name or weights_path), source, output_path, options, device, probabilities, progress, vectors
         )
     for note in result.warnings:
         click.echo(f"warning: {note}", err=True)
@@ -123,18 +166,24 @@ def segment(
 
 @cli.group("models", invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the model cards as JSON.")
+@server_option
+@api_key_option
 @click.pass_context
 @user_errors
-def list_models(ctx: click.Context, as_json: bool) -> None:
-    """List the installed models (and measure them: `tileseg models bench NAME`)."""
+def list_models(ctx: click.Context, as_json: bool, server: str | None, api_key: str | None) -> None:
+    """List the installed models, or with --server a server's (and measure them: `tileseg models bench NAME`)."""
     if ctx.invoked_subcommand is not None:
         return
-    entries = [models.describe(name) for name in models.available()]
+    if server:
+        with connect(server, api_key) as client:
+            entries = client.models()
+    else:
+        entries = [models.describe(name) for name in models.available()]
     if as_json:
         click.echo(json.dumps({"models": entries}, indent=2))
         return
     if not entries:
-        click.echo(f"no models installed in {models.weights_dir()}")
+        click.echo(f"no models served by {server}" if server else f"no models installed in {models.weights_dir()}")
         return
     click.echo(f"{'name':<20} {'arch':<11} {'bands':>5}  {'tile':>5}  {'blend':<8} classes")
     for e in entries:
