@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     input_roots: CommaList = Field(default_factory=list, description="Server folders that `source` may name.")
     api_keys: CommaList = Field(default_factory=list, description="If set, every route but health needs one.")
     cors_origins: CommaList = Field(default_factory=list, description="Origins allowed to call from a browser.")
+    basemap_url: str | None = Field(
+        None,
+        description="The page's base map under georeferenced masks: an XYZ tile template "
+        "(https://tile.openstreetmap.org/{z}/{x}/{y}.png); none by default (the page then makes no outside request).",
+    )
     result_ttl: timedelta = Field(timedelta(hours=24), description="How long results are kept.")
     database_url: str | None = Field(None, description="SQLAlchemy URL of the job table; default SQLite in DATA_DIR.")
     max_attempts: int = Field(3, ge=1, description="Starts of a job before it fails (crashes, restarts).")
@@ -116,6 +121,16 @@ class Settings(BaseSettings):
         if short:
             raise ValueError(f"API keys need at least {MIN_KEY_LENGTH} characters; {len(short)} are shorter")
         return keys
+
+    @field_validator("basemap_url")
+    @classmethod
+    def _xyz_template(cls, url: str | None) -> str | None:
+        if not url:
+            return None
+        missing = [part for part in ("{z}", "{x}", "{y}") if part not in url]
+        if not url.startswith(("http://", "https://")) or missing:
+            raise ValueError(f"basemap_url must be an http(s) XYZ template with {{z}}, {{x}} and {{y}}: {url!r}")
+        return url
 
     @field_validator("input_roots")
     @classmethod

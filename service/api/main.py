@@ -16,7 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from tileseg import __version__
-from tileseg.api import errors, routes_health, routes_jobs, routes_models
+from tileseg.api import errors, routes_health, routes_jobs, routes_models, routes_ogc
 from tileseg.api.middleware import ResponseCounter
 from tileseg.api.prometheus import ServiceMetrics
 from tileseg.jobs.service import JobService
@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(routes_jobs.router)
     app.include_router(routes_models.router)
+    app.include_router(routes_ogc.router)  # OGC API - Processes at /ogc/, over the same jobs
     viewer.install(app)  # its routes, the page at / and its assets at /ui/
     app.include_router(routes_health.router)
     if settings.cors_origins:

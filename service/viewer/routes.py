@@ -1,8 +1,9 @@
 """The viewer's routes: the web page, a job's live progress as server-sent events, and web tiles of its
 input and mask.
 
-``GET /`` is the page and ``/ui/`` its assets (plain HTML, a little JavaScript, and the vendored Leaflet and
-OpenSeadragon, committed by ``make vendor``): public, the page asks for a key when the API wants one.
+``GET /`` is the page, ``GET /viewer/config`` its settings (the base map) and ``/ui/`` its assets (plain
+HTML, a little JavaScript, and the vendored Leaflet and OpenSeadragon, committed by ``make vendor``): public,
+the page asks for a key when the API wants one.
 ``GET /jobs/{id}/events`` streams the job (the same JSON as ``GET /jobs/{id}``) each time its status or
 progress changes, read from the job table every :data:`POLL_SECONDS`, and ends once the job is final.
 ``GET /jobs/{id}/tiles`` describes the two tile pyramids; ``GET /jobs/{id}/tiles/{layer}/{z}/{x}/{y}.png``
@@ -26,7 +27,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from tileseg.api.deps import JobsDep, OwnerDep
+from tileseg.api.deps import JobsDep, OwnerDep, SettingsDep
 from tileseg.api.errors import ERROR_RESPONSES
 from tileseg.api.schemas import JobOut
 from tileseg.jobs.errors import JobNotFoundError, ResultNotFoundError
@@ -156,6 +157,13 @@ def get_tile(
     with RENDERS:
         png = render_tile(path, layer.value, z, x, y, hidden)
     return Response(png, media_type="image/png", headers=headers)
+
+
+@router.get("/viewer/config", summary="The page's settings")
+def page_config(settings: SettingsDep) -> dict[str, Any]:
+    """What the page needs from the server's settings: ``basemap``, an XYZ tile template drawn under
+    georeferenced masks, or null. Public, like the page."""
+    return {"basemap": settings.basemap_url}
 
 
 @router.get("/", include_in_schema=False)

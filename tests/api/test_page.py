@@ -41,6 +41,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 DOCS = REPO / "docs"
+BASEMAP = "http://127.0.0.1:9/{z}/{x}/{y}.png"  # nothing listens there: the test sees the page ask for it
 TIMEOUT_MS = 90_000
 
 
@@ -56,13 +57,13 @@ def browser():
 
 @pytest.fixture(scope="module")
 def open_server(tmp_path_factory, server_env):
-    """A server without keys, serving the shipped ``fcn8s-aerial`` and ``unet-em``."""
+    """A server without keys, serving the shipped ``fcn8s-aerial`` and ``unet-em``, with a base map."""
     weights = tmp_path_factory.mktemp("page-weights")
     for name in ("fcn8s-aerial", "unet-em"):
         for suffix in (".safetensors", ".json"):
             shutil.copy(REPO / "weights" / f"{name}{suffix}", weights / f"{name}{suffix}")
     data = tmp_path_factory.mktemp("page-data")
-    env = server_env(data, api_keys="", weights_dir=weights, torch_threads=2)
+    env = server_env(data, api_keys="", weights_dir=weights, torch_threads=2, basemap_url=BASEMAP)
     srv = Server(data, env, data.parent / "page-server.log").start()
     yield srv
     srv.stop()
@@ -76,6 +77,8 @@ class Page:
         self.page = self.context.new_page()
         self.page.set_default_timeout(TIMEOUT_MS)
         self.tiles: list[tuple[str, int]] = []
+        self.requested: list[str] = []
+        self.page.on("request", lambda r: self.requested.append(r.url))
         self.page.on("response", lambda r: self.tiles.append((r.url, r.status)) if "/tiles/" in r.url else None)
         self.page.goto(url)
 
@@ -176,6 +179,8 @@ def test_geotiff_upload_progress_and_map_viewer(browser, open_server, data_dir):
         assert any("fcn8s-aerial" in c and "building" in c and "miou" in c for c in cards), cards
         job_id = tab.segment(data_dir / "geotiff" / "RGB.byte.tif", "fcn8s-aerial")
         assert tab.page.locator("#viewer .leaflet-container").count() == 1, "georeferenced: a web map"
+        tab.page.wait_for_selector("#viewer .leaflet-layer.basemap", state="attached")
+        assert any(url.startswith("http://127.0.0.1:9/") for url in tab.requested), "the base map is asked for"
         links = tab.page.locator("#downloads a").all_inner_texts()
         assert {"mask", "preview"} <= set(links)
         classes = httpx.get(f"{open_server.url}/models/fcn8s-aerial").json()["classes"]
@@ -225,8 +230,16 @@ def test_options_come_from_the_form_schema(browser, open_server):
     expected = set(form["properties"]) - {"file", "source", "model"}
     tab = Page(browser, open_server.url).ready()
     try:
-        shown = set(tab.page.eval_on_selector_all("#options input, #options select", "es => es.map(e => e.name)"))
-        assert shown == expected and {"tile", "blend", "tta", "probabilities"} <= shown
+        names = "es => es.map(e => e.name)"
+        main = set(tab.page.eval_on_selector_all("#main-options input, #main-options select", names))
+        advanced = set(tab.page.eval_on_selector_all("#advanced input, #advanced select", names))
+        assert main == {"roi", "vectors"} and main | advanced == expected and not main & advanced
+        assert {"tile", "blend", "tta", "probabilities", "pixel_size"} <= advanced
+        # the fold is closed at first: the advanced options are there but not shown until it is opened
+        assert tab.page.eval_on_selector("#advanced", "e => e.tagName === 'DETAILS' && !e.open")
+        assert not tab.page.is_visible("#opt-tile") and tab.page.is_visible("#opt-vectors")
+        tab.page.click("#advanced summary")
+        assert tab.page.is_visible("#opt-tile")
         unlabelled = tab.page.evaluate(
             "[...document.querySelectorAll('input, select, button')]"
             ".filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())"
@@ -235,6 +248,19 @@ def test_options_come_from_the_form_schema(browser, open_server):
         assert unlabelled == [], f"controls without a label: {unlabelled}"
     finally:
         tab.close()
+
+
+def test_cards_show_the_pixel_size_with_its_unit(browser, open_server):
+    card = httpx.get(f"{open_server.url}/models/unet-em").json()["spec"]["input"]["pixel_size"]
+    assert card["unit"] == "um", card
+    tab = Page(browser, open_server.url).ready()
+    try:
+        text = tab.page.locator("#models article", has_text="unet-em").inner_text()
+        assert "[object Object]" not in text
+        assert re.search(rf"pixel size\s+{re.escape(str(card['value']))} µm", text), text
+    finally:
+        tab.close()
+    assert httpx.get(f"{open_server.url}/viewer/config").json() == {"basemap": BASEMAP}
 
 
 def test_phone_width(browser, open_server):

@@ -6,9 +6,12 @@
 
 const KEY_STORE = "tileseg.apiKey";
 const BUILT_IN_FIELDS = new Set(["file", "source", "model"]);
+// the options most people need sit beside the model and the image; the rest behind the "Advanced" fold
+const MAIN_OPTIONS = ["roi", "vectors"];
+const UNIT_SYMBOLS = { um: "µm", m: "m" };
 const FINAL = new Set(["succeeded", "failed", "canceled", "expired"]);
 const $ = (id) => document.getElementById(id);
-const state = { models: [], viewer: null, follow: null };
+const state = { models: [], viewer: null, follow: null, config: { basemap: null } };
 
 // ---- the API: the key, errors as the API words them ----------------------------------------------------
 
@@ -67,7 +70,7 @@ function modelCard(card) {
   const rows = [
     ["architecture", card.arch],
     ["bands", String(card.bands)],
-    ["pixel size", card.spec && card.spec.input && card.spec.input.pixel_size ? card.spec.input.pixel_size + " m" : "any"],
+    ["pixel size", pixelSize(card.spec && card.spec.input && card.spec.input.pixel_size)],
     ["metrics", ["miou", "pixel_error"].filter((k) => k in metrics).map((k) => `${k} ${metrics[k]}`).join(", ") || "none"],
   ];
   for (const [term, value] of rows) {
@@ -85,6 +88,14 @@ function modelCard(card) {
   dl.append(dt, dd);
   div.append(h, dl);
   return div;
+}
+
+// A card's pixel size: {value, unit, tolerance} (older cards: a plain number in metres, or null).
+function pixelSize(size) {
+  if (size == null) return "any";
+  if (typeof size === "number") return `${size} m`;
+  const tolerance = size.tolerance ? ` (± ${Math.round(size.tolerance * 100)} %)` : "";
+  return `${size.value} ${UNIT_SYMBOLS[size.unit] || size.unit}${tolerance}`;
 }
 
 async function loadModels() {
@@ -147,13 +158,16 @@ async function loadOptions() {
   const schema = await api("openapi.json");
   const form = schema.paths["/segment"].post.requestBody.content["multipart/form-data"].schema;
   const fields = Object.entries(form.properties).filter(([name]) => !BUILT_IN_FIELDS.has(name));
-  $("options").replaceChildren($("options").querySelector("legend"), ...fields.map(([n, p]) => optionField(n, p)));
+  const main = MAIN_OPTIONS.filter((name) => name in form.properties);
+  $("main-options").replaceChildren(...main.map((name) => optionField(name, form.properties[name])));
+  const advanced = fields.filter(([name]) => !main.includes(name)).map(([n, p]) => optionField(n, p));
+  $("options").replaceChildren($("options").querySelector("legend"), ...advanced);
 }
 
 function formData() {
   const data = new FormData();
   data.append("model", $("model").value);
-  for (const input of $("options").querySelectorAll("input, select")) {
+  for (const input of document.querySelectorAll("#main-options input, #main-options select, #options input, #options select")) {
     if (input.type === "checkbox") { if (input.checked) data.append(input.name, "true"); }
     else if (input.value !== "") data.append(input.name, input.value);
   }
@@ -415,6 +429,8 @@ function leafletViewer(tiles, maskUrl, opacity) {
   const bounds = L.latLngBounds([south, west], [north, east]);
   const map = L.map(element, { keyboard: true, maxZoom: tiles.max_zoom + 3, minZoom: Math.max(0, tiles.min_zoom - 2) });
   const options = { bounds, maxNativeZoom: tiles.max_zoom, maxZoom: tiles.max_zoom + 3, tileSize: tiles.tile_size, noWrap: true };
+  // the server's base map (TILESEG_BASEMAP_URL) goes under everything; another site's tiles need no key
+  if (state.config.basemap) L.tileLayer(state.config.basemap, { maxZoom: tiles.max_zoom + 3, className: "basemap" }).addTo(map);
   if (tiles.urls.input) new KeyedTileLayer(fillUrl(tiles.urls.input, "{z}", "{x}", "{y}"), options).addTo(map);
   const mask = new KeyedTileLayer(maskUrl(), { ...options, opacity: opacity() }).addTo(map);
   map.fitBounds(bounds);
@@ -480,6 +496,7 @@ async function start() {
 
 async function load() {
   try {
+    state.config = await api("viewer/config");
     await loadOptions();
     await loadModels();
     await refreshJobs();
