@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: install install-test lint test serve segment demo vendor clean
+.PHONY: install install-test lint test serve segment demo vendor qgis-plugin clean
 
 HOST ?= 127.0.0.1
 PORT ?= 8000
@@ -59,6 +59,16 @@ demo: install
 # the result is committed, so installing needs no Node.
 vendor:
 	./scripts/vendor.sh
+
+# The QGIS plug-in as a zip for Plugins > Manage and Install Plugins > Install from ZIP: the folder as it is,
+# without Python's caches (QGIS writes them there when it loads the plug-in from the repository).
+qgis-plugin:
+	@mkdir -p dist
+	$(PYTHON) -c 'import pathlib, sys, zipfile; root = pathlib.Path("qgis"); \
+	files = sorted(p for p in (root / "tileseg_qgis").rglob("*") if p.is_file() and "__pycache__" not in p.parts); \
+	z = zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED); [z.write(p, p.relative_to(root)) for p in files]; z.close()' \
+	  dist/tileseg_qgis.zip
+	@echo "dist/tileseg_qgis.zip: in QGIS, Plugins > Manage and Install Plugins > Install from ZIP"
 
 clean:
 	rm -rf $(VENV) build *.egg-info
