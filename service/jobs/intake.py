@@ -186,7 +186,7 @@ def _public_host(parts, shown: str) -> None:
         found = {info[4][0] for info in socket.getaddrinfo(host, _port(parts), proto=socket.IPPROTO_TCP)}
     except OSError as err:
         raise SourceNotAllowedError(f"`source` {shown}: its host does not resolve") from err
-    inner = sorted(a for a in found if not ipaddress.ip_address(a.split("%")[0]).is_global)
+    inner = sorted(a for a in found if not ipaddress.ip_address(str(a).split("%")[0]).is_global)
     if inner:
         raise SourceNotAllowedError(
             f"`source` {shown}: its host resolves to a non-public address ({inner[0]}); list the server by "
