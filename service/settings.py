@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -53,6 +54,11 @@ class Settings(BaseSettings):
         "that must be decoded from their first row to reach any window.",
     )
     input_roots: CommaList = Field(default_factory=list, description="Server folders that `source` may name.")
+    source_allow: CommaList = Field(
+        default_factory=list,
+        description="URL prefixes (s3://bucket/folder/, https://host/folder/) under which `source` may name a "
+        "remote raster; empty: none.",
+    )
     api_keys: CommaList = Field(default_factory=list, description="If set, every route but health needs one.")
     cors_origins: CommaList = Field(default_factory=list, description="Origins allowed to call from a browser.")
     basemap_url: str | None = Field(
@@ -97,7 +103,7 @@ class Settings(BaseSettings):
         description="Queue mode: a queued job not claimed for this long, and not in the broker's queue, is sent again.",
     )
 
-    @field_validator("models", "input_roots", "api_keys", "cors_origins", mode="before")
+    @field_validator("models", "input_roots", "source_allow", "api_keys", "cors_origins", mode="before")
     @classmethod
     def _split(cls, value):
         if isinstance(value, str):
@@ -131,6 +137,17 @@ class Settings(BaseSettings):
         if not url.startswith(("http://", "https://")) or missing:
             raise ValueError(f"basemap_url must be an http(s) XYZ template with {{z}}, {{x}} and {{y}}: {url!r}")
         return url
+
+    @field_validator("source_allow")
+    @classmethod
+    def _url_prefixes(cls, prefixes: list[str]) -> list[str]:
+        bad = [p for p in prefixes if not re.match(r"^(s3|https?)://[^/@?#]+/([^?#]*/)?$", p)]
+        if bad:
+            raise ValueError(
+                "source_allow takes s3:// or http(s):// prefixes of a folder, ending with '/' and without "
+                f"credentials or a query, e.g. s3://scenes/public/: {bad[0]!r}"
+            )
+        return prefixes
 
     @field_validator("input_roots")
     @classmethod

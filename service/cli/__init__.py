@@ -118,6 +118,7 @@ def segment(
     """
     from tileseg.engine import run_file
     from tileseg.engine.device import configure_threads
+    from tileseg.engine.io.inputs import locate
 
     if bool(model_name) == bool(weights_path):
         raise click.UsageError("give exactly one of --model NAME or --weights PATH")
@@ -132,7 +133,7 @@ def segment(
 
         check_vector_path(vectors)  # before any work
     configure_threads()
-    source = Path(input_path)
+    source = locate(input_path)  # a local path, or an s3:// or http(s):// URL read by ranges
     with tqdm(total=0, unit="tile", disable=quiet, desc=source.name) as bar:
 
         def progress(done: int, total: int) -> None:

@@ -9,16 +9,20 @@ The same checks run again, fully, when the engine opens the input; these only an
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from pydantic import ConfigDict, Field, create_model, field_validator
 
 from tileseg.engine import tile_settings
 from tileseg.engine.io import ALLOWED_DRIVERS, RasterInfo
 from tileseg.engine.io.inputs import inspect_input
+from tileseg.engine.io.remote import RemoteUrl, mask_url
 from tileseg.engine.options import SegmentOptions, scope
 from tileseg.engine.resolution import plan_resolution
 from tileseg.errors import TooLargeError
@@ -79,20 +83,22 @@ class InputLimits:
     allowed_drivers: frozenset[str] = ALLOWED_DRIVERS
 
 
-def resolve_source(text: str, roots: list[str]) -> Path:
-    """The file a ``source`` names, resolved (symlinks followed) and required to lie under an allowed root.
+def resolve_source(text: str, roots: list[str], allow: list[str] | None = None) -> Path | RemoteUrl:
+    """The file or remote raster a ``source`` names, if the server allows it.
+
+    A path must resolve (symlinks followed) to a file under one of ``roots``; a URL (``s3://``, ``https://``,
+    ``http://``) must lie under one of the ``allow`` prefixes (TILESEG_SOURCE_ALLOW), see :func:`allowed_url`.
+    Nothing is requested from a remote host here.
 
     Raises:
-        SourceNotAllowedError: no roots are configured, the text is a URL, or the file resolves outside
-            every root (``..``, a symlink leading out) or does not exist there. The message never says
-            whether a path outside the roots exists.
+        SourceNotAllowedError: anything else. The message never says whether a path outside the roots exists.
     """
+    if "://" in text or text.startswith(("/vsi", "\\\\")) or "\x00" in text or text.upper().startswith(RAW_GDAL):
+        return allowed_url(text, allow or [])
     if not roots:
         raise SourceNotAllowedError(
             "this server takes no `source` paths (TILESEG_INPUT_ROOTS is not set): upload the file instead"
         )
-    if "://" in text or text.startswith(("/vsi", "\\\\")) or "\x00" in text:
-        raise SourceNotAllowedError("`source` must be a path under one of the server's input folders, not a URL")
     candidates = [Path(text)] if os.path.isabs(text) else [Path(root) / text for root in roots]
     for candidate in candidates:
         try:
@@ -107,15 +113,100 @@ def resolve_source(text: str, roots: list[str]) -> Path:
     )
 
 
+# GDAL's own connection strings: they name drivers and files directly, around every check here
+RAW_GDAL = ("MEM:", "VRT:", "GTIFF_DIR:", "/VSI", "GDAL:")
+DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
+def allowed_url(text: str, allow: list[str]) -> RemoteUrl:
+    """The :class:`RemoteUrl` of ``text`` when it lies under a prefix of ``allow``; checked from the text and,
+    for http(s), from the addresses its host resolves to, before any request is made.
+
+    Refused: raw GDAL paths (``/vsi...``, ``MEM:::``), schemes other than s3/https/http (``file:``), user
+    information in the URL, ``.`` or ``..`` segments (plain or percent-encoded), a VRT, any other bucket, host,
+    port or folder, and a host that resolves to a loopback, private, link-local or otherwise non-public
+    address unless the prefix names that host by its address (an internal server listed on purpose).
+
+    Raises:
+        SourceNotAllowedError: with the reason, the URL masked.
+    """
+    shown = mask_url(text) if "://" in text else "a GDAL path"
+    if not allow:
+        raise SourceNotAllowedError(
+            f"`source` must be a path under one of the server's input folders; {shown} is remote, and this "
+            "server reads no remote sources (TILESEG_SOURCE_ALLOW is not set)"
+        )
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if text.upper().startswith(RAW_GDAL) or text.startswith("\\\\") or scheme not in ("s3", "https", "http"):
+        raise SourceNotAllowedError(f"`source` {shown}: only s3://, https:// and http:// URLs are read")
+    if "\x00" in text or "\\" in text or parts.username is not None or parts.password is not None:
+        raise SourceNotAllowedError(f"`source` {shown}: credentials or odd characters in a URL are refused")
+    segments = unquote(parts.path).split("/")
+    if any(seg in (".", "..") for seg in segments) or "%2f" in parts.path.lower():
+        raise SourceNotAllowedError(f"`source` {shown}: '.' and '..' segments are refused")
+    if parts.path.lower().endswith(".vrt"):
+        raise SourceNotAllowedError(f"`source` {shown}: a VRT names other files; it is refused")
+    if scheme == "s3" and (parts.query or parts.fragment):
+        raise SourceNotAllowedError(f"`source` {shown}: an s3:// URL takes no query")
+    prefix = next((p for p in allow if _under(parts, urlsplit(p))), None)
+    if prefix is None:
+        raise SourceNotAllowedError(f"`source` {shown} is not under a prefix this server reads from")
+    if scheme != "s3":
+        _public_host(parts, shown)
+    return RemoteUrl(text)
+
+
+def _port(parts) -> int | None:
+    return parts.port or DEFAULT_PORTS.get(parts.scheme.lower())
+
+
+def _under(url, prefix) -> bool:
+    """Whether ``url`` lies under the folder ``prefix`` (same scheme, host and port; a path below its path)."""
+    folder = prefix.path if prefix.path.endswith("/") else prefix.path + "/"
+    return (
+        url.scheme.lower() == prefix.scheme.lower()
+        and (url.hostname or "") == (prefix.hostname or "")
+        and _port(url) == _port(prefix)
+        and url.path.startswith(folder)
+        and len(url.path) > len(folder)
+    )
+
+
+def _public_host(parts, shown: str) -> None:
+    """Refuse a host that resolves to a non-public address, unless the URL names an address itself (which
+    then matched a listed prefix: the operator listed that address)."""
+    host = parts.hostname or ""
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    try:
+        found = {info[4][0] for info in socket.getaddrinfo(host, _port(parts), proto=socket.IPPROTO_TCP)}
+    except OSError as err:
+        raise SourceNotAllowedError(f"`source` {shown}: its host does not resolve") from err
+    inner = sorted(a for a in found if not ipaddress.ip_address(str(a).split("%")[0]).is_global)
+    if inner:
+        raise SourceNotAllowedError(
+            f"`source` {shown}: its host resolves to a non-public address ({inner[0]}); list the server by "
+            "its address in TILESEG_SOURCE_ALLOW to read from it"
+        )
+
+
 def check_input(
-    path: str | os.PathLike, spec: ModelSpec, options: JobOptions, limits: InputLimits, name: str | None = None
+    path: str | os.PathLike | RemoteUrl,
+    spec: ModelSpec,
+    options: JobOptions,
+    limits: InputLimits,
+    name: str | None = None,
 ) -> RasterInfo:
     """Check, from headers alone, that ``spec``'s model can segment the input at ``path`` with ``options``:
     the engine's own choice of reader (a whole-slide image through OpenSlide, any other raster through
     GDAL), its size and format limits, bands, dtype, the pixel size plan and the tile settings.
 
     Args:
-        path: the input on the server's disk.
+        path: the input on the server's disk, or a remote raster (:func:`resolve_source`).
         spec: the model's spec (after serving options such as prune).
         options: the job's options.
         limits: format and size limits.
@@ -149,6 +240,7 @@ __all__ = [
     "JobOptionsRecord",
     "form_fields",
     "UNTILED_DRIVERS",
+    "allowed_url",
     "check_input",
     "resolve_source",
 ]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tileseg.engine.device import configure_threads
+from tileseg.engine.io.remote import RemoteUrl
 from tileseg.engine.options import ObjectType
 from tileseg.engine.vectors import export
 from tileseg.jobs.errors import (
@@ -178,7 +179,7 @@ class JobService:
             if upload is not None:
                 path, name = upload.path, upload.filename
             else:
-                path = resolve_source(source or "", self.settings.input_roots)
+                path = resolve_source(source or "", self.settings.input_roots, self.settings.source_allow)
                 name = path.name
             info = check_input(path, spec, options, self.limits, name=name)
             job = self.store.create(
@@ -187,7 +188,7 @@ class JobService:
                 model=model,
                 options=options.to_record(),
                 input=info.to_dict(),
-                input_path=str(path),
+                input_path=path.url if isinstance(path, RemoteUrl) else str(path),
                 input_owned=upload is not None,
             )
         except BaseException:

@@ -24,6 +24,7 @@ from tileseg.engine.io.read import (
     probe,
     select_bands,
 )
+from tileseg.engine.io.remote import RemoteUrl, configure_remote_reads, parse_remote
 from tileseg.engine.io.slide import SLIDE_DRIVER, SlideRaster, slide_format
 from tileseg.errors import UnsupportedFormatError
 from tileseg.models.spec import ModelSpec
@@ -61,13 +62,25 @@ def open_input(
 ) -> InputRaster | SlideRaster:
     """The reader that owns ``source``, at level 0 (the caller closes it).
 
+    ``source`` is a local path, or an ``s3://``, ``https://`` or ``http://`` URL of a raster GDAL reads by
+    range requests (:mod:`.remote`); whole-slide images are read from local files only.
+
     Raises:
         UnreadableInputError, UnsupportedFormatError, TooLargeError, BandMismatchError, DtypeError.
     """
-    path = Path(source)
-    if slide_vendor(path, allowed_drivers) is not None:
+    path = locate(source)
+    if isinstance(path, Path) and slide_vendor(path, allowed_drivers) is not None:
         return SlideRaster(path, spec, bands, 0, max_pixels)
     return InputRaster(path, spec, bands, allowed_drivers - {SLIDE_DRIVER}, max_pixels)
+
+
+def locate(source) -> Path | RemoteUrl:
+    """A local path, or the :class:`RemoteUrl` that ``source`` names (with the remote reads configured)."""
+    remote = source if isinstance(source, RemoteUrl) else parse_remote(source)
+    if remote is None:
+        return Path(source)
+    configure_remote_reads()
+    return remote
 
 
 def inspect_input(
@@ -81,8 +94,8 @@ def inspect_input(
         UnreadableInputError (not an image, truncated, a slide that does not open), UnsupportedFormatError,
         TooLargeError, BandMismatchError, DtypeError.
     """
-    path = Path(source)
-    if slide_vendor(path, allowed_drivers) is not None:
+    path = locate(source)
+    if isinstance(path, Path) and slide_vendor(path, allowed_drivers) is not None:
         with SlideRaster(path, spec, bands, 0, max_pixels) as slide:
             return InputHeader(slide.info, list(slide.levels), slide.pixel_size)
     info = probe(path, allowed_drivers - {SLIDE_DRIVER}, max_pixels)
@@ -92,4 +105,4 @@ def inspect_input(
         return InputHeader(info, level_sizes(path, src, chosen[0]), pixelsize.from_dataset(src))
 
 
-__all__ = ["InputHeader", "inspect_input", "open_input", "slide_vendor"]
+__all__ = ["InputHeader", "inspect_input", "locate", "open_input", "slide_vendor"]

@@ -24,6 +24,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from tileseg.engine.io import pixelsize
+from tileseg.engine.io.remote import RemoteUrl, mask_text
 from tileseg.errors import BandMismatchError, DtypeError, TooLargeError, UnreadableInputError, UnsupportedFormatError
 from tileseg.models.spec import ModelSpec, reflect_indices
 
@@ -69,42 +70,54 @@ class RasterInfo:
         }
 
 
-def open_raster(path: str | os.PathLike, overview: int | None = None) -> rasterio.io.DatasetReader:
+def source_name(path) -> str:
+    """The name a raster is reported under: a file's name, or a URL's last segment."""
+    return path.name if isinstance(path, RemoteUrl) else Path(path).name
+
+
+def open_raster(path: str | os.PathLike | RemoteUrl, overview: int | None = None) -> rasterio.io.DatasetReader:
     """Open a raster for reading (its overview ``overview``, 0-based, if given), turning GDAL's failures into
-    :class:`UnreadableInputError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise UnreadableInputError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise UnreadableInputError(f"{path.name}: the file is empty")
+    :class:`UnreadableInputError`; a remote raster's URL appears in messages masked."""
+    if isinstance(path, RemoteUrl):
+        where, label, scrub = path.gdal_path, path.masked, path.scrub
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise UnreadableInputError(f"{path}: no such file")
+        if path.stat().st_size == 0:
+            raise UnreadableInputError(f"{path.name}: the file is empty")
+        where, label, scrub = str(path), path.name, str
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path) if overview is None else rasterio.open(path, overview_level=overview)
+            return rasterio.open(where) if overview is None else rasterio.open(where, overview_level=overview)
     except RasterioError as err:
-        raise UnreadableInputError(f"{path.name} is not a raster GDAL can read: {err}") from err
+        raise UnreadableInputError(f"{label} is not a raster GDAL can read: {scrub(str(err))}") from err
 
 
-def probe(path: str | os.PathLike, allowed_drivers=ALLOWED_DRIVERS, max_pixels: int | None = None) -> RasterInfo:
+def probe(
+    path: str | os.PathLike | RemoteUrl, allowed_drivers=ALLOWED_DRIVERS, max_pixels: int | None = None
+) -> RasterInfo:
     """Read a raster's header (no pixels) and check its format and size.
 
     Raises:
         UnreadableInputError, UnsupportedFormatError, TooLargeError.
     """
+    name = source_name(path)
     with gdal_env(), open_raster(path) as src:
         if src.driver not in allowed_drivers:
             raise UnsupportedFormatError(
-                f"{Path(path).name} is a {src.driver} raster; accepted formats: {', '.join(sorted(allowed_drivers))}"
+                f"{name} is a {src.driver} raster; accepted formats: {', '.join(sorted(allowed_drivers))}"
             )
         if max_pixels is not None and src.width * src.height > max_pixels:
             raise TooLargeError(
-                f"{Path(path).name} is {src.width}x{src.height} = {src.width * src.height} pixels; "
-                f"the limit is {max_pixels}"
+                f"{name} is {src.width}x{src.height} = {src.width * src.height} pixels; the limit is {max_pixels}"
             )
-        if src.driver in ("GTiff", "COG"):
+        # a remote object's length would cost a request of its own; a block past its end fails the read instead
+        if src.driver in ("GTiff", "COG") and not isinstance(path, RemoteUrl):
             check_complete(src, Path(path))
         return RasterInfo(
-            name=Path(path).name,
+            name=name,
             width=src.width,
             height=src.height,
             bands=src.count,
@@ -229,7 +242,7 @@ def _percentiles(src, bands: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     try:
         sample = src.read(bands, out_shape=shape, masked=True, resampling=Resampling.nearest)
     except RasterioError as err:
-        raise UnreadableInputError(f"cannot read {src.name}: {err}") from err
+        raise UnreadableInputError(mask_text(f"cannot read {src.name}: {err}")) from err
     low, high = np.zeros(len(bands)), np.ones(len(bands))
     for i, band in enumerate(sample):
         values = band.compressed()
@@ -254,7 +267,7 @@ def mirrored_window(read_region, row: int, col: int, length: int, height: int, w
     return data
 
 
-def level_sizes(path: Path, src, band: int = 1) -> list[tuple[int, int]]:
+def level_sizes(path: Path | RemoteUrl, src, band: int = 1) -> list[tuple[int, int]]:
     """``(height, width)`` of level 0 and of each of GDAL's overviews of ``band`` (read from their headers)."""
     sizes = [(src.height, src.width)]
     for k in range(len(src.overviews(band))):
@@ -291,7 +304,7 @@ class InputRaster:
         max_pixels: int | None = None,
         level: int = 0,
     ):
-        self.path = Path(path)
+        self.path = path if isinstance(path, RemoteUrl) else Path(path)
         self.info = probe(self.path, allowed_drivers, max_pixels)
         self.spec, self.level, self.pixels_read = spec, level, 0
         self._local = threading.local()
@@ -374,4 +387,9 @@ class InputRaster:
         try:
             return fn(self._dataset())
         except RasterioError as err:
+            # a failed block read raises here (never a block of zeros): after GDAL's retries, the run fails
+            if isinstance(self.path, RemoteUrl):
+                raise UnreadableInputError(
+                    f"{self.path.masked} could not be read: {self.path.scrub(str(err))}".replace("\n", " ")
+                ) from err
             raise UnreadableInputError(f"{self.info.name} could not be read (truncated or corrupt?): {err}") from err

@@ -1,0 +1,178 @@
+"""Rasters in object storage and on web servers, read by range requests.
+
+A user names a remote raster the way the rest of their tools do: ``s3://bucket/key`` or an ``https://`` (or
+``http://``) URL. GDAL reads such a file through its virtual file systems, fetching only the byte ranges that
+the blocks of a window need (a Cloud Optimized GeoTIFF's header, then its tiles): :class:`RemoteUrl` turns a
+URL into the ``/vsis3/`` or ``/vsicurl/`` path GDAL opens, so that nobody writes a ``/vsi`` path by hand.
+
+Credentials and endpoints come from the variables boto3 and the AWS CLI read (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION``/``AWS_DEFAULT_REGION``, ``AWS_PROFILE``, which
+GDAL reads as they are, and ``AWS_ENDPOINT_URL``, which it does not: :func:`gdal_options` translates it).
+:func:`configure_remote_reads` sets these, with the retry policy, as process-wide GDAL options: a
+``rasterio.Env`` reaches only the thread that entered it, and the engine reads from several threads.
+
+Messages name a URL only through :meth:`RemoteUrl.masked`: its user name, password and query string (where
+presigned URLs carry their signature) never reach a log or an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from rasterio.env import set_gdal_config
+
+from tileseg.errors import UnreadableInputError
+
+SCHEMES = ("s3", "https", "http")
+
+# Transient answers that GDAL retries, with a growing delay, on every thread: throttling and the 5xx of a
+# store or proxy under load. The delay doubles from RETRY_DELAY_S at each attempt.
+RETRY_CODES = "429,500,502,503,504"
+MAX_RETRY = int(os.environ.get("TILESEG_HTTP_MAX_RETRY", "5"))
+RETRY_DELAY_S = float(os.environ.get("TILESEG_HTTP_RETRY_DELAY", "0.5"))
+
+
+@dataclass(frozen=True)
+class RemoteUrl:
+    """A raster named by an ``s3://``, ``https://`` or ``http://`` URL.
+
+    Attributes:
+        url: the URL as given (it may hold a presigned query string: never print it, print :attr:`masked`).
+    """
+
+    url: str
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.url).scheme.lower()
+
+    @property
+    def gdal_path(self) -> str:
+        """The path GDAL opens: ``/vsis3/bucket/key`` or ``/vsicurl/<url>``."""
+        if self.scheme == "s3":
+            parts = urlsplit(self.url)
+            return f"/vsis3/{parts.netloc}{parts.path}"
+        return f"/vsicurl/{self.url}"
+
+    @property
+    def masked(self) -> str:
+        """The URL with its user information and query string replaced by ``***``, fit for messages."""
+        return mask_url(self.url)
+
+    @property
+    def name(self) -> str:
+        """The file's name: the last segment of the URL's path."""
+        return urlsplit(self.url).path.rstrip("/").rsplit("/", 1)[-1] or self.masked
+
+    def scrub(self, text: str) -> str:
+        """``text`` (a GDAL message, say) with every spelling of this URL replaced by the masked one."""
+        for secret in sorted({self.gdal_path, self.url}, key=len, reverse=True):
+            text = text.replace(secret, self.masked)
+        return mask_text(text)
+
+    def __str__(self) -> str:
+        return self.masked
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its user information and query string (tokens, signatures) masked."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    netloc = f"***@{host}" if "@" in parts.netloc else host
+    query = "?***" if parts.query else ""
+    return f"{parts.scheme}://{netloc}{parts.path}{query}"
+
+
+URL_IN_TEXT = re.compile(r"(?i)\b(?:s3|https?)://[^\s'\"]+")
+
+
+def mask_text(text: str) -> str:
+    """``text`` (a GDAL message, say) with every URL in it masked as :func:`mask_url` does."""
+    return URL_IN_TEXT.sub(lambda m: mask_url(m.group(0)), text)
+
+
+def parse_remote(source) -> RemoteUrl | None:
+    """The :class:`RemoteUrl` that ``source`` names, or None for a local path.
+
+    Raises:
+        UnreadableInputError: a URL of a scheme GDAL is not given here (``ftp:``, ``file:``), or without a
+            bucket or host.
+    """
+    if not isinstance(source, str) or not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", source):
+        return None
+    parts = urlsplit(source)
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
+        raise UnreadableInputError(
+            f"{mask_url(source)}: {scheme}:// is not a source this reads; give a local path, "
+            f"{', '.join(s + '://' for s in SCHEMES)}"
+        )
+    if not parts.hostname or not parts.path.strip("/"):
+        raise UnreadableInputError(f"{mask_url(source)}: a remote source needs a bucket or host and a key")
+    return RemoteUrl(source)
+
+
+def gdal_options(environ: os._Environ[str] | dict[str, str] = os.environ) -> dict[str, str]:
+    """The GDAL options for remote reads: the retry policy, no directory listing on open, and the S3
+    endpoint of ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (MinIO, Ceph, moto) in GDAL's own terms.
+
+    The credential variables are not copied: GDAL reads them from the environment as boto3 does.
+    """
+    options = {
+        "GDAL_HTTP_MAX_RETRY": str(MAX_RETRY),
+        "GDAL_HTTP_RETRY_DELAY": str(RETRY_DELAY_S),
+        "GDAL_HTTP_RETRY_CODES": RETRY_CODES,
+        # without it, opening s3://bucket/a.tif lists the whole "folder" first: one more request, and a slow
+        # one in a bucket of many keys
+        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    }
+    endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        options["AWS_S3_ENDPOINT"] = parts.netloc + parts.path.rstrip("/")
+        options["AWS_HTTPS"] = "NO" if parts.scheme == "http" else "YES"
+        # an endpoint of its own takes the bucket in the path (http://host:9000/bucket/key): MinIO and moto
+        # have no wildcard DNS for bucket.host
+        options["AWS_VIRTUAL_HOSTING"] = "FALSE"
+    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+    if region:
+        options["AWS_REGION"] = region
+    return options
+
+
+class MaskUrls(logging.Filter):
+    """Masks the URLs in a log record: GDAL's warnings (a retried 503, say) name the URL it read, with its
+    query string, and rasterio logs them as they are."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = mask_text(record.getMessage())
+        record.args = None
+        return True
+
+
+# the loggers that carry GDAL's messages (a filter acts on the records of its own logger only)
+GDAL_LOGGERS = ("rasterio", "rasterio._err", "rasterio._env", "rasterio._base", "rasterio._io", "rasterio.env")
+_configured = threading.Lock()
+
+
+def configure_remote_reads() -> None:
+    """Set :func:`gdal_options` for the whole process (every reader thread), from the environment now.
+
+    Called before a remote raster is opened; calling it again picks up a changed environment. Also masks
+    the URLs in GDAL's log messages from then on.
+    """
+    with _configured:
+        for key, value in gdal_options().items():
+            set_gdal_config(key, value)
+        for name in GDAL_LOGGERS:
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, MaskUrls) for f in logger.filters):
+                logger.addFilter(MaskUrls())
+
+
+__all__ = ["RemoteUrl", "configure_remote_reads", "gdal_options", "mask_text", "mask_url", "parse_remote"]
