@@ -157,11 +157,11 @@ class ShardSink:
     def __init__(self, folder: Path, index: int, height: int, width: int, spec: ModelSpec, probabilities: bool):
         self.indices = ClassIndices.of(spec)
         grid = _BandGrid(height, width)
-        profile = mask_profile(grid, 1, self.indices.dtype.name, self.indices.nodata)  # type: ignore[arg-type]
+        profile = mask_profile(grid, 1, self.indices.dtype.name, self.indices.nodata)
         self.mask = StripWriter(folder / f"shard-{index:04d}.tif", profile)
         self.probs = None
         if probabilities:
-            profile = mask_profile(grid, spec.num_classes, "float32", None)  # type: ignore[arg-type]
+            profile = mask_profile(grid, spec.num_classes, "float32", None)
             self.probs = StripWriter(folder / f"shard-{index:04d}.probabilities.tif", profile)
 
     def put(self, strip: Strip) -> None:
@@ -408,24 +408,10 @@ def segment_sharded(
             folder = output.absolute().parent / f".{output.name}.shards-{uuid.uuid4().hex[:8]}"
             folder.mkdir(parents=True)
             try:
+                wanted = probabilities is not None
+                common = (options, settings, choice.runtime, folder, wanted, tiles.cols, allowed_drivers, max_pixels)
                 jobs = [
-                    ShardJob(
-                        index=i,
-                        count=len(bands),
-                        rows=rows,
-                        model=shipped,
-                        device=devices[i],
-                        threads=threads,
-                        source=os.fspath(source),
-                        options=options,
-                        settings=settings,
-                        runtime=choice.runtime,
-                        folder=folder,
-                        probabilities=probabilities is not None,
-                        cols=tiles.cols,
-                        allowed_drivers=allowed_drivers,
-                        max_pixels=max_pixels,
-                    )
+                    ShardJob(i, len(bands), rows, shipped, devices[i], threads, os.fspath(source), *common)
                     for i, rows in enumerate(bands)
                 ]
                 results = run_shards(jobs, progress)

@@ -45,8 +45,8 @@ def features(path):
 
 
 def test_shards_are_even_bands_of_whole_tile_rows():
-    assert plan_shards(10, 3) == [range(0, 4), range(4, 7), range(7, 10)]
-    assert plan_shards(2, 5) == [range(0, 1), range(1, 2)]
+    assert plan_shards(10, 3) == [range(4), range(4, 7), range(7, 10)]
+    assert plan_shards(2, 5) == [range(1), range(1, 2)]
     settings = TileSettings(checkpoint_geometry(), core=16)
     whole = list(TilePlan(settings, 150, 90))
     band = list(TileBand(settings, 150, 90, 4, 7))
