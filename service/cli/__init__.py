@@ -91,6 +91,19 @@ def cli() -> None:
     "where this GDAL writes GeoParquet).",
 )
 @click_options(SegmentOptions)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 1024),
+    default=1,
+    show_default=True,
+    help="Run the image in this many local processes (bands of tile rows), each with its share of the cores; "
+    "the outputs equal one process's.",
+)
+@click.option(
+    "--devices",
+    metavar="LIST",
+    help="One process per device, e.g. cuda:0,cuda:1 (the same sharded run as --workers, one shard a device).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @server_option
 @api_key_option
@@ -105,6 +118,8 @@ def segment(
     device: str,
     probabilities: Path | None,
     vectors: Path | None,
+    workers: int,
+    devices: str | None,
     quiet: bool,
     server: str | None,
     api_key: str | None,
@@ -123,6 +138,9 @@ def segment(
     if bool(model_name) == bool(weights_path):
         raise click.UsageError("give exactly one of --model NAME or --weights PATH")
     options = build(SegmentOptions, values)  # checked here, before any upload
+    shard_devices = _shard_devices(workers, devices, device)
+    if server and shard_devices:
+        raise click.UsageError("--workers and --devices run here: leave them out with --server")
     if server:
         with connect(server, api_key) as client:
             sent = server_options(ctx, values)
@@ -140,9 +158,15 @@ def segment(
             bar.total = total
             bar.update(done - bar.n)
 
-        result = run_file(
-            str(model_name or weights_path), source, output_path, options, device, probabilities, progress, vectors
-        )
+        name = str(model_name or weights_path)
+        if shard_devices:
+            from tileseg.engine.shards import run_file_sharded
+
+            result = run_file_sharded(
+                name, source, output_path, shard_devices, options, probabilities, progress, vectors
+            )
+        else:
+            result = run_file(name, source, output_path, options, device, probabilities, progress, vectors)
     for note in result.warnings:
         click.echo(f"warning: {note}", err=True)
     if not quiet:
@@ -163,6 +187,23 @@ def segment(
                 f"({roi.skipped_share:.0%}) skipped, about {roi.seconds_saved_estimate:.1f} s saved",
                 err=True,
             )
+
+
+def _shard_devices(workers: int, devices: str | None, device: str) -> list[str] | None:
+    """The devices of a sharded run, one per process: ``--devices``, else ``--workers`` times ``--device``;
+    None for a run in this process.
+
+    Raises:
+        click.UsageError: --workers and --devices that disagree.
+    """
+    if devices is None:
+        return [device] * workers if workers > 1 else None
+    names = [d.strip() for d in devices.split(",") if d.strip()]
+    if not names:
+        raise click.UsageError("--devices: give a comma-separated list, e.g. cuda:0,cuda:1")
+    if workers not in (1, len(names)):
+        raise click.UsageError(f"--workers {workers} disagrees with the {len(names)} --devices: give one of them")
+    return names
 
 
 @cli.group("models", invoke_without_command=True)

@@ -267,6 +267,36 @@ def known_choice(model: SegmentationNet, options: SegmentOptions = SegmentOption
     return tuner().choose(model, device, runtime_request(model, device, options, None), measure=False)
 
 
+@dataclass(frozen=True)
+class TileBand(TilePlan):
+    """The tiles of tile rows ``first .. stop - 1`` of an image's plan: what one shard runs
+    (:mod:`tileseg.engine.shards`).
+
+    The tiles keep their place in the whole image's grid (their windows, halo and mirror padding are the
+    whole plan's, so a band's cores equal the whole run's); only their ``index`` counts from the band's first
+    tile, which is the order the stitcher expects.
+    """
+
+    first: int = 0
+    stop: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.first < self.stop <= self.rows:
+            raise ValueError(f"tile rows {self.first}..{self.stop} are not a band of the plan's {self.rows}")
+
+    def __len__(self) -> int:
+        return (self.stop - self.first) * self.cols
+
+    def __iter__(self) -> Iterator[Tile]:
+        step, cols = self.settings.step, self.cols
+        for r in range(self.first, self.stop):
+            y = r * step
+            for c in range(cols):
+                x = c * step
+                index = (r - self.first) * cols + c
+                yield Tile(index, r, c, y, x, min(step, self.height - y), min(step, self.width - x))
+
+
 @dataclass
 class TileCounts:
     total: int = 0
@@ -280,6 +310,7 @@ def predict_strips(
     counts: TileCounts | None = None,
     readers: int = 2,
     progress: Progress | None = None,
+    tile_rows: range | None = None,
 ) -> Iterator[Strip]:
     """Tile ``src``, run every batch through ``runner`` and yield the stitched output rows in order.
 
@@ -292,12 +323,18 @@ def predict_strips(
         counts: updated as tiles go (total, done, skipped), or None.
         readers: threads reading windows ahead of the network.
         progress: called with (tiles done, tiles total) before the first batch and after each.
+        tile_rows: run only these tile rows of the image's plan (a shard: crop mode only, where each tile
+            row's strip depends on its own tiles alone), or None for all.
 
     Yields:
-        The finished strips, top to bottom; together they cover the image once.
+        The finished strips, top to bottom; together they cover the image once (or the band's rows once).
     """
     settings, num_classes = runner.settings, runner.model.spec.num_classes
     plan = TilePlan(settings, src.height, src.width)
+    if tile_rows is not None:
+        if settings.blend is not BlendMode.CROP:
+            raise ValueError("a band of tile rows is exact only in crop mode")
+        plan = TileBand(settings, src.height, src.width, tile_rows.start, tile_rows.stop)
     counts = counts if counts is not None else TileCounts()
     counts.total = len(plan)
     index_dtype = np.uint8 if num_classes <= 256 else np.int16
