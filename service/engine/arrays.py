@@ -78,7 +78,8 @@ def predict_array(
         labels[rows] = strip.labels
         if probs is not None:
             probs[:, rows] = strip.probabilities
-    assert labels is not None  # an image has at least one row, so at least one strip
+    if labels is None:  # an image has at least one row, so at least one strip: never, unless the stitcher breaks
+        raise RuntimeError("the engine produced no rows for a non-empty image")
     return ArrayPrediction(labels, probs, settings, runner.runtime)
 
 
