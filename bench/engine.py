@@ -32,26 +32,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import make_image
+
 DATA = Path(os.environ.get("TILESEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 SOURCE = DATA / "geotiff" / "cogeo.tif"
-
-
-def make_image(path: Path, size: int, bands: int) -> None:
-    """A ``size`` x ``size`` mosaic of the aerial scene (its first ``bands`` bands), mirrored, tiled, compressed."""
-    import numpy as np
-    import rasterio
-    from rasterio.windows import Window
-
-    with rasterio.open(SOURCE) as src:
-        scene = src.read()[:bands] if bands <= src.count else np.repeat(src.read()[:1], bands, axis=0)
-        profile = {**src.profile, "count": bands, "width": size, "height": size, "tiled": True}
-        profile.update(blockxsize=512, blockysize=512, compress="deflate", photometric="MINISBLACK")
-    _, h, w = scene.shape
-    with rasterio.open(path, "w", **profile) as dst:
-        for i, y in enumerate(range(0, size, h)):
-            for j, x in enumerate(range(0, size, w)):
-                block = scene[:, :: (-1) ** i, :: (-1) ** j][:, : size - y, : size - x]
-                dst.write(np.ascontiguousarray(block), window=Window(x, y, block.shape[2], block.shape[1]))
 
 
 # ---- the measured runs, each in its own process -------------------------------------------------------------
@@ -190,7 +174,7 @@ def main() -> None:
         env = {"TILESEG_CACHE_DIR": str(Path(tmp) / "cache")}
         for size in [int(v) for v in args.sizes.split(",") if v]:
             image, out = str(Path(tmp) / f"img{size}.tif"), str(Path(tmp) / "out.tif")
-            make_image(Path(image), size, bands)
+            make_image(Path(image), size, SOURCE, bands)
             rows = {}
             kinds = [("first", "ours"), ("ours", "ours"), ("bare", "bare")]
             kinds += [("fp16", "bare")] if args.fp16_bare else []

@@ -61,7 +61,7 @@ from tileseg.engine.pipeline import (
 )
 from tileseg.engine.readplan import ReadPlan, read_plan
 from tileseg.engine.runtime import Runtime
-from tileseg.engine.sinks import ClassIndices, write_all
+from tileseg.engine.sinks import ClassIndices, RasterFiles, write_all
 from tileseg.engine.stitching import Strip
 from tileseg.engine.tiling import TilePlan, TileSettings
 from tileseg.engine.vectors import check_vector_path
@@ -150,7 +150,7 @@ class _BandGrid:
     transform: Affine = field(default_factory=Affine.identity)
 
 
-class ShardSink:
+class ShardSink(RasterFiles):
     """A shard's rows as a sink: class indices (nodata applied) and, if asked, float32 probabilities (the
     network's own values, so that the assembly scales them exactly as a single run does)."""
 
@@ -172,17 +172,6 @@ class ShardSink:
     def finish(self, tags: dict[str, str]) -> None:
         for writer in self._writers():
             writer.close()
-
-    def commit(self) -> None:
-        for writer in self._writers():
-            os.replace(writer.tmp, writer.path)
-
-    def discard(self) -> None:
-        for writer in self._writers():
-            writer.discard()
-
-    def _writers(self) -> list[StripWriter]:
-        return [self.mask] if self.probs is None else [self.mask, self.probs]
 
 
 def run_shard(job: ShardJob, progress: Progress | None = None) -> ShardResult:

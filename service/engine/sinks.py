@@ -80,7 +80,26 @@ class ClassIndices:
         return classes
 
 
-class MaskSink:
+class RasterFiles:
+    """A mask file and, if asked, a probabilities file, written to temporary names: ``commit`` renames them into
+    place, ``discard`` removes them. What every sink that writes rasters shares."""
+
+    mask: StripWriter
+    probs: StripWriter | None
+
+    def commit(self) -> None:
+        for writer in self._writers():
+            os.replace(writer.tmp, writer.path)
+
+    def discard(self) -> None:
+        for writer in self._writers():
+            writer.discard()
+
+    def _writers(self) -> list[StripWriter]:
+        return [self.mask] if self.probs is None else [self.mask, self.probs]
+
+
+class MaskSink(RasterFiles):
     """The mask GeoTIFF of a run and, if asked, its probabilities (uint8, 0..255, zero where nodata).
 
     Args:
@@ -121,17 +140,6 @@ class MaskSink:
         for writer in self._writers():
             if self.cog:
                 to_cog(writer.tmp)
-
-    def commit(self) -> None:
-        for writer in self._writers():
-            os.replace(writer.tmp, writer.path)
-
-    def discard(self) -> None:
-        for writer in self._writers():
-            writer.discard()
-
-    def _writers(self) -> list[StripWriter]:
-        return [self.mask] if self.probs is None else [self.mask, self.probs]
 
 
 class BackgroundWriter:
@@ -185,4 +193,4 @@ def write_all(sinks: Sequence[Sink], strips: Iterable[Strip], tags: dict[str, st
         raise
 
 
-__all__ = ["BackgroundWriter", "ClassIndices", "MaskSink", "Sink", "write_all"]
+__all__ = ["BackgroundWriter", "ClassIndices", "MaskSink", "RasterFiles", "Sink", "write_all"]
