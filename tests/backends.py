@@ -190,3 +190,54 @@ class PostgresCluster:
 
 
 __all__ = ["INSTALL_HINT", "MissingTool", "PostgresCluster", "RedisServer", "free_port"]
+
+
+class S3Server:
+    """A real S3 endpoint on a free loopback port: moto's standalone server, reached through the variables a
+    user sets for boto3 and the AWS CLI (:attr:`env`), nothing GDAL-specific."""
+
+    def __init__(self):
+        from moto.server import ThreadedMotoServer
+
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.env = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": self.endpoint,
+        }
+        self._buckets = 0
+
+    def start(self) -> S3Server:
+        self.server.start()
+        _wait_for_port(self.port, 20, "moto's S3 server", Path(os.devnull))
+        return self
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def client(self):
+        """A boto3 client of it."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
+
+    def bucket(self, name: str | None = None) -> str:
+        """Make a bucket (a fresh name unless given) and return its name."""
+        self._buckets += 1
+        name = name or f"bucket-{os.getpid()}-{self._buckets}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        """The keys in ``bucket`` under ``prefix``."""
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return sorted(item["Key"] for page in pages for item in page.get("Contents", ()))

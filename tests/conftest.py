@@ -81,3 +81,24 @@ def postgres():
         pytest.fail(str(err))
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on loopback for the session (each test makes its own buckets)."""
+    from tests.backends import S3Server
+
+    server = S3Server().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """The session's S3 endpoint, with the AWS variables a user would set in this process's environment (and
+    so in the servers and workers it starts)."""
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    return s3_server

@@ -193,33 +193,10 @@ def test_a_small_window_of_a_big_cog_reads_a_small_share(tmp_path, rgb):
     assert server.bytes_served < size / 3, f"{server.bytes_served} of {size} bytes read"
 
 
-@pytest.fixture
-def s3(monkeypatch):
-    """moto's S3 server on loopback, reached through the AWS variables a user sets (nothing GDAL-specific)."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    yield env
-    server.stop()
-
-
 def test_s3_mask_equals_the_local_one(tmp_path, rgb, s3):
-    import boto3
-
     cog = write_cog(tmp_path / "scene.tif", 384, seed=2)
-    client = boto3.client("s3", endpoint_url=s3["AWS_ENDPOINT_URL"])
-    client.create_bucket(Bucket="scenes")
+    client = s3.client()
+    s3.bucket("scenes")
     client.upload_file(str(cog), "scenes", "public/scene.tif")
     local = mask_of(rgb, cog, tmp_path / "local.tif")
     np.testing.assert_array_equal(mask_of(rgb, "s3://scenes/public/scene.tif", tmp_path / "s3.tif"), local)
