@@ -104,7 +104,8 @@ def client() -> Any:
         return cached[1]
     endpoint, profile, _, region = env
     session = boto3.session.Session(profile_name=profile or None)
-    config = Config(retries={"mode": "standard", "max_attempts": 6}, s3={"addressing_style": "path"} if endpoint else {})
+    path_style = {"addressing_style": "path"} if endpoint else {}  # MinIO, moto: no bucket.host DNS
+    config = Config(retries={"mode": "standard", "max_attempts": 6}, s3=path_style)
     made = session.client("s3", endpoint_url=endpoint or None, region_name=region or None, config=config)
     _local.client = (env, made)
     return made
