@@ -234,6 +234,16 @@ def delete_prefix(prefix: S3Url) -> int:
     return len(found)
 
 
+def reachable(prefix: S3Url) -> bool:
+    """Whether the bucket of ``prefix`` answers with these credentials (``/readyz``)."""
+    try:
+        with _errors("reach", prefix):
+            client().head_bucket(Bucket=prefix.bucket)
+    except ObjectStoreError:
+        return False
+    return True
+
+
 def presigned(url: S3Url, seconds: int, filename: str | None = None) -> str:
     """A URL that lets its holder GET the object for ``seconds`` without credentials (and, with ``filename``,
     download it under that name)."""
@@ -258,6 +268,7 @@ __all__ = [
     "is_s3",
     "keys",
     "presigned",
+    "reachable",
     "stream",
     "upload",
 ]

@@ -66,6 +66,17 @@ class Settings(BaseSettings):
         description="The page's base map under georeferenced masks: an XYZ tile template "
         "(https://tile.openstreetmap.org/{z}/{x}/{y}.png); none by default (the page then makes no outside request).",
     )
+    results_url: str | None = Field(
+        None,
+        description="Where uploads and results are kept: a local folder (default: DATA_DIR), or an S3 prefix "
+        "(s3://bucket/prefix/; credentials and endpoint from the AWS variables) so that the API and the workers "
+        "share no disk.",
+    )
+    results_redirect: bool = Field(
+        False,
+        description="With results in S3: answer result downloads with a redirect to a presigned URL (valid "
+        "15 minutes) instead of streaming them through the API.",
+    )
     result_ttl: timedelta = Field(timedelta(hours=24), description="How long results are kept.")
     database_url: str | None = Field(None, description="SQLAlchemy URL of the job table; default SQLite in DATA_DIR.")
     max_attempts: int = Field(3, ge=1, description="Starts of a job before it fails (crashes, restarts).")
@@ -149,6 +160,17 @@ class Settings(BaseSettings):
             )
         return prefixes
 
+    @field_validator("results_url")
+    @classmethod
+    def _results_place(cls, url: str | None) -> str | None:
+        if not url:
+            return None
+        if "://" not in url:
+            return url
+        if not re.match(r"^s3://[^/@?#]+/([^?#]*/)?$", url):
+            raise ValueError(f"results_url takes a local folder or an s3://bucket/prefix/ ending with '/': {url!r}")
+        return url
+
     @field_validator("input_roots")
     @classmethod
     def _existing_roots(cls, roots: list[str]) -> list[str]:
@@ -181,6 +203,19 @@ class Settings(BaseSettings):
     def database(self) -> str:
         """The job table's SQLAlchemy URL."""
         return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'jobs.db'}"
+
+    @property
+    def results_in_s3(self) -> bool:
+        """Whether uploads and results are kept in S3 (``TILESEG_RESULTS_URL=s3://...``)."""
+        return bool(self.results_url and self.results_url.startswith("s3://"))
+
+    @property
+    def files_dir(self) -> Path:
+        """Where the job folders lie on this machine: the results folder (``TILESEG_RESULTS_URL`` when it is a
+        path), else DATA_DIR (with results in S3: each process's own scratch space)."""
+        if self.results_url and not self.results_in_s3:
+            return Path(self.results_url)
+        return self.data_dir
 
     @property
     def devices(self) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import re
 import uuid
-from pathlib import Path, PurePath
+from pathlib import PurePath
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -13,11 +13,11 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from tileseg.api.deps import JobsDep, OwnerDep, SettingsDep
+from tileseg.api.downloads import send
 from tileseg.api.errors import ERROR_RESPONSES
 from tileseg.api.schemas import FORM_FIELDS, SEGMENT_FORM_SCHEMA, JobList, JobOut, SegmentForm
 from tileseg.api.uploads import receive_form
-from tileseg.jobs.errors import ResultGoneError
-from tileseg.jobs.service import Upload
+from tileseg.jobs.service import JobService, ResultRef, Upload
 from tileseg.jobs.store import Job
 
 router = APIRouter(tags=["jobs"])
@@ -34,6 +34,7 @@ def _file(content_type: str, description: str) -> dict:
     return {
         200: {"description": description, "content": {content_type: binary}},
         206: {"description": "The byte range asked for (Range header).", "content": {content_type: binary}},
+        307: {"description": "Results in S3 with TILESEG_RESULTS_REDIRECT: a presigned URL of the object."},
     }
 
 
@@ -102,10 +103,11 @@ def cancel_job(job_id: JobId, jobs: JobsDep, owner: OwnerDep) -> Response:
     summary="The mask GeoTIFF",
     responses={**_file("image/tiff", "The class-index GeoTIFF."), **_errors(400, 401, 404, 409, 410)},
 )
-def get_mask(job_id: JobId, jobs: JobsDep, owner: OwnerDep) -> FileResponse:
-    """The mask: a class-index GeoTIFF on the input's grid. Range requests are served."""
+def get_mask(job_id: JobId, request: Request, jobs: JobsDep, owner: OwnerDep) -> Response:
+    """The mask: a class-index GeoTIFF on the input's grid. Range requests are served. With results in S3
+    and TILESEG_RESULTS_REDIRECT, a 307 to a presigned URL of the object."""
     job, path = jobs.result(str(job_id), "mask", owner)
-    return _send(path, "image/tiff", f"{_stem(job)}.mask.tif")
+    return _send(request, jobs, path, "image/tiff", f"{_stem(job)}.mask.tif")
 
 
 @router.get(
@@ -117,10 +119,10 @@ def get_mask(job_id: JobId, jobs: JobsDep, owner: OwnerDep) -> FileResponse:
         **_errors(400, 401, 404, 409, 410),
     },
 )
-def get_probabilities(job_id: JobId, jobs: JobsDep, owner: OwnerDep) -> FileResponse:
+def get_probabilities(job_id: JobId, request: Request, jobs: JobsDep, owner: OwnerDep) -> Response:
     """Per-class probabilities, when the job asked for them."""
     job, path = jobs.result(str(job_id), "probabilities", owner)
-    return _send(path, "image/tiff", f"{_stem(job)}.probabilities.tif")
+    return _send(request, jobs, path, "image/tiff", f"{_stem(job)}.probabilities.tif")
 
 
 class VectorFormat(str, enum.Enum):
@@ -143,12 +145,16 @@ VECTOR_MEDIA = {VectorFormat.GPKG: "application/geopackage+sqlite3", VectorForma
     },
 )
 async def get_vectors(
-    job_id: JobId, jobs: JobsDep, owner: OwnerDep, format: Annotated[VectorFormat, Query()] = VectorFormat.GPKG
-) -> FileResponse:
+    job_id: JobId,
+    request: Request,
+    jobs: JobsDep,
+    owner: OwnerDep,
+    format: Annotated[VectorFormat, Query()] = VectorFormat.GPKG,
+) -> Response:
     """One polygon per connected region of each object class: in the input's CRS for georeferenced inputs,
     in pixel coordinates (QuPath's GeoJSON) otherwise. Only when the job asked for vectors."""
     job, path = await run_in_threadpool(jobs.vector_result, str(job_id), format.value, owner)
-    return _send(path, VECTOR_MEDIA[format], f"{_stem(job)}.vectors.{format.value}")
+    return _send(request, jobs, path, VECTOR_MEDIA[format], f"{_stem(job)}.vectors.{format.value}")
 
 
 @router.get(
@@ -160,22 +166,18 @@ async def get_vectors(
         **_errors(400, 401, 404, 409, 410),
     },
 )
-def get_preview(job_id: JobId, jobs: JobsDep, owner: OwnerDep) -> FileResponse:
+def get_preview(job_id: JobId, request: Request, jobs: JobsDep, owner: OwnerDep) -> Response:
     """The mask in its classes' colours, nodata transparent, at most 512 pixels a side."""
     job, path = jobs.result(str(job_id), "preview", owner)
-    return _send(path, "image/png", f"{_stem(job)}.preview.png", disposition="inline")
+    return _send(request, jobs, path, "image/png", f"{_stem(job)}.preview.png", disposition="inline")
 
 
-def _send(path: Path, media_type: str, filename: str, disposition: str = "attachment") -> FileResponse:
-    """A file answer (with range requests); a file removed since the job was read (the sweeper, a
-    DELETE) is a 410, not an error of the server."""
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        raise ResultGoneError("the results of this job have expired and were removed") from None
-    return FileResponse(
-        path, media_type=media_type, filename=filename, stat_result=stat, content_disposition_type=disposition
-    )
+def _send(
+    request: Request, jobs: JobService, ref: ResultRef, media_type: str, filename: str, disposition: str = "attachment"
+) -> Response:
+    """A result's answer: the file (with range requests), or the object in S3 streamed or redirected to."""
+    redirect = jobs.settings.results_redirect
+    return send(ref, media_type, filename, disposition, request.headers.get("range"), redirect)
 
 
 def _display_name(filename: str | None, job_id: str) -> str:

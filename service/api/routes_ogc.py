@@ -26,7 +26,7 @@ from urllib.parse import unquote, urlsplit
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tileseg import __version__
 from tileseg.api.deps import JobsDep, OwnerDep, SettingsDep
+from tileseg.api.downloads import send
 from tileseg.api.errors import STATUS_BY_CODE, RequestError, UploadTooLargeError, describe_validation, status_for
 from tileseg.api.schemas import form_properties
 from tileseg.errors import TilesegError
@@ -273,7 +274,7 @@ async def execute(
         return _failed(job)
     if raw:
         _, path = await run_in_threadpool(jobs.result, job.id, "mask", owner)
-        return FileResponse(path, media_type=MASK_TYPE)
+        return send(path, MASK_TYPE, f"{job.id}.mask.tif", redirect=jobs.settings.results_redirect)
     return JSONResponse(await run_in_threadpool(_results, jobs, job.id, owner, base))
 
 

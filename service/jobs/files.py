@@ -10,14 +10,22 @@ redo). Why: :mod:`tileseg.jobs`.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from tileseg import objectstore
 from tileseg.jobs.store import Job
+
+if TYPE_CHECKING:
+    from tileseg.jobs.objects import ObjectResults
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -108,14 +116,22 @@ class JobFiles:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def drop_input(job: Job, keep_inputs: bool = False) -> None:
+def drop_input(job: Job, keep_inputs: bool = False, objects: ObjectResults | None = None) -> None:
     """Delete the job's input if it is an upload (the job owns it), unless uploads are kept.
 
     Args:
         job: the job whose input goes.
         keep_inputs: ``TILESEG_KEEP_INPUTS``: keep the uploads of jobs that ended (not of canceled ones).
+        objects: the S3 store where uploads are kept, if they are (TILESEG_RESULTS_URL).
     """
-    if job.input_owned and not keep_inputs:
+    if not job.input_owned or keep_inputs:
+        return
+    if objects is not None and objects.is_own_input(job):
+        try:
+            objectstore.delete(objects.input(job.id))
+        except objectstore.ObjectStoreError:  # removed with the job's other objects when they expire
+            log.warning("job %s: its upload was not removed from the store", job.id, exc_info=True)
+    elif "://" not in job.input_path:
         Path(job.input_path).unlink(missing_ok=True)
 
 

@@ -20,12 +20,14 @@ from typing import Any
 
 from torch import nn
 
+from tileseg import objectstore
 from tileseg.engine import SegmentResult, segment
 from tileseg.engine.results import RunResult
 from tileseg.errors import CanceledError, TilesegError
 from tileseg.jobs.errors import InterruptedJobError, JobNotFoundError, LeaseLostError
 from tileseg.jobs.files import JobFiles, drop_input
 from tileseg.jobs.intake import InputLimits, JobOptions
+from tileseg.jobs.objects import ObjectResults
 from tileseg.jobs.periodic import Periodic
 from tileseg.jobs.store import Job, JobStatus, JobStore
 from tileseg.settings import Settings
@@ -41,7 +43,7 @@ ModelSource = Callable[[str, "int | None"], nn.Module]  # (name, prune) -> the l
 class RunConfig:
     """How jobs are run: what the worker's settings say."""
 
-    data_dir: Path
+    data_dir: Path  # where the job folders lie on this machine (with results in S3: scratch space)
     result_ttl: float  # seconds
     limits: InputLimits = InputLimits()
     batch: int | None = None
@@ -49,13 +51,14 @@ class RunConfig:
     keep_inputs: bool = False
     view_copies: bool = True  # the viewer's base layer, and overviews on the mask
     heartbeat: float = 10.0  # seconds between lease renewals; well inside the lease
+    objects: ObjectResults | None = None  # uploads and results in S3 (TILESEG_RESULTS_URL), or on disk
 
     @classmethod
     def of(cls, settings: Settings) -> RunConfig:
         """How the service's settings say jobs are run."""
         limits = InputLimits(max_pixels=settings.max_pixels, max_untiled_pixels=settings.max_untiled_pixels)
         return cls(
-            data_dir=settings.data_dir.resolve(),
+            data_dir=settings.files_dir.resolve(),
             result_ttl=settings.result_ttl.total_seconds(),
             limits=limits,
             batch=settings.batch,
@@ -63,6 +66,7 @@ class RunConfig:
             keep_inputs=settings.keep_inputs,
             view_copies=settings.view_copies,
             heartbeat=settings.heartbeat,
+            objects=ObjectResults(settings.results_url) if settings.results_in_s3 and settings.results_url else None,
         )
 
 
@@ -142,9 +146,10 @@ def run_job(
             model = load_model(job.model, options.prune)
             segment_options = options.segment_options(config.batch, config.memory)
             attempt.root.mkdir(parents=True, exist_ok=True)
+            source = run.input()
             result = segment(
                 model,
-                job.input_path,
+                source,
                 attempt.mask,
                 segment_options,
                 probabilities=attempt.probabilities if options.probabilities else None,
@@ -155,7 +160,9 @@ def run_job(
             )
             render_preview(attempt.mask, attempt.preview)
             if config.view_copies:
-                _prepare_viewer(job, attempt, options)
+                _prepare_viewer(job, source, attempt, options)
+            if config.objects is not None:  # put under the attempt's own keys before the commit names them
+                config.objects.stage(job.id, job.token or "", attempt.root)
         except Exception as err:  # a bug in one job included: it must not take the worker down
             return run.stopped(err)
         return run.publish(run_summary(result))
@@ -179,12 +186,12 @@ def run_summary(result: SegmentResult) -> dict[str, Any]:
     ).model_dump(mode="json")
 
 
-def _prepare_viewer(job: Job, attempt: JobFiles, options: JobOptions) -> None:
+def _prepare_viewer(job: Job, source: str, attempt: JobFiles, options: JobOptions) -> None:
     """The web viewer's files: a view copy of the input (its base layer, kept after the upload goes) and
     overviews on the mask. The mask stands without them: a failure here is logged, not the job's."""
     try:
         add_overviews(attempt.mask)
-        write_view(job.input_path, attempt.view, options.bands)
+        write_view(source, attempt.view, options.bands)
     except Exception:  # the viewer then shows the mask only, or nothing; the results are whole
         log.warning("job %s: no view copy of the input for the viewer", job.id, exc_info=True)
         attempt.view.unlink(missing_ok=True)
@@ -203,6 +210,14 @@ class _Attempt:
         self.attempt = self.files.attempt(job.token)  # where this attempt writes before it publishes
         self.tiles = 0
         self.heartbeat = Heartbeat(store, job, config.heartbeat).start()
+        self.objects = config.objects
+
+    def input(self) -> str:
+        """The input as this attempt reads it: an upload kept in S3 is fetched into the attempt's scratch
+        folder first (the whole file, as the client sent it); anything else is read where it is."""
+        if self.objects is None or not self.objects.is_own_input(self.job):
+            return self.job.input_path
+        return str(objectstore.download(self.objects.input(self.job.id), self.attempt.root / "input"))
 
     def progress(self, tiles_done: int, tiles_total: int) -> None:
         """The engine's progress callback: record the tiles done and renew the lease.
@@ -223,7 +238,7 @@ class _Attempt:
         job = self.job
         if isinstance(err, CanceledError):
             log.info("job %s canceled", job.id)
-            self.files.remove()
+            self._remove_all()
             return self._outcome(RunStatus.CANCELED, "canceled")
         if isinstance(err, LeaseLostError):
             log.warning("job %s: this attempt lost its lease (another attempt has the job); it stops", job.id)
@@ -244,9 +259,13 @@ class _Attempt:
         job = self.job
         self.heartbeat.stop()  # before the end: a beat after it would read as a lost lease
         if not self.store.finish(job.id, job.token, JobStatus.SUCCEEDED, ttl=self.config.result_ttl, result=summary):
+            if self.objects is not None:
+                self.objects.remove_attempt(job.id, job.token or "")
             return self._ended_elsewhere()
-        # the table now names this attempt as the published one; the renames follow (anyone may redo them)
-        self.files.publish(job.token)
+        # the table now names this attempt as the published one; the renames follow (anyone may redo them;
+        # results in S3 are served from the published attempt's keys: nothing moves)
+        if self.objects is None:
+            self.files.publish(job.token or "")
         log.info(
             "job %s published by attempt %s: %d tiles in %.1f s",
             job.id,
@@ -254,26 +273,40 @@ class _Attempt:
             self.tiles,
             time.perf_counter() - self.started,
         )
-        drop_input(job, self.config.keep_inputs)
+        drop_input(job, self.config.keep_inputs, self.objects)
         return self._outcome(RunStatus.SUCCEEDED)
 
     def close(self) -> None:
         """Stop the heartbeat; remove this attempt's working files, whatever happened."""
         self.heartbeat.stop()
-        self.files.remove_attempt(self.job.token)
+        self.files.remove_attempt(self.job.token or "")
+        if self.objects is not None:  # this machine's folder of the job was scratch space only
+            try:
+                self.files.root.rmdir()
+            except OSError:  # another attempt's folder is still in it, or it is gone already
+                pass
 
     def _fail(self, code: str, message: str) -> Outcome:
         if not self.store.finish(self.job.id, self.job.token, JobStatus.FAILED, error=(code, message)):
             return self._ended_elsewhere()
-        drop_input(self.job, self.config.keep_inputs)
+        drop_input(self.job, self.config.keep_inputs, self.objects)
         return self._outcome(RunStatus.FAILED, code)
 
     def _ended_elsewhere(self) -> Outcome:
         # the compare-and-set found the job no longer this attempt's: canceled, or gone to another attempt
         if isinstance(_not_ours(self.store, self.job), CanceledError):
-            self.files.remove()  # a canceled job keeps nothing, not even its upload
+            self._remove_all()  # a canceled job keeps nothing, not even its upload
             return self._outcome(RunStatus.CANCELED, "canceled")
         return self._outcome(RunStatus.LOST, LeaseLostError.code)
+
+    def _remove_all(self) -> None:
+        """Remove everything of the job: its folder here and, with results in S3, its objects."""
+        self.files.remove()
+        if self.objects is not None:
+            try:
+                self.objects.remove(self.job.id)
+            except objectstore.ObjectStoreError:  # the sweeper finds a canceled job's objects again
+                log.warning("job %s: its objects were not removed", self.job.id, exc_info=True)
 
     def _outcome(self, status: RunStatus, code: str | None = None) -> Outcome:
         return Outcome(status, time.perf_counter() - self.started, self.tiles, code)

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
+from tileseg import objectstore
 from tileseg.engine.device import configure_threads
-from tileseg.engine.io.remote import RemoteUrl
+from tileseg.engine.io.remote import RemoteUrl, configure_remote_reads
 from tileseg.engine.options import ObjectType
 from tileseg.engine.vectors import export
 from tileseg.jobs.errors import (
@@ -37,9 +39,12 @@ from tileseg.jobs.runner import Outcome, RunConfig
 from tileseg.jobs.store import ANY_OWNER, Job, JobStatus, JobStore, new_job_id
 from tileseg.jobs.sweeper import Sweeper, sweep
 from tileseg.jobs.worker import Worker
+from tileseg.objectstore import S3Url
 from tileseg.settings import Mode, Settings
 
 log = logging.getLogger(__name__)
+
+ResultRef: TypeAlias = Path | S3Url  # where a result lies: a file on this machine, or an object (TILESEG_RESULTS_URL)
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,7 @@ class JobService:
         self, settings: Settings, start_workers: bool = True, on_outcome: Callable[[Outcome], None] | None = None
     ):
         self.settings = settings
-        self.data_dir = settings.data_dir.resolve()
+        self.data_dir = settings.files_dir.resolve()
         jobs_root(self.data_dir).mkdir(parents=True, exist_ok=True)
         configure_threads(settings.torch_threads)
         self.queue_mode = settings.mode is Mode.QUEUE
@@ -83,6 +88,9 @@ class JobService:
         self.store = JobStore(settings.database)
         self.on_outcome = on_outcome
         self.run_config = RunConfig.of(settings)
+        self.objects = self.run_config.objects  # uploads and results in S3, or None: on disk
+        if self.objects is not None:
+            configure_remote_reads()  # the viewer reads the results from the store by range requests
         self.limits = self.run_config.limits
         self.workers: list[Worker] = []
         self.sweeper: Sweeper | None = None
@@ -104,9 +112,7 @@ class JobService:
                 requeue_after=self.settings.requeue_after,
                 interval=self.settings.reap_interval,
             ).start()
-            self.sweeper = Sweeper(
-                self.store, self.data_dir, self.settings.sweep_interval, self.settings.keep_inputs
-            ).start()
+            self.sweeper = self._sweeper()
             return
         # This process is the only worker of its table (embedded mode): whatever reads "running" was running
         # when the server stopped, so every such job goes back to the queue, or fails past its attempts.
@@ -115,13 +121,15 @@ class JobService:
             log.warning(
                 "after a restart: %d job(s) queued again, %d failed after too many attempts", len(requeued), len(failed)
             )
-        sweep(self.store, self.data_dir, self.settings.keep_inputs)
+        sweep(self.store, self.data_dir, self.settings.keep_inputs, objects=self.objects)
         for pool in self.pools:
             worker = Worker(self.store, pool.get, self.run_config, on_outcome=self.on_outcome)
             self.workers.append(worker.start())
-        self.sweeper = Sweeper(
-            self.store, self.data_dir, self.settings.sweep_interval, self.settings.keep_inputs
-        ).start()
+        self.sweeper = self._sweeper()
+
+    def _sweeper(self) -> Sweeper:
+        interval, keep = self.settings.sweep_interval, self.settings.keep_inputs
+        return Sweeper(self.store, self.data_dir, interval, keep, self.objects).start()
 
     def stop(self, grace: float | None = None) -> None:
         """Stop taking jobs; let running ones finish within ``grace`` seconds (default: the settings'), else
@@ -182,17 +190,22 @@ class JobService:
                 path = resolve_source(source or "", self.settings.input_roots, self.settings.source_allow)
                 name = path.name
             info = check_input(path, spec, options, self.limits, name=name)
+            if upload is not None and self.objects is not None:  # no disk is shared with the workers
+                path = self.objects.put_input(job_id, upload.path)
+                files.remove()
             job = self.store.create(
                 id=job_id,
                 owner=owner,
                 model=model,
                 options=options.to_record(),
                 input=info.to_dict(),
-                input_path=path.url if isinstance(path, RemoteUrl) else str(path),
+                input_path=path.url if isinstance(path, (RemoteUrl, objectstore.S3Url)) else str(path),
                 input_owned=upload is not None,
             )
         except BaseException:
             files.remove()
+            if upload is not None and self.objects is not None:
+                self.objects.remove(job_id)
             raise
         self._dispatch(job.id)
         return job
@@ -231,14 +244,17 @@ class JobService:
         before = self.store.cancel(job_id, owner)
         if before.status is not JobStatus.RUNNING:
             JobFiles.of(self.data_dir, job_id).remove()
-            drop_input(before)  # given up: not even an upload that TILESEG_KEEP_INPUTS would keep
+            drop_input(before, objects=self.objects)  # given up: not even an upload TILESEG_KEEP_INPUTS would keep
+            if self.objects is not None:
+                self.objects.remove(before.id)
 
     def count_by_status(self) -> dict[JobStatus, int]:
         """How many jobs are in each state (every state present, zero or not)."""
         return self.store.count_by_status()
 
-    def result(self, job_id: str, kind: str, owner: Any = ANY_OWNER) -> tuple[Job, Path]:
-        """The job and the path of one of its results (``mask``, ``probabilities``, ``preview``).
+    def result(self, job_id: str, kind: str, owner: Any = ANY_OWNER) -> tuple[Job, ResultRef]:
+        """The job and where one of its results lies (``mask``, ``probabilities``, ``vectors``, ``preview``):
+        a path on this machine, or an object in S3 (TILESEG_RESULTS_URL).
 
         Raises:
             JobNotFoundError; ResultNotFoundError (probabilities not asked for); ResultNotReadyError
@@ -253,51 +269,71 @@ class JobService:
             raise JobFailedError(f"job {job.id} failed ({job.error_code}): it has no {kind}")
         if job.status is JobStatus.CANCELED:
             raise JobCanceledError(f"job {job.id} was canceled: it has no {kind}")
+        gone = ResultGoneError(f"the results of job {job.id} have expired and were removed")
+        if job.status is JobStatus.EXPIRED or not job.published:
+            raise gone
         files = JobFiles.of(self.data_dir, job.id)
         path = getattr(files, kind)
-        if job.status is JobStatus.SUCCEEDED and job.published and not path.is_file():
+        if self.objects is not None:
+            url = self.objects.result(job, path.name)
+            if not objectstore.exists(url):
+                raise gone
+            return job, url
+        if not path.is_file():
             files.publish(job.published)  # committed in the table, not yet renamed (or its worker died between)
-        if job.status is JobStatus.EXPIRED or not path.is_file():
-            raise ResultGoneError(f"the results of job {job.id} have expired and were removed")
+        if not path.is_file():
+            raise gone
         return job, path
 
-    def layer(self, job_id: str, layer: str, owner: Any = ANY_OWNER) -> tuple[Job, Path]:
-        """The job and the file the viewer's ``layer`` is drawn from: ``mask``, or ``input`` (the view copy
-        of the input, made when the job succeeded).
+    def layer(self, job_id: str, layer: str, owner: Any = ANY_OWNER) -> tuple[Job, str]:
+        """The job and the raster the viewer's ``layer`` is drawn from, as GDAL opens it (a path, or a
+        ``/vsis3/`` object read by range requests): ``mask``, or ``input`` (the view copy of the input, made
+        when the job succeeded).
 
         Raises:
             what :meth:`result` raises; ResultNotFoundError: the job has no view copy of its input.
         """
         job, mask = self.result(job_id, "mask", owner)
         if layer == "mask":
-            return job, mask
-        view = JobFiles.of(self.data_dir, job.id).view
-        if not view.is_file():
+            return job, _gdal_path(mask)
+        view: ResultRef = JobFiles.of(self.data_dir, job.id).view
+        if self.objects is not None:
+            view = self.objects.result(job, "view.tif")
+        if not (objectstore.exists(view) if isinstance(view, S3Url) else view.is_file()):
             raise ResultNotFoundError(
                 f"job {job.id} has no view copy of its input (TILESEG_VIEW_COPIES is off, or it could not be made)"
             )
-        return job, view
+        return job, _gdal_path(view)
 
-    def vector_result(self, job_id: str, fmt: str, owner: Any = ANY_OWNER) -> tuple[Job, Path]:
-        """The job and its polygons in ``fmt`` (``gpkg`` as stored, ``geojson`` made from it once, then kept).
+    def vector_result(self, job_id: str, fmt: str, owner: Any = ANY_OWNER) -> tuple[Job, ResultRef]:
+        """The job and its polygons in ``fmt`` (``gpkg`` as stored, ``geojson`` made from it once, then kept
+        beside it).
 
         Raises:
             The errors of :meth:`result`; ResultNotFoundError when the job did not ask for vectors.
         """
-        job, path = self.result(job_id, "vectors", owner)
+        job, stored = self.result(job_id, "vectors", owner)
         if fmt == "gpkg":
-            return job, path
+            return job, stored
+        object_type = ObjectType(job.options.get("object_type") or ObjectType.ANNOTATION.value)
         converted = JobFiles.of(self.data_dir, job.id).vectors_as(f".{fmt}")
-        if not converted.is_file():
-            object_type = ObjectType(job.options.get("object_type") or ObjectType.ANNOTATION.value)
-            export(path, converted, object_type)
-        return job, converted
+        if isinstance(stored, Path):
+            if not converted.is_file():
+                export(stored, converted, object_type)
+            return job, converted
+        url = S3Url(stored.bucket, stored.key.rsplit("/", 1)[0]).join(converted.name)  # beside the GeoPackage
+        if not objectstore.exists(url):
+            with tempfile.TemporaryDirectory(dir=self.data_dir) as scratch:
+                local = objectstore.download(stored, Path(scratch) / stored.key.rsplit("/", 1)[-1])
+                export(local, Path(scratch) / converted.name, object_type)
+                objectstore.upload(Path(scratch) / converted.name, url, content_type="application/geo+json")
+        return job, url
 
     # ---- health ---------------------------------------------------------------------------------------------
 
     def readiness(self) -> dict[str, bool]:
         """What ``/readyz`` checks: models loaded (queue mode: their cards read), the store writable, disk
-        space, and the workers alive (queue mode: the broker answers)."""
+        space, the results' bucket (when in S3) and the workers alive (queue mode: the broker answers)."""
         checks = {"models": bool(self.catalogue.names) and all(pool.names for pool in self.pools)}
         try:
             self.store.ping()
@@ -306,6 +342,8 @@ class JobService:
             log.exception("the job table is not writable")
             checks["store"] = False
         checks["disk"] = shutil.disk_usage(self.data_dir).free >= self.settings.min_free_bytes
+        if self.objects is not None:
+            checks["results"] = objectstore.reachable(self.objects.prefix)
         if self.queue_mode:
             checks["broker"] = self.broker is not None and self.broker.ping()
         else:
@@ -313,4 +351,8 @@ class JobService:
         return checks
 
 
-__all__ = ["JobService", "Upload"]
+def _gdal_path(ref: ResultRef) -> str:
+    return ref.gdal_path if isinstance(ref, S3Url) else str(ref)
+
+
+__all__ = ["JobService", "ResultRef", "Upload"]

@@ -16,8 +16,10 @@ from pathlib import Path
 
 from tileseg.jobs.errors import JobNotFoundError
 from tileseg.jobs.files import JobFiles, drop_input, jobs_root
+from tileseg.jobs.objects import ObjectResults
 from tileseg.jobs.periodic import Periodic
 from tileseg.jobs.store import Job, JobStatus, JobStore
+from tileseg.objectstore import ObjectStoreError
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +29,24 @@ log = logging.getLogger(__name__)
 STALE_FOLDER = 3600.0
 
 
-def sweep(store: JobStore, data_dir: Path, keep_inputs: bool = False, now: float | None = None) -> int:
-    """One sweep; returns how many jobs expired in it."""
+def sweep(
+    store: JobStore,
+    data_dir: Path,
+    keep_inputs: bool = False,
+    now: float | None = None,
+    objects: ObjectResults | None = None,
+) -> int:
+    """One sweep; returns how many jobs expired in it. With results in S3 (``objects``), an expired job's
+    objects are removed too."""
     expired = store.expire(now)
     for job in expired:
         JobFiles.of(data_dir, job.id).remove()
+        if objects is not None:
+            try:
+                objects.remove(job.id)
+            except ObjectStoreError:
+                log.warning("job %s expired, but its objects could not be removed", job.id, exc_info=True)
+                continue
         log.info("job %s expired; its files are removed", job.id)
     root = jobs_root(data_dir)
     if root.is_dir():
@@ -52,7 +67,7 @@ def _tidy(store: JobStore, folder: Path, keep_inputs: bool) -> None:
         JobFiles(folder).remove()
         return
     if job.status.finished:
-        drop_input(job, keep_inputs)
+        drop_input(job, keep_inputs)  # a local upload (in S3, the job's run removed its own)
     _tidy_attempts(job, JobFiles(folder))
 
 
@@ -82,15 +97,23 @@ def _tidy_attempts(job: Job, files: JobFiles) -> None:
 class Sweeper(Periodic):
     """Sweeps every ``interval`` seconds in a thread until stopped."""
 
-    def __init__(self, store: JobStore, data_dir: Path, interval: float, keep_inputs: bool = False):
+    def __init__(
+        self,
+        store: JobStore,
+        data_dir: Path,
+        interval: float,
+        keep_inputs: bool = False,
+        objects: ObjectResults | None = None,
+    ):
         super().__init__("tileseg-sweeper", interval)
         self.store = store
         self.data_dir = data_dir
         self.keep_inputs = keep_inputs
+        self.objects = objects
 
     def step(self) -> None:
         """One sweep."""
-        sweep(self.store, self.data_dir, self.keep_inputs)
+        sweep(self.store, self.data_dir, self.keep_inputs, objects=self.objects)
 
 
 __all__ = ["Sweeper", "sweep"]
