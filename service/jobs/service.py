@@ -190,8 +190,9 @@ class JobService:
                 path = resolve_source(source or "", self.settings.input_roots, self.settings.source_allow)
                 name = path.name
             info = check_input(path, spec, options, self.limits, name=name)
-            if upload is not None and self.objects is not None:  # no disk is shared with the workers
-                path = self.objects.put_input(job_id, upload.path)
+            if self.objects is not None:  # no disk is shared with the workers: nothing of the job stays here
+                if upload is not None:
+                    path = self.objects.put_input(job_id, upload.path)
                 files.remove()
             job = self.store.create(
                 id=job_id,
