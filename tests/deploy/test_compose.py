@@ -159,3 +159,26 @@ def test_the_scale_profile_queues_on_redis_and_postgres_with_a_worker_per_gpu():
         assert all(p.startswith("127.0.0.1:") for p in services[backing]["ports"]), (
             f"{backing} is published on loopback unless TILESEG_BIND says otherwise"
         )
+
+
+S3 = ("-f", "docker-compose.yml", "-f", "docker-compose.s3.yml", "--env-file", "scale.env", "--profile", "scale")
+
+
+def test_the_s3_override_keeps_results_in_a_bucket_and_shares_no_disk():
+    from tileseg.settings import Settings
+
+    config = render(*S3)
+    services = active(config, {"scale"})
+    assert {"minio", "minio-bucket", "api", "worker-gpu0", "worker-gpu1"} <= set(services)
+    clients = [services[name] for name in ("api", "worker-gpu0", "worker-gpu1")]
+    volumes = [data_volume(s) for s in clients]
+    assert len(set(volumes)) == len(volumes), f"each container has its own /data: {volumes}"
+    for service in clients:
+        env = service["environment"]
+        assert env["TILESEG_RESULTS_URL"] == "s3://tileseg/results/"
+        assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
+        assert service["depends_on"]["minio-bucket"]["condition"] == "service_completed_successfully"
+        settings = Settings(**{k[8:].lower(): v for k, v in env.items() if k.startswith("TILESEG_") and v})
+        assert settings.results_in_s3 and settings.mode.value == "queue"
+    assert services["minio-bucket"]["entrypoint"][-1] == "local/tileseg", "the bucket of TILESEG_RESULTS_URL"
+    assert all(str(p).startswith("127.0.0.1:") for p in services["minio"]["ports"]), "MinIO on loopback by default"
