@@ -187,7 +187,9 @@ SEGMENT_FORM_SCHEMA: dict[str, Any] = {
             "type": "string",
             "minLength": 1,
             "maxLength": 4096,
-            "description": "A path under one of the server's TILESEG_INPUT_ROOTS, instead of an upload.",
+            "description": "Instead of an upload: a path under one of the server's TILESEG_INPUT_ROOTS, or an "
+            "s3:// or http(s):// URL under a TILESEG_SOURCE_ALLOW prefix: a raster read by range requests, or a STAC "
+            "item (.json; every asset it lists must be under a prefix too), with `asset` or `bands` by common name.",
         },
         "model": {"type": "string", "minLength": 1, "maxLength": 200, "description": "A served model (GET /models)."},
         **form_properties(),

@@ -28,10 +28,12 @@ FP32 = SegmentOptions(runtime="torch", precision="fp32", tile=128, readers=3)
 
 class RangeServer:
     """Files of ``root`` over HTTP on loopback, by Range; ``fail_every`` k answers every k-th request 503
-    (k=1: every one); ``bytes_served`` and ``requests`` count what went out."""
+    (k=1: every one); ``redirects`` maps a path to the URL it answers 302 with; ``bytes_served`` and
+    ``requests`` count what went out."""
 
     def __init__(self, root: Path, fail_every: int = 0):
         self.root, self.fail_every = root, fail_every
+        self.redirects: dict[str, str] = {}
         self.requests = self.failures = self.bytes_served = 0
         self.lock = threading.Lock()
         server = self
@@ -53,6 +55,13 @@ class RangeServer:
                     server.failures += bool(fail)
                 if fail:
                     self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                target = server.redirects.get(self.path.split("?", 1)[0])
+                if target:
+                    self.send_response(302)
+                    self.send_header("Location", target)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return

@@ -197,7 +197,8 @@ def http_get(
 
     Args:
         url: an http(s) URL.
-        max_bytes: the most bytes taken; a longer answer is an error.
+        max_bytes: the most bytes taken; a longer answer is an error (with ``byte_range``, it is cut there: a
+            server that ignores Range sends the whole file).
         hop: called with each redirect target (absolute) before it is requested; None follows any.
         byte_range: ``(first, last)`` bytes to ask for (a Range request), or None for the whole document.
 
@@ -214,7 +215,7 @@ def http_get(
     headers = {"Range": f"bytes={byte_range[0]}-{byte_range[1]}"} if byte_range else {}
     with httpx.Client(follow_redirects=False, timeout=HTTP_TIMEOUT_S, trust_env=False) as client:
         for _ in range(MAX_HOPS + 1):
-            answer = _get_retried(client, url, headers, max_bytes)
+            answer = _get_retried(client, url, headers, max_bytes, byte_range is not None)
             if isinstance(answer, str):  # a redirect's target
                 target = urljoin(url, answer)
                 if hop is not None:
@@ -225,7 +226,7 @@ def http_get(
     raise UnreadableInputError(f"{mask_url(url)}: more than {MAX_HOPS} redirects")
 
 
-def _get_retried(client, url: str, headers: dict[str, str], max_bytes: int) -> str | bytes:
+def _get_retried(client, url: str, headers: dict[str, str], max_bytes: int, cut: bool) -> str | bytes:
     """The body of ``url`` (bytes), or the target of its redirect (str), after retrying transient failures
     (429, 5xx, resets, timeouts) with a doubling delay."""
     import httpx
@@ -233,7 +234,7 @@ def _get_retried(client, url: str, headers: dict[str, str], max_bytes: int) -> s
     delay, attempt = RETRY_DELAY_S, 0
     while True:
         try:
-            return _get_once(client, url, headers, max_bytes, retry=attempt < MAX_RETRY)
+            return _get_once(client, url, headers, max_bytes, cut, retry=attempt < MAX_RETRY)
         except (_Transient, httpx.TransportError) as err:
             if attempt >= MAX_RETRY:
                 raise UnreadableInputError(f"{mask_url(url)} could not be read: {mask_text(str(err))}") from err
@@ -241,7 +242,7 @@ def _get_retried(client, url: str, headers: dict[str, str], max_bytes: int) -> s
             delay, attempt = delay * 2, attempt + 1
 
 
-def _get_once(client, url: str, headers: dict[str, str], max_bytes: int, retry: bool) -> str | bytes:
+def _get_once(client, url: str, headers: dict[str, str], max_bytes: int, cut: bool, retry: bool) -> str | bytes:
     with client.stream("GET", url, headers=headers) as answer:
         if answer.is_redirect:
             return str(answer.headers["location"])
@@ -252,6 +253,8 @@ def _get_once(client, url: str, headers: dict[str, str], max_bytes: int, retry: 
         body = bytearray()
         for chunk in answer.iter_bytes():
             body += chunk
+            if len(body) > max_bytes and cut:
+                return bytes(body[:max_bytes])
             if len(body) > max_bytes:
                 raise UnreadableInputError(f"{mask_url(url)}: more than {max_bytes} bytes")
         return bytes(body)

@@ -149,14 +149,14 @@ def is_item_name(source: object) -> bool:
     """Whether ``source`` names a STAC item by its name: a path or URL whose path ends in ``.json``."""
     if isinstance(source, StacSource | StacItem):
         return True
-    if not isinstance(source, str | os.PathLike):
+    if not isinstance(source, str | os.PathLike | RemoteUrl):
         return False
-    text = os.fspath(source)
+    text = source.url if isinstance(source, RemoteUrl) else os.fspath(source)
     path = urlsplit(text).path if "://" in text else text
     return path.lower().endswith(".json")
 
 
-def read_item(location: str | os.PathLike, hop=None) -> StacItem:
+def read_item(location: str | os.PathLike | RemoteUrl, hop=None) -> StacItem:
     """The STAC item at ``location``: a local path, an ``s3://`` URL, or an ``http(s)://`` URL (redirects
     followed through ``hop``, see :func:`~tileseg.engine.io.remote.http_get`). A URL that ends in
     ``#sha256=<hex>`` is read without following redirects and must have that digest.
@@ -164,7 +164,7 @@ def read_item(location: str | os.PathLike, hop=None) -> StacItem:
     Raises:
         UnreadableInputError: missing, unreachable, too large, not JSON, not an item, or changed since pinned.
     """
-    text = os.fspath(location)
+    text = location.url if isinstance(location, RemoteUrl) else os.fspath(location)
     url, _, pinned = text.partition(PIN)
     remote = parse_remote(url)
     if remote is None:
@@ -272,6 +272,7 @@ def asset_location(asset: StacAsset) -> Path | RemoteUrl:
 
 __all__ = [
     "DEFAULT_ASSET",
+    "PIN",
     "StacAsset",
     "StacItem",
     "StacSource",
