@@ -36,6 +36,13 @@ from tileseg.models.spec import ModelSpec, reflect_indices
 # Formats accepted as input, by GDAL driver (decided from the content, not the name). VRT is left out on
 # purpose: a VRT names other files, which would let a request reach outside what it was given.
 ALLOWED_DRIVERS = frozenset({"GTiff", "COG", "PNG", "JPEG", "JP2OpenJPEG", "BMP", "WEBP", "OpenSlide"})
+# Whole-slide formats OpenSlide reads from local files only: from object storage GDAL reads Aperio SVS and
+# tiled TIFF (level 0 and the pyramid GDAL sees), nothing else of these.
+SLIDE_SUFFIXES = (".ndpi", ".mrxs", ".vms", ".vmu", ".scn", ".bif", ".dcm", ".svslide", ".isyntax", ".czi")
+REMOTE_SLIDE_HINT = (
+    "; whole-slide formats other than Aperio SVS and tiled TIFF are read from local files only (OpenSlide): "
+    "download the slide first"
+)
 OUTPUT_BLOCK = 512
 STATS_SIDE = 1024  # longest side of the decimated read that percentile statistics are taken from
 
@@ -111,9 +118,10 @@ def open_raster(
             # rasterio.open takes one driver name only; its reader takes GDAL's list of allowed drivers
             return DatasetReader(_parse_path(where), driver=allowed, **kwargs)
     except RasterioError as err:
+        hint = REMOTE_SLIDE_HINT if isinstance(path, RemoteUrl) and path.name.lower().endswith(SLIDE_SUFFIXES) else ""
         if allowed is not None:
             raise UnreadableInputError(
-                f"{label} is not a raster in a format accepted here ({', '.join(allowed)}): {scrub(str(err))}"
+                f"{label} is not a raster in a format accepted here ({', '.join(allowed)}): {scrub(str(err))}{hint}"
             ) from err
         raise UnreadableInputError(f"{label} is not a raster GDAL can read: {scrub(str(err))}") from err
 
