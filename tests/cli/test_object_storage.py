@@ -86,3 +86,15 @@ def test_a_stac_item_with_asset_and_bands(tmp_path, weights, s3):
             np.testing.assert_array_equal(read(tmp_path / "got.tif"), read(expected))
     result = run("segment", item, tmp_path / "x.tif", "--model", "rgb-test", "--asset", "nir")
     assert result.exit_code == 1 and "has no asset 'nir'" in result.output and "B04 (red)" in result.output
+
+
+def test_a_stac_item_in_shards_gives_the_one_process_mask(tmp_path, weights):
+    item = sentinel_like(tmp_path, scene(256, seed=5))
+    for args in (["--asset", "visual"], ["--bands", "red,green,blue"]):
+        masks = []
+        for workers in ("1", "2"):
+            out = tmp_path / f"mask-{workers}.tif"
+            result = run("segment", item, out, "--model", "rgb-test", "--tile", "64", "-q", "--workers", workers, *args)
+            assert result.exit_code == 0, result.output
+            masks.append(read(out))
+        np.testing.assert_array_equal(*masks)
