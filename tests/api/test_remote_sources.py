@@ -111,6 +111,7 @@ REFUSED = {
     "the trap by address": "http://{trap}/cogs/scene.tif",
     "a redirect to the trap": "http://{allowed}/cogs/moved.tif",
     "an item redirected to the trap": "http://{allowed}/cogs/items/moved.json",
+    "an item off the list": "http://{trap}/cogs/items/item.json",
     **{f"an item with an asset: {name}": f"http://{{allowed}}/cogs/items/{name}.json" for name in BAD_ASSETS},
 }
 
