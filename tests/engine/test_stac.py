@@ -38,10 +38,10 @@ def rgb(tmp_path):
 
 
 def write_band(path: Path, data: np.ndarray, transform: Affine = TRANSFORM) -> Path:
-    """A single-band tiled GeoTIFF of ``data`` on a UTM grid of ``transform``."""
+    """A single-band Cloud Optimized GeoTIFF of ``data`` on a UTM grid of ``transform``."""
     profile = dict(
-        driver="GTiff", width=data.shape[1], height=data.shape[0], count=1, dtype=data.dtype.name,
-        crs="EPSG:32633", transform=transform, tiled=True, blockxsize=128, blockysize=128, compress="deflate",
+        driver="COG", width=data.shape[1], height=data.shape[0], count=1, dtype=data.dtype.name,
+        crs="EPSG:32633", transform=transform, blocksize=128, compress="deflate",
     )  # fmt: skip
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data[None])
