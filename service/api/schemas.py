@@ -10,7 +10,7 @@ from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tileseg.api.errors import ErrorDetail, RequestError, describe_validation
-from tileseg.engine.options import BANDS_PATTERN, base_type
+from tileseg.engine.options import BAND_NUMBERS, BANDS_PATTERN, base_type
 from tileseg.engine.results import PixelSizeReport, PixelsRead, RoiReport, RunResult
 from tileseg.jobs.intake import JobOptions, JobOptionsRecord, form_fields
 from tileseg.jobs.store import Job, JobStatus
@@ -136,6 +136,9 @@ class SegmentForm(BaseModel):
         return form, job_options
 
 
+INT_LIST_PATTERN = f"^{BAND_NUMBERS}$"
+
+
 def form_properties() -> dict[str, dict[str, Any]]:
     """The OpenAPI schema of each option field of the form, derived from the options model's types and
     constraints, so that the schema and the validation cannot drift apart."""
@@ -157,8 +160,14 @@ def form_properties() -> dict[str, dict[str, Any]]:
                             rule,
                             {"minimum": "ge", "maximum": "le", "exclusiveMinimum": "gt", "exclusiveMaximum": "lt"}[key],
                         )
-        else:  # bands: text in a form
-            prop.update(type="string", pattern=BANDS_PATTERN)
+        elif kind is tuple:  # bands, vector_classes: lists as text in a form
+            prop.update(type="string", pattern=BANDS_PATTERN if name == "bands" else INT_LIST_PATTERN)
+        else:
+            prop["type"] = "string"
+            for rule in field.metadata:
+                for attr, key in (("pattern", "pattern"), ("max_length", "maxLength")):
+                    if getattr(rule, attr, None) is not None:
+                        prop[key] = getattr(rule, attr)
         properties[name] = prop
     return properties
 
@@ -178,7 +187,9 @@ SEGMENT_FORM_SCHEMA: dict[str, Any] = {
             "type": "string",
             "minLength": 1,
             "maxLength": 4096,
-            "description": "A path under one of the server's TILESEG_INPUT_ROOTS, instead of an upload.",
+            "description": "Instead of an upload: a path under one of the server's TILESEG_INPUT_ROOTS, or an "
+            "s3:// or http(s):// URL under a TILESEG_SOURCE_ALLOW prefix: a raster read by range requests, or a STAC "
+            "item (.json; every asset it lists must be under a prefix too), with `asset` or `bands` by common name.",
         },
         "model": {"type": "string", "minLength": 1, "maxLength": 200, "description": "A served model (GET /models)."},
         **form_properties(),

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from tileseg import models
 from tileseg.cli.options import build, click_options
+from tileseg.cli.outputs import Outputs, staged
 from tileseg.cli.own_models import register as register_model_commands
 from tileseg.cli.remote import segment_remote, server_options
 from tileseg.cli.train import train
@@ -79,16 +80,15 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("input_path", metavar="INPUT")
-@click.argument("output_path", metavar="OUTPUT", type=click.Path(path_type=Path))
+@click.argument("output_path", metavar="OUTPUT")
 @click.option("--model", "model_name", help="An installed model (see `tileseg models`).")
 @click.option("--weights", "weights_path", type=click.Path(path_type=Path), help="A checkpoint NAME.safetensors.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--probabilities", type=click.Path(path_type=Path), help="Also write per-class probabilities here.")
+@click.option("--probabilities", help="Also write per-class probabilities here (a path or an s3:// URL).")
 @click.option(
     "--vectors",
-    type=click.Path(path_type=Path),
     help="Also write every region of every object class as a polygon here (.gpkg, .geojson, .fgb; .parquet "
-    "where this GDAL writes GeoParquet).",
+    "where this GDAL writes GeoParquet; a path or an s3:// URL).",
 )
 @click_options(SegmentOptions)
 @click.option(
@@ -112,12 +112,12 @@ def cli() -> None:
 def segment(
     ctx: click.Context,
     input_path: str,
-    output_path: Path,
+    output_path: str,
     model_name: str | None,
     weights_path: Path | None,
     device: str,
-    probabilities: Path | None,
-    vectors: Path | None,
+    probabilities: str | None,
+    vectors: str | None,
     workers: int,
     devices: str | None,
     quiet: bool,
@@ -125,68 +125,89 @@ def segment(
     api_key: str | None,
     **values,
 ) -> None:
-    """Segment INPUT (any raster GDAL reads) into the mask GeoTIFF OUTPUT.
+    """Segment INPUT into the mask GeoTIFF OUTPUT.
+
+    INPUT is any raster GDAL reads, a local path or an s3:// or http(s):// URL (read by range requests), or
+    a STAC item (a .json path or URL): --asset picks an asset (default visual), --bands red,green,blue stacks
+    single-band assets by common name. OUTPUT, --probabilities and --vectors may be s3:// URLs: written here,
+    then uploaded once the run succeeded.
 
     With --server, the server runs it: INPUT is uploaded, or, when it is a URL or no file here, sent for the
     server to read itself (a path under its TILESEG_INPUT_ROOTS); the results are written here as a local
     run writes them. Ctrl-C cancels the job on the server.
     """
-    from tileseg.engine import run_file
-    from tileseg.engine.device import configure_threads
-    from tileseg.engine.io.inputs import locate
-
     if bool(model_name) == bool(weights_path):
         raise click.UsageError("give exactly one of --model NAME or --weights PATH")
     options = build(SegmentOptions, values)  # checked here, before any upload
     shard_devices = _shard_devices(workers, devices, device)
     if server and shard_devices:
         raise click.UsageError("--workers and --devices run here: leave them out with --server")
-    if server:
-        with connect(server, api_key) as client:
-            sent = server_options(ctx, values)
-            segment_remote(client, input_path, output_path, str(model_name), sent, vectors, probabilities, quiet)
-        return
-    if vectors is not None:
+    with staged(output_path, probabilities, vectors) as out:
+        if server:
+            with connect(server, api_key) as client:
+                sent = server_options(ctx, values)
+                segment_remote(
+                    client, input_path, out.mask, str(model_name), sent, out.vectors, out.probabilities, quiet
+                )
+            return
+        name = str(model_name or weights_path)
+        result = _segment_here(name, input_path, out, options, device, shard_devices, quiet)
+    _summary(output_path, result, quiet)
+
+
+def _segment_here(name: str, input_path: str, out: Outputs, options, device: str, shard_devices, quiet: bool):
+    """Run the segmentation in this process (or in shards, one process per device), with a progress bar."""
+    from tileseg.engine import run_file
+    from tileseg.engine.device import configure_threads
+    from tileseg.engine.io.inputs import locate
+    from tileseg.engine.io.stac import StacSource
+
+    if out.vectors is not None:
         from tileseg.engine.vectors import check_vector_path
 
-        check_vector_path(vectors)  # before any work
+        check_vector_path(out.vectors)  # before any work
     configure_threads()
-    source = locate(input_path)  # a local path, or an s3:// or http(s):// URL read by ranges
+    # a local path, an s3:// or http(s):// URL read by ranges, or a STAC item (its JSON read now)
+    source = locate(input_path, options.asset, options.bands)
     with tqdm(total=0, unit="tile", disable=quiet, desc=source.name) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
-        name = str(model_name or weights_path)
         if shard_devices:
             from tileseg.engine.shards import run_file_sharded
 
-            result = run_file_sharded(
-                name, source, output_path, shard_devices, options, probabilities, progress, vectors
+            # shards name their input by text: a STAC asset by its href, a stack by the item and the band names
+            text = input_path if not isinstance(source, StacSource) or source.names else source.assets()[0].href
+            return run_file_sharded(
+                name, text, out.mask, shard_devices, options, out.probabilities, progress, out.vectors
             )
-        else:
-            result = run_file(name, source, output_path, options, device, probabilities, progress, vectors)
+        return run_file(name, source, out.mask, options, device, out.probabilities, progress, out.vectors)
+
+
+def _summary(output_path: str, result, quiet: bool) -> None:
     for note in result.warnings:
         click.echo(f"warning: {note}", err=True)
-    if not quiet:
-        info = result.input
+    if quiet:
+        return
+    info = result.input
+    click.echo(
+        f"{output_path}: {info.width}x{info.height}, {result.tiles_total} tiles "
+        f"({result.tiles_skipped} nodata), {result.seconds:.1f} s, "
+        f"{info.width * info.height / result.seconds / 1e6:.2f} Mpx/s, "
+        f"{result.runtime.runtime} on {result.runtime.device}, tile {result.runtime.tile} "
+        f"(window {result.runtime.window}) x{result.runtime.batch}",
+        err=True,
+    )
+    click.echo(f"pixel size: {result.pixel_size.why}", err=True)
+    if result.roi:
+        roi = result.roi
         click.echo(
-            f"{output_path}: {info.width}x{info.height}, {result.tiles_total} tiles "
-            f"({result.tiles_skipped} nodata), {result.seconds:.1f} s, "
-            f"{info.width * info.height / result.seconds / 1e6:.2f} Mpx/s, "
-            f"{result.runtime.runtime} on {result.runtime.device}, tile {result.runtime.tile} "
-            f"(window {result.runtime.window}) x{result.runtime.batch}",
+            f"roi {roi.source}: {roi.area_share:.0%} of the image, {roi.tiles_skipped} tiles "
+            f"({roi.skipped_share:.0%}) skipped, about {roi.seconds_saved_estimate:.1f} s saved",
             err=True,
         )
-        click.echo(f"pixel size: {result.pixel_size.why}", err=True)
-        if result.roi:
-            roi = result.roi
-            click.echo(
-                f"roi {roi.source}: {roi.area_share:.0%} of the image, {roi.tiles_skipped} tiles "
-                f"({roi.skipped_share:.0%}) skipped, about {roi.seconds_saved_estimate:.1f} s saved",
-                err=True,
-            )
 
 
 def _shard_devices(workers: int, devices: str | None, device: str) -> list[str] | None:

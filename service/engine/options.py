@@ -18,7 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tileseg.models.spec import BlendMode, parse_length
 
-BANDS_PATTERN = r"^[0-9]{1,4}(,[0-9]{1,4})*$"
+BAND_NUMBERS = r"[0-9]{1,4}(,[0-9]{1,4})*"
+BAND_NAMES = r"[A-Za-z][A-Za-z0-9_-]{0,31}(,[A-Za-z][A-Za-z0-9_-]{0,31})*"  # a STAC item's common names
+BANDS_PATTERN = rf"^({BAND_NUMBERS}|{BAND_NAMES})$"
+ASSET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 MAX_TILE = 8192  # the largest core: a window of 8192^2 already takes gigabytes of activations
 DEFAULT_BATCH = 4  # tiles per forward pass where nothing was measured
 
@@ -97,7 +100,16 @@ class SegmentOptions(BaseModel):
     )
     blend: BlendMode | None = Field(None, description="crop (exact), gaussian or cosine (default: the model's).")
     overlap: float = Field(0.0, ge=0, lt=1, description="Blended modes: extra overlap, a fraction of the window.")
-    bands: tuple[int, ...] | None = Field(None, description="1-based bands to use, e.g. 1,2,3.")
+    bands: tuple[int, ...] | tuple[str, ...] | None = Field(
+        None,
+        description="1-based bands to use, e.g. 1,2,3; of a STAC item, the assets to stack by their common name, "
+        "e.g. red,green,blue.",
+    )
+    asset: str | None = Field(
+        None,
+        pattern=ASSET_PATTERN,
+        description="Of a STAC item: the asset to segment (default: visual, when the item has one).",
+    )
     tta: bool = Field(False, description="Average probabilities over flips.")
     cog: bool = Field(False, description="Write a Cloud Optimized GeoTIFF with overviews.")
     precision: Precision = Field(
@@ -186,7 +198,17 @@ class SegmentOptions(BaseModel):
     @field_validator("bands", mode="before")
     @classmethod
     def _parse_bands(cls, value: Any) -> Any:
-        value = _int_list(value, "give 1-based band numbers separated by commas, e.g. 1,2,3")
+        hint = (
+            "give 1-based band numbers separated by commas, e.g. 1,2,3, or a STAC item's common names, "
+            "e.g. red,green,blue"
+        )
+        if isinstance(value, str) and re.fullmatch(BAND_NAMES, value):
+            return tuple(part.lower() for part in value.split(","))
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and not v.isdigit() for v in value):
+            if not re.fullmatch(BAND_NAMES, ",".join(value)):
+                raise ValueError(hint)
+            return tuple(v.lower() for v in value)
+        value = _int_list(value, hint)
         if value is not None and any(int(b) < 1 for b in value):
             raise ValueError("band numbers start at 1")
         return value
@@ -211,8 +233,18 @@ class SegmentOptions(BaseModel):
 
     @field_validator("bands")
     @classmethod
-    def _some_bands(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    def _some_bands(cls, value: tuple[int, ...] | tuple[str, ...] | None) -> tuple[int, ...] | tuple[str, ...] | None:
         return value or None
+
+    @property
+    def band_numbers(self) -> tuple[int, ...] | None:
+        """``bands`` when they are 1-based numbers (of one raster), else None."""
+        return self.bands if self.bands and isinstance(self.bands[0], int) else None
+
+    @property
+    def band_names(self) -> tuple[str, ...] | None:
+        """``bands`` when they are common names (of a STAC item's assets), else None."""
+        return self.bands if self.bands and isinstance(self.bands[0], str) else None
 
     def to_record(self) -> dict[str, Any]:
         """The options as JSON (enums as their values, bands as a list): tags, job records, the API."""
@@ -249,6 +281,7 @@ def scope(model: type[BaseModel], name: str) -> str:
 
 
 __all__ = [
+    "ASSET_PATTERN",
     "BANDS_PATTERN",
     "DEFAULT_BATCH",
     "MAX_TILE",

@@ -134,7 +134,8 @@ def segment(
 
     Args:
         model: a network from :func:`tileseg.models.load` (it carries its ``.spec``), on the device to run on.
-        source: any raster GDAL reads (GeoTIFF/BigTIFF/COG, PNG, JPEG, Aperio SVS level 0).
+        source: any raster GDAL reads (GeoTIFF/BigTIFF/COG, PNG, JPEG, Aperio SVS level 0), local or at an
+            ``s3://`` or ``http(s)://`` URL, or a STAC item (``options.asset``, ``options.bands`` by common name).
         output: the mask to write; it appears only when complete.
         options: tiling, bands, flips, precision (see :class:`SegmentOptions`).
         probabilities: where to write per-class probabilities (uint8, 0..255), or None.
@@ -150,7 +151,7 @@ def segment(
     spec, device = model.spec, next(model.parameters()).device
     if vectors is not None:
         check_vector_path(vectors)  # before any work
-    with gdal_env(), open_input(source, spec, options.bands, allowed_drivers, max_pixels) as full:
+    with gdal_env(), open_input(source, spec, options.bands, allowed_drivers, max_pixels, options.asset) as full:
         with read_plan(full, spec, options) as plan:
             src = plan.source
             choice = choose_runtime(model, device, options, src.height * src.width)

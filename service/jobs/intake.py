@@ -22,10 +22,11 @@ from pydantic import ConfigDict, Field, create_model, field_validator
 from tileseg.engine import tile_settings
 from tileseg.engine.io import ALLOWED_DRIVERS, RasterInfo
 from tileseg.engine.io.inputs import inspect_input
-from tileseg.engine.io.remote import RemoteUrl, mask_url
+from tileseg.engine.io.remote import RemoteUrl, http_get, mask_url
+from tileseg.engine.io.stac import PIN, is_item_name, read_item
 from tileseg.engine.options import SegmentOptions, scope
 from tileseg.engine.resolution import plan_resolution
-from tileseg.errors import TooLargeError
+from tileseg.errors import OptionsError, TooLargeError
 from tileseg.jobs.errors import SourceNotAllowedError
 from tileseg.models.spec import ModelSpec
 
@@ -84,17 +85,25 @@ class InputLimits:
 
 
 def resolve_source(text: str, roots: list[str], allow: list[str] | None = None) -> Path | RemoteUrl:
-    """The file or remote raster a ``source`` names, if the server allows it.
+    """The file, remote raster or STAC item a ``source`` names, if the server allows it.
 
     A path must resolve (symlinks followed) to a file under one of ``roots``; a URL (``s3://``, ``https://``,
-    ``http://``) must lie under one of the ``allow`` prefixes (TILESEG_SOURCE_ALLOW), see :func:`allowed_url`.
-    Nothing is requested from a remote host here.
+    ``http://``) must lie under one of the ``allow`` prefixes (TILESEG_SOURCE_ALLOW), see :func:`allowed_url`,
+    and an http(s) URL must not redirect off them (:func:`check_redirects`). A STAC item (a ``.json`` path or
+    URL) is read only once its own name passed, and then every asset it lists must pass the same checks
+    (:func:`check_item`); the URL returned pins the item's content (``#sha256=``), so that the worker reads
+    the item that was checked.
 
     Raises:
         SourceNotAllowedError: anything else. The message never says whether a path outside the roots exists.
     """
+    allow = allow or []
     if "://" in text or text.startswith(("/vsi", "\\\\")) or "\x00" in text or text.upper().startswith(RAW_GDAL):
-        return allowed_url(text, allow or [])
+        remote = allowed_url(text, allow)
+        if is_item_name(remote):
+            return check_item(remote, roots, allow)
+        check_redirects(remote, allow)
+        return remote
     if not roots:
         raise SourceNotAllowedError(
             "this server takes no `source` paths (TILESEG_INPUT_ROOTS is not set): upload the file instead"
@@ -107,10 +116,68 @@ def resolve_source(text: str, roots: list[str], allow: list[str] | None = None) 
             continue
         inside = any(resolved.is_relative_to(root) for root in roots)
         if inside and resolved.is_file():
+            if is_item_name(resolved):
+                check_item(resolved, roots, allow)
             return resolved
     raise SourceNotAllowedError(
         f"`source` {text!r} is not a file under the server's input folders ({', '.join(roots)})"
     )
+
+
+def check_item(where: Path | RemoteUrl, roots: list[str], allow: list[str]) -> Path | RemoteUrl:
+    """Read the STAC item at ``where`` (its name already allowed; a redirect followed only onto an allowed
+    URL) and check every asset it lists as a ``source`` of its own, before any asset is requested.
+
+    Returns:
+        ``where``, a remote item's URL pinned to the content read (``url#sha256=<hex>``).
+
+    Raises:
+        SourceNotAllowedError: an asset (or a redirect of the item) that the server does not read from.
+        UnreadableInputError: the item cannot be read, or is no STAC item.
+    """
+    shown = where.masked if isinstance(where, RemoteUrl) else where.name
+    item = read_item(where.url if isinstance(where, RemoteUrl) else where, hop=_hop_check(shown, allow))
+    for asset in item.assets.values():
+        href = asset.href
+        try:
+            if "://" in href or href.startswith(("/vsi", "\\\\")) or href.upper().startswith(RAW_GDAL):
+                remote = allowed_url(href, allow)
+            else:
+                resolve_source(href, roots, allow)
+                continue
+        except SourceNotAllowedError as err:
+            raise SourceNotAllowedError(f"STAC item {shown}: asset {asset.key}: {err}") from None
+        if is_item_name(remote):
+            raise SourceNotAllowedError(f"STAC item {shown}: asset {asset.key} is another item; it is refused")
+        check_redirects(remote, allow)
+    return RemoteUrl(f"{where.url}{PIN}{item.digest}") if isinstance(where, RemoteUrl) else where
+
+
+def check_redirects(remote: RemoteUrl, allow: list[str]) -> None:
+    """Ask an http(s) source for its first byte, following a redirect only onto a URL ``allow`` takes.
+
+    GDAL's ``/vsicurl/`` follows redirects by itself (libcurl's FOLLOWLOCATION, which GDAL 3.10 offers no
+    option to turn off), so this asks first, at submission: a source that redirects off the allow-list is
+    refused before GDAL requests anything. (A server that answers differently later is not caught here: the
+    allow-list is of servers the operator trusts that far.)
+
+    Raises:
+        SourceNotAllowedError: a redirect off the allow-list.
+        UnreadableInputError: no answer, or an error status, after retries.
+    """
+    if remote.scheme == "s3":
+        return
+    http_get(remote.url, 1024, _hop_check(remote.masked, allow), byte_range=(0, 0))
+
+
+def _hop_check(shown: str, allow: list[str]):
+    def hop(target: str) -> None:
+        try:
+            allowed_url(target, allow)
+        except SourceNotAllowedError as err:
+            raise SourceNotAllowedError(f"`source` {shown} redirects off the allow-list: {err}") from None
+
+    return hop
 
 
 # GDAL's own connection strings: they name drivers and files directly, around every check here
@@ -219,7 +286,12 @@ def check_input(
         UnreadableInputError (not an image, empty, truncated, a corrupt slide), UnsupportedFormatError,
         TooLargeError, BandMismatchError, DtypeError, PixelSizeError, TileGeometryError.
     """
-    header = inspect_input(path, spec, options.bands, limits.allowed_drivers, limits.max_pixels)
+    if (options.asset or options.band_names) and not is_item_name(path):
+        raise OptionsError(
+            "asset and band names (e.g. bands=red,green,blue) choose from a STAC item: give its URL (.json) as "
+            "`source`, or band numbers (e.g. bands=1,2,3)"
+        )
+    header = inspect_input(path, spec, options.bands, limits.allowed_drivers, limits.max_pixels, options.asset)
     info = header.info
     label = name or info.name
     pixels = info.width * info.height
@@ -242,5 +314,7 @@ __all__ = [
     "UNTILED_DRIVERS",
     "allowed_url",
     "check_input",
+    "check_item",
+    "check_redirects",
     "resolve_source",
 ]

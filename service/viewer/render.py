@@ -39,7 +39,8 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from tileseg.engine.io import gdal_env
+from tileseg.engine.io import ALLOWED_DRIVERS, gdal_env, open_raster
+from tileseg.engine.io.remote import parse_remote
 from tileseg.errors import TilesegError
 
 TILE = 256
@@ -268,8 +269,10 @@ def write_view(source: str | os.PathLike, output: str | os.PathLike, bands: tupl
     """
     output = Path(output)
     tmp = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.tmp")
+    # the job's input (an upload, a remote raster) is opened as the engine opens it: by the accepted drivers only
+    where = source if isinstance(source, os.PathLike) else parse_remote(source) or Path(source)
     try:
-        with gdal_env(), rasterio.open(source) as src:
+        with gdal_env(), open_raster(where, drivers=ALLOWED_DRIVERS) as src:
             chosen = display_bands(src, bands)
             low, high = _stretch(src, chosen)
             profile = _view_profile(src, len(chosen))

@@ -28,10 +28,12 @@ FP32 = SegmentOptions(runtime="torch", precision="fp32", tile=128, readers=3)
 
 class RangeServer:
     """Files of ``root`` over HTTP on loopback, by Range; ``fail_every`` k answers every k-th request 503
-    (k=1: every one); ``bytes_served`` and ``requests`` count what went out."""
+    (k=1: every one); ``redirects`` maps a path to the URL it answers 302 with; ``bytes_served`` and
+    ``requests`` count what went out."""
 
     def __init__(self, root: Path, fail_every: int = 0):
         self.root, self.fail_every = root, fail_every
+        self.redirects: dict[str, str] = {}
         self.requests = self.failures = self.bytes_served = 0
         self.lock = threading.Lock()
         server = self
@@ -53,6 +55,13 @@ class RangeServer:
                     server.failures += bool(fail)
                 if fail:
                     self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                target = server.redirects.get(self.path.split("?", 1)[0])
+                if target:
+                    self.send_response(302)
+                    self.send_header("Location", target)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
@@ -202,3 +211,22 @@ def test_s3_mask_equals_the_local_one(tmp_path, rgb, s3):
     np.testing.assert_array_equal(mask_of(rgb, "s3://scenes/public/scene.tif", tmp_path / "s3.tif"), local)
     with pytest.raises(UnreadableInputError, match="s3://scenes/public/missing.tif"):
         mask_of(rgb, "s3://scenes/public/missing.tif", tmp_path / "none.tif")
+
+
+def test_an_svs_over_https_reads_as_the_local_slide_and_other_slides_are_refused_clearly(data_dir, rgb):
+    from tileseg.engine.io.slide import SlideRaster
+
+    server = RangeServer(data_dir / "wsi")
+    try:
+        with (
+            InputRaster(locate(f"{server.url}/small.svs"), rgb.spec) as remote,
+            SlideRaster(data_dir / "wsi" / "small.svs", rgb.spec) as local,
+        ):
+            # GDAL reads the SVS's level 0; its pixel size comes from the Aperio description, as OpenSlide's does
+            np.testing.assert_array_equal(remote.read_region(0, 0, 16, 16), local.read_region(0, 0, 16, 16))
+            assert remote.pixel_size.metres == pytest.approx(local.pixel_size.metres)
+            assert remote.pixel_size.source == "Aperio image description MPP"
+        with pytest.raises(UnreadableInputError, match="read from local files only .OpenSlide.: download"):
+            InputRaster(locate(f"{server.url}/boxes_0.dcm"), rgb.spec)
+    finally:
+        server.close()

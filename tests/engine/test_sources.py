@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+import rasterio
 
 from tests.engine.nets import checkpoint
 from tileseg.engine.io import ArrayRaster, InputRaster, RasterSource
+from tileseg.engine.io.inputs import open_input
 from tileseg.engine.io.resample import ResampledRaster
 from tileseg.engine.io.slide import SlideRaster
 from tileseg.engine.roi import Roi
@@ -18,18 +22,33 @@ def rgb(tmp_path):
 
 
 @pytest.fixture
-def readers(data_dir, rgb):
+def stack(tmp_path, rgb):
+    """A STAC item of three single-band assets, stacked by their common names."""
+    assets = {}
+    for i, name in enumerate(("red", "green", "blue")):
+        with rasterio.open(
+            tmp_path / f"{name}.tif", "w", driver="GTiff", width=30, height=20, count=1, dtype="uint8"
+        ) as dst:
+            dst.write(np.full((1, 20, 30), 40 * i, np.uint8))
+        assets[name] = {"href": f"{name}.tif", "eo:bands": [{"common_name": name}]}
+    (tmp_path / "item.json").write_text(json.dumps({"type": "Feature", "id": "x", "assets": assets}))
+    with open_input(tmp_path / "item.json", rgb.spec, ("red", "green", "blue")) as stacked:
+        yield stacked
+
+
+@pytest.fixture
+def readers(data_dir, rgb, stack):
     """One real instance of each reader class."""
     with InputRaster(data_dir / "geotiff" / "RGB.byte.tif", rgb.spec) as raster:
         with SlideRaster(data_dir / "wsi" / "small.svs", rgb.spec) as slide:
             array = ArrayRaster(np.zeros((3, 20, 30), np.uint8), rgb.spec)
             roi = Roi(np.ones((4, 4), bool), "auto")
-            yield [raster, slide, array, ResampledRaster(raster, 40, 50), roi.restrict(array)]
+            yield [raster, slide, array, ResampledRaster(raster, 40, 50), roi.restrict(array), stack]
 
 
 def test_every_reader_is_a_raster_source(readers):
     names = sorted(type(r).__name__ for r in readers)
-    assert names == ["ArrayRaster", "InputRaster", "ResampledRaster", "RoiRaster", "SlideRaster"]
+    assert names == ["ArrayRaster", "InputRaster", "ResampledRaster", "RoiRaster", "SlideRaster", "StackedRaster"]
     for reader in readers:
         assert isinstance(reader, RasterSource), type(reader).__name__
         window = reader.read_window(0, 0, 8)

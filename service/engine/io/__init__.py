@@ -1,6 +1,7 @@
 """Raster input and output with rasterio: every reader implements the :class:`RasterSource` contract
-(:mod:`.source`): files (:mod:`.read`), slides (:mod:`.slide`), images already in memory (:mod:`.array`),
-resampled grids (:mod:`.resample`); finished rows out (:mod:`.write`). Nothing here imports the engine above."""
+(:mod:`.source`): files (:mod:`.read`, local or by range requests, :mod:`.remote`), slides (:mod:`.slide`),
+images already in memory (:mod:`.array`), resampled grids (:mod:`.resample`), STAC items' assets stacked into
+one input (:mod:`.stac`, :mod:`.stack`); finished rows out (:mod:`.write`). Nothing here imports the engine above."""
 
 from tileseg.engine.io.array import ArrayRaster
 from tileseg.engine.io.read import (

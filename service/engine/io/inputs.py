@@ -26,7 +26,9 @@ from tileseg.engine.io.read import (
 )
 from tileseg.engine.io.remote import RemoteUrl, configure_remote_reads, parse_remote
 from tileseg.engine.io.slide import SLIDE_DRIVER, SlideRaster, slide_format
-from tileseg.errors import UnsupportedFormatError
+from tileseg.engine.io.stac import StacItem, StacSource, is_item_name, read_item
+from tileseg.engine.io.stack import StackedRaster
+from tileseg.errors import BandMismatchError, UnreadableInputError, UnsupportedFormatError
 from tileseg.models.spec import ModelSpec
 
 
@@ -58,24 +60,55 @@ def slide_vendor(path: Path, allowed_drivers: frozenset[str] = ALLOWED_DRIVERS) 
 
 
 def open_input(
-    source, spec: ModelSpec, bands=None, allowed_drivers=ALLOWED_DRIVERS, max_pixels: int | None = None
-) -> InputRaster | SlideRaster:
+    source,
+    spec: ModelSpec,
+    bands=None,
+    allowed_drivers=ALLOWED_DRIVERS,
+    max_pixels: int | None = None,
+    asset: str | None = None,
+) -> InputRaster | SlideRaster | StackedRaster:
     """The reader that owns ``source``, at level 0 (the caller closes it).
 
-    ``source`` is a local path, or an ``s3://``, ``https://`` or ``http://`` URL of a raster GDAL reads by
-    range requests (:mod:`.remote`); whole-slide images are read from local files only.
+    ``source`` is a local path, an ``s3://``, ``https://`` or ``http://`` URL of a raster GDAL reads by range
+    requests (:mod:`.remote`), or a STAC item (:mod:`.stac`: a ``.json`` path or URL, or what :func:`locate`
+    made of one): ``asset`` picks one of its assets, ``bands`` as common names stack several. Whole-slide
+    images are read from local files only.
 
     Raises:
-        UnreadableInputError, UnsupportedFormatError, TooLargeError, BandMismatchError, DtypeError.
+        UnreadableInputError, UnsupportedFormatError, TooLargeError, BandMismatchError, DtypeError, InputError.
     """
-    path = locate(source)
+    path = locate(source, asset, bands)
+    if isinstance(path, StacSource):
+        if path.names:
+            return StackedRaster(path, spec, allowed_drivers - {SLIDE_DRIVER}, max_pixels)
+        path = locate(path.assets()[0].href)
+    numbers = _band_numbers(bands)
     if isinstance(path, Path) and slide_vendor(path, allowed_drivers) is not None:
-        return SlideRaster(path, spec, bands, 0, max_pixels)
-    return InputRaster(path, spec, bands, allowed_drivers - {SLIDE_DRIVER}, max_pixels)
+        return SlideRaster(path, spec, numbers, 0, max_pixels)
+    return InputRaster(path, spec, numbers, allowed_drivers - {SLIDE_DRIVER}, max_pixels)
 
 
-def locate(source) -> Path | RemoteUrl:
-    """A local path, or the :class:`RemoteUrl` that ``source`` names (with the remote reads configured)."""
+def locate(source, asset: str | None = None, bands=None) -> Path | RemoteUrl | StacSource:
+    """A local path, the :class:`RemoteUrl` that ``source`` names (with the remote reads configured), or a
+    STAC item to read from (its JSON read now): when ``source`` names one (``.json``), or ``asset`` or band
+    names (``bands`` of text) are given.
+
+    Raises:
+        UnreadableInputError: a STAC item that cannot be read; a URL of a scheme that is not read.
+    """
+    names = tuple(bands) if bands and isinstance(bands[0], str) else None
+    if isinstance(source, StacSource):
+        return source
+    if isinstance(source, StacItem):
+        return StacSource(source, asset, names)
+    if is_item_name(source) or asset or names:
+        try:
+            return StacSource(read_item(source), asset, names)
+        except UnreadableInputError as err:
+            if asset or is_item_name(source):
+                raise
+            _band_numbers(bands)  # band names for a raster: say that, not that it is no JSON
+            raise err from None
     remote = source if isinstance(source, RemoteUrl) else parse_remote(source)
     if remote is None:
         return Path(source)
@@ -83,24 +116,50 @@ def locate(source) -> Path | RemoteUrl:
     return remote
 
 
+def _band_numbers(bands) -> tuple[int, ...] | None:
+    """``bands`` when they are band numbers; band names are for STAC items only.
+
+    Raises:
+        BandMismatchError: band names for an input that is not a STAC item.
+    """
+    if bands and isinstance(bands[0], str):
+        raise BandMismatchError(
+            f"--bands {','.join(bands)}: band names pick the assets of a STAC item; this input is one raster, "
+            "give band numbers (e.g. 1,2,3)"
+        )
+    return tuple(bands) if bands else None
+
+
 def inspect_input(
-    source, spec: ModelSpec, bands=None, allowed_drivers=ALLOWED_DRIVERS, max_pixels: int | None = None
+    source,
+    spec: ModelSpec,
+    bands=None,
+    allowed_drivers=ALLOWED_DRIVERS,
+    max_pixels: int | None = None,
+    asset: str | None = None,
 ) -> InputHeader:
     """Check from headers that ``spec``'s model can read ``source`` (as :func:`open_input` would), decoding
     no pixels: a slide's pyramid and properties come from OpenSlide, which decodes one tile to prove the
-    slide readable; a raster's from GDAL's headers and TIFF block index.
+    slide readable; a raster's from GDAL's headers and TIFF block index; a STAC item's from its JSON and its
+    assets' headers.
 
     Raises:
         UnreadableInputError (not an image, truncated, a slide that does not open), UnsupportedFormatError,
-        TooLargeError, BandMismatchError, DtypeError.
+        TooLargeError, BandMismatchError, DtypeError, InputError.
     """
-    path = locate(source)
+    path = locate(source, asset, bands)
+    if isinstance(path, StacSource):
+        if path.names:
+            with StackedRaster(path, spec, allowed_drivers - {SLIDE_DRIVER}, max_pixels, scale=False) as stack:
+                return InputHeader(stack.info, list(stack.levels), stack.pixel_size)
+        path = locate(path.assets()[0].href)
+    numbers = _band_numbers(bands)
     if isinstance(path, Path) and slide_vendor(path, allowed_drivers) is not None:
-        with SlideRaster(path, spec, bands, 0, max_pixels) as slide:
+        with SlideRaster(path, spec, numbers, 0, max_pixels) as slide:
             return InputHeader(slide.info, list(slide.levels), slide.pixel_size)
     info = probe(path, allowed_drivers - {SLIDE_DRIVER}, max_pixels)
-    with gdal_env(), open_raster(path) as src:
-        chosen, _alpha = select_bands(src, spec, bands)
+    with gdal_env(), open_raster(path, drivers=(info.driver,)) as src:
+        chosen, _alpha = select_bands(src, spec, numbers)
         check_dtype(src, spec, chosen)
         return InputHeader(info, level_sizes(path, src, chosen[0]), pixelsize.from_dataset(src))
 

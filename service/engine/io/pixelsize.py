@@ -9,6 +9,8 @@ file says, in this order of trust:
 * OME-XML ``PhysicalSizeX/Y`` in the TIFF's image description;
 * TIFF resolution tags (pixels per centimetre or inch), except 72 and 96 per inch, which writers put in as
   a screen default, not as a measurement;
+* an Aperio SVS image description's ``MPP`` (what OpenSlide reads too: the same size for a slide read
+  through GDAL, from object storage);
 * a slide's ``openslide.mpp-x/y`` (Aperio, Hamamatsu, MIRAX, DICOM pixel spacing, ...; see :mod:`.slide`).
 
 Sizes are kept in metres; :func:`describe` writes them in nm, µm or m for people.
@@ -17,6 +19,7 @@ Sizes are kept in metres; :func:`describe` writes them in nm, µm or m for peopl
 from __future__ import annotations
 
 import math
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any
@@ -74,10 +77,27 @@ def from_dataset(src) -> MeasuredSize:
         size = (abs(t.a) * east + abs(t.e) * north) / 2
         return MeasuredSize(size, f"geographic CRS {_crs_name(crs)} at latitude {centre[1]:.3f}")
     tags = src.tags()
-    ome = from_ome_xml(tags.get("TIFFTAG_IMAGEDESCRIPTION", ""))
-    if ome is not None:
-        return ome
+    description = tags.get("TIFFTAG_IMAGEDESCRIPTION", "")
+    described = from_ome_xml(description) or from_aperio(description)
+    if described is not None:
+        return described
     return from_resolution_tags(tags)
+
+
+APERIO_MPP = re.compile(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)")
+
+
+def from_aperio(description: str) -> MeasuredSize | None:
+    """The pixel size of an Aperio SVS image description (``...|MPP = 0.4990|...``, micrometres per pixel),
+    or None when it is none."""
+    if not description.startswith("Aperio"):
+        return None
+    match = APERIO_MPP.search(description)
+    try:
+        mpp = float(match.group(1)) if match else 0.0
+    except ValueError:
+        mpp = 0.0
+    return MeasuredSize(mpp * 1e-6, "Aperio image description MPP") if mpp > 0 else None
 
 
 def _crs_name(crs) -> str:

@@ -10,17 +10,22 @@ result, by an atomic rename, once it is complete.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rasterio
+from rasterio._path import _parse_path
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.env import env_ctx_if_needed
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from tileseg.engine.io import pixelsize
@@ -31,6 +36,13 @@ from tileseg.models.spec import ModelSpec, reflect_indices
 # Formats accepted as input, by GDAL driver (decided from the content, not the name). VRT is left out on
 # purpose: a VRT names other files, which would let a request reach outside what it was given.
 ALLOWED_DRIVERS = frozenset({"GTiff", "COG", "PNG", "JPEG", "JP2OpenJPEG", "BMP", "WEBP", "OpenSlide"})
+# Whole-slide formats OpenSlide reads from local files only: from object storage GDAL reads Aperio SVS and
+# tiled TIFF (level 0 and the pyramid GDAL sees), nothing else of these.
+SLIDE_SUFFIXES = (".ndpi", ".mrxs", ".vms", ".vmu", ".scn", ".bif", ".dcm", ".svslide", ".isyntax", ".czi")
+REMOTE_SLIDE_HINT = (
+    "; whole-slide formats other than Aperio SVS and tiled TIFF are read from local files only (OpenSlide): "
+    "download the slide first"
+)
 OUTPUT_BLOCK = 512
 STATS_SIDE = 1024  # longest side of the decimated read that percentile statistics are taken from
 
@@ -75,9 +87,16 @@ def source_name(path) -> str:
     return path.name if isinstance(path, RemoteUrl) else Path(path).name
 
 
-def open_raster(path: str | os.PathLike | RemoteUrl, overview: int | None = None) -> rasterio.io.DatasetReader:
+def open_raster(
+    path: str | os.PathLike | RemoteUrl, overview: int | None = None, drivers: Iterable[str] | None = None
+) -> rasterio.io.DatasetReader:
     """Open a raster for reading (its overview ``overview``, 0-based, if given), turning GDAL's failures into
-    :class:`UnreadableInputError`; a remote raster's URL appears in messages masked."""
+    :class:`UnreadableInputError`; a remote raster's URL appears in messages masked.
+
+    Args:
+        drivers: the GDAL drivers that may open it (GDALOpenEx's allowed drivers): no other is even tried, so a
+            VRT (which names other files) or a format nobody asked for never gets to parse the bytes. None: any.
+    """
     if isinstance(path, RemoteUrl):
         where, label, scrub = path.gdal_path, path.masked, path.scrub
     else:
@@ -87,12 +106,36 @@ def open_raster(path: str | os.PathLike | RemoteUrl, overview: int | None = None
         if path.stat().st_size == 0:
             raise UnreadableInputError(f"{path.name}: the file is empty")
         where, label, scrub = str(path), path.name, str
+    allowed = None if drivers is None else gdal_drivers(drivers)
+    if allowed is not None and not allowed:
+        raise UnsupportedFormatError(
+            f"{label}: none of the accepted formats ({', '.join(sorted(drivers or ()))}) is a GDAL driver here"
+        )
+    kwargs = {} if overview is None else {"overview_level": overview}
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), env_ctx_if_needed():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(where) if overview is None else rasterio.open(where, overview_level=overview)
+            # rasterio.open takes one driver name only; its reader takes GDAL's list of allowed drivers
+            return DatasetReader(_parse_path(where), driver=allowed, **kwargs)
     except RasterioError as err:
+        hint = REMOTE_SLIDE_HINT if isinstance(path, RemoteUrl) and path.name.lower().endswith(SLIDE_SUFFIXES) else ""
+        if allowed is not None:
+            raise UnreadableInputError(
+                f"{label} is not a raster in a format accepted here ({', '.join(allowed)}): {scrub(str(err))}{hint}"
+            ) from err
         raise UnreadableInputError(f"{label} is not a raster GDAL can read: {scrub(str(err))}") from err
+
+
+@functools.cache
+def _registered_drivers() -> frozenset[str]:
+    with rasterio.Env() as env:
+        return frozenset(env.drivers())
+
+
+def gdal_drivers(names: Iterable[str]) -> list[str]:
+    """Of the format names ``names`` (:data:`ALLOWED_DRIVERS`' spelling), those GDAL can open files with, sorted:
+    ``COG`` is GTiff's writer and ``OpenSlide`` the slide reader's, neither a GDAL driver that opens."""
+    return sorted(n for n in set(names) if n in _registered_drivers() and n != "COG")
 
 
 def probe(
@@ -104,7 +147,7 @@ def probe(
         UnreadableInputError, UnsupportedFormatError, TooLargeError.
     """
     name = source_name(path)
-    with gdal_env(), open_raster(path) as src:
+    with gdal_env(), open_raster(path, drivers=allowed_drivers) as src:
         if src.driver not in allowed_drivers:
             raise UnsupportedFormatError(
                 f"{name} is a {src.driver} raster; accepted formats: {', '.join(sorted(allowed_drivers))}"
@@ -214,7 +257,7 @@ def band_scaling(src, spec: ModelSpec, bands: tuple[int, ...]) -> Scaling:
     dtype = check_dtype(src, spec, bands)
     if dtype == "uint8":
         return uint8_scaling(spec)
-    low, high = _percentiles(src, bands)
+    low, high = percentiles(src, bands)
     return stretch_scaling(spec, low, high, clip=True)
 
 
@@ -236,7 +279,9 @@ def stretch_scaling(spec: ModelSpec, low: np.ndarray, high: np.ndarray, clip: bo
     return Scaling(low.astype(f32), high.astype(f32), a.astype(f32), b.astype(f32), clip=clip)
 
 
-def _percentiles(src, bands: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def percentiles(src, bands: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The 2nd and 98th percentiles of each of ``bands`` of the open dataset ``src``, from a read decimated to
+    at most :data:`STATS_SIDE` a side (valid pixels only)."""
     scale = max(src.width, src.height) / STATS_SIDE
     shape = (len(bands), max(1, round(src.height / max(scale, 1))), max(1, round(src.width / max(scale, 1))))
     try:
@@ -271,7 +316,7 @@ def level_sizes(path: Path | RemoteUrl, src, band: int = 1) -> list[tuple[int, i
     """``(height, width)`` of level 0 and of each of GDAL's overviews of ``band`` (read from their headers)."""
     sizes = [(src.height, src.width)]
     for k in range(len(src.overviews(band))):
-        with open_raster(path, overview=k) as ov:
+        with open_raster(path, overview=k, drivers=(src.driver,)) as ov:
             sizes.append((ov.height, ov.width))
     return sizes
 
@@ -306,6 +351,7 @@ class InputRaster:
     ):
         self.path = path if isinstance(path, RemoteUrl) else Path(path)
         self.info = probe(self.path, allowed_drivers, max_pixels)
+        self.drivers = (self.info.driver,)  # every later open takes the driver that opened it, no other
         self.spec, self.level, self.pixels_read = spec, level, 0
         self._local = threading.local()
         self._handles: list = []
@@ -338,7 +384,7 @@ class InputRaster:
     def _dataset(self):
         src = getattr(self._local, "src", None)
         if src is None:
-            src = open_raster(self.path, overview=self.level - 1 if self.level else None)
+            src = open_raster(self.path, self.level - 1 if self.level else None, self.drivers)
             self._local.src = src
             with self._lock:
                 self._handles.append(src)

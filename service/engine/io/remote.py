@@ -21,8 +21,10 @@ import logging
 import os
 import re
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from rasterio.env import set_gdal_config
 
@@ -175,4 +177,99 @@ def configure_remote_reads() -> None:
                 logger.addFilter(MaskUrls())
 
 
-__all__ = ["RemoteUrl", "configure_remote_reads", "gdal_options", "mask_text", "mask_url", "parse_remote"]
+MAX_HOPS = 5  # redirects followed, at most, by :func:`http_get`
+HTTP_TIMEOUT_S = 30.0
+RETRIED = frozenset(int(code) for code in RETRY_CODES.split(","))
+
+
+def http_get(
+    url: str,
+    max_bytes: int,
+    hop: Callable[[str], None] | None = None,
+    byte_range: tuple[int, int] | None = None,
+) -> tuple[str, bytes]:
+    """GET ``url`` (a small document: a STAC item, or the first bytes of a raster) with the retry policy of the
+    range reads, following redirects one hop at a time.
+
+    GDAL's ``/vsicurl/`` follows every redirect itself (libcurl's FOLLOWLOCATION; GDAL 3.10 has no option to
+    stop it), so a server checks a source with this first: ``hop`` is called with each redirect's target before
+    it is requested, and refuses it by raising.
+
+    Args:
+        url: an http(s) URL.
+        max_bytes: the most bytes taken; a longer answer is an error (with ``byte_range``, it is cut there: a
+            server that ignores Range sends the whole file).
+        hop: called with each redirect target (absolute) before it is requested; None follows any.
+        byte_range: ``(first, last)`` bytes to ask for (a Range request), or None for the whole document.
+
+    Returns:
+        The URL that answered (after redirects) and its bytes.
+
+    Raises:
+        UnreadableInputError: an answer other than 200/206 after the retries, a body over ``max_bytes``, too many
+            redirects, or no connection; messages name URLs masked.
+        Whatever ``hop`` raises.
+    """
+    import httpx
+
+    headers = {"Range": f"bytes={byte_range[0]}-{byte_range[1]}"} if byte_range else {}
+    with httpx.Client(follow_redirects=False, timeout=HTTP_TIMEOUT_S, trust_env=False) as client:
+        for _ in range(MAX_HOPS + 1):
+            answer = _get_retried(client, url, headers, max_bytes, byte_range is not None)
+            if isinstance(answer, str):  # a redirect's target
+                target = urljoin(url, answer)
+                if hop is not None:
+                    hop(target)
+                url = target
+                continue
+            return url, answer
+    raise UnreadableInputError(f"{mask_url(url)}: more than {MAX_HOPS} redirects")
+
+
+def _get_retried(client, url: str, headers: dict[str, str], max_bytes: int, cut: bool) -> str | bytes:
+    """The body of ``url`` (bytes), or the target of its redirect (str), after retrying transient failures
+    (429, 5xx, resets, timeouts) with a doubling delay."""
+    import httpx
+
+    delay, attempt = RETRY_DELAY_S, 0
+    while True:
+        try:
+            return _get_once(client, url, headers, max_bytes, cut, retry=attempt < MAX_RETRY)
+        except (_Transient, httpx.TransportError) as err:
+            if attempt >= MAX_RETRY:
+                raise UnreadableInputError(f"{mask_url(url)} could not be read: {mask_text(str(err))}") from err
+            time.sleep(delay)
+            delay, attempt = delay * 2, attempt + 1
+
+
+def _get_once(client, url: str, headers: dict[str, str], max_bytes: int, cut: bool, retry: bool) -> str | bytes:
+    with client.stream("GET", url, headers=headers) as answer:
+        if answer.is_redirect:
+            return str(answer.headers["location"])
+        if answer.status_code in RETRIED and retry:
+            raise _Transient(f"HTTP {answer.status_code}")
+        if answer.status_code not in (200, 206):
+            raise UnreadableInputError(f"{mask_url(url)}: the server answered HTTP {answer.status_code}")
+        body = bytearray()
+        for chunk in answer.iter_bytes():
+            body += chunk
+            if len(body) > max_bytes and cut:
+                return bytes(body[:max_bytes])
+            if len(body) > max_bytes:
+                raise UnreadableInputError(f"{mask_url(url)}: more than {max_bytes} bytes")
+        return bytes(body)
+
+
+class _Transient(Exception):
+    """A retried answer (429, 5xx)."""
+
+
+__all__ = [
+    "RemoteUrl",
+    "configure_remote_reads",
+    "gdal_options",
+    "http_get",
+    "mask_text",
+    "mask_url",
+    "parse_remote",
+]

@@ -4,7 +4,8 @@ A :class:`RasterSource` is a grid of pixels (``height x width``, with the ``crs`
 place it, or None for pixel-space inputs, and the ``pixel_size`` its metadata gives) read by window. The
 pipeline knows only this contract; files (:class:`~tileseg.engine.io.read.InputRaster`), slides
 (:class:`~tileseg.engine.io.slide.SlideRaster`), arrays in memory (:class:`~tileseg.engine.io.array.ArrayRaster`),
-resampled grids (:class:`~tileseg.engine.io.resample.ResampledRaster`) and regions of interest
+resampled grids (:class:`~tileseg.engine.io.resample.ResampledRaster`), a STAC item's single-band assets
+stacked (:class:`~tileseg.engine.io.stack.StackedRaster`) and regions of interest
 (:class:`~tileseg.engine.roi.RoiRaster`) implement it.
 """
 
