@@ -17,6 +17,7 @@ from pathlib import Path
 from tileseg.jobs.errors import JobNotFoundError
 from tileseg.jobs.files import JobFiles, drop_input, jobs_root
 from tileseg.jobs.periodic import Periodic
+from tileseg.jobs.shardfiles import remove_all as remove_shard_files
 from tileseg.jobs.store import Job, JobStatus, JobStore
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ def _tidy(store: JobStore, folder: Path, keep_inputs: bool) -> None:
         return
     if job.status.finished:
         drop_input(job, keep_inputs)
+        remove_shard_files(JobFiles(folder))  # a sharded job failed by the reaper (a shard out of attempts)
     _tidy_attempts(job, JobFiles(folder))
 
 
