@@ -21,6 +21,7 @@ import numpy as np
 import pyogrio.raw
 import pytest
 import rasterio
+import shapely
 
 from tests.api.conftest import submit, wait_for
 from tests.conftest import write_raster
@@ -87,13 +88,17 @@ def test_sharded_jobs_equal_the_single_process_run(scale, weights, tmp_path, inp
     source = tissue(inputs_root / "tissue.tif")
     options = {"tile": 32, "roi": "auto"}
     expected = cli_mask(weights, source, tmp_path / "cli.tif", "slow", vectors=tmp_path / "cli.gpkg", **options)
+    # with probabilities, each polygon also carries its mean probability: a run of its own
+    cli = {"vectors": tmp_path / "cli-p.gpkg", "probabilities": tmp_path / "cli.probabilities.tif"}
+    cli_mask(weights, source, tmp_path / "cli-p.tif", "slow", **cli, **options)
     assert (expected == 255).any() and {0, 1, 2} <= set(np.unique(expected))  # outside the ROI, and classes
     expected_features = features(tmp_path / "cli.gpkg")
     scale.start_workers(3)
     with scale.api.client() as client:
         jobs = {}
         for count in (2, 3, 6):
-            response = submit(client, source, model="slow", shards=count, vectors=True, **options)
+            extra = {"probabilities": True} if count == 2 else {}  # 200 bands: once is enough
+            response = submit(client, source, model="slow", shards=count, vectors=True, **extra, **options)
             assert response.status_code == 202, response.text
             assert response.json()["options"]["shards"] == count
             jobs[count] = response.json()["id"]
@@ -107,15 +112,23 @@ def test_sharded_jobs_equal_the_single_process_run(scale, weights, tmp_path, inp
             response = client.get(job["links"]["vectors"])
             assert response.status_code == 200, response.text
             (tmp_path / f"{count}.gpkg").write_bytes(response.content)
-            assert features(tmp_path / f"{count}.gpkg") == expected_features, f"{count} shards"
+            want = features(cli["vectors"]) if count == 2 else expected_features
+            assert features(tmp_path / f"{count}.gpkg") == want, f"{count} shards"
             assert client.get(job["links"]["preview"]).status_code == 200
+            if count == 2:
+                response = client.get(job["links"]["probabilities"])
+                assert response.status_code == 200, response.text
+                (tmp_path / "2.probabilities.tif").write_bytes(response.content)
+                with (
+                    rasterio.open(tmp_path / "2.probabilities.tif") as got,
+                    rasterio.open(cli["probabilities"]) as want,
+                ):
+                    np.testing.assert_array_equal(got.read(), want.read())
             assert scale.publications(job_id) == 1
             rows = shard_rows(scale, job_id)
             assert [s.number for s in rows] == list(range(count)) and all(s.attempts == 1 for s in rows)
             assert shard_files(scale, job_id) == []
     wkb, _ = expected_features
-    import shapely
-
     tops = shapely.bounds(shapely.from_wkb(wkb))[:, 1]  # pixel space: y grows downwards
     bottoms = shapely.bounds(shapely.from_wkb(wkb))[:, 3]
     assert ((tops < 10) & (bottoms > HEIGHT - 10)).any(), "an object crosses every seam"
