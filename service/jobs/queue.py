@@ -28,7 +28,7 @@ from tileseg.jobs.broker import SHARD_TASK, TASK, Broker, make_celery
 from tileseg.jobs.modelpool import ModelPool
 from tileseg.jobs.reaper import Reaper
 from tileseg.jobs.runner import Outcome, RunConfig, RunStatus, run_job
-from tileseg.jobs.sharded import assemble_job, plan_job, run_shard_job, shard_count
+from tileseg.jobs.sharded import ShardCount, assemble_job, plan_job, run_shard_job, shard_count
 from tileseg.jobs.shardstore import ShardStore
 from tileseg.jobs.store import Job, JobStore
 from tileseg.settings import Settings
@@ -111,8 +111,8 @@ class QueueWorker:
                 job, self.pool.get(job.model, job.options.get("prune")).spec, self.settings.shard_pixels
             )
         except Exception:  # a model that cannot load: the job's run fails it with the reason
-            count = (1, True)
-        if count[0] > 1:
+            count = ShardCount(1, automatic=True)
+        if count.count > 1:
             planned = plan_job(stores, job, self.pool.get, self.config, self._past_grace, count, self._send_shards)
             if planned is not None:
                 return planned

@@ -25,6 +25,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from tileseg.engine.shardplan import ShardPlan, assemble_sharded, plan_sharded, run_planned_shard
 from tileseg.engine.shards import ShardError
@@ -52,28 +53,36 @@ from tileseg.viewer.preview import render_preview
 log = logging.getLogger(__name__)
 
 Dispatch = Callable[[str, list[int]], None]  # (job id, shard numbers): send their messages
+Stores = tuple[JobStore, ShardStore]
 
 
-def shard_count(job: Job, spec: ModelSpec, shard_pixels: int) -> tuple[int, bool]:
-    """How many shards a job is to run in, and whether that was chosen automatically: its ``shards`` option;
-    else one per ``shard_pixels`` of input past that size, for a model whose tiles are exact in shards
-    (crop mode), and 1 otherwise."""
+@dataclass(frozen=True)
+class ShardCount:
+    """How many shards a job is to run in, and whether that was chosen by its size (not asked for)."""
+
+    count: int
+    automatic: bool
+
+
+def shard_count(job: Job, spec: ModelSpec, shard_pixels: int) -> ShardCount:
+    """A job's shards: its ``shards`` option; else one per ``shard_pixels`` of input past that size, for a model
+    whose tiles are exact in shards (crop mode); else 1."""
     options = JobOptions(**job.options)
     if options.shards is not None:
-        return options.shards, False
+        return ShardCount(options.shards, automatic=False)
     if (options.blend or spec.geometry.blend) is not BlendMode.CROP:
-        return 1, True
+        return ShardCount(1, automatic=True)
     pixels = int(job.input["width"]) * int(job.input["height"])
-    return (math.ceil(pixels / shard_pixels) if pixels > shard_pixels else 1), True
+    return ShardCount(math.ceil(pixels / shard_pixels) if pixels > shard_pixels else 1, automatic=True)
 
 
 def plan_job(
-    stores: tuple[JobStore, ShardStore],
+    stores: Stores,
     job: Job,
     load_model: ModelSource,
     config: RunConfig,
     should_stop: Callable[[], bool],
-    count: tuple[int, bool],
+    count: ShardCount,
     dispatch: Dispatch,
 ) -> Outcome | None:
     """Plan a claimed job in ``count`` shards (:func:`shard_count`) and send them; None when it is better run
@@ -85,16 +94,15 @@ def plan_job(
     store, shards = stores
     started = time.perf_counter()
     run = Attempt(store, job, config, should_stop)
-    wanted, automatic = count
     try:
         options = JobOptions(**job.options)
         model = load_model(job.model, options.prune)
         segment_options = options.segment_options(config.batch, config.memory)
         plan = plan_sharded(
-            model, job.input_path, wanted, segment_options, config.limits.allowed_drivers, config.limits.max_pixels
+            model, job.input_path, count.count, segment_options, config.limits.allowed_drivers, config.limits.max_pixels
         )
     except Exception as err:  # the job's own failure: it fails with the reason, the worker carries on
-        if automatic and isinstance(err, OptionsError):  # not exact in shards (a resampled grid): run it whole
+        if count.automatic and isinstance(err, OptionsError):  # not exact in shards (a resampled grid): run it whole
             return _closed(run, None)
         return _closed(run, run.stopped(err))
     if plan.count == 1:
@@ -132,7 +140,7 @@ class ShardHeartbeat(Periodic):
 class _ShardRun:
     """One attempt at a shard: its job, plan, files and heartbeat, and each way it can end."""
 
-    def __init__(self, stores: tuple[JobStore, ShardStore], shard: Shard, config: RunConfig, should_stop):
+    def __init__(self, stores: Stores, shard: Shard, config: RunConfig, should_stop):
         self.store, self.shards = stores
         self.shard = shard
         self.config = config
@@ -205,7 +213,7 @@ class _ShardRun:
 
 
 def run_shard_job(
-    stores: tuple[JobStore, ShardStore],
+    stores: Stores,
     shard: Shard,
     load_model: ModelSource,
     config: RunConfig,
@@ -247,7 +255,7 @@ def run_shard_job(
 
 
 def assemble_job(
-    stores: tuple[JobStore, ShardStore],
+    stores: Stores,
     job: Job,
     load_model: ModelSource,
     config: RunConfig,
@@ -289,4 +297,13 @@ def assemble_job(
     return outcome
 
 
-__all__ = ["Dispatch", "ShardHeartbeat", "assemble_job", "plan_job", "run_shard_job", "shard_count"]
+__all__ = [
+    "Dispatch",
+    "ShardCount",
+    "ShardHeartbeat",
+    "Stores",
+    "assemble_job",
+    "plan_job",
+    "run_shard_job",
+    "shard_count",
+]

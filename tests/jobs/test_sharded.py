@@ -20,7 +20,7 @@ from tileseg.jobs import shardfiles
 from tileseg.jobs.files import JobFiles
 from tileseg.jobs.intake import JobOptions
 from tileseg.jobs.runner import RunConfig, RunStatus
-from tileseg.jobs.sharded import assemble_job, plan_job, run_shard_job
+from tileseg.jobs.sharded import ShardCount, assemble_job, plan_job, run_shard_job, shard_count
 from tileseg.jobs.shardstore import ShardStore
 from tileseg.jobs.store import JobStatus, JobStore, new_job_id
 
@@ -61,7 +61,13 @@ def planned(stores, model, data_dir, tmp_path, config, count=3):
     sent: list[int] = []
     job = store.claim("planner", job_id)
     outcome = plan_job(
-        stores, job, lambda n, p: model, config, lambda: False, (count, False), lambda j, n: sent.extend(n)
+        stores,
+        job,
+        lambda n, p: model,
+        config,
+        lambda: False,
+        ShardCount(count, automatic=False),
+        lambda j, n: sent.extend(n),
     )
     assert outcome is not None and outcome.status is RunStatus.PLANNED and sent == list(range(count))
     return store.get(job_id), files
@@ -110,3 +116,21 @@ def test_an_attempt_that_lost_its_shard_keeps_nothing(stores, model, data_dir, t
     assert outcome.status is RunStatus.LOST
     assert not shardfiles.attempt_folder(files, 0, stale.token).exists()
     assert shards.get(job.id, 0).token == fresh.token and shards.get(job.id, 0).status.value == "running"
+
+
+def test_how_many_shards(stores, model):
+    store, _ = stores
+    spec = model.spec
+
+    def count(options: dict, width: int = 1000, height: int = 1000):
+        job_id = new_job_id()
+        record = JobOptions(**options).to_record()
+        input_ = {"width": width, "height": height}
+        store.create(id=job_id, owner=None, model="m", options=record, input=input_, input_path="/x", input_owned=False)
+        return shard_count(store.get(job_id), spec, shard_pixels=300_000)
+
+    assert count({}) == ShardCount(4, automatic=True)  # 10^6 pixels: one shard per 300 000, rounded up
+    assert count({}, 500, 500) == ShardCount(1, automatic=True)  # below the size: whole
+    assert count({"shards": 2}) == ShardCount(2, automatic=False)  # asked for: as asked, whatever the size
+    assert count({"shards": 1}) == ShardCount(1, automatic=False)
+    assert count({"blend": "gaussian"}) == ShardCount(1, automatic=True)  # blended: never automatically
