@@ -66,8 +66,24 @@ def test_claims_progress_and_the_one_last_shard(store):
     assert table.claim("again", job.id, 0) is None  # taken
     assert table.progress(claimed[0], 4)
     assert store.get(job.id).tiles_done == 4 and store.get(job.id).shards["running"] == 6
+    assert sorted(finish_at_once(table, claimed)) == [False] * 5 + [True]
+    after = store.get(job.id)
+    assert after.shards == {"total": 6, "queued": 0, "running": 0, "done": 6} and after.tiles_done == 60
+    assert after.status is JobStatus.RUNNING and after.token == job.token  # the assembly ends the job
+    assert not table.progress(claimed[0], 5)  # done: no attempt holds it any more
+
+
+def test_exactly_one_shard_is_the_last_however_they_end_together(store):
+    for _ in range(20):  # the interleavings differ from round to round
+        job, table = planned(store, 6)
+        claimed = [table.claim(f"w{n}", job.id, n) for n in range(6)]
+        assert sorted(finish_at_once(table, claimed)) == [False] * 5 + [True]
+
+
+def finish_at_once(table: ShardStore, claimed) -> list[bool]:
+    """End every claimed shard from a thread of its own, all released at once; whether each was the last."""
     lasts: list[bool] = []
-    barrier = threading.Barrier(6)
+    barrier = threading.Barrier(len(claimed))
 
     def finish(shard) -> None:
         barrier.wait()
@@ -80,11 +96,7 @@ def test_claims_progress_and_the_one_last_shard(store):
         t.start()
     for t in threads:
         t.join()
-    assert sorted(lasts) == [False] * 5 + [True]  # exactly one shard assembles, whatever the interleaving
-    after = store.get(job.id)
-    assert after.shards == {"total": 6, "queued": 0, "running": 0, "done": 6} and after.tiles_done == 60
-    assert after.status is JobStatus.RUNNING and after.token == job.token  # the assembly ends the job
-    assert not table.progress(claimed[0], 5)  # done: no attempt holds it any more
+    return lasts
 
 
 def test_cancel_stops_every_shard_and_no_shard_is_claimed_after(store):
