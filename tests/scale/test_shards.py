@@ -7,8 +7,9 @@
   mask is published, no shard file is left.
 * Cancel during a sharded run: every shard stops, and the job's files go.
 
-The ``slow`` test model (0.1 s a batch of 4 tiles; its mask is the input, shifted by (3, -5) within each
-window, so seams are exact only if each shard reads its halo) makes a shard last long enough to kill.
+The ``slow`` test model (0.1 s a batch of 4 tiles in PyTorch; its mask is the input, shifted by (3, -5)
+within each window, so seams are exact only if each shard reads its halo) makes a shard last long enough to
+kill or cancel; those tests ask for ``runtime=torch``, as an exported runtime would not sleep.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def test_sharded_jobs_equal_the_single_process_run(scale, weights, tmp_path, inp
 
 def test_a_worker_killed_mid_shard_loses_only_that_shard(scale, weights, tmp_path, inputs_root):
     source = tissue(inputs_root / "tissue-kill.tif", seed=1)
-    options = {"tile": 16}  # 19 x 13 tiles: a shard of half the image runs about 3 s
+    options = {"tile": 16, "runtime": "torch"}  # 19 x 13 tiles: a shard of half the image sleeps 3 s
     workers = scale.start_workers(2)
     with scale.api.client() as client:
         job_id = submit(client, source, model="slow", shards=2, **options).json()["id"]
@@ -199,7 +200,8 @@ def test_cancel_stops_every_shard(scale, inputs_root):
     source = tissue(inputs_root / "tissue-cancel.tif", seed=3)
     workers = scale.start_workers(3)
     with scale.api.client() as client:
-        job_id = submit(client, source, model="slow", shards=3, tile=8).json()["id"]  # 950 tiles: ~8 s a shard
+        # 950 tiles: a shard sleeps 8 s in PyTorch (an exported runtime does not sleep)
+        job_id = submit(client, source, model="slow", shards=3, tile=8, runtime="torch").json()["id"]
         wait_shard_running(scale, job_id, tiles=4)
         running = {s.number for s in shard_rows(scale, job_id) if s.status is ShardStatus.RUNNING}
         assert client.delete(f"/jobs/{job_id}").status_code == 204
