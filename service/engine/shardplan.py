@@ -19,6 +19,7 @@ The outputs equal a single run's, for the reasons :mod:`tileseg.engine.shards` g
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -198,6 +199,7 @@ def assemble_sharded(
     with gdal_env(), open_input(source, spec, options.bands, allowed_drivers, max_pixels) as full:
         with read_plan(full, spec, options) as read:
             tags = provenance_tags(model, read, options, report)
+            tags["TILESEG_SHARDS"] = json.dumps({"shards": plan.count})  # as a sharded run of the command line
             sinks = make_sinks(read, spec, options, Path(output), probabilities, vectors)
             write_all(sinks, assembled_strips(results, spec, report.step), tags)
     total, skipped = sum(r.tiles_total for r in results), sum(r.tiles_skipped for r in results)

@@ -6,6 +6,7 @@ shard that lost its lease neither counts nor leaves files. (With real workers, R
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -100,6 +101,7 @@ def test_a_dead_assembler_loses_nothing(stores, model, data_dir, tmp_path):
     single = segment(model, data_dir / "geotiff" / "rgb-byte-tenth.tif", tmp_path / "one.tif", SegmentOptions(**FIXED))
     with rasterio.open(files.mask) as served, rasterio.open(single.output) as expected:
         np.testing.assert_array_equal(served.read(), expected.read())
+        assert json.loads(served.tags()["TILESEG_SHARDS"]) == {"shards": 3}
     assert files.vectors.is_file() and files.preview.is_file()
 
 

@@ -6,6 +6,8 @@
 * A shard that always fails (its band of the input is corrupt on disk): the job fails with that reason, no
   mask is published, no shard file is left.
 * Cancel during a sharded run: every shard stops, and the job's files go.
+* SIGTERM on a worker past its grace: its shard goes back to the queue, its attempt not counted.
+* Past the workers' ``TILESEG_SHARD_PIXELS``, a job without ``shards`` is sharded; a blended one is refused.
 
 The ``slow`` test model (0.1 s a batch of 4 tiles in PyTorch; its mask is the input, shifted by (3, -5)
 within each window, so seams are exact only if each shard reads its halo) makes a shard last long enough to
@@ -243,3 +245,23 @@ def test_shards_come_automatically_past_the_workers_shard_pixels(scale, weights,
         assert job["shards"] == {"total": 3, "queued": 0, "running": 0, "done": 3}
         expected = cli_mask(weights, source, tmp_path / "cli.tif", "slow", tile=32)
         np.testing.assert_array_equal(mask_of(client, job, tmp_path / "served.tif"), expected)
+
+
+def test_sigterm_hands_a_shard_back_without_counting_it(scale, weights, tmp_path, inputs_root):
+    source = tissue(inputs_root / "tissue-term.tif", seed=5)
+    options = {"tile": 16, "runtime": "torch"}
+    (impatient,) = scale.start_workers(1, shutdown_grace=0.5)
+    with scale.api.client() as client:
+        job_id = submit(client, source, model="slow", shards=2, **options).json()["id"]
+        shard = wait_shard_running(scale, job_id, tiles=4)
+        impatient.signal(signal.SIGTERM)
+        assert impatient.wait(30) == 0, impatient.text()[-3000:]
+        back = shard_rows(scale, job_id)[shard.number]
+        assert back.status is ShardStatus.QUEUED and back.attempts == 0 and back.token is None
+        scale.start_workers(1)
+        job = wait_for(client, job_id, timeout=120)
+        assert job["status"] == "succeeded", job
+        expected = cli_mask(weights, source, tmp_path / "cli.tif", "slow", **options)
+        np.testing.assert_array_equal(mask_of(client, job, tmp_path / "served.tif"), expected)
+    assert all(s.attempts == 1 for s in shard_rows(scale, job_id)), "a handed-back attempt is not counted"
+    assert scale.publications(job_id) == 1
