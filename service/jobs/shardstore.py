@@ -168,8 +168,7 @@ class ShardStore:
         exactly one of them sees no other left.
         """
         with self.engine.begin() as conn:
-            running = (jobs.c.id == shard.job_id, jobs.c.status == JobStatus.RUNNING.value)
-            if not conn.execute(jobs.update().where(*running).values(heartbeat=self._now)).rowcount:
+            if not _hold_job(conn, shard.job_id, self._now):
                 return False, False
             ended = conn.execute(
                 shards.update()
@@ -191,13 +190,15 @@ class ShardStore:
             ).scalar_one()
             if left:
                 return True, False
-            conn.execute(jobs.update().where(*running).values(worker=worker, heartbeat=self._now))
+            conn.execute(jobs.update().where(jobs.c.id == shard.job_id).values(worker=worker, heartbeat=self._now))
         return True, True
 
     def fail(self, shard: Shard, code: str, message: str) -> bool:
         """Fail the shard for good, and its job with the same reason, in one transaction; the job's other
         shards are canceled. False when the attempt no longer held the shard, or the job had ended."""
         with self.engine.begin() as conn:
+            if not _hold_job(conn, shard.job_id, self._now):
+                return False
             ended = conn.execute(
                 shards.update()
                 .where(*_owned(shard))
@@ -224,21 +225,23 @@ class ShardStore:
                     )
                     if conn.execute(shards.update().where(*key).values(**values)).rowcount:
                         requeued.append(shard)
-                    continue
-                code, message = (
-                    "too_many_attempts",
-                    (
-                        f"shard {shard.number + 1} was interrupted {shard.attempts} time(s) (its worker stopped or "
-                        f"crashed while it ran); giving up after {max_attempts} attempt(s)"
-                    ),
-                )
-                values = dict(
-                    status=ShardStatus.FAILED.value, finished=self._now, error_code=code, error_message=message
-                )
-                if conn.execute(shards.update().where(*key).values(**values)).rowcount:
-                    _fail_job(conn, shard.job_id, code, message, self._now)
+                elif self._give_up(conn, shard, key, max_attempts):
                     failed.append(shard)
         return requeued, failed
+
+    def _give_up(self, conn, shard: Shard, key: tuple, max_attempts: int) -> bool:
+        """Fail a stale shard out of attempts, and its job, in the caller's transaction."""
+        code = "too_many_attempts"
+        message = (
+            f"shard {shard.number + 1} was interrupted {shard.attempts} time(s) (its worker stopped or crashed "
+            f"while it ran); giving up after {max_attempts} attempt(s)"
+        )
+        if not _hold_job(conn, shard.job_id, self._now):
+            return False  # the job ended meanwhile: its shards are not the reaper's to fail
+        values = dict(status=ShardStatus.FAILED.value, finished=self._now, error_code=code, error_message=message)
+        if not conn.execute(shards.update().where(*key).values(**values)).rowcount:
+            return False
+        return _fail_job(conn, shard.job_id, code, message, self._now)
 
     def unclaimed(self, older_than: float, limit: int = 1000) -> builtins.list[Shard]:
         """Queued shards of running jobs that nobody claimed in the ``older_than`` seconds since their last
@@ -286,6 +289,15 @@ def _owned(shard: Shard) -> tuple:
 def _job_running() -> sa.ColumnElement[bool]:
     """The shard's job is running (correlated with the shard's row)."""
     return sa.select(jobs.c.id).where(jobs.c.id == shards.c.job_id, jobs.c.status == JobStatus.RUNNING.value).exists()
+
+
+def _hold_job(conn, job_id: str, now) -> bool:
+    """Lock the row of a running job for the rest of the caller's transaction (by updating its heartbeat),
+    and say whether it is running. Every transaction that changes more than one shard, or a shard and its job,
+    locks the job's row first, so on PostgreSQL they run one after another and never deadlock; on SQLite the
+    first statement is then a write, which takes the database's write lock at once."""
+    running = jobs.update().where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value)
+    return bool(conn.execute(running.values(heartbeat=now)).rowcount)
 
 
 def _fail_job(conn, job_id: str, code: str, message: str, now) -> bool:

@@ -140,12 +140,7 @@ class JobStore:
         job = self.get(job_id, owner)
         with self._tx() as conn:
             if not job.status.finished:
-                conn.execute(  # a sharded job's shards stop with it: running ones at their next report
-                    shards.update()
-                    .where(shards.c.job_id == job.id, shards.c.status.in_(_SHARD_ACTIVE))
-                    .values(status=ShardStatus.CANCELED.value, token=None, finished=self._now)
-                )
-                conn.execute(
+                canceled = conn.execute(
                     jobs.update()
                     .where(jobs.c.id == job.id, jobs.c.status.in_(_ACTIVE))
                     .values(
@@ -155,7 +150,14 @@ class JobStore:
                         error_code="canceled",
                         error_message="canceled by the client",
                     )
-                )
+                ).rowcount
+                if canceled:  # a sharded job's shards stop with it, running ones at their next report (the
+                    # job's row first, then its shards': the order every transaction on shards locks them in)
+                    conn.execute(
+                        shards.update()
+                        .where(shards.c.job_id == job.id, shards.c.status.in_(_SHARD_ACTIVE))
+                        .values(status=ShardStatus.CANCELED.value, token=None, finished=self._now)
+                    )
             elif job.status is JobStatus.SUCCEEDED:
                 conn.execute(
                     jobs.update()
