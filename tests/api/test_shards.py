@@ -33,3 +33,14 @@ def test_the_form_declares_shards(client):
     schema = client.get("/openapi.json").json()
     form = schema["paths"]["/segment"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert form["properties"]["shards"]["type"] == "integer" and form["properties"]["shards"]["minimum"] == 1
+
+
+def test_the_json_option_is_refused_the_same_way(client, data_dir):
+    href = str(data_dir / "geotiff" / "rgb-byte-tenth.tif")
+    answer = client.post(
+        "/ogc/processes/segment/execution",
+        json={"inputs": {"image": {"href": href}, "model": "rgb-test", "shards": 3}},
+        headers={"Prefer": "respond-async"},
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["type"].endswith("shards_need_queue") and "TILESEG_MODE=queue" in answer.json()["detail"]

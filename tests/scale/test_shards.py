@@ -1,7 +1,8 @@
 """Sharded jobs with real parts: the API in queue mode, Celery workers, Redis, PostgreSQL, all on loopback.
 
-* ``shards`` 2, 3 and 6: the mask and the polygons equal the command line's single run, on an image whose
-  height is not a multiple of the tile, with objects crossing every shard seam, and an ROI (``roi=auto``).
+* ``shards`` 2, 3 (the form) and 6 (the JSON of OGC API - Processes): the mask, probabilities and polygons
+  equal the command line's single run, on an image whose height is not a multiple of the tile, with objects
+  crossing every shard seam, and an ROI (``roi=auto``).
 * A worker SIGKILLed in the middle of a shard: the job succeeds with the same mask; only that shard ran twice.
 * A shard that always fails (its band of the input is corrupt on disk): the job fails with that reason, no
   mask is published, no shard file is left.
@@ -99,12 +100,21 @@ def test_sharded_jobs_equal_the_single_process_run(scale, weights, tmp_path, inp
     scale.start_workers(3)
     with scale.api.client() as client:
         jobs = {}
-        for count in (2, 3, 6):
+        for count in (2, 3):
             extra = {"probabilities": True} if count == 2 else {}  # 200 bands: once is enough
             response = submit(client, source, model="slow", shards=count, vectors=True, **extra, **options)
             assert response.status_code == 202, response.text
             assert response.json()["options"]["shards"] == count
             jobs[count] = response.json()["id"]
+        # the JSON option: OGC API - Processes' execute, the image by reference (an input root)
+        inputs = {"image": {"href": str(source)}, "model": "slow", "shards": 6, **options}
+        response = client.post(
+            "/ogc/processes/segment/execution",
+            json={"inputs": inputs, "outputs": {"mask": {}, "vectors": {}}},
+            headers={"Prefer": "respond-async"},
+        )
+        assert response.status_code == 201, response.text
+        jobs[6] = response.json()["jobID"]
         for count, job_id in jobs.items():
             job = wait_for(client, job_id, timeout=180)
             assert job["status"] == "succeeded", job
