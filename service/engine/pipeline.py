@@ -452,4 +452,16 @@ def run_file(
     return segment(model, source, output, options, probabilities, progress, vectors=vectors)
 
 
-__all__ = ["SegmentOptions", "SegmentResult", "TilesegError", "predict_strips", "run_file", "segment", "tile_settings"]
+__all__ = [
+    "SegmentOptions",
+    "SegmentResult",
+    "TilesegError",
+    "make_sinks",
+    "pixel_size_warnings",
+    "predict_strips",
+    "provenance_tags",
+    "run_file",
+    "runtime_report",
+    "segment",
+    "tile_settings",
+]
