@@ -118,7 +118,7 @@ def assembly_seconds(model, image, folder: Path, options, workers: int) -> float
     """Run the shards one after another in this process (for their files), then time only their assembly."""
     from tileseg.engine.io.inputs import open_input
     from tileseg.engine.io.read import gdal_env
-    from tileseg.engine.pipeline import TilePlan, _sinks, tile_settings
+    from tileseg.engine.pipeline import TilePlan, make_sinks, tile_settings
     from tileseg.engine.readplan import read_plan
     from tileseg.engine.runtime import BASELINE
     from tileseg.engine.shards import ShardJob, assembled_strips, plan_shards, run_shard
@@ -152,7 +152,7 @@ def assembly_seconds(model, image, folder: Path, options, workers: int) -> float
         ]
         started = time.perf_counter()
         write_all(
-            _sinks(plan, spec, options, folder / "assembled.tif", None, None),
+            make_sinks(plan, spec, options, folder / "assembled.tif", None, None),
             assembled_strips(results, spec, settings.step),
             {},
         )

@@ -113,6 +113,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Queue mode: a queued job not claimed for this long, and not in the broker's queue, is sent again.",
     )
+    shard_pixels: int = Field(
+        10**9,
+        gt=0,
+        description="Queue mode: a job without a `shards` option runs in one shard per this many input pixels past "
+        "it (on many workers at once); one shard should take a worker a few minutes.",
+    )
 
     @field_validator("models", "input_roots", "source_allow", "api_keys", "cors_origins", mode="before")
     @classmethod

@@ -57,6 +57,7 @@ STATUS_BY_CODE = {
     "bad_request": 400,
     "bad_input": 400,
     "source_not_allowed": 400,
+    "shards_need_queue": 400,
     "unauthorized": 401,
     "job_not_found": 404,
     "model_not_found": 404,

@@ -31,6 +31,15 @@ class Progress(BaseModel):
     percent: float
 
 
+class ShardCounts(BaseModel):
+    """A sharded job's shards, counted by state (their tiles are the job's ``progress``)."""
+
+    total: int
+    queued: int
+    running: int
+    done: int
+
+
 class Timings(BaseModel):
     created: datetime
     started: datetime | None
@@ -58,6 +67,9 @@ class JobOut(BaseModel):
     options: JobOptionsRecord
     input: InputInfo
     progress: Progress
+    shards: ShardCounts | None = Field(
+        None, description="A sharded job's shards by state, once it is planned; null for a job run whole."
+    )
     timings: Timings
     attempts: int
     error: ErrorDetail | None
@@ -83,6 +95,7 @@ class JobOut(BaseModel):
             options=JobOptionsRecord(**JobOptions(**job.options).to_record()),
             input=InputInfo(**job.input),
             progress=Progress(tiles_done=job.tiles_done, tiles_total=total, percent=round(percent, 1)),
+            shards=ShardCounts(**job.shards) if job.shards else None,
             timings=Timings(
                 created=_time(job.created), started=_time(job.started), finished=_time(job.finished), seconds=seconds
             ),

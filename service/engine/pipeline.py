@@ -159,13 +159,13 @@ def segment(
             runner = BatchRunner(
                 model, settings, src.scaling, device, choice.runtime, options.tta, probabilities is not None
             )
-            tags = _tags(model, plan, options, _runtime_report(settings, choice.runtime, choice, device))
-            sinks = _sinks(plan, spec, options, Path(output), probabilities, vectors)
+            tags = provenance_tags(model, plan, options, runtime_report(settings, choice.runtime, choice, device))
+            sinks = make_sinks(plan, spec, options, Path(output), probabilities, vectors)
             counts = TileCounts()
             write_all(sinks, plan.output_strips(predict_strips(runner, src, counts, options.readers, progress)), tags)
             pixels = plan.pixels_read()
     # after the run: the runner falls back to eager fp32 when its runtime fails mid-run
-    runtime = _runtime_report(settings, runner.runtime, choice, device)
+    runtime = runtime_report(settings, runner.runtime, choice, device)
     seconds = time.perf_counter() - started
     return SegmentResult(
         output=Path(output),
@@ -176,13 +176,13 @@ def segment(
         seconds=seconds,
         runtime=runtime,
         pixel_size=plan.resolution.report(pixels),
-        warnings=_pixel_size_warnings(plan.resolution, spec),
+        warnings=pixel_size_warnings(plan.resolution, spec),
         roi=plan.roi.report(counts.total, counts.skipped, seconds) if plan.roi else None,
         vectors=Path(vectors) if vectors is not None else None,
     )
 
 
-def _runtime_report(settings: TileSettings, runtime: Runtime, choice: Choice, device) -> RuntimeReport:
+def runtime_report(settings: TileSettings, runtime: Runtime, choice: Choice, device) -> RuntimeReport:
     """How a run ran (or, before it, is to run) in ``runtime``."""
     return RuntimeReport(
         tile=settings.core,
@@ -198,7 +198,7 @@ def _runtime_report(settings: TileSettings, runtime: Runtime, choice: Choice, de
     )
 
 
-def _sinks(plan: ReadPlan, spec, options: SegmentOptions, output: Path, probabilities, vectors) -> list[Sink]:
+def make_sinks(plan: ReadPlan, spec, options: SegmentOptions, output: Path, probabilities, vectors) -> list[Sink]:
     """The run's sinks: the polygons first (the likelier to fail, so finished first), then the mask."""
     target = plan.target
     cog = options.cog or isinstance(plan.full, SlideRaster)
@@ -207,7 +207,9 @@ def _sinks(plan: ReadPlan, spec, options: SegmentOptions, output: Path, probabil
     return [mask_sink] if vector_sink is None else [vector_sink, mask_sink]
 
 
-def _tags(model: SegmentationNet, plan: ReadPlan, options: SegmentOptions, runtime: RuntimeReport) -> dict[str, str]:
+def provenance_tags(
+    model: SegmentationNet, plan: ReadPlan, options: SegmentOptions, runtime: RuntimeReport
+) -> dict[str, str]:
     """The provenance tags of a mask: model, options, runtime, the pixel size read and why, the region of
     interest; for an input without a CRS whose pixel size is known, TIFF resolution tags (pixels per
     centimetre) as slide viewers read them."""
@@ -413,7 +415,7 @@ def _card_hash(model: SegmentationNet) -> str:
     return models.card_hash(path) if path else "unknown"
 
 
-def _pixel_size_warnings(resolution: Resolution, spec: models.ModelSpec) -> list[str]:
+def pixel_size_warnings(resolution: Resolution, spec: models.ModelSpec) -> list[str]:
     """A warning when the run reads at a pixel size far from the model's, or cannot tell."""
     model, read = resolution.model, resolution.read
     if model is None:
@@ -451,4 +453,16 @@ def run_file(
     return segment(model, source, output, options, probabilities, progress, vectors=vectors)
 
 
-__all__ = ["SegmentOptions", "SegmentResult", "TilesegError", "predict_strips", "run_file", "segment", "tile_settings"]
+__all__ = [
+    "SegmentOptions",
+    "SegmentResult",
+    "TilesegError",
+    "make_sinks",
+    "pixel_size_warnings",
+    "predict_strips",
+    "provenance_tags",
+    "run_file",
+    "runtime_report",
+    "segment",
+    "tile_settings",
+]

@@ -51,12 +51,12 @@ from tileseg.engine.pipeline import (
     Progress,
     SegmentResult,
     TileCounts,
-    _pixel_size_warnings,
-    _runtime_report,
-    _sinks,
-    _tags,
     choose_runtime,
+    make_sinks,
+    pixel_size_warnings,
     predict_strips,
+    provenance_tags,
+    runtime_report,
     tile_settings,
 )
 from tileseg.engine.readplan import ReadPlan, read_plan
@@ -132,8 +132,8 @@ class ShardResult:
     index: int
     y: int
     height: int
-    mask: Path
-    probabilities: Path | None
+    mask: str | Path  # any path rasterio opens
+    probabilities: str | Path | None
     tiles_total: int
     tiles_skipped: int
     seconds: float
@@ -384,13 +384,13 @@ def segment_sharded(
     with gdal_env(), open_input(source, spec, options.bands, allowed_drivers, max_pixels) as full:
         with read_plan(full, spec, options) as plan:
             src = plan.source
-            _check_shardable(plan, spec, options)
+            check_shardable(plan, spec, options)
             choice = choose_runtime(model, device, options, src.height * src.width)
             settings = tile_settings(spec, options, (src.height, src.width), choice)
             tiles = TilePlan(settings, src.height, src.width)
             bands = plan_shards(tiles.rows, len(devices))
-            report = _runtime_report(settings, choice.runtime, choice, device)
-            tags = _tags(model, plan, options, report)
+            report = runtime_report(settings, choice.runtime, choice, device)
+            tags = provenance_tags(model, plan, options, report)
             tags["TILESEG_SHARDS"] = json.dumps({"shards": len(bands), "devices": devices[: len(bands)]})
             shipped = model if device.type == "cpu" else copy.deepcopy(model).cpu()
             threads = max(1, _cores() // len(bands))
@@ -404,7 +404,7 @@ def segment_sharded(
                     for i, rows in enumerate(bands)
                 ]
                 results = run_shards(jobs, progress)
-                sinks = _sinks(plan, spec, options, output, probabilities, vectors)
+                sinks = make_sinks(plan, spec, options, output, probabilities, vectors)
                 write_all(sinks, assembled_strips(results, spec, settings.step), tags)
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -417,15 +417,15 @@ def segment_sharded(
         tiles_total=total,
         tiles_skipped=skipped,
         seconds=seconds,
-        runtime=_runtime_report(settings, Runtime.from_label(results[0].runtime), choice, device),
+        runtime=runtime_report(settings, Runtime.from_label(results[0].runtime), choice, device),
         pixel_size=plan.resolution.report(),
-        warnings=_pixel_size_warnings(plan.resolution, spec),
+        warnings=pixel_size_warnings(plan.resolution, spec),
         roi=plan.roi.report(total, skipped, seconds) if plan.roi else None,
         vectors=Path(vectors) if vectors is not None else None,
     )
 
 
-def _check_shardable(plan: ReadPlan, spec: ModelSpec, options: SegmentOptions) -> None:
+def check_shardable(plan: ReadPlan, spec: ModelSpec, options: SegmentOptions) -> None:
     """Refuse what shards cannot make exactly.
 
     Raises:
@@ -474,6 +474,7 @@ __all__ = [
     "ShardJob",
     "ShardResult",
     "assembled_strips",
+    "check_shardable",
     "parse_devices",
     "plan_shards",
     "run_file_sharded",

@@ -1,4 +1,5 @@
-"""The broker as the job table's side sees it (queue mode): send a job's id, tell which ids wait, ping.
+"""The broker as the job table's side sees it (queue mode): send a job's id (or a shard's), tell which ids
+wait, ping.
 
 The broker carries nothing but job ids; why it may lose, repeat or hold back messages without a job being
 lost or run twice: :mod:`tileseg.jobs`.
@@ -18,6 +19,7 @@ from tileseg.settings import Settings
 log = logging.getLogger(__name__)
 
 TASK = "tileseg.segment"
+SHARD_TASK = "tileseg.shard"  # one shard of a sharded job: (job id, shard number)
 SEND_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
 
 
@@ -62,6 +64,21 @@ class Broker:
         """
         self.app.send_task(
             TASK, args=[str(job_id)], task_id=str(job_id), queue=self.queue, retry=True, retry_policy=SEND_RETRY
+        )
+
+    def send_shard(self, job_id: str, number: int) -> None:
+        """Queue a message that names one shard of a sharded job (its task id ``<job id>:<number>``).
+
+        Raises:
+            kombu's OperationalError: as :meth:`send`.
+        """
+        self.app.send_task(
+            SHARD_TASK,
+            args=[str(job_id), int(number)],
+            task_id=f"{job_id}:{int(number)}",
+            queue=self.queue,
+            retry=True,
+            retry_policy=SEND_RETRY,
         )
 
     def ping(self) -> bool:
@@ -133,4 +150,4 @@ def _safe_url(url: str) -> str:
     return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
 
 
-__all__ = ["Broker", "SEND_RETRY", "TASK", "make_celery"]
+__all__ = ["Broker", "SEND_RETRY", "SHARD_TASK", "TASK", "make_celery"]

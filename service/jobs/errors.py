@@ -70,7 +70,22 @@ class LeaseLostError(TilesegError):
     code = "lease_lost"
 
 
+class ShardsNeedQueueError(TilesegError, ValueError):
+    """``shards`` > 1 asked of a server that runs its jobs itself (``TILESEG_MODE=embedded``): shards are run by
+    queue workers."""
+
+    code = "shards_need_queue"
+
+
+class ShardStoppedError(TilesegError):
+    """A shard's job ended without it (another shard failed it): the shard stops and keeps nothing."""
+
+    code = "shard_stopped"
+
+
 __all__ = [
+    "ShardStoppedError",
+    "ShardsNeedQueueError",
     "InterruptedJobError",
     "JobCanceledError",
     "JobFailedError",

@@ -27,12 +27,13 @@ from tileseg.engine.io.stac import PIN, is_item_name, read_item
 from tileseg.engine.options import SegmentOptions, scope
 from tileseg.engine.resolution import plan_resolution
 from tileseg.errors import OptionsError, TooLargeError
-from tileseg.jobs.errors import SourceNotAllowedError
-from tileseg.models.spec import ModelSpec
+from tileseg.jobs.errors import ShardsNeedQueueError, SourceNotAllowedError
+from tileseg.models.spec import BlendMode, ModelSpec
 
 # Formats without internal tiles: reaching any window decodes every row above it, so their size is
 # bounded more tightly than that of tiled GeoTIFFs (a small PNG can claim 10^10 pixels).
 UNTILED_DRIVERS = frozenset({"PNG", "JPEG", "BMP", "WEBP"})
+MAX_SHARDS = 4096  # a job's shards: rows in the job table and messages in the broker
 
 
 class JobOptions(SegmentOptions):
@@ -41,6 +42,19 @@ class JobOptions(SegmentOptions):
 
     probabilities: bool = Field(False, description="Also write per-class probabilities.")
     vectors: bool = Field(False, description="Also write every region of every object class as a polygon.")
+    shards: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_SHARDS,
+        description="Queue mode: run the image in this many bands of tile rows, each on any worker, the mask exact "
+        "at the seams (1: one worker); auto (the default): one shard per TILESEG_SHARD_PIXELS past that size.",
+        json_schema_extra={"auto": True},
+    )
+
+    @field_validator("shards", mode="before")
+    @classmethod
+    def _auto_shards(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() in ("auto", "") else value
 
     @field_validator("roi")
     @classmethod
@@ -53,13 +67,35 @@ class JobOptions(SegmentOptions):
     def segment_options(self, batch: int | None = None, memory: str | None = None) -> SegmentOptions:
         """The engine's options for this job, with the server's batch size and memory budget (None: the
         tuner's batch; the budget of TILESEG_MEMORY_BUDGET or a fair share)."""
-        own = self.model_dump(exclude={"probabilities", "vectors"})
+        own = self.model_dump(exclude={"probabilities", "vectors", "shards"})
         return SegmentOptions(**{**own, "batch": batch, "memory": memory})
 
     def to_record(self) -> dict[str, Any]:
         """The options as the job table and the API show them: the form's fields."""
         data = super().to_record()
         return {name: data[name] for name in form_fields()}
+
+
+def check_shards(options: JobOptions, spec: ModelSpec, queue_mode: bool) -> None:
+    """Refuse ``shards`` > 1 where it cannot run, before the job exists.
+
+    Raises:
+        ShardsNeedQueueError: the server runs its jobs itself (``TILESEG_MODE=embedded``).
+        OptionsError: a blended mode, whose windows are weighted across tile rows: not exact in shards.
+    """
+    if options.shards is None or options.shards == 1:
+        return
+    if not queue_mode:
+        raise ShardsNeedQueueError(
+            f"shards={options.shards}: this server runs its jobs itself (TILESEG_MODE=embedded), one job on one "
+            "worker; shards run on queue workers (TILESEG_MODE=queue). Leave shards out, or give shards=1"
+        )
+    blend = options.blend or spec.geometry.blend
+    if blend is not BlendMode.CROP:
+        raise OptionsError(
+            f"shards={options.shards}: {blend.value} blending weights windows across tile rows, so shards would not "
+            "be exact; give blend=crop (for a translation-equivariant model) or shards=1"
+        )
 
 
 def form_fields() -> list[str]:
@@ -316,5 +352,6 @@ __all__ = [
     "check_input",
     "check_item",
     "check_redirects",
+    "check_shards",
     "resolve_source",
 ]

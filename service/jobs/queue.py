@@ -24,11 +24,13 @@ from celery.exceptions import Reject
 
 from tileseg.engine.device import configure_threads
 from tileseg.errors import OptionsError
-from tileseg.jobs.broker import TASK, Broker, make_celery
+from tileseg.jobs.broker import SHARD_TASK, TASK, Broker, make_celery
 from tileseg.jobs.modelpool import ModelPool
 from tileseg.jobs.reaper import Reaper
-from tileseg.jobs.runner import RunConfig, RunStatus, run_job
-from tileseg.jobs.store import JobStore
+from tileseg.jobs.runner import Outcome, RunConfig, RunStatus, run_job
+from tileseg.jobs.sharded import ShardCount, assemble_job, plan_job, run_shard_job, shard_count
+from tileseg.jobs.shardstore import ShardStore
+from tileseg.jobs.store import Job, JobStore
 from tileseg.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ class QueueWorker:
         configure_threads(settings.torch_threads)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.store = JobStore(settings.database)
+        self.shards = ShardStore(self.store)
         self.pool = ModelPool.of(settings, device)
         self.config = RunConfig.of(settings)
         self.broker = Broker(settings)
@@ -92,10 +95,58 @@ class QueueWorker:
             log.info("job %s: nothing to claim (it is no longer queued)", job_id)
             return "skipped"
         log.info("job %s: attempt %s (start %d) on %s", job.id, job.token, job.attempts, self.pool.device)
-        outcome = run_job(self.store, job, self.pool.get, self.config, self._past_grace)
+        outcome = self._run_claimed(job)
         if outcome.status is RunStatus.INTERRUPTED:
             raise Reject("the worker stopped: the job is queued again", requeue=True)
         return outcome.status.value
+
+    def _run_claimed(self, job: Job) -> Outcome:
+        """Run a claimed job whole; or plan it in shards and send them; or, sharded already and every shard
+        done (its assembler died), assemble it."""
+        stores = (self.store, self.shards)
+        if job.plan is not None:
+            return assemble_job(stores, job, self.pool.get, self.config, self._past_grace)
+        try:
+            count = shard_count(
+                job, self.pool.get(job.model, job.options.get("prune")).spec, self.settings.shard_pixels
+            )
+        except Exception:  # a model that cannot load: the job's run fails it with the reason
+            count = ShardCount(1, automatic=True)
+        if count.count > 1:
+            planned = plan_job(stores, job, self.pool.get, self.config, self._past_grace, count, self._send_shards)
+            if planned is not None:
+                return planned
+        return run_job(self.store, job, self.pool.get, self.config, self._past_grace)
+
+    def run_shard(self, job_id: str, number: int) -> str:
+        """The shard task: claim the shard, run it (the last one assembles its job), say how it ended.
+
+        Raises:
+            Reject: the worker is stopping; the message goes back to the broker for another worker.
+        """
+        if self._stopping_since is not None:
+            raise Reject("the worker is stopping", requeue=True)
+        shard = self.shards.claim(self.name, job_id, number)
+        if shard is None:  # taken, done, or its job ended: nothing to do
+            log.info("job %s shard %d: nothing to claim", job_id, number + 1)
+            return "skipped"
+        log.info("job %s shard %d: attempt %s (start %d)", job_id, number + 1, shard.token, shard.attempts)
+        stores = (self.store, self.shards)
+        outcome = run_shard_job(stores, shard, self.pool.get, self.config, self._past_grace, self.name)
+        if outcome.status is RunStatus.INTERRUPTED:
+            raise Reject("the worker stopped: the shard is queued again", requeue=True)
+        return outcome.status.value
+
+    def _send_shards(self, job_id: str, numbers: list[int]) -> None:
+        sent = []
+        for number in numbers:
+            try:
+                self.broker.send_shard(job_id, number)
+            except Exception:  # the shards are in the table: the reaper sends them once the broker answers
+                log.warning("job %s: shard %d is queued, but the broker did not take its message", job_id, number + 1)
+                break
+            sent.append((job_id, number))
+        self.shards.enqueued(sent)
 
     def stopping(self) -> None:
         """SIGTERM arrived: take no new job; the running one has the grace period from now."""
@@ -124,7 +175,12 @@ def run_worker(settings: Settings, log_level: str = "info") -> int:
         """Segment the job ``job_id`` of the job table (the message carries nothing else)."""
         return worker.run(job_id)
 
+    def segment_shard(job_id: str, number: int) -> str:
+        """Segment shard ``number`` of the sharded job ``job_id``."""
+        return worker.run_shard(job_id, int(number))
+
     app.task(name=TASK, acks_late=True, reject_on_worker_lost=True)(segment_job)
+    app.task(name=SHARD_TASK, acks_late=True, reject_on_worker_lost=True)(segment_shard)
     signals.worker_shutting_down.connect(lambda **_: worker.stopping(), weak=False)
     worker.reaper.start()
     try:

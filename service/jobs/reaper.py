@@ -11,6 +11,9 @@ many reapers at once do no harm):
 2. Queued jobs that nobody claimed for ``requeue_after`` seconds since their last message, and whose id is
    not in the broker's queue, are sent again: a broker restarted empty loses its queue, never the jobs.
 
+The shards of sharded jobs (:mod:`tileseg.jobs.sharded`) are reaped and sent again by the same rules, each
+on its own: a dead worker's shard is queued again (or, past its attempts, fails, and its job with it).
+
 Its part in keeping every job: :mod:`tileseg.jobs`.
 """
 
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 
 from tileseg.jobs.broker import Broker
 from tileseg.jobs.periodic import Periodic
+from tileseg.jobs.shardstore import ShardStore, parse_message_id
 from tileseg.jobs.store import JobStatus, JobStore
 
 log = logging.getLogger(__name__)
@@ -33,39 +37,68 @@ class Reaped:
     requeued: list[str] = field(default_factory=list)  # leases that ran out: queued again and sent
     failed: list[str] = field(default_factory=list)  # leases that ran out once too often
     resent: list[str] = field(default_factory=list)  # queued jobs the broker had lost
+    shards_requeued: list[str] = field(default_factory=list)  # shards (``<job id>:<number>``), as for jobs
+    shards_failed: list[str] = field(default_factory=list)
+    shards_resent: list[str] = field(default_factory=list)
 
 
 def reap(store: JobStore, broker: Broker, *, lease: float, max_attempts: int, requeue_after: float) -> Reaped:
     """One pass of the reaper (see the module's docstring)."""
     done = Reaped()
+    shards = ShardStore(store)
     done.requeued, done.failed = store.reap(lease, max_attempts)
     if done.requeued:
         log.warning("lease ran out for %d job(s); queued again: %s", len(done.requeued), ", ".join(done.requeued))
-        _send(store, broker, done.requeued)
+        _send(store, shards, broker, done.requeued)
     if done.failed:
         log.warning(
             "lease ran out for %d job(s) with no attempts left; failed: %s", len(done.failed), ", ".join(done.failed)
         )
-    unclaimed = store.unclaimed(requeue_after)
-    if unclaimed:
-        queued = store.count_by_status()[JobStatus.QUEUED]
-        done.resent = broker.missing(unclaimed, queued)
-        if done.resent:
-            log.warning("%d queued job(s) had no message in the broker; sent again", len(done.resent))
-            _send(store, broker, done.resent)
+    requeued, failed = shards.reap(lease, max_attempts)
+    done.shards_requeued = [s.message_id for s in requeued]
+    done.shards_failed = [s.message_id for s in failed]
+    if requeued:
+        log.warning("lease ran out for %d shard(s); queued again: %s", len(requeued), ", ".join(done.shards_requeued))
+        _send(store, shards, broker, done.shards_requeued)
+    if failed:
+        log.warning("shard(s) with no attempts left failed, and their jobs: %s", ", ".join(done.shards_failed))
+    _resend(store, shards, broker, requeue_after, done)
     return done
 
 
-def _send(store: JobStore, broker: Broker, job_ids: list[str]) -> None:
-    sent = []
-    for job_id in job_ids:
+def _resend(store: JobStore, shards: ShardStore, broker: Broker, requeue_after: float, done: Reaped) -> None:
+    """Send again the queued jobs and shards that nobody claimed and that the broker no longer holds."""
+    unclaimed = store.unclaimed(requeue_after) + [s.message_id for s in shards.unclaimed(requeue_after)]
+    if not unclaimed:
+        return
+    queued = store.count_by_status()[JobStatus.QUEUED] + shards.queued()
+    missing = broker.missing(unclaimed, queued)
+    done.resent = [m for m in missing if ":" not in m]
+    done.shards_resent = [m for m in missing if ":" in m]
+    if done.resent:
+        log.warning("%d queued job(s) had no message in the broker; sent again", len(done.resent))
+    if done.shards_resent:
+        log.warning("%d queued shard(s) had no message in the broker; sent again", len(done.shards_resent))
+    _send(store, shards, broker, missing)
+
+
+def _send(store: JobStore, shards: ShardStore, broker: Broker, ids: list[str]) -> None:
+    """Send a message for each job id or shard id (``<job id>:<number>``), and record it."""
+    sent_jobs, sent_shards = [], []
+    for message in ids:
         try:
-            broker.send(job_id)
-            sent.append(job_id)
+            if ":" in message:
+                job_id, number = parse_message_id(message)
+                broker.send_shard(job_id, number)
+                sent_shards.append((job_id, number))
+            else:
+                broker.send(message)
+                sent_jobs.append(message)
         except Exception:  # the broker is away: the next pass finds the job unclaimed and tries again
-            log.warning("job %s could not be sent to the broker", job_id, exc_info=True)
+            log.warning("%s could not be sent to the broker", message, exc_info=True)
             break
-    store.enqueued(sent)
+    store.enqueued(sent_jobs)
+    shards.enqueued(sent_shards)
 
 
 class Reaper(Periodic):

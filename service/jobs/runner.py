@@ -78,6 +78,8 @@ class RunStatus(str, enum.Enum):
     CANCELED = "canceled"
     INTERRUPTED = "interrupted"  # the worker is stopping: the job is back in the queue
     LOST = "lost"  # the lease ran out: another attempt has the job
+    PLANNED = "planned"  # planned in shards, each now a task of its own (tileseg.jobs.sharded)
+    SHARD_DONE = "shard_done"  # a shard finished, and other shards of its job had not
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,7 @@ def run_job(
     Returns:
         How the run ended (:class:`RunStatus`).
     """
-    run = _Attempt(store, job, config, should_stop)
+    run = Attempt(store, job, config, should_stop)
     attempt, progress = run.attempt, run.progress
     try:
         try:
@@ -160,7 +162,7 @@ def run_job(
             )
             render_preview(attempt.mask, attempt.preview)
             if config.view_copies:
-                _prepare_viewer(job, source, attempt, options)
+                prepare_viewer(job, source, attempt, options)
             if config.objects is not None:  # put under the attempt's own keys before the commit names them
                 config.objects.stage(job.id, job.token or "", attempt.root)
         except Exception as err:  # a bug in one job included: it must not take the worker down
@@ -186,7 +188,7 @@ def run_summary(result: SegmentResult) -> dict[str, Any]:
     ).model_dump(mode="json")
 
 
-def _prepare_viewer(job: Job, source: str, attempt: JobFiles, options: JobOptions) -> None:
+def prepare_viewer(job: Job, source: str, attempt: JobFiles, options: JobOptions) -> None:
     """The web viewer's files: a view copy of the input (its base layer, kept after the upload goes) and
     overviews on the mask. The mask stands without them: a failure here is logged, not the job's."""
     try:
@@ -197,7 +199,7 @@ def _prepare_viewer(job: Job, source: str, attempt: JobFiles, options: JobOption
         attempt.view.unlink(missing_ok=True)
 
 
-class _Attempt:
+class Attempt:
     """One run of a claimed job: its files, its heartbeat, the tiles done so far, and each way it can end."""
 
     def __init__(self, store: JobStore, job: Job, config: RunConfig, should_stop: Callable[[], bool]):
@@ -228,7 +230,7 @@ class _Attempt:
         """
         self.tiles = tiles_done
         if self.heartbeat.lost or not self.store.progress(self.job.id, self.job.token, tiles_done, tiles_total):
-            raise _not_ours(self.store, self.job)
+            raise not_ours(self.store, self.job)
         if self.should_stop():
             raise InterruptedJobError("the worker is stopping")
 
@@ -294,7 +296,7 @@ class _Attempt:
 
     def _ended_elsewhere(self) -> Outcome:
         # the compare-and-set found the job no longer this attempt's: canceled, or gone to another attempt
-        if isinstance(_not_ours(self.store, self.job), CanceledError):
+        if isinstance(not_ours(self.store, self.job), CanceledError):
             self._remove_all()  # a canceled job keeps nothing, not even its upload
             return self._outcome(RunStatus.CANCELED, "canceled")
         return self._outcome(RunStatus.LOST, LeaseLostError.code)
@@ -312,7 +314,7 @@ class _Attempt:
         return Outcome(status, time.perf_counter() - self.started, self.tiles, code)
 
 
-def _not_ours(store: JobStore, job: Job) -> TilesegError:
+def not_ours(store: JobStore, job: Job) -> TilesegError:
     """Why the attempt no longer owns its job: canceled (or deleted), or its lease ran out."""
     try:
         now = store.get(job.id)
@@ -323,4 +325,15 @@ def _not_ours(store: JobStore, job: Job) -> TilesegError:
     return LeaseLostError(f"job {job.id} is {now.status.value} under another attempt")
 
 
-__all__ = ["Heartbeat", "ModelSource", "Outcome", "RunConfig", "RunStatus", "run_job"]
+__all__ = [
+    "Attempt",
+    "Heartbeat",
+    "ModelSource",
+    "Outcome",
+    "RunConfig",
+    "RunStatus",
+    "not_ours",
+    "prepare_viewer",
+    "run_job",
+    "run_summary",
+]

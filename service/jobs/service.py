@@ -33,7 +33,7 @@ from tileseg.jobs.errors import (
     ResultNotReadyError,
 )
 from tileseg.jobs.files import JobFiles, drop_input, jobs_root
-from tileseg.jobs.intake import JobOptions, check_input, resolve_source
+from tileseg.jobs.intake import JobOptions, check_input, check_shards, resolve_source
 from tileseg.jobs.modelpool import CardCatalogue, ModelPool, ServedModels
 from tileseg.jobs.runner import Outcome, RunConfig
 from tileseg.jobs.store import ANY_OWNER, Job, JobStatus, JobStore, new_job_id
@@ -189,6 +189,7 @@ class JobService:
             else:
                 path = resolve_source(source or "", self.settings.input_roots, self.settings.source_allow)
                 name = path.name
+            check_shards(options, spec, self.queue_mode)
             info = check_input(path, spec, options, self.limits, name=name)
             if self.objects is not None:  # no disk is shared with the workers: nothing of the job stays here
                 if upload is not None:

@@ -21,7 +21,18 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tileseg.jobs.errors import JobNotFoundError
-from tileseg.jobs.table import Job, JobStatus, clock, create_tables, health, jobs, make_engine
+from tileseg.jobs.table import (
+    SHARD_COUNTS,
+    Job,
+    JobStatus,
+    ShardStatus,
+    clock,
+    create_tables,
+    health,
+    jobs,
+    make_engine,
+    shards,
+)
 
 ANY_OWNER = object()  # the store's callers that see every job (workers, the sweeper)
 
@@ -53,8 +64,9 @@ class JobStore:
             yield conn
 
     def _select(self) -> sa.Select:
-        """Whole rows, each with the database's clock as ``read_at``."""
-        return sa.select(jobs, self._now.label("read_at"))
+        """Whole rows, each with the database's clock as ``read_at`` and, for sharded jobs, their shards counted
+        by state and their tiles done."""
+        return sa.select(jobs, self._now.label("read_at"), *_shard_counts())
 
     # ---- the API's side -------------------------------------------------------------------------------------
 
@@ -128,7 +140,7 @@ class JobStore:
         job = self.get(job_id, owner)
         with self._tx() as conn:
             if not job.status.finished:
-                conn.execute(
+                canceled = conn.execute(
                     jobs.update()
                     .where(jobs.c.id == job.id, jobs.c.status.in_(_ACTIVE))
                     .values(
@@ -138,7 +150,14 @@ class JobStore:
                         error_code="canceled",
                         error_message="canceled by the client",
                     )
-                )
+                ).rowcount
+                if canceled:  # a sharded job's shards stop with it, running ones at their next report (the
+                    # job's row first, then its shards': the order every transaction on shards locks them in)
+                    conn.execute(
+                        shards.update()
+                        .where(shards.c.job_id == job.id, shards.c.status.in_(_SHARD_ACTIVE))
+                        .values(status=ShardStatus.CANCELED.value, token=None, finished=self._now)
+                    )
             elif job.status is JobStatus.SUCCEEDED:
                 conn.execute(
                     jobs.update()
@@ -307,6 +326,9 @@ class JobStore:
         stale = sa.and_(
             jobs.c.status == JobStatus.RUNNING.value,
             sa.or_(jobs.c.heartbeat.is_(None), jobs.c.heartbeat < stale_before),
+            # a sharded job lives in its shards (each leased and reaped on its own) until all are done; then
+            # its assembly holds the job's own lease
+            sa.or_(jobs.c.plan.is_(None), ~_pending_shards().exists()),
         )
         with self.engine.connect() as conn:
             found = list(conn.execute(sa.select(jobs.c.id, jobs.c.attempts).where(stale)))
@@ -356,6 +378,24 @@ class JobStore:
 
 
 _ACTIVE = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
+_SHARD_ACTIVE = [ShardStatus.QUEUED.value, ShardStatus.RUNNING.value]
+
+
+def _pending_shards() -> sa.Select:
+    """The job's shards not done yet (correlated with the job's row)."""
+    return sa.select(shards.c.number).where(shards.c.job_id == jobs.c.id, shards.c.status != ShardStatus.DONE.value)
+
+
+def _shard_counts() -> list[sa.Label]:
+    """A job's shards counted by state (``shards_total``, ``shards_queued``, ...) and their tiles done
+    (``shards_tiles``): correlated subqueries, read with the job's row."""
+    mine = shards.c.job_id == jobs.c.id
+    labels = []
+    for key in SHARD_COUNTS:
+        where = [mine] if key == "total" else [mine, shards.c.status == key]
+        labels.append(sa.select(sa.func.count()).where(*where).scalar_subquery().label(f"shards_{key}"))
+    tiles = sa.select(sa.func.coalesce(sa.func.sum(shards.c.tiles_done), 0)).where(mine)
+    return [*labels, tiles.scalar_subquery().label("shards_tiles")]
 
 
 def _owned(job_id: str, token: str) -> tuple:

@@ -18,6 +18,7 @@ from tileseg.jobs.errors import JobNotFoundError
 from tileseg.jobs.files import JobFiles, drop_input, jobs_root
 from tileseg.jobs.objects import ObjectResults
 from tileseg.jobs.periodic import Periodic
+from tileseg.jobs.shardfiles import remove_all as remove_shard_files
 from tileseg.jobs.store import Job, JobStatus, JobStore
 from tileseg.objectstore import ObjectStoreError
 
@@ -68,6 +69,7 @@ def _tidy(store: JobStore, folder: Path, keep_inputs: bool) -> None:
         return
     if job.status.finished:
         drop_input(job, keep_inputs)  # a local upload (in S3, the job's run removed its own)
+        remove_shard_files(JobFiles(folder))  # a sharded job failed by the reaper (a shard out of attempts)
     _tidy_attempts(job, JobFiles(folder))
 
 

@@ -59,8 +59,45 @@ jobs = sa.Table(
     sa.Column(
         "result", sa.JSON(none_as_null=True), nullable=True
     ),  # the published run's summary: pixel sizes, level, ROI share
+    # a sharded job's plan (tileseg.engine.shardplan.ShardPlan as JSON): its shards are rows of `shards`
+    sa.Column("plan", sa.JSON(none_as_null=True), nullable=True),
     sa.Index("ix_jobs_status_created", "status", "created"),
     sa.Index("ix_jobs_owner_created", "owner", "created"),
+)
+
+
+class ShardStatus(str, enum.Enum):
+    """Where a shard is: queued -> running -> done | failed; queued or running -> canceled (its job ended)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+# One row per shard of a sharded job (tileseg.jobs.shardstore): leased, beaten and reaped as jobs are.
+shards = sa.Table(
+    "shards",
+    metadata,
+    sa.Column("job_id", sa.String(36), primary_key=True),
+    sa.Column("number", sa.Integer, primary_key=True, autoincrement=False),  # 0 = the top band
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("tiles_done", sa.Integer, nullable=False, default=0),
+    sa.Column("tiles_total", sa.Integer, nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("started", sa.Float, nullable=True),
+    sa.Column("finished", sa.Float, nullable=True),
+    sa.Column("heartbeat", sa.Float, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("token", sa.String(32), nullable=True),  # the current attempt's; compare-and-set key
+    sa.Column("worker", sa.String(200), nullable=True),
+    sa.Column("enqueued", sa.Float, nullable=True),
+    sa.Column("published", sa.String(32), nullable=True),  # the token of the attempt whose shard files count
+    sa.Column("result", sa.JSON(none_as_null=True), nullable=True),  # the finished shard's rows and counts
+    sa.Column("error_code", sa.String(64), nullable=True),
+    sa.Column("error_message", sa.Text, nullable=True),
+    sa.Index("ix_shards_status", "status"),
 )
 health = sa.Table("health", metadata, sa.Column("id", sa.Integer, primary_key=True), sa.Column("at", sa.Float))
 
@@ -92,13 +129,23 @@ class Job:
     enqueued: float | None = None
     published: str | None = None
     result: dict[str, Any] | None = None
+    plan: dict[str, Any] | None = None
     read_at: float | None = None  # not a column: the database's clock when the row was read
+    shards: dict[str, int] | None = None  # not a column: a sharded job's shards counted (total, queued, ...)
 
     @classmethod
     def from_row(cls, row: sa.Row) -> Job:
         data = dict(row._mapping)
         data["status"] = JobStatus(data["status"])
+        counts = {key: int(data.pop(f"shards_{key}", 0) or 0) for key in SHARD_COUNTS}
+        tiles = data.pop("shards_tiles", None)
+        if data.get("plan") is not None:  # a sharded job's progress is its shards'
+            data["shards"] = counts
+            data["tiles_done"] = int(tiles or 0)
         return cls(**data)
+
+
+SHARD_COUNTS = ("total", "queued", "running", "done")  # what GET /jobs/{id} shows of a sharded job's shards
 
 
 def clock(engine: Engine) -> sa.ColumnElement:
@@ -122,7 +169,7 @@ def create_tables(engine: Engine) -> None:
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(7340301)"))  # any number, fixed for tileseg
-        metadata.create_all(conn)
+        metadata.create_all(conn)  # the shards table too, for a table made by an older version
         present = {c["name"] for c in sa.inspect(conn).get_columns("jobs")}
         for column in jobs.columns:
             if column.name not in present and column.nullable:
@@ -148,4 +195,16 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-__all__ = ["Job", "JobStatus", "clock", "create_tables", "health", "jobs", "make_engine", "metadata"]
+__all__ = [
+    "SHARD_COUNTS",
+    "Job",
+    "JobStatus",
+    "ShardStatus",
+    "shards",
+    "clock",
+    "create_tables",
+    "health",
+    "jobs",
+    "make_engine",
+    "metadata",
+]

@@ -1,0 +1,222 @@
+"""Shards run apart: planned once, each run by any process on any machine, assembled by one of them.
+
+:mod:`tileseg.engine.shards` runs the shards of one call in child processes of its own. Here the three steps
+stand alone, for callers that spread them over machines and time (the service's queue workers,
+:mod:`tileseg.jobs.sharded`): nothing passes between them but a :class:`ShardPlan` (JSON) and each shard's
+:class:`~tileseg.engine.shards.ShardResult`.
+
+1. :func:`plan_sharded` opens the input once, chooses the runtime, core and batch (the tuner) and cuts the
+   tile plan into bands of tile rows. The choice is fixed in the plan: every shard must run the same window,
+   or the seams between cores would move.
+2. :func:`run_planned_shard` runs one band into shard files in a folder the caller names, with that fixed
+   choice, wherever it runs.
+3. :func:`assemble_sharded` streams the shard files in order, one tile row at a time, into the sinks a single
+   run uses (mask GeoTIFF or COG, probabilities, polygons): memory follows a tile row, never the image. The
+   shard files are read by the path strings in the results, so any path rasterio opens will do.
+
+The outputs equal a single run's, for the reasons :mod:`tileseg.engine.shards` gives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tileseg.engine.io.inputs import open_input
+from tileseg.engine.io.read import ALLOWED_DRIVERS, gdal_env
+from tileseg.engine.options import SegmentOptions
+from tileseg.engine.pipeline import (
+    Progress,
+    SegmentResult,
+    choose_runtime,
+    make_sinks,
+    pixel_size_warnings,
+    provenance_tags,
+    runtime_report,
+    tile_settings,
+)
+from tileseg.engine.readplan import read_plan
+from tileseg.engine.results import RuntimeReport
+from tileseg.engine.runtime import Runtime
+from tileseg.engine.shards import ShardJob, ShardResult, assembled_strips, check_shardable, plan_shards, run_shard
+from tileseg.engine.sinks import write_all
+from tileseg.engine.tiling import TilePlan, TileSettings
+from tileseg.engine.vectors import check_vector_path
+from tileseg.models.base import SegmentationNet
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """A sharded run's plan: the bands of tile rows, the plan's columns, and the fixed runtime choice.
+
+    Attributes:
+        bands: ``(first, stop)`` tile rows of each shard, top to bottom.
+        cols: tiles a tile row.
+        runtime: the tile settings and runtime every shard runs with (the tuner's choice, made once).
+    """
+
+    bands: tuple[tuple[int, int], ...]
+    cols: int
+    runtime: RuntimeReport
+
+    @property
+    def count(self) -> int:
+        return len(self.bands)
+
+    def tiles(self, index: int) -> int:
+        """The tiles of shard ``index``."""
+        first, stop = self.bands[index]
+        return (stop - first) * self.cols
+
+    @property
+    def tiles_total(self) -> int:
+        return sum(self.tiles(i) for i in range(self.count))
+
+    def settings(self, model: SegmentationNet, options: SegmentOptions) -> TileSettings:
+        """The fixed tile settings, checked again against the model's geometry."""
+        report = self.runtime
+        return TileSettings(
+            model.spec.geometry, core=report.tile, blend=report.blend, overlap=options.overlap, batch=report.batch
+        )
+
+    def describe(self, index: int) -> str:
+        """``shard 2 of 3 (tile rows 4-7)``: how errors name a shard."""
+        first, stop = self.bands[index]
+        return f"shard {index + 1} of {self.count} (tile rows {first}-{stop - 1})"
+
+    def to_record(self) -> dict[str, Any]:
+        """The plan as JSON (what the job table keeps)."""
+        return {"bands": [list(b) for b in self.bands], "cols": self.cols, "runtime": self.runtime.model_dump()}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ShardPlan:
+        return cls(
+            bands=tuple((int(a), int(b)) for a, b in record["bands"]),
+            cols=int(record["cols"]),
+            runtime=RuntimeReport.model_validate(record["runtime"]),
+        )
+
+
+def plan_sharded(
+    model: SegmentationNet,
+    source: str | os.PathLike,
+    count: int,
+    options: SegmentOptions = SegmentOptions(),
+    allowed_drivers: frozenset[str] = ALLOWED_DRIVERS,
+    max_pixels: int | None = None,
+) -> ShardPlan:
+    """Plan a run of ``source`` in up to ``count`` shards (fewer when the image has fewer tile rows), the
+    runtime, core and batch chosen by the tuner on the model's device.
+
+    Raises:
+        OptionsError: a blended mode, or a mask written on another grid than the one read (not exact in shards).
+        TilesegError subclasses: the input's, as :func:`tileseg.engine.pipeline.segment`.
+    """
+    spec, device = model.spec, next(model.parameters()).device
+    with gdal_env(), open_input(source, spec, options.bands, allowed_drivers, max_pixels) as full:
+        with read_plan(full, spec, options) as plan:
+            src = plan.source
+            check_shardable(plan, spec, options)
+            choice = choose_runtime(model, device, options, src.height * src.width)
+            settings = tile_settings(spec, options, (src.height, src.width), choice)
+            tiles = TilePlan(settings, src.height, src.width)
+    bands = tuple((band.start, band.stop) for band in plan_shards(tiles.rows, count))
+    return ShardPlan(bands, tiles.cols, runtime_report(settings, choice.runtime, choice, device))
+
+
+def run_planned_shard(
+    model: SegmentationNet,
+    source: str | os.PathLike,
+    plan: ShardPlan,
+    index: int,
+    folder: Path,
+    options: SegmentOptions = SegmentOptions(),
+    probabilities: bool = False,
+    progress: Progress | None = None,
+    allowed_drivers: frozenset[str] = ALLOWED_DRIVERS,
+    max_pixels: int | None = None,
+) -> ShardResult:
+    """Run shard ``index`` of ``plan`` in this process, on the model's device, into shard files in ``folder``
+    (which exists).
+
+    Raises:
+        TilesegError subclasses for an input this process cannot read; anything a read or the network raises.
+    """
+    first, stop = plan.bands[index]
+    job = ShardJob(
+        index=index,
+        count=plan.count,
+        rows=range(first, stop),
+        model=model,
+        device=str(next(model.parameters()).device),
+        threads=0,  # not used in this process: its threads are the caller's
+        source=os.fspath(source),
+        options=options,
+        settings=plan.settings(model, options),
+        runtime=Runtime.from_label(plan.runtime.runtime),
+        folder=folder,
+        probabilities=probabilities,
+        cols=plan.cols,
+        allowed_drivers=allowed_drivers,
+        max_pixels=max_pixels,
+    )
+    return run_shard(job, progress)
+
+
+def assemble_sharded(
+    model: SegmentationNet,
+    source: str | os.PathLike,
+    plan: ShardPlan,
+    results: Sequence[ShardResult],
+    output: str | os.PathLike,
+    options: SegmentOptions = SegmentOptions(),
+    probabilities: str | os.PathLike | None = None,
+    vectors: str | os.PathLike | None = None,
+    allowed_drivers: frozenset[str] = ALLOWED_DRIVERS,
+    max_pixels: int | None = None,
+) -> SegmentResult:
+    """Write the outputs of a single run of ``source`` from the finished shards' files, streamed in order.
+
+    Args:
+        results: every shard of ``plan``, top to bottom.
+        output, probabilities, vectors: as :func:`tileseg.engine.pipeline.segment`.
+
+    Raises:
+        ValueError: ``results`` are not every shard of the plan, in order.
+        TilesegError subclasses: the input's (it is opened again, for its grid, tags and region of interest).
+    """
+    started = time.perf_counter()
+    if [r.index for r in results] != list(range(plan.count)):
+        raise ValueError(f"the assembly needs all {plan.count} shards in order, not {[r.index for r in results]}")
+    if vectors is not None:
+        check_vector_path(vectors)
+    spec, report = model.spec, plan.runtime
+    with gdal_env(), open_input(source, spec, options.bands, allowed_drivers, max_pixels) as full:
+        with read_plan(full, spec, options) as read:
+            tags = provenance_tags(model, read, options, report)
+            tags["TILESEG_SHARDS"] = json.dumps({"shards": plan.count})  # as a sharded run of the command line
+            sinks = make_sinks(read, spec, options, Path(output), probabilities, vectors)
+            write_all(sinks, assembled_strips(results, spec, report.step), tags)
+    total, skipped = sum(r.tiles_total for r in results), sum(r.tiles_skipped for r in results)
+    seconds = sum(r.seconds for r in results) + time.perf_counter() - started  # the work, not the wall time
+    return SegmentResult(
+        output=Path(output),
+        probabilities=Path(probabilities) if probabilities else None,
+        input=full.info,
+        tiles_total=total,
+        tiles_skipped=skipped,
+        seconds=seconds,
+        runtime=report,
+        pixel_size=read.resolution.report(),
+        warnings=pixel_size_warnings(read.resolution, spec),
+        roi=read.roi.report(total, skipped, seconds) if read.roi else None,
+        vectors=Path(vectors) if vectors is not None else None,
+    )
+
+
+__all__ = ["ShardPlan", "assemble_sharded", "plan_sharded", "run_planned_shard"]
