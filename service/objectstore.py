@@ -209,13 +209,40 @@ def _chunks(body) -> Iterator[bytes]:
         body.close()
 
 
-def keys(prefix: S3Url) -> list[S3Url]:
-    """Every object whose key starts with ``prefix``'s key."""
-    found: list[S3Url] = []
+@dataclass(frozen=True)
+class Listed:
+    """An object found by :func:`listing`: where it is and when it was last written (seconds since the epoch,
+    on the store's clock)."""
+
+    url: S3Url
+    modified: float
+
+
+def listing(prefix: S3Url) -> list[Listed]:
+    """Every object whose key starts with ``prefix``'s key, with its time."""
+    found: list[Listed] = []
     with _errors("list", prefix):
         for page in client().get_paginator("list_objects_v2").paginate(Bucket=prefix.bucket, Prefix=prefix.key):
-            found.extend(S3Url(prefix.bucket, item["Key"]) for item in page.get("Contents", ()))
+            found.extend(
+                Listed(S3Url(prefix.bucket, item["Key"]), item["LastModified"].timestamp())
+                for item in page.get("Contents", ())
+            )
     return found
+
+
+def keys(prefix: S3Url) -> list[S3Url]:
+    """Every object whose key starts with ``prefix``'s key."""
+    return [item.url for item in listing(prefix)]
+
+
+def delete_many(urls: list[S3Url]) -> None:
+    """Remove these objects (of one bucket), a thousand a request."""
+    for start in range(0, len(urls), 1000):
+        batch = urls[start : start + 1000]
+        with _errors("delete", batch[0]):
+            client().delete_objects(
+                Bucket=batch[0].bucket, Delete={"Objects": [{"Key": u.key} for u in batch], "Quiet": True}
+            )
 
 
 def delete(url: S3Url) -> None:
@@ -227,10 +254,7 @@ def delete(url: S3Url) -> None:
 def delete_prefix(prefix: S3Url) -> int:
     """Remove every object under ``prefix`` (a folder: its key should end in ``/``); returns how many."""
     found = keys(prefix)
-    for start in range(0, len(found), 1000):
-        batch = [{"Key": u.key} for u in found[start : start + 1000]]
-        with _errors("delete under", prefix):
-            client().delete_objects(Bucket=prefix.bucket, Delete={"Objects": batch, "Quiet": True})
+    delete_many(found)
     return len(found)
 
 
@@ -266,7 +290,10 @@ __all__ = [
     "exists",
     "head",
     "is_s3",
+    "Listed",
+    "delete_many",
     "keys",
+    "listing",
     "presigned",
     "reachable",
     "stream",

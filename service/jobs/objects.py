@@ -54,6 +54,23 @@ class ObjectResults:
         """The folder of one attempt's results."""
         return S3Url(self.prefix.bucket, self.prefix.join("jobs", str(job_id), "attempts", token).key + "/")
 
+    def shards(self, job_id: str) -> S3Url:
+        """The folder of a sharded job's shard files."""
+        return S3Url(self.prefix.bucket, self.prefix.join("jobs", str(job_id), "shards").key + "/")
+
+    def shard_attempt(self, job_id: str, folder: str) -> S3Url:
+        """The folder of one shard attempt's files (``folder``: ``<number>-<token>``, as on disk)."""
+        return S3Url(self.prefix.bucket, self.shards(job_id).join(folder).key + "/")
+
+    def put_folder(self, folder: Path, url: S3Url) -> list[S3Url]:
+        """Put every file of ``folder`` under ``url`` (a folder's key), by name."""
+        put = []
+        for path in sorted(folder.iterdir()):
+            if path.is_file():
+                objectstore.upload(path, url.join(path.name))
+                put.append(url.join(path.name))
+        return put
+
     def result(self, job: Job, name: str) -> S3Url:
         """The object of the published attempt's result ``name`` (``mask.tif``...)."""
         if not job.published:
@@ -88,6 +105,15 @@ class ObjectResults:
     def remove(self, job_id: str) -> int:
         """Remove every object of the job; returns how many."""
         return objectstore.delete_prefix(self.job(job_id))
+
+    def by_job(self) -> dict[str, list[objectstore.Listed]]:
+        """Every object under ``<prefix>jobs/``, by the job id its key names (for the sweeper)."""
+        root = self.prefix.join("jobs").key + "/"
+        found: dict[str, list[objectstore.Listed]] = {}
+        for item in objectstore.listing(S3Url(self.prefix.bucket, root)):
+            job_id = item.url.key[len(root) :].split("/", 1)[0]
+            found.setdefault(job_id, []).append(item)
+        return found
 
     def is_own_input(self, job: Job) -> bool:
         """Whether the job's input is an upload kept in this store."""

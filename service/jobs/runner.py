@@ -163,8 +163,6 @@ def run_job(
             render_preview(attempt.mask, attempt.preview)
             if config.view_copies:
                 prepare_viewer(job, source, attempt, options)
-            if config.objects is not None:  # put under the attempt's own keys before the commit names them
-                config.objects.stage(job.id, job.token or "", attempt.root)
         except Exception as err:  # a bug in one job included: it must not take the worker down
             return run.stopped(err)
         return run.publish(run_summary(result))
@@ -257,8 +255,15 @@ class Attempt:
 
     def publish(self, summary: dict[str, Any]) -> Outcome:
         """End the run that made its results: commit the success with the run's ``summary`` in the table,
-        then move the files into place and drop the upload."""
+        then move the files into place and drop the upload. With results in S3, the files are put under the
+        attempt's own keys first: the commit then names them, and nothing moves after it."""
         job = self.job
+        if self.objects is not None:
+            try:
+                self.objects.stage(job.id, job.token or "", self.attempt.root)
+            except objectstore.ObjectStoreError as err:
+                self.objects.remove_attempt(job.id, job.token or "")
+                return self.stopped(err)
         self.heartbeat.stop()  # before the end: a beat after it would read as a lost lease
         if not self.store.finish(job.id, job.token, JobStatus.SUCCEEDED, ttl=self.config.result_ttl, result=summary):
             if self.objects is not None:

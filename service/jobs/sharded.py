@@ -182,6 +182,7 @@ class _ShardRun:
         if isinstance(err, CanceledError):
             log.info("%s stops: the job was canceled", self.name)
             self.files.remove()
+            shardfiles.remove_all(self.files, self.config.objects)
             return self.outcome(RunStatus.CANCELED, "canceled")
         self.discard()
         if isinstance(err, (LeaseLostError, ShardStoppedError)):
@@ -200,13 +201,13 @@ class _ShardRun:
         if not self.shards.fail(shard, code, message):
             return self.stopped(self.why_stopped())
         log.info("job %s failed: %s", self.job.id, message)
-        shardfiles.remove_all(self.files)  # nothing of a failed job is published, no shard file kept
-        drop_input(self.job, self.config.keep_inputs)
+        shardfiles.remove_all(self.files, self.config.objects)  # nothing of a failed job is kept
+        drop_input(self.job, self.config.keep_inputs, self.config.objects)
         return self.outcome(RunStatus.FAILED, code)
 
     def discard(self) -> None:
         """Remove what this attempt wrote."""
-        shardfiles.remove_attempt(self.files, self.shard.number, self.shard.token or "")
+        shardfiles.remove_attempt(self.files, self.shard.number, self.shard.token or "", self.config.objects)
 
     def outcome(self, status: RunStatus, code: str | None = None) -> Outcome:
         return Outcome(status, time.perf_counter() - self.started, self.tiles, code)
@@ -240,6 +241,7 @@ def run_shard_job(
             allowed_drivers=config.limits.allowed_drivers,
             max_pixels=config.limits.max_pixels,
         )
+        shardfiles.put_attempt(run.files, shard.number, shard.token or "", config.objects)
     except Exception as err:  # the job's failure, or the shard's end: never the worker's
         return run.stopped(err)
     finally:
@@ -269,7 +271,7 @@ def assemble_job(
     try:
         options = JobOptions(**job.options)
         model = load_model(job.model, options.prune)
-        results = [shardfiles.shard_result(run.files, shard) for shard in shards.list(job.id)]
+        results = [shardfiles.shard_result(run.files, shard, config.objects) for shard in shards.list(job.id)]
         attempt.root.mkdir(parents=True, exist_ok=True)
         result = assemble_sharded(
             model,
@@ -293,7 +295,7 @@ def assemble_job(
     finally:
         run.close()
     if outcome.status in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELED):
-        shardfiles.remove_all(run.files)
+        shardfiles.remove_all(run.files, config.objects)
     return outcome
 
 

@@ -14,6 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
+from tileseg import objectstore
 from tileseg.jobs.errors import JobNotFoundError
 from tileseg.jobs.files import JobFiles, drop_input, jobs_root
 from tileseg.jobs.objects import ObjectResults
@@ -53,7 +54,44 @@ def sweep(
     if root.is_dir():
         for folder in root.iterdir():
             _tidy(store, folder, keep_inputs)
+    if objects is not None:
+        try:
+            _tidy_objects(store, objects, keep_inputs)
+        except ObjectStoreError:  # the store is away: the next sweep looks again
+            log.warning("the sweep of the results' objects did not finish", exc_info=True)
     return len(expired)
+
+
+def _tidy_objects(store: JobStore, objects: ObjectResults, keep_inputs: bool) -> None:
+    """What the folder sweep does, for results in S3: the objects of canceled, expired, failed and unknown
+    jobs go (an unknown job's once they are stale: a request may still be arriving), and of a succeeded job
+    what is not its published results (its upload, shard files, stale attempts that lost)."""
+    now = time.time()
+    for job_id, found in objects.by_job().items():
+        try:
+            job: Job | None = store.get(str(uuid.UUID(job_id)))
+        except (ValueError, JobNotFoundError):
+            job = None
+        stale = [item.url for item in found if now - item.modified > STALE_FOLDER]
+        if job is None:
+            doomed = stale if len(stale) == len(found) else []
+        elif job.status in (JobStatus.CANCELED, JobStatus.EXPIRED, JobStatus.FAILED):
+            doomed = [item.url for item in found]
+        elif job.status is JobStatus.SUCCEEDED and job.published:
+            keep = objects.attempt(job.id, job.published).key
+            inputs = {objects.input(job.id).key} if not keep_inputs else set()
+            doomed = [
+                item.url
+                for item in found
+                if item.url.key in inputs
+                or item.url.key.startswith(objects.shards(job.id).key)
+                or (not item.url.key.startswith(keep) and item.url in stale and "/attempts/" in item.url.key)
+            ]
+        else:
+            continue  # queued or running: its worker owns what it is writing
+        if doomed:
+            objectstore.delete_many(doomed)
+            log.info("job %s: %d object(s) no longer needed were removed", job_id, len(doomed))
 
 
 def _tidy(store: JobStore, folder: Path, keep_inputs: bool) -> None:
