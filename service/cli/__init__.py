@@ -160,7 +160,6 @@ def _segment_here(name: str, input_path: str, out: Outputs, options, device: str
     from tileseg.engine import run_file
     from tileseg.engine.device import configure_threads
     from tileseg.engine.io.inputs import locate
-    from tileseg.engine.io.stac import StacSource
 
     if out.vectors is not None:
         from tileseg.engine.vectors import check_vector_path
@@ -178,10 +177,9 @@ def _segment_here(name: str, input_path: str, out: Outputs, options, device: str
         if shard_devices:
             from tileseg.engine.shards import run_file_sharded
 
-            # shards name their input by text: a STAC asset by its href, a stack by the item and the band names
-            text = input_path if not isinstance(source, StacSource) or source.names else source.assets()[0].href
+            # each shard opens the input by its text (a STAC item again, with the same asset or band names)
             return run_file_sharded(
-                name, text, out.mask, shard_devices, options, out.probabilities, progress, out.vectors
+                name, input_path, out.mask, shard_devices, options, out.probabilities, progress, out.vectors
             )
         return run_file(name, source, out.mask, options, device, out.probabilities, progress, out.vectors)
 

@@ -118,7 +118,7 @@ def plan_sharded(
         TilesegError subclasses: the input's, as :func:`tileseg.engine.pipeline.segment`.
     """
     spec, device = model.spec, next(model.parameters()).device
-    with gdal_env(), open_input(source, spec, options.bands, allowed_drivers, max_pixels) as full:
+    with gdal_env(), open_input(source, spec, options.bands, allowed_drivers, max_pixels, options.asset) as full:
         with read_plan(full, spec, options) as plan:
             src = plan.source
             check_shardable(plan, spec, options)
@@ -196,7 +196,7 @@ def assemble_sharded(
     if vectors is not None:
         check_vector_path(vectors)
     spec, report = model.spec, plan.runtime
-    with gdal_env(), open_input(source, spec, options.bands, allowed_drivers, max_pixels) as full:
+    with gdal_env(), open_input(source, spec, options.bands, allowed_drivers, max_pixels, options.asset) as full:
         with read_plan(full, spec, options) as read:
             tags = provenance_tags(model, read, options, report)
             tags["TILESEG_SHARDS"] = json.dumps({"shards": plan.count})  # as a sharded run of the command line

@@ -184,7 +184,10 @@ def run_shard(job: ShardJob, progress: Progress | None = None) -> ShardResult:
     device = pick_device(job.device)
     model = job.model.to(device)
     spec, counts = model.spec, TileCounts()
-    with gdal_env(), open_input(job.source, spec, job.options.bands, job.allowed_drivers, job.max_pixels) as full:
+    with (
+        gdal_env(),
+        open_input(job.source, spec, job.options.bands, job.allowed_drivers, job.max_pixels, job.options.asset) as full,
+    ):
         with read_plan(full, spec, job.options) as plan:
             src = plan.source
             runner = BatchRunner(
@@ -381,7 +384,7 @@ def segment_sharded(
         check_vector_path(vectors)  # before any work
     output = Path(output)
     spec, device = model.spec, next(model.parameters()).device
-    with gdal_env(), open_input(source, spec, options.bands, allowed_drivers, max_pixels) as full:
+    with gdal_env(), open_input(source, spec, options.bands, allowed_drivers, max_pixels, options.asset) as full:
         with read_plan(full, spec, options) as plan:
             src = plan.source
             check_shardable(plan, spec, options)
