@@ -437,14 +437,15 @@ def check_shardable(plan: ReadPlan, spec: ModelSpec, options: SegmentOptions) ->
     blend = options.blend or spec.geometry.blend
     if blend is not BlendMode.CROP:
         raise OptionsError(
-            f"workers: {blend.value} blending weights windows across tile rows, so shards would not be exact; "
-            "give --blend crop (for a translation-equivariant model) or run in one process"
+            f"shards: {blend.value} blending weights windows across tile rows, so shards would not be exact; "
+            "use blend crop (--blend crop; for a translation-equivariant model) or run in one process"
         )
     src, target = plan.source, plan.target
     if (src.height, src.width) != (target.height, target.width):
         raise OptionsError(
-            "workers: this run reads a resampled grid and writes the mask on the input's; shards need them "
-            "equal: give --output-grid model or --pixel-size-policy native, or run in one process"
+            "shards: this run reads a resampled grid and writes the mask on the input's; shards need them equal: "
+            "use output grid model or pixel size policy native (--output-grid model, --pixel-size-policy native; "
+            "output_grid=model, pixel_size_policy=native in a job), or run in one process"
         )
 
 

@@ -101,7 +101,7 @@ def test_bad_worker_options_are_refused(tmp_path, data_dir, weights):
     remote = run("segment", image, tmp_path / "m.tif", "--model", "rgb-test", "--workers", 2, "--server", "http://x")
     assert remote.exit_code == 2 and "--server" in remote.output
     blended = run("segment", image, tmp_path / "m.tif", "--model", "rgb-test", "--workers", 2, "--blend", "gaussian")
-    assert blended.exit_code == 1 and "error: workers: gaussian blending" in blended.output
+    assert blended.exit_code == 1 and "error: shards: gaussian blending" in blended.output
     zero = run("segment", image, tmp_path / "m.tif", "--model", "rgb-test", "--workers", 0)
     assert zero.exit_code == 2
     assert not (tmp_path / "m.tif").exists()
