@@ -1,7 +1,8 @@
 """Uploads and results in S3 (``TILESEG_RESULTS_URL=s3://bucket/prefix/``) through a real server and a real S3
 endpoint on loopback (moto's server): the results land under the prefix, come back through the API (whole,
 by byte range, or by a presigned redirect) equal to those of a server that keeps them on disk, the viewer
-reads its tiles from the store, and a DELETE or the expiry removes every object of the job."""
+reads its tiles from the store, and a DELETE or the expiry removes every object of the job. Also: results in a
+local folder of their own."""
 
 from __future__ import annotations
 
@@ -152,3 +153,16 @@ def test_an_unreachable_bucket_is_not_ready(s3_server, server_env, tmp_path):
         assert answer.status_code == 503 and answer.json()["checks"]["results"] is False, answer.text
     finally:
         srv.stop()
+
+
+def test_results_in_a_folder_of_their_own(start_server, data_dir, tmp_path):
+    """TILESEG_RESULTS_URL as a path: the job folders lie there (a shared mount, say), the job table in DATA_DIR."""
+    results = tmp_path / "results"
+    results.mkdir()
+    srv = start_server(tmp_path / "data", results_url=str(results))
+    with srv.client() as client:
+        job = wait_for(client, submit(client, data_dir / IMAGE, tile=128).json()["id"])
+        assert job["status"] == "succeeded", job
+        assert (results / "jobs" / job["id"] / "mask.tif").is_file()
+        assert not (tmp_path / "data" / "jobs" / job["id"]).exists() and (tmp_path / "data" / "jobs.db").is_file()
+        assert client.get(job["links"]["mask"]).content == (results / "jobs" / job["id"] / "mask.tif").read_bytes()
