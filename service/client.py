@@ -27,6 +27,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -237,17 +238,23 @@ class Client:
         if what == "vectors":
             route += f"?format={format or vector_format(target)}"
         response = self._request("GET", route, stream=True)
-        fd, partial = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent or ".")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                for chunk in response.iter_bytes(1 << 20):
-                    out.write(chunk)
-            os.replace(partial, target)
-        except BaseException:
-            os.unlink(partial)
-            raise
-        finally:
-            response.close()
+        with ExitStack() as stack:
+            stack.callback(response.close)
+            if response.is_redirect:  # results in object storage: a presigned URL, fetched without our key
+                plain = stack.enter_context(httpx.Client(timeout=self._http.timeout))
+                response = plain.send(plain.build_request("GET", response.headers["location"]), stream=True)
+                stack.callback(response.close)
+                if response.status_code >= 300:
+                    raise ServerError(f"the result's storage answered HTTP {response.status_code}")
+            fd, partial = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent or ".")
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    for chunk in response.iter_bytes(1 << 20):
+                        out.write(chunk)
+                os.replace(partial, target)
+            except BaseException:
+                os.unlink(partial)
+                raise
         return target
 
     def segment(

@@ -145,6 +145,10 @@ class Remote:
                     continue
                 if response.status >= 400:
                     raise _server_error(response.status, response.read())
+                if sink is not None and response.status in REDIRECTS and response.getheader("Location"):
+                    # results kept in object storage: a presigned URL, fetched without the API key
+                    _fetch(response.getheader("Location"), sink, canceled, progress, self.timeout)
+                    return b""
                 if sink is None:
                     return response.read()
                 _copy(response, sink, canceled, progress)
@@ -223,6 +227,28 @@ def _file_part_header(boundary: str, filename: str) -> bytes:
         f'Content-Disposition: form-data; name="file"; filename="{safe}"\r\n'
         "Content-Type: application/octet-stream\r\n\r\n"
     ).encode()
+
+
+REDIRECTS = (301, 302, 303, 307, 308)
+
+
+def _fetch(url: str, sink, canceled: Check, progress: Report, timeout: float) -> None:
+    """GET ``url`` (the store's presigned URL: it carries its own permission, so no header of ours goes)."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+            parts.hostname, parts.port, timeout=timeout, context=ssl.create_default_context()
+        )
+    else:
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        connection.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""))
+        response = connection.getresponse()
+        if response.status >= 300:
+            raise RemoteError(f"the result's storage answered HTTP {response.status}")
+        _copy(response, sink, canceled, progress)
+    finally:
+        connection.close()
 
 
 def _copy(response: http.client.HTTPResponse, sink, canceled: Check, progress: Report) -> None:

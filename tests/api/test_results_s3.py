@@ -7,6 +7,7 @@ local folder of their own."""
 from __future__ import annotations
 
 import io
+import sys
 import time
 
 import httpx
@@ -15,8 +16,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.api.conftest import Server, submit, wait_for
+from tests.api.conftest import KEY_A, Server, submit, wait_for
 from tests.api.test_flow import assert_same_raster, download
+from tests.conftest import REPO
+from tileseg.client import Client
+
+sys.path.insert(0, str(REPO / "qgis"))  # the QGIS plug-in's HTTP part is plain Python (the stdlib's http.client)
+from tileseg_qgis.remote import Remote
 
 IMAGE = "geotiff/RGB.byte.tif"
 OPTIONS = {"tile": 128, "probabilities": True, "vectors": True}
@@ -112,6 +118,12 @@ def test_a_redirect_to_a_presigned_url(s3_server, server_env, data_dir, tmp_path
             stored = s3_server.client().get_object(Bucket=bucket, Key=key)["Body"].read()
             assert fetched.status_code == 200 and fetched.content == stored
             assert remote.get(f"/jobs/{job['id']}/preview.png").status_code == 307
+        # the Python client (and `tileseg segment --server`) and the QGIS plug-in follow the redirect to the store
+        with Client(srv.url, api_key=KEY_A) as client:
+            assert client.download(job["id"], "mask", tmp_path / "client.tif").read_bytes() == stored
+        qgis_remote = Remote(srv.url, KEY_A)
+        qgis_remote.download(job["links"]["mask"], str(tmp_path / "qgis.tif"))
+        assert (tmp_path / "qgis.tif").read_bytes() == stored
     finally:
         srv.stop()
 
