@@ -14,7 +14,7 @@ import functools
 import os
 import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -321,6 +321,33 @@ def level_sizes(path: Path | RemoteUrl, src, band: int = 1) -> list[tuple[int, i
     return sizes
 
 
+class ThreadDatasets:
+    """One open dataset per reader thread (a GDAL handle must not be shared between threads), made on first
+    use by ``opener`` and closed all together."""
+
+    def __init__(self, opener: Callable[[], Any]):
+        self._open = opener
+        self._local = threading.local()
+        self._handles: list = []
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        """This thread's dataset."""
+        src = getattr(self._local, "src", None)
+        if src is None:
+            src = self._open()
+            self._local.src = src
+            with self._lock:
+                self._handles.append(src)
+        return src
+
+    def close(self) -> None:
+        with self._lock:
+            for src in self._handles:
+                src.close()
+            self._handles.clear()
+
+
 class InputRaster:
     """A checked input raster that reads normalised, mirror-padded windows; safe to use from many threads.
 
@@ -353,9 +380,9 @@ class InputRaster:
         self.info = probe(self.path, allowed_drivers, max_pixels)
         self.drivers = (self.info.driver,)  # every later open takes the driver that opened it, no other
         self.spec, self.level, self.pixels_read = spec, level, 0
-        self._local = threading.local()
-        self._handles: list = []
         self._lock = threading.Lock()
+        level_below = self.level - 1 if self.level else None
+        self._datasets = ThreadDatasets(lambda: open_raster(self.path, level_below, self.drivers))
         src = self._dataset()
         self.bands, self.alpha = select_bands(src, spec, bands)
         self.scaling = band_scaling(src, spec, self.bands)
@@ -382,19 +409,10 @@ class InputRaster:
         return InputRaster(self.path, self.spec, self.bands, frozenset({self.info.driver}), None, level)
 
     def _dataset(self):
-        src = getattr(self._local, "src", None)
-        if src is None:
-            src = open_raster(self.path, self.level - 1 if self.level else None, self.drivers)
-            self._local.src = src
-            with self._lock:
-                self._handles.append(src)
-        return src
+        return self._datasets.get()
 
     def close(self) -> None:
-        with self._lock:
-            for src in self._handles:
-                src.close()
-            self._handles.clear()
+        self._datasets.close()
 
     def __enter__(self) -> InputRaster:
         return self

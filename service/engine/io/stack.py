@@ -21,6 +21,7 @@ from tileseg.engine.io import pixelsize
 from tileseg.engine.io.read import (
     ALLOWED_DRIVERS,
     RasterInfo,
+    ThreadDatasets,
     mirrored_window,
     open_raster,
     percentiles,
@@ -48,9 +49,7 @@ class AssetBand:
         self.asset, self.location = asset, asset_location(asset)
         self.info = probe(self.location, allowed_drivers, max_pixels)
         self.drivers = (self.info.driver,)
-        self._local = threading.local()
-        self._handles: list = []
-        self._lock = threading.Lock()
+        self._datasets = ThreadDatasets(lambda: open_raster(self.location, drivers=self.drivers))
         src = self.dataset()
         if src.count != 1:
             raise BandMismatchError(
@@ -64,19 +63,10 @@ class AssetBand:
         self.levels = [(self.height, self.width)]
 
     def dataset(self):
-        src = getattr(self._local, "src", None)
-        if src is None:
-            src = open_raster(self.location, drivers=self.drivers)
-            self._local.src = src
-            with self._lock:
-                self._handles.append(src)
-        return src
+        return self._datasets.get()
 
     def close(self) -> None:
-        with self._lock:
-            for src in self._handles:
-                src.close()
-            self._handles.clear()
+        self._datasets.close()
 
     def read_region(self, row: int, col: int, height: int, width: int) -> np.ndarray:
         return self._read(lambda src: src.read((1,), window=Window(col, row, width, height)))
