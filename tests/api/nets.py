@@ -15,6 +15,10 @@ from tileseg.models.registry import ARCHITECTURES
 
 
 class SlowNet(ShiftNet):
+    # its sleep is a side effect no exported or compiled program keeps: the tuner must run it eager, or a job
+    # meant to take seconds would end in milliseconds (an ONNX Runtime candidate measures fastest)
+    compilable = False
+
     def __init__(self, in_channels, num_classes, *, delay=0.1, **shift):
         super().__init__(in_channels, num_classes, **shift)
         self.hparams = {**self.hparams, "delay": delay}
