@@ -22,6 +22,8 @@ from torch import nn
 
 from tileseg import objectstore
 from tileseg.engine import SegmentResult, segment
+from tileseg.engine.io.inputs import locate
+from tileseg.engine.io.stac import StacSource
 from tileseg.engine.results import RunResult
 from tileseg.errors import CanceledError, TilesegError
 from tileseg.jobs.errors import InterruptedJobError, JobNotFoundError, LeaseLostError
@@ -191,6 +193,12 @@ def prepare_viewer(job: Job, source: str, attempt: JobFiles, options: JobOptions
     overviews on the mask. The mask stands without them: a failure here is logged, not the job's."""
     try:
         add_overviews(attempt.mask)
+        where = locate(source, options.asset, options.bands)
+        if isinstance(where, StacSource) and where.names:  # a stack of assets: no one raster to copy
+            log.info("job %s: no view copy of a stack of STAC assets; the viewer shows the mask", job.id)
+            return
+        if isinstance(where, StacSource):  # one asset: its raster, as the run read it
+            source = where.assets()[0].href
         write_view(source, attempt.view, options.bands)
     except Exception:  # the viewer then shows the mask only, or nothing; the results are whole
         log.warning("job %s: no view copy of the input for the viewer", job.id, exc_info=True)

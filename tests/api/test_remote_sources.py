@@ -165,6 +165,9 @@ def test_a_stac_item_and_an_allowed_redirect_are_segmented_as_the_upload(remote_
             job = wait_for(client, answer.json()["id"])
             assert job["status"] == "succeeded", job
             np.testing.assert_array_equal(_pixels(client.get(f"/jobs/{job['id']}/mask").content), expected)
+            # the viewer's base layer: the asset's raster; a stack of assets has none (the mask only)
+            has_view = client.get(f"/jobs/{job['id']}/tiles").json()["urls"]["input"] is not None
+            assert has_view == ("bands" not in fields), fields
         assert job["input"]["name"] == "alias.tif"
         answer = submit(client, source=item, asset="nir")
         assert answer.status_code == 400 and "its assets: visual, red (red)" in answer.json()["error"]["message"]
