@@ -70,7 +70,7 @@ def main() -> None:
     from tileseg.engine import segment
     from tileseg.engine.device import configure_threads
     from tileseg.engine.options import SegmentOptions
-    from tileseg.engine.shards import segment_sharded
+    from tileseg.engine.shardplan import segment_sharded
 
     cores = len(os.sched_getaffinity(0))
     print(f"machine: {platform.processor() or platform.machine()}, {cores} cores in this process's affinity")

@@ -175,7 +175,7 @@ def _segment_here(name: str, input_path: str, out: Outputs, options, device: str
             bar.update(done - bar.n)
 
         if shard_devices:
-            from tileseg.engine.shards import run_file_sharded
+            from tileseg.engine.shardplan import run_file_sharded
 
             # each shard opens the input by its text (a STAC item again, with the same asset or band names)
             return run_file_sharded(

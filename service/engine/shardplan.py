@@ -1,9 +1,9 @@
 """Shards run apart: planned once, each run by any process on any machine, assembled by one of them.
 
-:mod:`tileseg.engine.shards` runs the shards of one call in child processes of its own. Here the three steps
-stand alone, for callers that spread them over machines and time (the service's queue workers,
-:mod:`tileseg.jobs.sharded`): nothing passes between them but a :class:`ShardPlan` (JSON) and each shard's
-:class:`~tileseg.engine.shards.ShardResult`.
+The three steps stand alone, for callers that spread them over machines and time (the service's queue
+workers, :mod:`tileseg.jobs.sharded`): nothing passes between them but a :class:`ShardPlan` (JSON) and each
+shard's :class:`~tileseg.engine.shards.ShardResult`. :func:`segment_sharded` (``tileseg segment --workers``)
+runs the same three on one machine, the shards in child processes (:func:`tileseg.engine.shards.run_shards`).
 
 1. :func:`plan_sharded` opens the input once, chooses the runtime, core and batch (the tuner) and cuts the
    tile plan into bands of tile rows. The choice is fixed in the plan: every shard must run the same window,
@@ -19,14 +19,19 @@ The outputs equal a single run's, for the reasons :mod:`tileseg.engine.shards` g
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import shutil
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tileseg import models
+from tileseg.engine.device import pick_device
 from tileseg.engine.io.inputs import open_input
 from tileseg.engine.io.read import ALLOWED_DRIVERS, gdal_env
 from tileseg.engine.options import SegmentOptions
@@ -43,7 +48,17 @@ from tileseg.engine.pipeline import (
 from tileseg.engine.readplan import read_plan
 from tileseg.engine.results import RuntimeReport
 from tileseg.engine.runtime import Runtime
-from tileseg.engine.shards import ShardJob, ShardResult, assembled_strips, check_shardable, plan_shards, run_shard
+from tileseg.engine.shards import (
+    ShardJob,
+    ShardResult,
+    assembled_strips,
+    check_shardable,
+    cores,
+    parse_devices,
+    plan_shards,
+    run_shard,
+    run_shards,
+)
 from tileseg.engine.sinks import write_all
 from tileseg.engine.tiling import TilePlan, TileSettings
 from tileseg.engine.vectors import check_vector_path
@@ -179,12 +194,14 @@ def assemble_sharded(
     vectors: str | os.PathLike | None = None,
     allowed_drivers: frozenset[str] = ALLOWED_DRIVERS,
     max_pixels: int | None = None,
+    devices: Sequence[str] | None = None,
 ) -> SegmentResult:
     """Write the outputs of a single run of ``source`` from the finished shards' files, streamed in order.
 
     Args:
         results: every shard of ``plan``, top to bottom.
         output, probabilities, vectors: as :func:`tileseg.engine.pipeline.segment`.
+        devices: the shards' devices, when one machine ran them (recorded in the ``TILESEG_SHARDS`` tag).
 
     Raises:
         ValueError: ``results`` are not every shard of the plan, in order.
@@ -199,7 +216,8 @@ def assemble_sharded(
     with gdal_env(), open_input(source, spec, options.bands, allowed_drivers, max_pixels, options.asset) as full:
         with read_plan(full, spec, options) as read:
             tags = provenance_tags(model, read, options, report)
-            tags["TILESEG_SHARDS"] = json.dumps({"shards": plan.count})  # as a sharded run of the command line
+            shards: dict[str, Any] = {"shards": plan.count, **({"devices": list(devices)} if devices else {})}
+            tags["TILESEG_SHARDS"] = json.dumps(shards)
             sinks = make_sinks(read, spec, options, Path(output), probabilities, vectors)
             write_all(sinks, assembled_strips(results, spec, report.step), tags)
     total, skipped = sum(r.tiles_total for r in results), sum(r.tiles_skipped for r in results)
@@ -219,4 +237,82 @@ def assemble_sharded(
     )
 
 
-__all__ = ["ShardPlan", "assemble_sharded", "plan_sharded", "run_planned_shard"]
+def segment_sharded(
+    model: SegmentationNet,
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    devices: Sequence[str],
+    options: SegmentOptions = SegmentOptions(),
+    probabilities: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+    allowed_drivers: frozenset[str] = ALLOWED_DRIVERS,
+    max_pixels: int | None = None,
+    vectors: str | os.PathLike | None = None,
+) -> SegmentResult:
+    """Segment ``source`` as :func:`tileseg.engine.pipeline.segment` does, in one shard per entry of
+    ``devices``, each in a process of its own (:func:`~tileseg.engine.shards.run_shards`), planned and
+    assembled as a queue's shards are; the outputs equal a single run's.
+
+    Args:
+        model: the network, on the device the tuner measures on (``devices[0]``'s); each shard gets a copy.
+        devices: one per shard process, e.g. ``["cuda:0", "cuda:1"]`` or ``["cpu"] * 4``; each process gets
+            ``cores // len(devices)`` torch threads.
+        the rest: as :func:`tileseg.engine.pipeline.segment`.
+
+    Raises:
+        OptionsError: a blended mode, or a mask to be written on another grid than the one read.
+        ShardError: a shard failed (its reason in the message); no output is left, nor any shard file.
+        TilesegError subclasses: as :func:`tileseg.engine.pipeline.segment`.
+    """
+    started = time.perf_counter()
+    devices = parse_devices(devices)
+    if vectors is not None:
+        check_vector_path(vectors)  # before any work
+    plan = plan_sharded(model, source, len(devices), options, allowed_drivers, max_pixels)
+    device = next(model.parameters()).device
+    shipped = model if device.type == "cpu" else copy.deepcopy(model).cpu()
+    output = Path(output)
+    folder = output.absolute().parent / f".{output.name}.shards-{uuid.uuid4().hex[:8]}"
+    folder.mkdir(parents=True)
+    try:
+        settings, runtime = plan.settings(model, options), Runtime.from_label(plan.runtime.runtime)
+        threads = max(1, cores() // plan.count)
+        jobs = [
+            ShardJob(
+                *(i, plan.count, range(*band), shipped, devices[i], threads, os.fspath(source), options, settings),
+                *(runtime, folder, probabilities is not None, plan.cols, allowed_drivers, max_pixels),
+            )
+            for i, band in enumerate(plan.bands)
+        ]
+        results = run_shards(jobs, progress)
+        used = devices[: plan.count]
+        result = assemble_sharded(
+            model, source, plan, results, output, options, probabilities, vectors, allowed_drivers, max_pixels, used
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    result.seconds = time.perf_counter() - started  # the wall time, shards and assembly
+    return result
+
+
+def run_file_sharded(
+    name_or_path: str,
+    source,
+    output,
+    devices: Sequence[str],
+    options: SegmentOptions = SegmentOptions(),
+    probabilities=None,
+    progress: Progress | None = None,
+    vectors=None,
+) -> SegmentResult:
+    """Load a model (with ``options.prune``) on the first device and segment one file in shards, one process
+    per device: what ``tileseg segment --workers N`` (or ``--devices``) does."""
+    devices = parse_devices(devices)
+    if vectors is not None:
+        check_vector_path(vectors)  # before loading the model
+    model_options = {"prune": options.prune} if options.prune is not None else {}
+    model = models.load(name_or_path, device=pick_device(devices[0]), **model_options)
+    return segment_sharded(model, source, output, devices, options, probabilities, progress, vectors=vectors)
+
+
+__all__ = ["ShardPlan", "assemble_sharded", "plan_sharded", "run_file_sharded", "run_planned_shard", "segment_sharded"]

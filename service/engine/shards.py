@@ -18,18 +18,17 @@ run's own polygonizer: an object crossing a shard seam is one feature, and the v
 run writes. (The alternative, each shard reporting its open regions for a merge across seams, saves one pass
 of polygonizing in one process; it was not needed for exactness, and polygonizing streams at a small fraction
 of the network's time.) The shard files are deleted whether the run succeeds or fails.
+
+This module holds a shard's own work and the processes of one machine; the plan, the assembly and the
+one-machine entry point (``tileseg segment --workers``) built from them are :mod:`tileseg.engine.shardplan`.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import multiprocessing
 import os
 import queue as queues
-import shutil
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -40,7 +39,6 @@ import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
-from tileseg import models
 from tileseg.engine.batches import BatchRunner
 from tileseg.engine.device import configure_threads, pick_device
 from tileseg.engine.io.inputs import open_input
@@ -49,22 +47,14 @@ from tileseg.engine.io.write import StripWriter, mask_profile
 from tileseg.engine.options import SegmentOptions
 from tileseg.engine.pipeline import (
     Progress,
-    SegmentResult,
     TileCounts,
-    choose_runtime,
-    make_sinks,
-    pixel_size_warnings,
     predict_strips,
-    provenance_tags,
-    runtime_report,
-    tile_settings,
 )
 from tileseg.engine.readplan import ReadPlan, read_plan
 from tileseg.engine.runtime import Runtime
 from tileseg.engine.sinks import ClassIndices, RasterFiles, write_all
 from tileseg.engine.stitching import Strip
-from tileseg.engine.tiling import TilePlan, TileSettings
-from tileseg.engine.vectors import check_vector_path
+from tileseg.engine.tiling import TileSettings
 from tileseg.errors import OptionsError, TilesegError
 from tileseg.models.base import SegmentationNet
 from tileseg.models.spec import BlendMode, ModelSpec
@@ -352,82 +342,6 @@ def _cuda_count() -> int:
     return torch.cuda.device_count()
 
 
-def segment_sharded(
-    model: SegmentationNet,
-    source: str | os.PathLike,
-    output: str | os.PathLike,
-    devices: Sequence[str],
-    options: SegmentOptions = SegmentOptions(),
-    probabilities: str | os.PathLike | None = None,
-    progress: Progress | None = None,
-    allowed_drivers: frozenset[str] = ALLOWED_DRIVERS,
-    max_pixels: int | None = None,
-    vectors: str | os.PathLike | None = None,
-) -> SegmentResult:
-    """Segment ``source`` as :func:`tileseg.engine.pipeline.segment` does, in one shard per entry of
-    ``devices``, each in a process of its own; the outputs equal a single run's.
-
-    Args:
-        model: the network, on the device the tuner measures on (``devices[0]``'s); each shard gets a copy.
-        devices: one per shard process, e.g. ``["cuda:0", "cuda:1"]`` or ``["cpu"] * 4``; each process gets
-            ``cores // len(devices)`` torch threads.
-        the rest: as :func:`tileseg.engine.pipeline.segment`.
-
-    Raises:
-        OptionsError: a blended mode, or a mask to be written on another grid than the one read.
-        ShardError: a shard failed (its reason in the message); no output is left, nor any shard file.
-        TilesegError subclasses: as :func:`tileseg.engine.pipeline.segment`.
-    """
-    started = time.perf_counter()
-    devices = parse_devices(devices)
-    if vectors is not None:
-        check_vector_path(vectors)  # before any work
-    output = Path(output)
-    spec, device = model.spec, next(model.parameters()).device
-    with gdal_env(), open_input(source, spec, options.bands, allowed_drivers, max_pixels, options.asset) as full:
-        with read_plan(full, spec, options) as plan:
-            src = plan.source
-            check_shardable(plan, spec, options)
-            choice = choose_runtime(model, device, options, src.height * src.width)
-            settings = tile_settings(spec, options, (src.height, src.width), choice)
-            tiles = TilePlan(settings, src.height, src.width)
-            bands = plan_shards(tiles.rows, len(devices))
-            report = runtime_report(settings, choice.runtime, choice, device)
-            tags = provenance_tags(model, plan, options, report)
-            tags["TILESEG_SHARDS"] = json.dumps({"shards": len(bands), "devices": devices[: len(bands)]})
-            shipped = model if device.type == "cpu" else copy.deepcopy(model).cpu()
-            threads = max(1, _cores() // len(bands))
-            folder = output.absolute().parent / f".{output.name}.shards-{uuid.uuid4().hex[:8]}"
-            folder.mkdir(parents=True)
-            try:
-                wanted = probabilities is not None
-                common = (options, settings, choice.runtime, folder, wanted, tiles.cols, allowed_drivers, max_pixels)
-                jobs = [
-                    ShardJob(i, len(bands), rows, shipped, devices[i], threads, os.fspath(source), *common)
-                    for i, rows in enumerate(bands)
-                ]
-                results = run_shards(jobs, progress)
-                sinks = make_sinks(plan, spec, options, output, probabilities, vectors)
-                write_all(sinks, assembled_strips(results, spec, settings.step), tags)
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
-    seconds = time.perf_counter() - started
-    total, skipped = sum(r.tiles_total for r in results), sum(r.tiles_skipped for r in results)
-    return SegmentResult(
-        output=output,
-        probabilities=Path(probabilities) if probabilities else None,
-        input=full.info,
-        tiles_total=total,
-        tiles_skipped=skipped,
-        seconds=seconds,
-        runtime=runtime_report(settings, Runtime.from_label(results[0].runtime), choice, device),
-        pixel_size=plan.resolution.report(),
-        warnings=pixel_size_warnings(plan.resolution, spec),
-        roi=plan.roi.report(total, skipped, seconds) if plan.roi else None,
-        vectors=Path(vectors) if vectors is not None else None,
-    )
-
-
 def check_shardable(plan: ReadPlan, spec: ModelSpec, options: SegmentOptions) -> None:
     """Refuse what shards cannot make exactly.
 
@@ -449,28 +363,9 @@ def check_shardable(plan: ReadPlan, spec: ModelSpec, options: SegmentOptions) ->
         )
 
 
-def _cores() -> int:
+def cores() -> int:
+    """The cores this process may use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def run_file_sharded(
-    name_or_path: str,
-    source,
-    output,
-    devices: Sequence[str],
-    options: SegmentOptions = SegmentOptions(),
-    probabilities=None,
-    progress: Progress | None = None,
-    vectors=None,
-) -> SegmentResult:
-    """Load a model (with ``options.prune``) on the first device and segment one file in shards, one process
-    per device: what ``tileseg segment --workers N`` (or ``--devices``) does."""
-    devices = parse_devices(devices)
-    if vectors is not None:
-        check_vector_path(vectors)  # before loading the model
-    model_options = {"prune": options.prune} if options.prune is not None else {}
-    model = models.load(name_or_path, device=pick_device(devices[0]), **model_options)
-    return segment_sharded(model, source, output, devices, options, probabilities, progress, vectors=vectors)
 
 
 __all__ = [
@@ -478,11 +373,10 @@ __all__ = [
     "ShardJob",
     "ShardResult",
     "assembled_strips",
+    "cores",
     "check_shardable",
     "parse_devices",
     "plan_shards",
-    "run_file_sharded",
     "run_shard",
     "run_shards",
-    "segment_sharded",
 ]

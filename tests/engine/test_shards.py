@@ -14,7 +14,8 @@ from tests.engine.nets import ShiftNet, checkpoint
 from tileseg.engine import segment
 from tileseg.engine.options import SegmentOptions
 from tileseg.engine.pipeline import TileBand
-from tileseg.engine.shards import ShardError, plan_shards, segment_sharded
+from tileseg.engine.shardplan import segment_sharded
+from tileseg.engine.shards import ShardError, plan_shards
 from tileseg.engine.tiling import TilePlan, TileSettings
 from tileseg.errors import OptionsError
 from tileseg.models.registry import ARCHITECTURES
