@@ -66,18 +66,22 @@ def test_a_failed_multipart_upload_leaves_nothing_at_the_key(tmp_path, s3, monke
     big = tmp_path / "big.bin"
     big.write_bytes(b"x" * (12 * 1024**2))
     real = objectstore.client()
-    calls = {"parts": 0}
-    original = real.upload_part
+    started = []
+    original_create, original_part = real.create_multipart_upload, real.upload_part
 
-    def failing_part(**kwargs):
-        calls["parts"] += 1
+    def create(**kwargs):
+        started.append(kwargs["Key"])
+        return original_create(**kwargs)
+
+    def failing_part(**kwargs):  # parts go up in threads, in any order: the second one breaks
         if kwargs["PartNumber"] == 2:
             raise ConnectionResetError("the connection broke")
-        return original(**kwargs)
+        return original_part(**kwargs)
 
+    monkeypatch.setattr(real, "create_multipart_upload", create)
     monkeypatch.setattr(real, "upload_part", failing_part)
     with pytest.raises((ObjectStoreError, ConnectionResetError)):
         objectstore.upload(big, S3Url(bucket, "big.bin"))
-    assert calls["parts"] >= 2
+    assert started == ["big.bin"], "a multipart upload was begun"
     assert s3.keys(bucket) == []
     assert s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
