@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import rasterio
-from click.testing import CliRunner
 
+from tests.cli.test_workers import read, run
 from tests.engine.nets import checkpoint
 from tests.engine.test_stac import scene, sentinel_like, write_stack
-from tileseg.cli import cli
 
 
 @pytest.fixture
@@ -19,15 +17,6 @@ def weights(tmp_path, monkeypatch):
     checkpoint(tmp_path, "test-pool", bands=3, classes=4, name="rgb-test")
     monkeypatch.setenv("TILESEG_WEIGHTS_DIR", str(tmp_path / "weights"))
     return tmp_path / "weights"
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def read(path) -> np.ndarray:
-    with rasterio.open(path) as src:
-        return src.read()
 
 
 def test_s3_input_and_outputs_land_at_their_keys(tmp_path, data_dir, weights, s3):
