@@ -78,6 +78,7 @@ STATUS_BY_CODE = {
     "bad_tile_settings": 422,
     "bad_options": 422,
     "bad_tile": 422,
+    "object_store_error": 503,  # the results' bucket does not answer, or refuses the server's credentials
 }
 STATUS_BY_BUILTIN = ((PermissionError, 403), (FileNotFoundError, 410), (LookupError, 404), (ValueError, 400))
 
@@ -93,6 +94,7 @@ ERROR_RESPONSES = {
         413: "Too many bytes, or too many pixels.",
         415: "Not a raster in an accepted format (checked by content), or truncated.",
         422: "Bands, data type or options the model cannot take; a tile address outside the scheme.",
+        503: "Results kept in S3 (TILESEG_RESULTS_URL), and the bucket does not answer: try again later.",
     }.items()
 }
 
@@ -129,7 +131,7 @@ async def _product_error(request: Request, err: TilesegError) -> JSONResponse:
     status = status_for(err)
     if status >= 500:
         log.error("%s %s: %s", request.method, request.url.path, err)
-    headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else None
+    headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else {"Retry-After": "30"} if status == 503 else None
     return error_response(status, err.code, str(err), headers)
 
 

@@ -45,7 +45,7 @@ def _file(content_type: str, description: str) -> dict:
     summary="Segment an image (a job)",
     responses={
         202: {"headers": {"Location": {"description": "The job's URL.", "schema": {"type": "string"}}}},
-        **_errors(400, 401, 404, 413, 415, 422),
+        **_errors(400, 401, 404, 413, 415, 422, 503),
     },
     openapi_extra={
         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": SEGMENT_FORM_SCHEMA}}}
@@ -101,7 +101,7 @@ def cancel_job(job_id: JobId, jobs: JobsDep, owner: OwnerDep) -> Response:
     "/jobs/{job_id}/mask",
     response_class=FileResponse,
     summary="The mask GeoTIFF",
-    responses={**_file("image/tiff", "The class-index GeoTIFF."), **_errors(400, 401, 404, 409, 410)},
+    responses={**_file("image/tiff", "The class-index GeoTIFF."), **_errors(400, 401, 404, 409, 410, 503)},
 )
 def get_mask(job_id: JobId, request: Request, jobs: JobsDep, owner: OwnerDep) -> Response:
     """The mask: a class-index GeoTIFF on the input's grid. Range requests are served. With results in S3
@@ -116,7 +116,7 @@ def get_mask(job_id: JobId, request: Request, jobs: JobsDep, owner: OwnerDep) ->
     summary="The probabilities GeoTIFF",
     responses={
         **_file("image/tiff", "Per-class probabilities, uint8 0..255, one band per class."),
-        **_errors(400, 401, 404, 409, 410),
+        **_errors(400, 401, 404, 409, 410, 503),
     },
 )
 def get_probabilities(job_id: JobId, request: Request, jobs: JobsDep, owner: OwnerDep) -> Response:
@@ -141,7 +141,7 @@ VECTOR_MEDIA = {VectorFormat.GPKG: "application/geopackage+sqlite3", VectorForma
     summary="The polygons of the mask's regions",
     responses={
         **_file("application/geopackage+sqlite3", "A GeoPackage, or GeoJSON with ?format=geojson."),
-        **_errors(400, 401, 404, 409, 410),
+        **_errors(400, 401, 404, 409, 410, 503),
     },
 )
 async def get_vectors(
@@ -163,7 +163,7 @@ async def get_vectors(
     summary="A small colour preview",
     responses={
         **_file("image/png", "The mask in its classes' colours, at most 512 px a side."),
-        **_errors(400, 401, 404, 409, 410),
+        **_errors(400, 401, 404, 409, 410, 503),
     },
 )
 def get_preview(job_id: JobId, request: Request, jobs: JobsDep, owner: OwnerDep) -> Response:

@@ -248,7 +248,10 @@ class JobService:
             JobFiles.of(self.data_dir, job_id).remove()
             drop_input(before, objects=self.objects)  # given up: not even an upload TILESEG_KEEP_INPUTS would keep
             if self.objects is not None:
-                self.objects.remove(before.id)
+                try:
+                    self.objects.remove(before.id)
+                except objectstore.ObjectStoreError:  # the job is canceled; the sweeper removes its objects
+                    log.warning("job %s: its objects were not removed yet", before.id, exc_info=True)
 
     def count_by_status(self) -> dict[JobStatus, int]:
         """How many jobs are in each state (every state present, zero or not)."""

@@ -154,7 +154,7 @@ def test_delete_and_expiry_remove_every_object(s3_server, server_env, data_dir, 
         srv.stop()
 
 
-def test_an_unreachable_bucket_is_not_ready(s3_server, server_env, tmp_path):
+def test_an_unreachable_bucket_is_not_ready(s3_server, server_env, data_dir, tmp_path):
     data = tmp_path / "data"
     env = {**server_env(data, results_url="s3://no-such-bucket/x/"), **s3_server.env}
     srv = Server(data, env, tmp_path / "s.log")
@@ -163,6 +163,12 @@ def test_an_unreachable_bucket_is_not_ready(s3_server, server_env, tmp_path):
     try:
         answer = httpx.get(f"{srv.url}/readyz")
         assert answer.status_code == 503 and answer.json()["checks"]["results"] is False, answer.text
+        with srv.client() as remote:  # a job cannot be kept there: the server says so, the bucket's fault
+            refused = submit(remote, data_dir / IMAGE, tile=128)
+        assert refused.status_code == 503 and refused.headers["retry-after"], refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "object_store_error" and "s3://no-such-bucket/x/" in error["message"]
+        assert not list((tmp_path / "data" / "jobs").iterdir()), "nothing of the refused job is kept"
     finally:
         srv.stop()
 
