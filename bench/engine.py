@@ -44,7 +44,7 @@ SOURCE = DATA / "geotiff" / "cogeo.tif"
 def run_ours(model: str, image: str, out: str) -> dict:
     from tileseg import models
     from tileseg.engine import segment
-    from tileseg.engine.device import configure_threads
+    from tileseg.engine.runtime.device import configure_threads
 
     configure_threads()
     net = models.load(model)
@@ -63,9 +63,10 @@ def run_bare(model: str, image: str, out: str, fp16: bool = False) -> dict:
 
     from tileseg import models
     from tileseg.engine import SegmentOptions, tile_settings
-    from tileseg.engine.device import configure_threads
-    from tileseg.engine.pipeline import choose_runtime
-    from tileseg.engine.runtime import Runtime, run_forward
+    from tileseg.engine.runtime.device import configure_threads
+    from tileseg.engine.runtime.forward import run_forward
+    from tileseg.engine.runtime.runtimes import Runtime
+    from tileseg.engine.runtime.tuner import choose_runtime
     from tileseg.engine.tiling import TilePlan
 
     configure_threads()
@@ -98,7 +99,7 @@ def run_monai(model: str, image: str, out: str) -> dict:
     from monai.inferers import sliding_window_inference
 
     from tileseg import models
-    from tileseg.engine.device import configure_threads
+    from tileseg.engine.runtime.device import configure_threads
 
     configure_threads()
     net = models.load(model).to(memory_format=torch.contiguous_format)
@@ -147,7 +148,7 @@ def child(spec: str) -> None:
 def machine() -> str:
     import torch
 
-    from tileseg.engine.device import configure_threads, describe_device
+    from tileseg.engine.runtime.device import configure_threads, describe_device
 
     configure_threads()
     d = describe_device(torch.device("cpu"))

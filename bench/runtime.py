@@ -69,7 +69,7 @@ def runtimes() -> list[str]:
     """torch, and the exported runtimes installed here."""
     import torch
 
-    from tileseg.engine.runtime import exported_modes
+    from tileseg.engine.runtime.runtimes import exported_modes
 
     return ["torch", *(m for m in exported_modes(torch.device("cpu")) if m in ("onnxruntime", "openvino"))]
 
@@ -77,7 +77,7 @@ def runtimes() -> list[str]:
 def machine() -> str:
     import torch
 
-    from tileseg.engine.device import configure_threads, describe_device
+    from tileseg.engine.runtime.device import configure_threads, describe_device
 
     configure_threads()
     d = describe_device(torch.device("cpu"))
@@ -156,7 +156,7 @@ def main() -> None:
 def run_with_readers(image: Path, out: Path, name: str, cache: Path, readers: int) -> tuple[float, str]:
     code = (
         "import sys, time; from tileseg.engine import run_file, SegmentOptions; "
-        "from tileseg.engine.device import configure_threads; configure_threads(); t = time.perf_counter(); "
+        "from tileseg.engine.runtime.device import configure_threads; configure_threads(); t = time.perf_counter(); "
         f"run_file({name!r}, {str(image)!r}, {str(out)!r}, SegmentOptions(readers={readers})); "
         "print(time.perf_counter() - t)"
     )

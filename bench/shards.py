@@ -54,7 +54,7 @@ def startup_seconds(model) -> float:
 
 
 def _hand_over(model) -> None:
-    import tileseg.engine.shards  # noqa: F401  (what a shard's process imports before its first tile)
+    import tileseg.engine.shards.run  # noqa: F401  (what a shard's process imports before its first tile)
 
 
 def main() -> None:
@@ -68,9 +68,9 @@ def main() -> None:
 
     from tileseg import models
     from tileseg.engine import segment
-    from tileseg.engine.device import configure_threads
     from tileseg.engine.options import SegmentOptions
-    from tileseg.engine.shardplan import segment_sharded
+    from tileseg.engine.runtime.device import configure_threads
+    from tileseg.engine.shards.plan import segment_sharded
 
     cores = len(os.sched_getaffinity(0))
     print(f"machine: {platform.processor() or platform.machine()}, {cores} cores in this process's affinity")
@@ -118,11 +118,12 @@ def assembly_seconds(model, image, folder: Path, options, workers: int) -> float
     """Run the shards one after another in this process (for their files), then time only their assembly."""
     from tileseg.engine.io.inputs import open_input
     from tileseg.engine.io.read import gdal_env
-    from tileseg.engine.pipeline import TilePlan, make_sinks, tile_settings
+    from tileseg.engine.outputs import make_sinks
     from tileseg.engine.readplan import read_plan
-    from tileseg.engine.runtime import BASELINE
-    from tileseg.engine.shards import ShardJob, assembled_strips, plan_shards, run_shard
+    from tileseg.engine.runtime.runtimes import BASELINE
+    from tileseg.engine.shards.run import ShardJob, assembled_strips, plan_shards, run_shard
     from tileseg.engine.sinks import write_all
+    from tileseg.engine.tiling import TilePlan, tile_settings
 
     spec = model.spec
     with gdal_env(), open_input(image, spec) as full, read_plan(full, spec, options) as plan:

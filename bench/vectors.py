@@ -1,4 +1,4 @@
-"""Time and peak memory of vector output (tileseg.engine.vectors.VectorSink) on square masks of growing size.
+"""Time and peak memory of vector output (tileseg.engine.vectors.sink.VectorSink) on square masks of growing size.
 
 The masks are synthetic and made strip by strip (never whole): discs of two classes on a grid, and vertical
 bars that cross every strip, so that both many small regions and regions spanning the whole image are
@@ -37,7 +37,7 @@ def run_one(size: int, strip: int, fmt: str) -> dict:
     from affine import Affine
 
     from tileseg.engine.options import SegmentOptions
-    from tileseg.engine.vectors import VectorSink
+    from tileseg.engine.vectors.sink import VectorSink
     from tileseg.models.spec import ClassInfo
 
     class Spec:  # only what the sink reads of a model's spec

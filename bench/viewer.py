@@ -16,7 +16,7 @@ import morecantile
 import numpy as np
 import rasterio
 
-from tileseg.viewer.render import add_overviews, pyramid, render_tile, write_view
+from tileseg.engine.views.render import add_overviews, pyramid, render_tile, write_view
 
 IMAGES = ["geotiff/RGB.byte.tif", "large/bmng_5400x2700_epsg4326_tiled.tif", "large/cmu_small_region.svs"]
 

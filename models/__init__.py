@@ -4,8 +4,9 @@
 ``tileseg.models.available()`` lists the installed checkpoints.
 """
 
+from tileseg.errors import TilesegError
 from tileseg.models.checkpoint import available, card_hash, card_spec, describe, load, read_card, save, weights_dir
-from tileseg.models.errors import CheckpointError, ModelNotFoundError, TilesegError, UnknownArchitectureError
+from tileseg.models.errors import CheckpointError, ModelNotFoundError, UnknownArchitectureError
 from tileseg.models.registry import ARCHITECTURES, build_model
 from tileseg.models.spec import BlendMode, ClassInfo, Geometry, InputSpec, ModelSpec
 

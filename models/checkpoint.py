@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tileseg import weights as _shipped
+from tileseg.config import engine_config
 from tileseg.models.base import SegmentationNet
 from tileseg.models.errors import CheckpointError, ModelNotFoundError, UnknownArchitectureError
 from tileseg.models.external import FORMATS, open_external
@@ -40,7 +41,7 @@ SHIPPED_WEIGHTS = Path(_shipped.__file__).resolve().parent
 
 def weights_dir() -> Path:
     """Where installed checkpoints live: ``TILESEG_WEIGHTS_DIR``, else the shipped ``weights/``."""
-    configured = os.environ.get("TILESEG_WEIGHTS_DIR")
+    configured = engine_config().weights_dir
     return Path(configured) if configured else SHIPPED_WEIGHTS
 
 

@@ -1,18 +1,13 @@
-"""The product's exception hierarchy, rooted at :class:`TilesegError`.
+"""The models' errors: a model that is not installed, an unknown architecture, a bad checkpoint.
 
-Each error also inherits the builtin it resembles, so callers that catch ``ValueError`` or ``LookupError``
-keep working. Every error carries a short machine-readable ``code`` (used in HTTP error bodies) and a
-message a user can act on. The engine's own errors (rasters, tiles) live in ``tileseg.errors`` and derive
-from the same root.
+They derive from the product's root, :class:`tileseg.errors.TilesegError` (a module that imports nothing), and
+each also inherits the builtin it resembles, so callers that catch ``ValueError`` or ``LookupError`` keep
+working.
 """
 
 from __future__ import annotations
 
-
-class TilesegError(Exception):
-    """Root of every error the product raises on purpose."""
-
-    code = "tileseg_error"
+from tileseg.errors import TilesegError
 
 
 class ModelNotFoundError(TilesegError, LookupError):

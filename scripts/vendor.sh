@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Vendor the web page's JavaScript libraries into the package (service/viewer/ui/vendor/), at pinned versions,
+# Vendor the web page's JavaScript libraries into the package (service/api/ui/vendor/), at pinned versions,
 # with their licences, so that `pip install` needs no Node and the page works offline. Run by `make vendor`;
 # the result is committed. Needs npm (and the npm registry) only when run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LEAFLET=1.9.4
 OPENSEADRAGON=6.1.1
-dest=service/viewer/ui/vendor
+dest=service/api/ui/vendor
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 (cd "$tmp" && npm pack --silent "leaflet@$LEAFLET" "openseadragon@$OPENSEADRAGON" >/dev/null)

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tileseg.engine.io.remote import mask_text, mask_url
 from tileseg.errors import TilesegError
+from tileseg.urls import mask_text, mask_url
 
 MULTIPART_THRESHOLD = 64 * 1024**2  # bytes: bigger files go up in parts of this size, several at once
 CHUNK = 1024**2  # bytes read at a time when an object is streamed

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from tileseg.config import EngineConfig
 
 CommaList = Annotated[list[str], NoDecode]
 MIN_KEY_LENGTH = 16
@@ -36,13 +38,13 @@ class Mode(str, enum.Enum):
     QUEUE = "queue"
 
 
-class Settings(BaseSettings):
-    """Everything the HTTP service can be told; see the README's table."""
+class Settings(EngineConfig):
+    """Everything the HTTP service can be told: the engine's configuration (:class:`tileseg.config.EngineConfig`)
+    and the service's own settings (the reference lists them all)."""
 
     model_config = SettingsConfigDict(env_prefix="TILESEG_", extra="ignore", frozen=True)
 
     data_dir: Path = Field(Path("tileseg-data"), description="Job table, uploads and results.")
-    weights_dir: Path | None = Field(None, description="Installed checkpoints; default: the shipped weights/.")
     models: CommaList = Field(default_factory=list, description="Models to load; empty: every installed one.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N; comma-separated for one worker per GPU.")
     max_upload_bytes: int = Field(4 << 30, gt=0, description="Largest request body accepted.")
@@ -90,14 +92,6 @@ class Settings(BaseSettings):
     )
     min_free_bytes: int = Field(256 << 20, ge=0, description="/readyz fails below this much free disk.")
     batch: int | None = Field(None, ge=1, description="Tiles per forward pass; default: measured by the tuner.")
-    memory_budget: str | None = Field(
-        None,
-        description="Memory a forward pass may take, e.g. 2GiB; default: a fair share of what is free (the "
-        "engine reads TILESEG_MEMORY_BUDGET itself, so the CLI on the same machine takes the same budget).",
-    )
-    torch_threads: int | None = Field(
-        None, ge=1, description="CPU threads for the network; default: every core the process may use."
-    )
     mode: Mode = Field(Mode.EMBEDDED, description="embedded: workers inside the server; queue: Celery workers.")
     broker_url: str | None = Field(None, description="Queue mode: the Celery broker (redis://host:6379/0).")
     queue_name: str = Field("tileseg", min_length=1, description="Queue mode: the broker queue of the jobs.")

@@ -102,3 +102,14 @@ def s3(s3_server, monkeypatch):
     for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(key, raising=False)
     return s3_server
+
+
+@pytest.fixture(autouse=True)
+def _engine_config_from_the_environment():
+    """Every test starts with the engine reading its configuration from the environment, whatever a service
+    started by an earlier test handed over (:func:`tileseg.config.use`)."""
+    from tileseg import config
+
+    config.use(None)
+    yield
+    config.use(None)

@@ -17,7 +17,7 @@ from .conftest import REPO
 
 SOURCE = {"service": "tileseg", "models": "tileseg.models"}
 # the viewer's parts that the jobs use sit on the engine: nothing above it, nor the viewer's own routes
-VIEWER_ON_ENGINE = ["tileseg.jobs", "tileseg.api", "tileseg.cli", "tileseg.settings", "tileseg.viewer.routes"]
+VIEWER_ON_ENGINE = ["tileseg.jobs", "tileseg.api", "tileseg.cli", "tileseg.settings", "tileseg.api.routes_viewer"]
 # a package may not import these (prefix match); the root modules errors/settings are shared by all
 FORBIDDEN = {
     "tileseg.models": ["tileseg.engine", "tileseg.jobs", "tileseg.api", "tileseg.cli", "tileseg.training"],
@@ -32,11 +32,16 @@ FORBIDDEN = {
     # the io folder reads and writes rasters; it never reaches up into the engine's stitching, sinks or vectors
     "tileseg.engine.io": [
         *("tileseg.jobs", "tileseg.api", "tileseg.cli", "tileseg.training", "tileseg.settings", "tileseg.viewer"),
-        *("tileseg.engine.stitching", "tileseg.engine.sinks", "tileseg.engine.vectors", "tileseg.engine.polygons"),
+        *(
+            "tileseg.engine.stitching",
+            "tileseg.engine.sinks",
+            "tileseg.engine.vectors.sink",
+            "tileseg.engine.vectors.polygons",
+        ),
         *("tileseg.engine.pipeline", "tileseg.engine.readplan", "tileseg.engine.roi"),
     ],
     "tileseg.training": ["tileseg.jobs", "tileseg.api", "tileseg.cli"],
-    "tileseg.jobs": ["tileseg.api", "tileseg.cli", "tileseg.viewer.routes"],
+    "tileseg.jobs": ["tileseg.api", "tileseg.cli", "tileseg.api.routes_viewer"],
     "tileseg.api": ["tileseg.cli"],
     "tileseg.viewer": ["tileseg.cli"],
     # a notebook calling a server needs httpx only: nothing of the product, no torch (checked at run time too)
@@ -44,19 +49,19 @@ FORBIDDEN = {
         *("tileseg.models", "tileseg.engine", "tileseg.jobs", "tileseg.api", "tileseg.cli", "tileseg.training"),
         *("tileseg.viewer", "tileseg.settings", "tileseg.errors", "torch", "numpy", "rasterio"),
     ],
-    "tileseg.viewer.render": [
+    "tileseg.engine.views.render": [
         "tileseg.jobs",
         "tileseg.api",
         "tileseg.cli",
         "tileseg.settings",
-        "tileseg.viewer.routes",
+        "tileseg.api.routes_viewer",
     ],
-    "tileseg.viewer.preview": [
+    "tileseg.engine.views.preview": [
         "tileseg.jobs",
         "tileseg.api",
         "tileseg.cli",
         "tileseg.settings",
-        "tileseg.viewer.routes",
+        "tileseg.api.routes_viewer",
     ],
 }
 MAX_FUNCTION_LINES = 60  # code lines, the docstring not counted
@@ -155,6 +160,6 @@ def test_the_checker_sees_a_forbidden_import(tmp_path):
     assert {"tileseg.api.main", "tileseg.jobs.store"} <= imported(sample)
     assert owner("tileseg.engine.pipeline") == "tileseg.engine"
     assert owner("tileseg.training.loop") == "tileseg.training"
-    assert owner("tileseg.viewer.routes") == "tileseg.viewer"
-    assert owner("tileseg.viewer.render") == "tileseg.viewer.render"
+    assert owner("tileseg.api.routes_viewer") == "tileseg.viewer"
+    assert owner("tileseg.engine.views.render") == "tileseg.engine.views.render"
     assert owner("tileseg.client") == "tileseg.client"

@@ -13,7 +13,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor
 
-CLASS_FIELD = "class"  # the polygons' class index, as the server writes it (tileseg.engine.vectors)
+CLASS_FIELD = "class"  # the polygons' class index, as the server writes it (tileseg.engine.vectors.sink)
 
 
 def style_mask(layer: QgsRasterLayer, classes: list[dict]) -> None:

@@ -19,7 +19,8 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from tileseg.errors import TilesegError, TooLargeError
+from tileseg.engine.errors import TooLargeError
+from tileseg.errors import TilesegError
 
 log = logging.getLogger(__name__)
 

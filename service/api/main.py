@@ -17,11 +17,11 @@ from starlette.concurrency import run_in_threadpool
 
 from tileseg import __version__
 from tileseg.api import errors, routes_health, routes_jobs, routes_models, routes_ogc
+from tileseg.api import routes_viewer as viewer
 from tileseg.api.middleware import ResponseCounter
 from tileseg.api.prometheus import ServiceMetrics
 from tileseg.jobs.service import JobService
 from tileseg.settings import Settings, get_settings
-from tileseg.viewer import routes as viewer
 
 DESCRIPTION = """Segment arbitrarily large rasters, tile by tile, into mask GeoTIFFs.
 

@@ -28,8 +28,10 @@ from tileseg.cli.own_models import register as register_model_commands
 from tileseg.cli.remote import segment_remote, server_options
 from tileseg.cli.train import train
 from tileseg.client import Client, ClientError
+from tileseg.engine.errors import OptionsError
 from tileseg.engine.options import SegmentOptions
-from tileseg.errors import ModelNotFoundError, OptionsError, TilesegError
+from tileseg.errors import TilesegError
+from tileseg.models.errors import ModelNotFoundError
 
 EXIT_USER_ERROR = 1
 
@@ -158,11 +160,11 @@ def segment(
 def _segment_here(name: str, input_path: str, out: Outputs, options, device: str, shard_devices, quiet: bool):
     """Run the segmentation in this process (or in shards, one process per device), with a progress bar."""
     from tileseg.engine import run_file
-    from tileseg.engine.device import configure_threads
     from tileseg.engine.io.inputs import locate
+    from tileseg.engine.runtime.device import configure_threads
 
     if out.vectors is not None:
-        from tileseg.engine.vectors import check_vector_path
+        from tileseg.engine.vectors.sink import check_vector_path
 
         check_vector_path(out.vectors)  # before any work
     configure_threads()
@@ -175,7 +177,7 @@ def _segment_here(name: str, input_path: str, out: Outputs, options, device: str
             bar.update(done - bar.n)
 
         if shard_devices:
-            from tileseg.engine.shardplan import run_file_sharded
+            from tileseg.engine.shards.plan import run_file_sharded
 
             # each shard opens the input by its text (a STAC item again, with the same asset or band names)
             return run_file_sharded(
@@ -274,8 +276,8 @@ def bench_model(
 ) -> None:
     """Measure how NAME runs here: every runtime, precision and memory format the card and the installed
     libraries allow, over windows and batches, as the tuner searches them; prints the table and the choice."""
-    from tileseg.engine.device import configure_threads, describe_device, memory_budget, pick_device
-    from tileseg.engine.tuner import Request, Tuner
+    from tileseg.engine.runtime.device import configure_threads, describe_device, memory_budget, pick_device
+    from tileseg.engine.runtime.tuner import Request, Tuner
 
     configure_threads()
     model = models.load(name, device=pick_device(device))

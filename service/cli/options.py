@@ -11,8 +11,8 @@ from typing import Any
 import click
 from pydantic import BaseModel, ValidationError
 
+from tileseg.engine.errors import OptionsError
 from tileseg.engine.options import base_type
-from tileseg.errors import OptionsError
 
 
 def click_options(model: type[BaseModel]) -> Callable:

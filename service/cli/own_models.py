@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from tileseg.cli.options import parse_params
-from tileseg.errors import OptionsError
+from tileseg.engine.errors import OptionsError
 from tileseg.models.spec import DEFAULT_DTYPES, ClassInfo, Geometry, InputSpec, ModelSpec, parse_length
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import click
 
 from tileseg.cli.options import parse_params
-from tileseg.errors import OptionsError
+from tileseg.engine.errors import OptionsError
 from tileseg.training.data import ADAPTERS
 
 
@@ -132,7 +132,7 @@ def train(out: str, resume: bool, class_names: str | None, **options) -> None:
         --dataset isbi2012 --out weights/unet-em --crop 196 --batch 4 \\
         --steps 2000 --amp --elastic --time-budget 45 --resume
     """
-    from tileseg.models.errors import TilesegError
+    from tileseg.errors import TilesegError
     from tileseg.training.config import make_config
     from tileseg.training.loop import train as run_training
 

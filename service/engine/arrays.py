@@ -18,7 +18,7 @@ import numpy as np
 from tileseg.engine import SegmentOptions, predict_strips, tile_settings
 from tileseg.engine.batches import BatchRunner
 from tileseg.engine.io import ArrayRaster
-from tileseg.engine.runtime import BASELINE, Runtime
+from tileseg.engine.runtime.runtimes import BASELINE, Runtime
 from tileseg.engine.tiling import TileSettings
 from tileseg.models.base import SegmentationNet
 

@@ -13,7 +13,8 @@ import torch
 
 from tileseg.engine.io import Scaling
 from tileseg.engine.prediction import BatchPrediction
-from tileseg.engine.runtime import BASELINE, Runtime, run_forward
+from tileseg.engine.runtime.forward import run_forward
+from tileseg.engine.runtime.runtimes import BASELINE, Runtime
 from tileseg.engine.tiling import TileSettings
 from tileseg.models.base import SegmentationNet
 from tileseg.models.spec import BlendMode
@@ -37,7 +38,7 @@ class BatchRunner:
         settings: the run's tile settings.
         scaling: how raw values become the network's input.
         device: where the network runs.
-        runtime: precision, memory format and mode (:mod:`tileseg.engine.runtime`).
+        runtime: precision, memory format and mode (:mod:`tileseg.engine.runtime.runtimes`).
         tta: average the predictions of the four flips of each window.
         probabilities: crop mode: return the cores' probabilities too.
         logits: crop mode: return the raw logits in place of probabilities.

@@ -187,7 +187,7 @@ class SegmentOptions(BaseModel):
     def _parse_memory(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        from tileseg.engine.device import parse_bytes
+        from tileseg.engine.runtime.device import parse_bytes
 
         try:
             parse_bytes(value)

@@ -15,108 +15,39 @@ Memory is bounded by the batch, the readers' lead and one band of tile rows: nev
 
 from __future__ import annotations
 
-import json
-import logging
-import math
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
 
-from tileseg import __version__, models
+from tileseg import models
 from tileseg.engine.batches import BatchRunner
-from tileseg.engine.device import memory_budget, pick_device
 from tileseg.engine.io.inputs import open_input
-from tileseg.engine.io.pixelsize import describe
-from tileseg.engine.io.read import ALLOWED_DRIVERS, RasterInfo, gdal_env
-from tileseg.engine.io.slide import SlideRaster
+from tileseg.engine.io.read import ALLOWED_DRIVERS, gdal_env
 from tileseg.engine.io.source import RasterSource
-from tileseg.engine.memory import release_free_memory
-from tileseg.engine.options import DEFAULT_BATCH, SegmentOptions
+from tileseg.engine.options import SegmentOptions
+from tileseg.engine.outputs import make_sinks, provenance_tags
 from tileseg.engine.prediction import TilePrediction
-from tileseg.engine.readplan import ReadPlan, read_plan
-from tileseg.engine.resolution import Resolution
-from tileseg.engine.results import PixelSizeReport, RoiReport, RuntimeReport
-from tileseg.engine.runtime import Runtime
-from tileseg.engine.sinks import MaskSink, Sink, write_all
+from tileseg.engine.readplan import read_plan
+from tileseg.engine.resolution import pixel_size_warnings
+from tileseg.engine.results import SegmentResult, runtime_report
+from tileseg.engine.runtime.device import pick_device
+from tileseg.engine.runtime.memory import release_free_memory
+from tileseg.engine.runtime.tuner import choose_runtime
+from tileseg.engine.sinks import write_all
 from tileseg.engine.stitching import Strip, build_stitcher
-from tileseg.engine.tiling import Tile, TilePlan, TileSettings
-from tileseg.engine.tuner import Choice, Request, tuner
-from tileseg.engine.vectors import VectorSink, check_vector_path
-from tileseg.errors import TilesegError
+from tileseg.engine.tiling import Tile, TileBand, TilePlan, tile_settings
+from tileseg.engine.vectors.sink import check_vector_path
 from tileseg.models.base import SegmentationNet
 from tileseg.models.spec import BlendMode
 
-log = logging.getLogger(__name__)
-
 Progress = Callable[[int, int], None]  # (tiles done, tiles total); raising from it stops the run
-
-
-@dataclass
-class SegmentResult:
-    """What a finished run produced and how it went.
-
-    Attributes:
-        pixel_size: the pixel sizes, the level read and why, the pixels decoded.
-        runtime: the tile settings and the runtime the network ran in.
-        roi: the region of interest's share of the tiles and the time it saved, or None.
-    """
-
-    output: Path
-    probabilities: Path | None
-    input: RasterInfo
-    tiles_total: int
-    tiles_skipped: int
-    seconds: float
-    runtime: RuntimeReport
-    pixel_size: PixelSizeReport
-    warnings: list[str] = field(default_factory=list)
-    roi: RoiReport | None = None
-    vectors: Path | None = None
-
-
-def tile_settings(
-    spec: models.ModelSpec,
-    options: SegmentOptions,
-    shape: tuple[int, int] | None = None,
-    choice: Choice | None = None,
-) -> TileSettings:
-    """The tile settings of a run, from the options, the tuner's ``choice`` (core and batch) and the model's
-    defaults; checked against its geometry.
-
-    Without ``--tile``, and given the image's ``shape``, the core (the tuner's, else the model's default) is
-    evened out over the image: the fewest cores of at most that size that cover it, each as small as the
-    stride allows. A 512-pixel image then takes two 256-pixel cores a side rather than two of 384, 40 % less
-    work for the same exact result; on large images nothing changes. Networks that are not
-    translation-equivariant (transformers) keep their default core, whose window is the size they were
-    trained on.
-    """
-    geometry = spec.geometry
-    core = options.tile
-    batch = options.batch or (choice.batch if choice else DEFAULT_BATCH)
-    if core is None:
-        core = choice.core if choice else geometry.default_tile
-        if shape is not None and geometry.equivariant:
-            longest = max(shape)
-            count = math.ceil(longest / core)
-            core = min(core, math.ceil(math.ceil(longest / count) / geometry.multiple) * geometry.multiple)
-    return TileSettings(
-        geometry, core=core, blend=options.blend or geometry.blend, overlap=options.overlap, batch=batch
-    )
-
-
-def window_is_free(spec: models.ModelSpec, options: SegmentOptions) -> bool:
-    """Whether the tuner may choose the window: only for exact runs (a translation-equivariant network in crop
-    mode, no fixed window), whose mask does not depend on it, and only when ``--tile`` is not given."""
-    geometry = spec.geometry
-    blend = options.blend or geometry.blend
-    return options.tile is None and geometry.equivariant and blend is BlendMode.CROP and geometry.fixed_window is None
 
 
 def segment(
@@ -141,7 +72,7 @@ def segment(
         probabilities: where to write per-class probabilities (uint8, 0..255), or None.
         progress: called with (tiles done, tiles total) after each batch; raise from it to cancel.
         allowed_drivers, max_pixels: what inputs to accept.
-        vectors: where to write the polygons of the mask's regions (:mod:`tileseg.engine.vectors`; the suffix
+        vectors: where to write the polygons of the mask's regions (:mod:`tileseg.engine.vectors.sink`; the suffix
             says the format), made in the same pass, or None.
 
     Raises:
@@ -180,124 +111,6 @@ def segment(
         roi=plan.roi.report(counts.total, counts.skipped, seconds) if plan.roi else None,
         vectors=Path(vectors) if vectors is not None else None,
     )
-
-
-def runtime_report(settings: TileSettings, runtime: Runtime, choice: Choice, device) -> RuntimeReport:
-    """How a run ran (or, before it, is to run) in ``runtime``."""
-    return RuntimeReport(
-        tile=settings.core,
-        window=settings.window,
-        step=settings.step,
-        blend=settings.blend.value,
-        batch=settings.batch,
-        precision=runtime.precision,
-        runtime=runtime.label,
-        runtime_reason=choice.reason,
-        device=str(device),
-        tuning=choice.summary(),
-    )
-
-
-def make_sinks(plan: ReadPlan, spec, options: SegmentOptions, output: Path, probabilities, vectors) -> list[Sink]:
-    """The run's sinks: the polygons first (the likelier to fail, so finished first), then the mask."""
-    target = plan.target
-    cog = options.cog or isinstance(plan.full, SlideRaster)
-    vector_sink = VectorSink.of(vectors, spec, target, options, plan.target_pixel_size)
-    mask_sink = MaskSink(target, spec, output, probabilities, cog)
-    return [mask_sink] if vector_sink is None else [vector_sink, mask_sink]
-
-
-def provenance_tags(
-    model: SegmentationNet, plan: ReadPlan, options: SegmentOptions, runtime: RuntimeReport
-) -> dict[str, str]:
-    """The provenance tags of a mask: model, options, runtime, the pixel size read and why, the region of
-    interest; for an input without a CRS whose pixel size is known, TIFF resolution tags (pixels per
-    centimetre) as slide viewers read them."""
-    full, pixel = plan.full, plan.target_pixel_size
-    tags = {
-        "TILESEG_MODEL": model.spec.name,
-        "TILESEG_CARD_SHA256": _card_hash(model),
-        "TILESEG_VERSION": __version__,
-        "TILESEG_OPTIONS": json.dumps(
-            {**options.to_record(), "tile": runtime.tile, "blend": runtime.blend, "precision": runtime.precision}
-        ),
-        "TILESEG_RUNTIME": json.dumps({**runtime.tuning, "window": runtime.window, "device": runtime.device}),
-        "TILESEG_SOURCE": full.info.name,
-        "TILESEG_PIXEL_SIZE": json.dumps(plan.resolution.report().model_dump(exclude={"pixels_read"})),
-    }
-    if full.crs is None and pixel is not None:
-        per_cm = f"{0.01 / pixel:.6f}"
-        tags.update(TIFFTAG_XRESOLUTION=per_cm, TIFFTAG_YRESOLUTION=per_cm, TIFFTAG_RESOLUTIONUNIT="3")
-    if plan.roi:
-        roi = plan.roi
-        tags["TILESEG_ROI"] = json.dumps({"source": roi.source, "area_share": round(float(roi.mask.mean()), 4)})
-    return tags
-
-
-def runtime_request(model: SegmentationNet, device, options: SegmentOptions, run_pixels: int | None) -> Request:
-    """What a run over ``run_pixels`` output pixels leaves to the tuner; the core is searched only where
-    :func:`window_is_free`.
-
-    Raises:
-        TileGeometryError: a tile, blend or overlap the model's geometry refuses (before anything is measured:
-            the tuner must never time a window the tiling would refuse).
-    """
-    geometry = model.spec.geometry
-    tile_settings(model.spec, options)  # checks --tile, --blend and --overlap against the geometry
-    fixed_core = None if window_is_free(model.spec, options) else (options.tile or geometry.default_tile)
-    return Request(
-        core=fixed_core,
-        default_core=geometry.default_tile,
-        batch=options.batch,
-        budget=memory_budget(device, options.memory),
-        run_pixels=run_pixels,
-        precision=options.precision.value,
-        compile=options.compile.value,
-        runtime=options.runtime.value,
-    )
-
-
-def choose_runtime(model: SegmentationNet, device, options: SegmentOptions, run_pixels: int) -> Choice:
-    """The runtime, core and batch of a run, measured by the tuner (cached per machine; see
-    :mod:`tileseg.engine.tuner`)."""
-    return tuner().choose(model, device, runtime_request(model, device, options, run_pixels))
-
-
-def known_choice(model: SegmentationNet, options: SegmentOptions = SegmentOptions()) -> Choice | None:
-    """What a run with ``options`` would take on the model's device, if this machine has measured it already
-    (nothing is measured here); None otherwise."""
-    device = next(model.parameters()).device
-    return tuner().choose(model, device, runtime_request(model, device, options, None), measure=False)
-
-
-@dataclass(frozen=True)
-class TileBand(TilePlan):
-    """The tiles of tile rows ``first .. stop - 1`` of an image's plan: what one shard runs
-    (:mod:`tileseg.engine.shards`).
-
-    The tiles keep their place in the whole image's grid (their windows, halo and mirror padding are the
-    whole plan's, so a band's cores equal the whole run's); only their ``index`` counts from the band's first
-    tile, which is the order the stitcher expects.
-    """
-
-    first: int = 0
-    stop: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.first < self.stop <= self.rows:
-            raise ValueError(f"tile rows {self.first}..{self.stop} are not a band of the plan's {self.rows}")
-
-    def __len__(self) -> int:
-        return (self.stop - self.first) * self.cols
-
-    def __iter__(self) -> Iterator[Tile]:
-        step, cols = self.settings.step, self.cols
-        for r in range(self.first, self.stop):
-            y = r * step
-            for c in range(cols):
-                x = c * step
-                index = (r - self.first) * cols + c
-                yield Tile(index, r, c, y, x, min(step, self.height - y), min(step, self.width - x))
 
 
 @dataclass
@@ -410,31 +223,6 @@ def _prefetch(fn: Callable, items: Iterable, workers: int) -> Iterator:
                 future.cancel()
 
 
-def _card_hash(model: SegmentationNet) -> str:
-    path = getattr(model, "checkpoint_path", None)
-    return models.card_hash(path) if path else "unknown"
-
-
-def pixel_size_warnings(resolution: Resolution, spec: models.ModelSpec) -> list[str]:
-    """A warning when the run reads at a pixel size far from the model's, or cannot tell."""
-    model, read = resolution.model, resolution.read
-    if model is None:
-        return []
-    if read is None:
-        note = f"{spec.name} was trained at {describe(model)}; {resolution.why}"
-        log.warning(note)
-        return [note]
-    ratio = read / model
-    if abs(ratio - 1) > spec.input.pixel_tolerance and abs(1 / ratio - 1) > spec.input.pixel_tolerance:
-        note = (
-            f"the pixel size read ({describe(read)}) differs from the {describe(model)} that {spec.name} was "
-            f"trained at by {max(ratio, 1 / ratio):.1f}x ({resolution.why}): expect a poorer result"
-        )
-        log.warning(note)
-        return [note]
-    return []
-
-
 def run_file(
     name_or_path: str,
     source,
@@ -453,16 +241,4 @@ def run_file(
     return segment(model, source, output, options, probabilities, progress, vectors=vectors)
 
 
-__all__ = [
-    "SegmentOptions",
-    "SegmentResult",
-    "TilesegError",
-    "make_sinks",
-    "pixel_size_warnings",
-    "predict_strips",
-    "provenance_tags",
-    "run_file",
-    "runtime_report",
-    "segment",
-    "tile_settings",
-]
+__all__ = ["Progress", "TileCounts", "predict_strips", "run_file", "segment"]

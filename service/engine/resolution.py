@@ -10,13 +10,16 @@ refuses an input (or a model) without a pixel size.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
+from tileseg.engine.errors import PixelSizeError
 from tileseg.engine.io.pixelsize import MeasuredSize, describe
 from tileseg.engine.options import OutputGrid, PixelSizePolicy
 from tileseg.engine.results import PixelSizeReport, PixelsRead
-from tileseg.errors import PixelSizeError
 from tileseg.models.spec import ModelSpec
+
+log = logging.getLogger(__name__)
 
 MAX_UPSAMPLING = 4  # a coarser input than this is refused under "resample": it is a wrong size, or a wrong model
 
@@ -136,4 +139,24 @@ def choose_level(levels: list[tuple[int, int]], most: float) -> int:
     return max(fitting, key=lambda k: full / levels[k][0]) if fitting else 0
 
 
-__all__ = ["OutputGrid", "PixelSizePolicy", "Resolution", "choose_level", "plan_resolution"]
+def pixel_size_warnings(resolution: Resolution, spec: ModelSpec) -> list[str]:
+    """A warning when the run reads at a pixel size far from the model's, or cannot tell."""
+    model, read = resolution.model, resolution.read
+    if model is None:
+        return []
+    if read is None:
+        note = f"{spec.name} was trained at {describe(model)}; {resolution.why}"
+        log.warning(note)
+        return [note]
+    ratio = read / model
+    if abs(ratio - 1) > spec.input.pixel_tolerance and abs(1 / ratio - 1) > spec.input.pixel_tolerance:
+        note = (
+            f"the pixel size read ({describe(read)}) differs from the {describe(model)} that {spec.name} was "
+            f"trained at by {max(ratio, 1 / ratio):.1f}x ({resolution.why}): expect a poorer result"
+        )
+        log.warning(note)
+        return [note]
+    return []
+
+
+__all__ = ["OutputGrid", "PixelSizePolicy", "Resolution", "choose_level", "pixel_size_warnings", "plan_resolution"]

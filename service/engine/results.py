@@ -1,11 +1,20 @@
 """What a run reports, declared once: the engine fills these records, jobs store them (``model_dump``) and
-the API's schemas are these very classes (see :mod:`tileseg.api.schemas`)."""
+the API's schemas are these very classes (see :mod:`tileseg.api.schemas`). :class:`SegmentResult` is what
+:func:`tileseg.engine.segment` returns."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:
+    from tileseg.engine.io.read import RasterInfo
+    from tileseg.engine.runtime.runtimes import Runtime
+    from tileseg.engine.runtime.search import Choice
+    from tileseg.engine.tiling import TileSettings
 
 
 class PixelsRead(BaseModel):
@@ -75,4 +84,51 @@ class RunResult(BaseModel):
     )
 
 
-__all__ = ["PixelSizeReport", "PixelsRead", "RoiReport", "RunResult", "RuntimeReport"]
+@dataclass
+class SegmentResult:
+    """What a finished run produced and how it went.
+
+    Attributes:
+        pixel_size: the pixel sizes, the level read and why, the pixels decoded.
+        runtime: the tile settings and the runtime the network ran in.
+        roi: the region of interest's share of the tiles and the time it saved, or None.
+    """
+
+    output: Path
+    probabilities: Path | None
+    input: RasterInfo
+    tiles_total: int
+    tiles_skipped: int
+    seconds: float
+    runtime: RuntimeReport
+    pixel_size: PixelSizeReport
+    warnings: list[str] = field(default_factory=list)
+    roi: RoiReport | None = None
+    vectors: Path | None = None
+
+
+def runtime_report(settings: TileSettings, runtime: Runtime, choice: Choice, device) -> RuntimeReport:
+    """How a run ran (or, before it, is to run) in ``runtime``."""
+    return RuntimeReport(
+        tile=settings.core,
+        window=settings.window,
+        step=settings.step,
+        blend=settings.blend.value,
+        batch=settings.batch,
+        precision=runtime.precision,
+        runtime=runtime.label,
+        runtime_reason=choice.reason,
+        device=str(device),
+        tuning=choice.summary(),
+    )
+
+
+__all__ = [
+    "PixelSizeReport",
+    "PixelsRead",
+    "RoiReport",
+    "RunResult",
+    "RuntimeReport",
+    "SegmentResult",
+    "runtime_report",
+]

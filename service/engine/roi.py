@@ -27,10 +27,10 @@ from rasterio.crs import CRS
 from rasterio.errors import CRSError
 from rasterio.features import rasterize, sieve
 
+from tileseg.engine.errors import RoiError
 from tileseg.engine.io.resample import ResampledRaster, nearest_index
 from tileseg.engine.io.source import RasterSource
 from tileseg.engine.results import RoiReport
-from tileseg.errors import RoiError
 
 MASK_SIDE = 2048  # the ROI mask's longest side: a 100 000 px slide's mask costs 4 MB, one pixel per ~50 px
 THUMB_SIDE = 1024  # the longest side of the read that tissue is found on

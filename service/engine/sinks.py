@@ -6,7 +6,7 @@ was written. The pipeline finishes every sink before it commits any, so a failed
 
 * :class:`MaskSink`: the class-index GeoTIFF (and, if asked, the probabilities), with the input's nodata
   applied from the validity mask that travels in each strip (the input is never read again here);
-* :class:`tileseg.engine.vectors.VectorSink`: the polygons of the same class indices.
+* :class:`tileseg.engine.vectors.sink.VectorSink`: the polygons of the same class indices.
 
 :class:`BackgroundWriter` feeds the sinks in a writer thread beside the network; :func:`write_all` runs a
 run's strips through it.

@@ -36,8 +36,8 @@ and the table still says what each job is, and which attempt at it may change it
 6. **The broker carries nothing but job ids.** It may lose, repeat or hold back messages: a message whose
    job is no longer queued is a no-op; one is acknowledged only when its job has ended; and the reaper
    sends again the queued jobs that nobody claimed and that the broker no longer holds.
-7. **Shards.** A sharded job (:mod:`tileseg.jobs.sharded`) stays ``running`` while its shards, rows of
-   their own (:mod:`tileseg.jobs.shardstore`), are claimed, leased, beaten, reaped and retried one by one
+7. **Shards.** A sharded job (:mod:`tileseg.jobs.shards.run`) stays ``running`` while its shards, rows of
+   their own (:mod:`tileseg.jobs.shards.store`), are claimed, leased, beaten, reaped and retried one by one
    by the same rules; the job's own lease is left alone meanwhile. The shard that ends last takes the job's
    lease in the same transaction and publishes the job as in 5; a shard that fails fails the job in its
    own transaction.

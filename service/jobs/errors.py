@@ -6,7 +6,8 @@ HTTP layer maps them to status codes by their ``code``.
 
 from __future__ import annotations
 
-from tileseg.errors import InputError, TilesegError
+from tileseg.engine.errors import InputError
+from tileseg.errors import TilesegError
 
 
 class SourceNotAllowedError(InputError, PermissionError):

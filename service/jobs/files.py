@@ -70,7 +70,7 @@ class JobFiles:
 
     @property
     def view(self) -> Path:
-        """The view copy of the input: the viewer's base layer (:func:`tileseg.viewer.render.write_view`)."""
+        """The view copy of the input: the viewer's base layer (:func:`tileseg.engine.views.render.write_view`)."""
         return self.root / "view.tif"
 
     @property

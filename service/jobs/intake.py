@@ -20,15 +20,16 @@ from urllib.parse import unquote, urlsplit
 from pydantic import ConfigDict, Field, create_model, field_validator
 
 from tileseg.engine import tile_settings
+from tileseg.engine.errors import OptionsError, TooLargeError
 from tileseg.engine.io import ALLOWED_DRIVERS, RasterInfo
 from tileseg.engine.io.inputs import inspect_input
-from tileseg.engine.io.remote import RemoteUrl, http_get, mask_url
+from tileseg.engine.io.remote import RemoteUrl, http_get
 from tileseg.engine.io.stac import PIN, is_item_name, read_item
 from tileseg.engine.options import SegmentOptions, scope
 from tileseg.engine.resolution import plan_resolution
-from tileseg.errors import OptionsError, TooLargeError
 from tileseg.jobs.errors import ShardsNeedQueueError, SourceNotAllowedError
 from tileseg.models.spec import BlendMode, ModelSpec
+from tileseg.urls import mask_url
 
 # Formats without internal tiles: reaching any window decodes every row above it, so their size is
 # bounded more tightly than that of tiled GeoTIFFs (a small PNG can claim 10^10 pixels).

@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from tileseg import models
-from tileseg.engine.device import pick_device
-from tileseg.errors import CheckpointError, ModelNotFoundError, OptionsError
+from tileseg.engine.errors import OptionsError
+from tileseg.engine.runtime.device import pick_device
+from tileseg.models.errors import CheckpointError, ModelNotFoundError
 from tileseg.models.spec import ModelSpec
 from tileseg.settings import Settings
 
@@ -167,7 +168,7 @@ class ModelPool(ServedModels[nn.Module]):
 
     def runtime(self, name: str) -> dict[str, Any] | None:
         from tileseg.engine.options import SegmentOptions
-        from tileseg.engine.pipeline import known_choice
+        from tileseg.engine.runtime.tuner import known_choice
 
         choice = known_choice(self._entry(name, None), SegmentOptions(batch=self.batch, memory=self.memory))
         return choice.summary() if choice is not None else None

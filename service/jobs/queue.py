@@ -22,14 +22,15 @@ import time
 from celery import signals
 from celery.exceptions import Reject
 
-from tileseg.engine.device import configure_threads
-from tileseg.errors import OptionsError
+from tileseg import config
+from tileseg.engine.errors import OptionsError
+from tileseg.engine.runtime.device import configure_threads
 from tileseg.jobs.broker import SHARD_TASK, TASK, Broker, make_celery
 from tileseg.jobs.modelpool import ModelPool
 from tileseg.jobs.reaper import Reaper
 from tileseg.jobs.runner import Outcome, RunConfig, RunStatus, run_job
-from tileseg.jobs.sharded import ShardCount, assemble_job, plan_job, run_shard_job, shard_count
-from tileseg.jobs.shardstore import ShardStore
+from tileseg.jobs.shards.run import ShardCount, assemble_job, plan_job, run_shard_job, shard_count
+from tileseg.jobs.shards.store import ShardStore
 from tileseg.jobs.store import Job, JobStore
 from tileseg.settings import Settings
 
@@ -65,6 +66,7 @@ class QueueWorker:
     def __init__(self, settings: Settings):
         self.settings = settings
         device = worker_device(settings)
+        config.use(settings)  # the engine runs with the service's settings (cache, budget, threads, retries)
         configure_threads(settings.torch_threads)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.store = JobStore(settings.database)
@@ -164,6 +166,7 @@ class QueueWorker:
         self.pool.close()
         self.broker.close()
         self.store.close()
+        config.use(None)
 
 
 def run_worker(settings: Settings, log_level: str = "info") -> int:

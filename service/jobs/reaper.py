@@ -11,7 +11,7 @@ many reapers at once do no harm):
 2. Queued jobs that nobody claimed for ``requeue_after`` seconds since their last message, and whose id is
    not in the broker's queue, are sent again: a broker restarted empty loses its queue, never the jobs.
 
-The shards of sharded jobs (:mod:`tileseg.jobs.sharded`) are reaped and sent again by the same rules, each
+The shards of sharded jobs (:mod:`tileseg.jobs.shards.run`) are reaped and sent again by the same rules, each
 on its own: a dead worker's shard is queued again (or, past its attempts, fails, and its job with it).
 
 Its part in keeping every job: :mod:`tileseg.jobs`.
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from tileseg.jobs.broker import Broker
 from tileseg.jobs.periodic import Periodic
-from tileseg.jobs.shardstore import ShardStore, parse_message_id
+from tileseg.jobs.shards.store import ShardStore, parse_message_id
 from tileseg.jobs.store import JobStatus, JobStore
 
 log = logging.getLogger(__name__)

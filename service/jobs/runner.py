@@ -22,10 +22,13 @@ from torch import nn
 
 from tileseg import objectstore
 from tileseg.engine import SegmentResult, segment
+from tileseg.engine.errors import CanceledError
 from tileseg.engine.io.inputs import locate
 from tileseg.engine.io.stac import StacSource
 from tileseg.engine.results import RunResult
-from tileseg.errors import CanceledError, TilesegError
+from tileseg.engine.views.preview import render_preview
+from tileseg.engine.views.render import add_overviews, write_view
+from tileseg.errors import TilesegError
 from tileseg.jobs.errors import InterruptedJobError, JobNotFoundError, LeaseLostError
 from tileseg.jobs.files import JobFiles, drop_input
 from tileseg.jobs.intake import InputLimits, JobOptions
@@ -33,8 +36,6 @@ from tileseg.jobs.objects import ObjectResults
 from tileseg.jobs.periodic import Periodic
 from tileseg.jobs.store import Job, JobStatus, JobStore
 from tileseg.settings import Settings
-from tileseg.viewer.preview import render_preview
-from tileseg.viewer.render import add_overviews, write_view
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class RunStatus(str, enum.Enum):
     CANCELED = "canceled"
     INTERRUPTED = "interrupted"  # the worker is stopping: the job is back in the queue
     LOST = "lost"  # the lease ran out: another attempt has the job
-    PLANNED = "planned"  # planned in shards, each now a task of its own (tileseg.jobs.sharded)
+    PLANNED = "planned"  # planned in shards, each now a task of its own (tileseg.jobs.shards.run)
     SHARD_DONE = "shard_done"  # a shard finished, and other shards of its job had not
 
 

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from tileseg import objectstore
-from tileseg.engine.device import configure_threads
+from tileseg import config, objectstore
 from tileseg.engine.io.remote import RemoteUrl, configure_remote_reads
 from tileseg.engine.options import ObjectType
-from tileseg.engine.vectors import export
+from tileseg.engine.runtime.device import configure_threads
+from tileseg.engine.vectors.sink import export
 from tileseg.jobs.errors import (
     JobCanceledError,
     JobFailedError,
@@ -72,6 +72,7 @@ class JobService:
         self.settings = settings
         self.data_dir = settings.files_dir.resolve()
         jobs_root(self.data_dir).mkdir(parents=True, exist_ok=True)
+        config.use(settings)  # the engine runs with the service's settings (cache, budget, threads, retries)
         configure_threads(settings.torch_threads)
         self.queue_mode = settings.mode is Mode.QUEUE
         self.pools: list[ModelPool] = []
@@ -147,6 +148,7 @@ class JobService:
         if self.broker:
             self.broker.close()
         self.store.close()
+        config.use(None)
 
     # ---- what the routes call -------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from tileseg.jobs.errors import JobNotFoundError
 from tileseg.jobs.files import JobFiles, drop_input, jobs_root
 from tileseg.jobs.objects import ObjectResults
 from tileseg.jobs.periodic import Periodic
-from tileseg.jobs.shardfiles import remove_all as remove_shard_files
+from tileseg.jobs.shards.files import remove_all as remove_shard_files
 from tileseg.jobs.store import Job, JobStatus, JobStore
 from tileseg.objectstore import ObjectStoreError
 

@@ -59,7 +59,7 @@ jobs = sa.Table(
     sa.Column(
         "result", sa.JSON(none_as_null=True), nullable=True
     ),  # the published run's summary: pixel sizes, level, ROI share
-    # a sharded job's plan (tileseg.engine.shardplan.ShardPlan as JSON): its shards are rows of `shards`
+    # a sharded job's plan (tileseg.engine.shards.plan.ShardPlan as JSON): its shards are rows of `shards`
     sa.Column("plan", sa.JSON(none_as_null=True), nullable=True),
     sa.Index("ix_jobs_status_created", "status", "created"),
     sa.Index("ix_jobs_owner_created", "owner", "created"),
@@ -76,7 +76,7 @@ class ShardStatus(str, enum.Enum):
     CANCELED = "canceled"
 
 
-# One row per shard of a sharded job (tileseg.jobs.shardstore): leased, beaten and reaped as jobs are.
+# One row per shard of a sharded job (tileseg.jobs.shards.store): leased, beaten and reaped as jobs are.
 shards = sa.Table(
     "shards",
     metadata,

@@ -19,8 +19,8 @@ from typing import Any
 # (``tileseg train --dataset``, at every start of the command line) does not load the loop and the engine
 # it validates through (0.4-0.7 s of start-up, measured on this 2-core machine).
 _EXPORTS = {
-    "TrainingConfigError": "tileseg.models.errors",
-    "TrainingDataError": "tileseg.models.errors",
+    "TrainingConfigError": "tileseg.training.errors",
+    "TrainingDataError": "tileseg.training.errors",
     "TrainConfig": "tileseg.training.config",
     "make_config": "tileseg.training.config",
     "IGNORE_INDEX": "tileseg.training.data",

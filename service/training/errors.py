@@ -3,7 +3,7 @@ product's root error and the builtin they resemble, like every other layer's."""
 
 from __future__ import annotations
 
-from tileseg.models.errors import TilesegError
+from tileseg.errors import TilesegError
 
 
 class TrainingConfigError(TilesegError, ValueError):

@@ -17,10 +17,10 @@ from torch import nn
 
 from tileseg.engine import SegmentOptions, tile_settings
 from tileseg.engine.arrays import predict_array
+from tileseg.engine.errors import TileGeometryError
 from tileseg.engine.options import MAX_TILE
-from tileseg.engine.runtime import BASELINE, Runtime
+from tileseg.engine.runtime.runtimes import BASELINE, Runtime
 from tileseg.engine.tiling import TileSettings
-from tileseg.errors import TileGeometryError
 from tileseg.models.base import SegmentationNet
 from tileseg.models.spec import ModelSpec
 from tileseg.training.data import Sample

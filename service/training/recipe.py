@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tileseg.errors import TileGeometryError
+from tileseg.engine.errors import TileGeometryError
 from tileseg.models.base import SegmentationNet
 from tileseg.models.spec import ClassInfo, Geometry, InputSpec, ModelSpec
 from tileseg.training.augment import Augment

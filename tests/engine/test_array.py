@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import write_raster
+from tileseg.engine.errors import BandMismatchError, DtypeError
 from tileseg.engine.io import ArrayRaster, InputRaster
-from tileseg.errors import BandMismatchError, DtypeError
 from tileseg.models.spec import ClassInfo, Geometry, InputSpec, ModelSpec
 
 SPEC = ModelSpec(

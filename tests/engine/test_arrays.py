@@ -12,7 +12,7 @@ from tests.engine.nets import checkpoint
 from tests.engine.test_engine import reference_logits
 from tileseg.engine import SegmentOptions
 from tileseg.engine.arrays import predict_array
-from tileseg.engine.runtime import BASELINE
+from tileseg.engine.runtime.runtimes import BASELINE
 
 
 @pytest.mark.parametrize("arch,tile", [("test-pool", 8), ("test-valid", 16)])

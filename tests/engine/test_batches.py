@@ -14,7 +14,7 @@ from tests.engine.nets import checkpoint
 from tileseg.engine import batches as batches_module
 from tileseg.engine.batches import BatchRunner
 from tileseg.engine.io import Scaling
-from tileseg.engine.runtime import BASELINE, Runtime
+from tileseg.engine.runtime.runtimes import BASELINE, Runtime
 from tileseg.engine.tiling import TileSettings
 
 CLASSES = 8

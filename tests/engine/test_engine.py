@@ -125,7 +125,7 @@ def test_blend_stays_close_to_whole_image_for_a_conv_net(tmp_path, raster_factor
 
 
 def test_progress_and_cancel(tmp_path, raster_factory):
-    from tileseg.errors import CanceledError
+    from tileseg.engine.errors import CanceledError
 
     model = checkpoint(tmp_path, "test-pool", bands=1, classes=3)
     path = raster_factory(64, 64)

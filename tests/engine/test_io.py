@@ -10,7 +10,7 @@ import rasterio
 
 from tests.engine.nets import checkpoint
 from tileseg.engine import SegmentOptions, segment
-from tileseg.errors import BandMismatchError, DtypeError, PixelSizeError
+from tileseg.engine.errors import BandMismatchError, DtypeError, PixelSizeError
 
 
 @pytest.fixture

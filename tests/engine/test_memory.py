@@ -72,7 +72,7 @@ def test_peak_memory_does_not_grow_with_the_image(tmp_path, data_dir):
 
 
 def test_free_heap_pages_are_handed_back():
-    """On glibc the engine hands free heap pages back once a tile row (service/engine/memory.py)."""
-    from tileseg.engine.memory import release_free_memory
+    """On glibc the engine hands free heap pages back once a tile row (service/engine/runtime/memory.py)."""
+    from tileseg.engine.runtime.memory import release_free_memory
 
     assert release_free_memory() is True

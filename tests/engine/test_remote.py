@@ -16,12 +16,12 @@ import rasterio
 from tests.backends import free_port
 from tests.engine.nets import checkpoint
 from tileseg.engine import segment
+from tileseg.engine.errors import UnreadableInputError
 from tileseg.engine.io import InputRaster
-from tileseg.engine.io import remote as remote_module
 from tileseg.engine.io.inputs import locate
-from tileseg.engine.io.remote import RemoteUrl, gdal_options, mask_text, mask_url, parse_remote
+from tileseg.engine.io.remote import RemoteUrl, gdal_options, parse_remote
 from tileseg.engine.options import SegmentOptions
-from tileseg.errors import UnreadableInputError
+from tileseg.urls import mask_text, mask_url
 
 FP32 = SegmentOptions(runtime="torch", precision="fp32", tile=128, readers=3)
 
@@ -115,7 +115,7 @@ def write_cog(path: Path, size: int, bands: int = 3, seed: int = 0) -> Path:
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch):
     """Retries as in production but with short delays, so a test with failures runs in seconds."""
-    monkeypatch.setattr(remote_module, "RETRY_DELAY_S", 0.05)
+    monkeypatch.setenv("TILESEG_HTTP_RETRY_DELAY", "0.05")
 
 
 @pytest.fixture
@@ -171,7 +171,7 @@ def test_https_mask_equals_the_local_one_also_when_one_request_in_five_fails(tmp
 
 
 def test_a_read_that_keeps_failing_fails_the_run_naming_the_masked_url(tmp_path, rgb, monkeypatch):
-    monkeypatch.setattr(remote_module, "MAX_RETRY", 1)
+    monkeypatch.setenv("TILESEG_HTTP_MAX_RETRY", "1")
     cog = write_cog(tmp_path / "broken.tif", 384, seed=3)
     server = RangeServer(tmp_path)
     url = f"{server.url}/broken.tif?token=SECRET"

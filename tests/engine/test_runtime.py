@@ -16,12 +16,13 @@ import torch
 from tests.engine.nets import checkpoint
 from tileseg import models
 from tileseg.engine import SegmentOptions, segment
-from tileseg.engine import exported as ex
-from tileseg.engine import runtime as rt
-from tileseg.engine import tuner as tn
-from tileseg.engine.runtime import BASELINE, Runtime
-from tileseg.engine.tuner import MeasurementCache, Tuner
-from tileseg.errors import OptionsError
+from tileseg.engine.errors import OptionsError
+from tileseg.engine.runtime import export as ex
+from tileseg.engine.runtime import forward as fw
+from tileseg.engine.runtime import runtimes as rt
+from tileseg.engine.runtime import tuner as tn
+from tileseg.engine.runtime.runtimes import BASELINE, Runtime
+from tileseg.engine.runtime.tuner import MeasurementCache, Tuner
 
 CPU = torch.device("cpu")
 
@@ -157,10 +158,10 @@ def test_prepared_copies_go_with_their_model(tmp_path):
     import weakref
 
     model = checkpoint(tmp_path, "test-pool", bands=1, classes=3)
-    assert rt.prepare(model, BASELINE) is model
+    assert fw.prepare(model, BASELINE) is model
     contiguous = Runtime("fp32", False, "eager")
-    copy_ = rt.prepare(model, contiguous)
-    assert copy_ is not model and rt.is_prepared(model, contiguous)
+    copy_ = fw.prepare(model, contiguous)
+    assert copy_ is not model and fw.is_prepared(model, contiguous)
     gone = weakref.ref(model)
     del model, copy_
     gc.collect()

@@ -1,4 +1,4 @@
-"""Sharded runs (:mod:`tileseg.engine.shards`): masks, probabilities and polygons equal a single run's."""
+"""Sharded runs (:mod:`tileseg.engine.shards.run`): masks, probabilities and polygons equal a single run's."""
 
 from __future__ import annotations
 
@@ -12,12 +12,11 @@ import rasterio
 from tests.conftest import write_raster
 from tests.engine.nets import ShiftNet, checkpoint
 from tileseg.engine import segment
+from tileseg.engine.errors import OptionsError
 from tileseg.engine.options import SegmentOptions
-from tileseg.engine.pipeline import TileBand
-from tileseg.engine.shardplan import segment_sharded
-from tileseg.engine.shards import ShardError, plan_shards
-from tileseg.engine.tiling import TilePlan, TileSettings
-from tileseg.errors import OptionsError
+from tileseg.engine.shards.plan import segment_sharded
+from tileseg.engine.shards.run import ShardError, plan_shards
+from tileseg.engine.tiling import TileBand, TilePlan, TileSettings
 from tileseg.models.registry import ARCHITECTURES
 
 FIXED = dict(tile=16, batch=3, precision="fp32", runtime="torch", compile="off")  # no tuner: the same window

@@ -16,10 +16,10 @@ from affine import Affine
 from tests.conftest import write_raster
 from tests.engine.nets import checkpoint
 from tileseg.engine import SegmentOptions, segment
+from tileseg.engine.errors import PixelSizeError, RoiError, UnreadableInputError
 from tileseg.engine.io import pixelsize
-from tileseg.engine.pipeline import open_input
+from tileseg.engine.io.inputs import open_input
 from tileseg.engine.resolution import plan_resolution
-from tileseg.errors import PixelSizeError, RoiError, UnreadableInputError
 
 FAST = {"precision": "fp32", "compile": "off", "batch": 2}
 

@@ -15,13 +15,12 @@ from affine import Affine
 from tests.engine.nets import checkpoint
 from tests.engine.test_remote import RangeServer, mask_of
 from tileseg.engine import segment
+from tileseg.engine.errors import BandMismatchError, InputError, UnreadableInputError
 from tileseg.engine.io import InputRaster
-from tileseg.engine.io import remote as remote_module
 from tileseg.engine.io.inputs import inspect_input, locate, open_input
 from tileseg.engine.io.stac import StacSource, absolute_href, read_item
 from tileseg.engine.io.stack import StackedRaster
 from tileseg.engine.options import SegmentOptions
-from tileseg.errors import BandMismatchError, InputError, UnreadableInputError
 
 FP32 = SegmentOptions(runtime="torch", precision="fp32", tile=128, readers=3)
 TRANSFORM = Affine(10.0, 0, 500000.0, 0, -10.0, 4200000.0)  # 10 m pixels in UTM 33N
@@ -29,7 +28,7 @@ TRANSFORM = Affine(10.0, 0, 500000.0, 0, -10.0, 4200000.0)  # 10 m pixels in UTM
 
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch):
-    monkeypatch.setattr(remote_module, "RETRY_DELAY_S", 0.05)
+    monkeypatch.setenv("TILESEG_HTTP_RETRY_DELAY", "0.05")
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 
+from tileseg.engine.errors import TileGeometryError
 from tileseg.engine.tiling import MAX_TILE, TilePlan, TileSettings, parse_blend
-from tileseg.errors import TileGeometryError
 from tileseg.models.spec import BlendMode, Geometry
 
 UNET = Geometry(halo=92, multiple=16, offset=4, shrink=92)  # the U-Net paper's valid-convolution network

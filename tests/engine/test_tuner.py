@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from tests.engine.nets import checkpoint
-from tileseg.engine import runtime as rt
-from tileseg.engine import search as search_module
-from tileseg.engine import tuner as tn
-from tileseg.engine.runtime import BASELINE, Runtime
-from tileseg.engine.search import Request
-from tileseg.engine.tuner import MeasurementCache, Tuner
-from tileseg.errors import OptionsError
+from tileseg.engine.errors import OptionsError
+from tileseg.engine.runtime import runtimes as rt
+from tileseg.engine.runtime import search as search_module
+from tileseg.engine.runtime import tuner as tn
+from tileseg.engine.runtime.runtimes import BASELINE, Runtime
+from tileseg.engine.runtime.search import Request
+from tileseg.engine.runtime.tuner import MeasurementCache, Tuner
 from tileseg.models.spec import BlendMode
 
 CPU = torch.device("cpu")
@@ -140,7 +140,7 @@ def test_a_larger_window_wins_by_its_smaller_halo_share(model):
 def test_a_blended_model_keeps_its_window(model, monkeypatch):
     """The pipeline fixes the core of a blended (or non-equivariant) model: the tuner never moves it."""
     from tileseg.engine.options import SegmentOptions
-    from tileseg.engine.pipeline import window_is_free
+    from tileseg.engine.tiling import window_is_free
 
     assert window_is_free(model.spec, SegmentOptions())
     blended = replace(model.spec, geometry=replace(model.spec.geometry, blend=BlendMode.GAUSSIAN))

@@ -1,4 +1,4 @@
-"""Polygons of the mask (tileseg.engine.vectors): exact (burned back they give the mask), one per connected
+"""Polygons of the mask (tileseg.engine.vectors.sink): exact (burned back they give the mask), one per connected
 region (as scipy.ndimage.label counts them), and whole across strip seams; written, read back with pyogrio."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from scipy import ndimage
 
 from tileseg import models
 from tileseg.engine import segment
+from tileseg.engine.errors import OptionsError
 from tileseg.engine.options import Connectivity, SegmentOptions
-from tileseg.engine.vectors import StripPolygonizer, check_vector_path, export
-from tileseg.errors import OptionsError
+from tileseg.engine.vectors.sink import StripPolygonizer, check_vector_path, export
 
 STRUCTURE = {Connectivity.FOUR: None, Connectivity.EIGHT: np.ones((3, 3), bool)}
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from tests.engine import nets
-from tileseg.errors import ModelNotFoundError, OptionsError
+from tileseg.engine.errors import OptionsError
 from tileseg.jobs.modelpool import CardCatalogue, ModelPool
+from tileseg.models.errors import ModelNotFoundError
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """Sharded jobs, in this process on SQLite: the plan, the shards and the assembly as the queue workers call
-them (:mod:`tileseg.jobs.sharded`). A worker that dies between the last shard's end and the publication
+them (:mod:`tileseg.jobs.shards.run`). A worker that dies between the last shard's end and the publication
 loses nothing: the job is reaped, claimed again and assembled from the same shard files. An attempt at a
 shard that lost its lease neither counts nor leaves files. (With real workers, Redis and PostgreSQL:
 ``tests/scale/test_shards.py``.)"""
@@ -16,13 +16,13 @@ import rasterio
 from tests.engine import nets
 from tileseg.engine import segment
 from tileseg.engine.options import SegmentOptions
-from tileseg.engine.shardplan import ShardPlan, run_planned_shard
-from tileseg.jobs import shardfiles
+from tileseg.engine.shards.plan import ShardPlan, run_planned_shard
 from tileseg.jobs.files import JobFiles
 from tileseg.jobs.intake import JobOptions
 from tileseg.jobs.runner import RunConfig, RunStatus
-from tileseg.jobs.sharded import ShardCount, assemble_job, plan_job, run_shard_job, shard_count
-from tileseg.jobs.shardstore import ShardStore
+from tileseg.jobs.shards import files as shardfiles
+from tileseg.jobs.shards.run import ShardCount, assemble_job, plan_job, run_shard_job, shard_count
+from tileseg.jobs.shards.store import ShardStore
 from tileseg.jobs.store import JobStatus, JobStore, new_job_id
 
 FIXED = {"tile": 16, "precision": "fp32", "runtime": "torch"}

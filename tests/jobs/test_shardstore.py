@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tileseg.jobs.shardstore import ShardStore
+from tileseg.jobs.shards.store import ShardStore
 from tileseg.jobs.store import JobStatus, JobStore, new_job_id
 from tileseg.jobs.table import ShardStatus, jobs, shards
 

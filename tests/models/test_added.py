@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from tileseg import models
 from tileseg.cli import cli
 from tileseg.engine import SegmentOptions, segment
-from tileseg.errors import TileGeometryError
+from tileseg.engine.errors import TileGeometryError
 from tileseg.models.checkpoint import SHIPPED_WEIGHTS
 from tileseg.models.spec import reflect_indices
 

@@ -30,7 +30,7 @@ import shapely
 from tests.api.conftest import submit, wait_for
 from tests.conftest import write_raster
 from tests.scale.conftest import PUBLISHED, cli_mask, mask_of
-from tileseg.jobs.shardstore import ShardStore
+from tileseg.jobs.shards.store import ShardStore
 from tileseg.jobs.table import ShardStatus
 
 pytestmark = pytest.mark.slow

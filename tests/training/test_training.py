@@ -25,7 +25,7 @@ from scipy import ndimage
 from tileseg import models
 from tileseg.cli.options import parse_params
 from tileseg.cli.train import train as train_command
-from tileseg.errors import OptionsError
+from tileseg.engine.errors import OptionsError
 from tileseg.models.crop import centre_crop
 from tileseg.models.spec import reflect_indices
 from tileseg.training import augment, class_weights, data, network, optimizer, scores

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tileseg.engine.errors import BandMismatchError, UnreadableInputError, UnsupportedFormatError
 from tileseg.engine.io import pixelsize
 from tileseg.engine.io.pixelsize import MeasuredSize
 from tileseg.engine.io.read import (
@@ -28,7 +29,6 @@ from tileseg.engine.io.remote import RemoteUrl, configure_remote_reads, parse_re
 from tileseg.engine.io.slide import SLIDE_DRIVER, SlideRaster, slide_format
 from tileseg.engine.io.stac import StacItem, StacSource, is_item_name, read_item
 from tileseg.engine.io.stack import StackedRaster
-from tileseg.errors import BandMismatchError, UnreadableInputError, UnsupportedFormatError
 from tileseg.models.spec import ModelSpec
 
 

@@ -28,10 +28,18 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
+from tileseg.config import engine_config
+from tileseg.engine.errors import (
+    BandMismatchError,
+    DtypeError,
+    TooLargeError,
+    UnreadableInputError,
+    UnsupportedFormatError,
+)
 from tileseg.engine.io import pixelsize
-from tileseg.engine.io.remote import RemoteUrl, mask_text
-from tileseg.errors import BandMismatchError, DtypeError, TooLargeError, UnreadableInputError, UnsupportedFormatError
+from tileseg.engine.io.remote import RemoteUrl
 from tileseg.models.spec import ModelSpec, reflect_indices
+from tileseg.urls import mask_text
 
 # Formats accepted as input, by GDAL driver (decided from the content, not the name). VRT is left out on
 # purpose: a VRT names other files, which would let a request reach outside what it was given.
@@ -51,12 +59,11 @@ STATS_SIDE = 1024  # longest side of the decimated read that percentile statisti
 # default 5 % of the machine's memory): a configuration set for one thread (rasterio.Env) does not reach
 # the reader threads, so the bound is set for the whole process here, before any raster is read. Without it
 # the cache fills with every block of a large image: 1.5 GB of peak memory on a 20000^2 scene, not 0.7.
-CACHE_MB = int(os.environ.get("TILESEG_GDAL_CACHE_MB", "64"))
 
 
 def gdal_env(**options: Any) -> rasterio.Env:
     """A GDAL environment with a bounded block cache, so memory does not grow with the image."""
-    return rasterio.Env(GDAL_CACHEMAX=CACHE_MB * 1024 * 1024, GDAL_NUM_THREADS=1, **options)
+    return rasterio.Env(GDAL_CACHEMAX=engine_config().gdal_cache_mb * 1024 * 1024, GDAL_NUM_THREADS=1, **options)
 
 
 @dataclass(frozen=True)

@@ -28,15 +28,15 @@ from urllib.parse import urljoin, urlsplit
 
 from rasterio.env import set_gdal_config
 
-from tileseg.errors import UnreadableInputError
+from tileseg.config import engine_config
+from tileseg.engine.errors import UnreadableInputError
+from tileseg.urls import mask_text, mask_url
 
 SCHEMES = ("s3", "https", "http")
 
 # Transient answers that GDAL retries, with a growing delay, on every thread: throttling and the 5xx of a
-# store or proxy under load. The delay doubles from RETRY_DELAY_S at each attempt.
+# store or proxy under load. The delay doubles from TILESEG_HTTP_RETRY_DELAY at each attempt.
 RETRY_CODES = "429,500,502,503,504"
-MAX_RETRY = int(os.environ.get("TILESEG_HTTP_MAX_RETRY", "5"))
-RETRY_DELAY_S = float(os.environ.get("TILESEG_HTTP_RETRY_DELAY", "0.5"))
 
 
 @dataclass(frozen=True)
@@ -81,23 +81,6 @@ class RemoteUrl:
         return self.masked
 
 
-def mask_url(url: str) -> str:
-    """``url`` with its user information and query string (tokens, signatures) masked."""
-    parts = urlsplit(url)
-    host = parts.netloc.rsplit("@", 1)[-1]
-    netloc = f"***@{host}" if "@" in parts.netloc else host
-    query = "?***" if parts.query else ""
-    return f"{parts.scheme}://{netloc}{parts.path}{query}"
-
-
-URL_IN_TEXT = re.compile(r"(?i)\b(?:s3|https?)://[^\s'\"]+")
-
-
-def mask_text(text: str) -> str:
-    """``text`` (a GDAL message, say) with every URL in it masked as :func:`mask_url` does."""
-    return URL_IN_TEXT.sub(lambda m: mask_url(m.group(0)), text)
-
-
 def parse_remote(source) -> RemoteUrl | None:
     """The :class:`RemoteUrl` that ``source`` names, or None for a local path.
 
@@ -125,9 +108,10 @@ def gdal_options(environ: os._Environ[str] | dict[str, str] = os.environ) -> dic
 
     The credential variables are not copied: GDAL reads them from the environment as boto3 does.
     """
+    config = engine_config()
     options = {
-        "GDAL_HTTP_MAX_RETRY": str(MAX_RETRY),
-        "GDAL_HTTP_RETRY_DELAY": str(RETRY_DELAY_S),
+        "GDAL_HTTP_MAX_RETRY": str(config.http_max_retry),
+        "GDAL_HTTP_RETRY_DELAY": str(config.http_retry_delay),
         "GDAL_HTTP_RETRY_CODES": RETRY_CODES,
         # without it, opening s3://bucket/a.tif lists the whole "folder" first: one more request, and a slow
         # one in a bucket of many keys
@@ -231,12 +215,13 @@ def _get_retried(client, url: str, headers: dict[str, str], max_bytes: int, cut:
     (429, 5xx, resets, timeouts) with a doubling delay."""
     import httpx
 
-    delay, attempt = RETRY_DELAY_S, 0
+    config = engine_config()
+    delay, attempt, retries = config.http_retry_delay, 0, config.http_max_retry
     while True:
         try:
-            return _get_once(client, url, headers, max_bytes, cut, retry=attempt < MAX_RETRY)
+            return _get_once(client, url, headers, max_bytes, cut, retry=attempt < retries)
         except (_Transient, httpx.TransportError) as err:
-            if attempt >= MAX_RETRY:
+            if attempt >= retries:
                 raise UnreadableInputError(f"{mask_url(url)} could not be read: {mask_text(str(err))}") from err
             time.sleep(delay)
             delay, attempt = delay * 2, attempt + 1

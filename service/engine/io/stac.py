@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from tileseg.engine.io.remote import RemoteUrl, configure_remote_reads, http_get, mask_url, parse_remote
-from tileseg.errors import BandMismatchError, InputError, UnreadableInputError
+from tileseg.engine.errors import BandMismatchError, InputError, UnreadableInputError
+from tileseg.engine.io.remote import RemoteUrl, configure_remote_reads, http_get, parse_remote
+from tileseg.urls import mask_url
 
 ITEM_MAX_BYTES = 8 * 1024**2  # a STAC item is a few kB; refuse to hold a "item" of gigabytes in memory
 DEFAULT_ASSET = "visual"

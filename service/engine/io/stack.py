@@ -17,6 +17,7 @@ from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
+from tileseg.engine.errors import BandMismatchError, DtypeError, InputError, TooLargeError, UnreadableInputError
 from tileseg.engine.io import pixelsize
 from tileseg.engine.io.read import (
     ALLOWED_DRIVERS,
@@ -32,7 +33,6 @@ from tileseg.engine.io.read import (
 from tileseg.engine.io.remote import RemoteUrl
 from tileseg.engine.io.resample import ResampledRaster
 from tileseg.engine.io.stac import StacAsset, StacSource, asset_location
-from tileseg.errors import BandMismatchError, DtypeError, InputError, TooLargeError, UnreadableInputError
 from tileseg.models.spec import ModelSpec
 
 

@@ -1,4 +1,4 @@
-"""Vector output: the regions of the mask (:mod:`tileseg.engine.polygons`) written as features.
+"""Vector output: the regions of the mask (:mod:`tileseg.engine.vectors.polygons`) written as features.
 
 :class:`VectorSink` is a sink (:class:`tileseg.engine.sinks.Sink`) beside the mask's: it takes the same
 strips, turns their labels into class indices with the input's nodata applied, and writes finished features
@@ -23,11 +23,11 @@ import shapely
 from affine import Affine
 from rasterio.crs import CRS
 
+from tileseg.engine.errors import OptionsError
 from tileseg.engine.options import Connectivity, ObjectType
-from tileseg.engine.polygons import Region, StripPolygonizer
 from tileseg.engine.sinks import ClassIndices
 from tileseg.engine.stitching import Strip
-from tileseg.errors import OptionsError
+from tileseg.engine.vectors.polygons import Region, StripPolygonizer
 from tileseg.models.spec import ModelSpec
 
 # Suffix -> OGR driver. GeoJSON is written by this module (streamed, QuPath's members where they apply).

@@ -1,6 +1,6 @@
 """The device a network runs on: which one, what it can do, how many threads and how much memory it may take.
 
-Used by the engine's tuner and by training alike. Nothing here measures speed (:mod:`tileseg.engine.tuner`
+Used by the engine's tuner and by training alike. Nothing here measures speed (:mod:`tileseg.engine.runtime.tuner`
 does); it answers what the machine is, so that every measurement can say which machine it was taken on.
 """
 
@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from tileseg.errors import OptionsError
+from tileseg.config import engine_config
+from tileseg.engine.errors import OptionsError
 
 # The network's working set on a CPU is capped here by default: past a window of about 1000 px the halo's share
 # is small and the rate flat (bench/runtime.py), and a process of ~0.5 GB with a 1 GiB forward stays under
@@ -91,8 +92,7 @@ def configure_threads(threads: int | None = None) -> int:
     the CPUs in the process's affinity mask); returns the count. Reader and writer threads wait on GDAL
     with the GIL released and take little CPU beside it (measured in bench/runtime.py)."""
     if threads is None:
-        configured = os.environ.get("TILESEG_TORCH_THREADS")
-        threads = int(configured) if configured else None
+        threads = engine_config().torch_threads
     if threads is None:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if torch.get_num_threads() != threads:
@@ -142,7 +142,7 @@ def memory_budget(device: torch.device, requested: str | int | None = None) -> i
     Raises:
         OptionsError: a budget that is not a size.
     """
-    configured = requested if requested is not None else os.environ.get("TILESEG_MEMORY_BUDGET") or None
+    configured = requested if requested is not None else engine_config().memory_budget or None
     if configured is not None:
         return parse_bytes(configured)
     if device.type == "cuda":
@@ -166,7 +166,7 @@ def resident(device: torch.device) -> int | None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         return torch.cuda.memory_allocated(device)
-    from tileseg.engine.memory import release_free_memory
+    from tileseg.engine.runtime.memory import release_free_memory
 
     release_free_memory()
     return _status_bytes("VmRSS")

@@ -1,4 +1,4 @@
-"""The viewer's tiles (tileseg.viewer.render): each tile's pixels are a window of the mask, resampled.
+"""The viewer's tiles (tileseg.engine.views.render): each tile's pixels are a window of the mask, resampled.
 
 Known answers, computed here independently of GDAL's warper: a Deep Zoom tile is a window of the mask
 sampled at its pixel centres; an XYZ tile of a mask on the web-mercator tile grid is exactly a window of it;
@@ -18,7 +18,7 @@ from rasterio.crs import CRS
 from rasterio.transform import rowcol
 from rasterio.warp import transform as warp_points
 
-from tileseg.viewer.render import (
+from tileseg.engine.views.render import (
     TILE,
     BadTileError,
     TileNotFoundError,

@@ -7,7 +7,7 @@ the page asks for a key when the API wants one.
 ``GET /jobs/{id}/events`` streams the job (the same JSON as ``GET /jobs/{id}``) each time its status or
 progress changes, read from the job table every :data:`POLL_SECONDS`, and ends once the job is final.
 ``GET /jobs/{id}/tiles`` describes the two tile pyramids; ``GET /jobs/{id}/tiles/{layer}/{z}/{x}/{y}.png``
-renders one tile (:mod:`tileseg.viewer.render`). Keys and ownership as on every job route.
+renders one tile (:mod:`tileseg.engine.views.render`). Keys and ownership as on every job route.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from starlette.concurrency import run_in_threadpool
 from tileseg.api.deps import JobsDep, OwnerDep, SettingsDep
 from tileseg.api.errors import ERROR_RESPONSES
 from tileseg.api.schemas import JobOut
+from tileseg.engine.views.render import pyramid, render_tile
 from tileseg.jobs.errors import JobNotFoundError, ResultNotFoundError
 from tileseg.jobs.service import JobService
 from tileseg.jobs.store import Job
-from tileseg.viewer.render import pyramid, render_tile
 
 router = APIRouter(tags=["viewer"])
 

@@ -20,7 +20,7 @@ of polygonizing in one process; it was not needed for exactness, and polygonizin
 of the network's time.) The shard files are deleted whether the run succeeds or fails.
 
 This module holds a shard's own work and the processes of one machine; the plan, the assembly and the
-one-machine entry point (``tileseg segment --workers``) built from them are :mod:`tileseg.engine.shardplan`.
+one-machine entry point (``tileseg segment --workers``) built from them are :mod:`tileseg.engine.shards.plan`.
 """
 
 from __future__ import annotations
@@ -40,22 +40,19 @@ from affine import Affine
 from rasterio.windows import Window
 
 from tileseg.engine.batches import BatchRunner
-from tileseg.engine.device import configure_threads, pick_device
+from tileseg.engine.errors import OptionsError
 from tileseg.engine.io.inputs import open_input
 from tileseg.engine.io.read import ALLOWED_DRIVERS, gdal_env
 from tileseg.engine.io.write import StripWriter, mask_profile
 from tileseg.engine.options import SegmentOptions
-from tileseg.engine.pipeline import (
-    Progress,
-    TileCounts,
-    predict_strips,
-)
+from tileseg.engine.pipeline import Progress, TileCounts, predict_strips
 from tileseg.engine.readplan import ReadPlan, read_plan
-from tileseg.engine.runtime import Runtime
+from tileseg.engine.runtime.device import configure_threads, pick_device
+from tileseg.engine.runtime.runtimes import Runtime
 from tileseg.engine.sinks import ClassIndices, RasterFiles, write_all
 from tileseg.engine.stitching import Strip
 from tileseg.engine.tiling import TileSettings
-from tileseg.errors import OptionsError, TilesegError
+from tileseg.errors import TilesegError
 from tileseg.models.base import SegmentationNet
 from tileseg.models.spec import BlendMode, ModelSpec
 

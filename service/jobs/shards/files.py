@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from tileseg import objectstore
-from tileseg.engine.shards import ShardResult
+from tileseg.engine.shards.run import ShardResult
 from tileseg.jobs.files import JobFiles
 from tileseg.jobs.objects import ObjectResults
-from tileseg.jobs.shardstore import Shard
+from tileseg.jobs.shards.store import Shard
 
 log = logging.getLogger(__name__)
 

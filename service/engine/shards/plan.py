@@ -1,9 +1,9 @@
 """Shards run apart: planned once, each run by any process on any machine, assembled by one of them.
 
 The three steps stand alone, for callers that spread them over machines and time (the service's queue
-workers, :mod:`tileseg.jobs.sharded`): nothing passes between them but a :class:`ShardPlan` (JSON) and each
-shard's :class:`~tileseg.engine.shards.ShardResult`. :func:`segment_sharded` (``tileseg segment --workers``)
-runs the same three on one machine, the shards in child processes (:func:`tileseg.engine.shards.run_shards`).
+workers, :mod:`tileseg.jobs.shards.run`): nothing passes between them but a :class:`ShardPlan` (JSON) and each
+shard's :class:`~tileseg.engine.shards.run.ShardResult`. :func:`segment_sharded` (``tileseg segment --workers``)
+runs the same three on one machine, the shards in child processes (:func:`tileseg.engine.shards.run.run_shards`).
 
 1. :func:`plan_sharded` opens the input once, chooses the runtime, core and batch (the tuner) and cuts the
    tile plan into bands of tile rows. The choice is fixed in the plan: every shard must run the same window,
@@ -14,7 +14,7 @@ runs the same three on one machine, the shards in child processes (:func:`tilese
    run uses (mask GeoTIFF or COG, probabilities, polygons): memory follows a tile row, never the image. The
    shard files are read by the path strings in the results, so any path rasterio opens will do.
 
-The outputs equal a single run's, for the reasons :mod:`tileseg.engine.shards` gives.
+The outputs equal a single run's, for the reasons :mod:`tileseg.engine.shards.run` gives.
 """
 
 from __future__ import annotations
@@ -31,24 +31,18 @@ from pathlib import Path
 from typing import Any
 
 from tileseg import models
-from tileseg.engine.device import pick_device
 from tileseg.engine.io.inputs import open_input
 from tileseg.engine.io.read import ALLOWED_DRIVERS, gdal_env
 from tileseg.engine.options import SegmentOptions
-from tileseg.engine.pipeline import (
-    Progress,
-    SegmentResult,
-    choose_runtime,
-    make_sinks,
-    pixel_size_warnings,
-    provenance_tags,
-    runtime_report,
-    tile_settings,
-)
+from tileseg.engine.outputs import make_sinks, provenance_tags
+from tileseg.engine.pipeline import Progress
 from tileseg.engine.readplan import read_plan
-from tileseg.engine.results import RuntimeReport
-from tileseg.engine.runtime import Runtime
-from tileseg.engine.shards import (
+from tileseg.engine.resolution import pixel_size_warnings
+from tileseg.engine.results import RuntimeReport, SegmentResult, runtime_report
+from tileseg.engine.runtime.device import pick_device
+from tileseg.engine.runtime.runtimes import Runtime
+from tileseg.engine.runtime.tuner import choose_runtime
+from tileseg.engine.shards.run import (
     ShardJob,
     ShardResult,
     assembled_strips,
@@ -60,8 +54,8 @@ from tileseg.engine.shards import (
     run_shards,
 )
 from tileseg.engine.sinks import write_all
-from tileseg.engine.tiling import TilePlan, TileSettings
-from tileseg.engine.vectors import check_vector_path
+from tileseg.engine.tiling import TilePlan, TileSettings, tile_settings
+from tileseg.engine.vectors.sink import check_vector_path
 from tileseg.models.base import SegmentationNet
 
 
@@ -250,7 +244,7 @@ def segment_sharded(
     vectors: str | os.PathLike | None = None,
 ) -> SegmentResult:
     """Segment ``source`` as :func:`tileseg.engine.pipeline.segment` does, in one shard per entry of
-    ``devices``, each in a process of its own (:func:`~tileseg.engine.shards.run_shards`), planned and
+    ``devices``, each in a process of its own (:func:`~tileseg.engine.shards.run.run_shards`), planned and
     assembled as a queue's shards are; the outputs equal a single run's.
 
     Args:

@@ -1,4 +1,4 @@
-"""One search of the tuner (:mod:`tileseg.engine.tuner`): the points it measures and the choice it makes.
+"""One search of the tuner (:mod:`tileseg.engine.runtime.tuner`): the points it measures and the choice it makes.
 
 The records (:class:`Measurement`, :class:`Choice`, :class:`Request`) and the steps of the search, in the order
 the tuner's docstring gives them: screen, measure at the default core, walk the window, refine, batch, compile.
@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tileseg.engine.device import native_bf16
-from tileseg.engine.runtime import BASELINE, Runtime, is_prepared
+from tileseg.engine.runtime.device import native_bf16
+from tileseg.engine.runtime.forward import is_prepared
+from tileseg.engine.runtime.runtimes import BASELINE, Runtime
 from tileseg.models.base import SegmentationNet
 
 log = logging.getLogger(__name__)

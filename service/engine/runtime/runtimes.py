@@ -3,23 +3,20 @@
 A :class:`Runtime` is one way to run a network: autocast precision (``fp32``, ``bf16``, ``fp16``), memory
 format (``channels_last`` or contiguous) and mode: PyTorch ``eager``, ``compiled`` (``torch.compile``), or an
 exported program run by ``onnxruntime`` (the CPU provider; CUDA's on a GPU), ``tensorrt`` (ONNX Runtime's
-TensorRT provider) or ``openvino`` (:mod:`tileseg.engine.exported`). Which one is fastest is measured, per
-machine, by :mod:`tileseg.engine.tuner`; this module only says what may be run and runs it.
+TensorRT provider) or ``openvino`` (:mod:`tileseg.engine.runtime.export`). Which one is fastest is measured, per
+machine, by :mod:`tileseg.engine.runtime.tuner`; this module only says what may be run and runs it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import shutil
-import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 
-from tileseg.errors import OptionsError
-from tileseg.models.base import SegmentationNet
+from tileseg.engine.errors import OptionsError
 from tileseg.models.spec import ModelSpec
 
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -95,18 +92,37 @@ def compile_available(device: torch.device) -> bool:
     return device.type == "cuda" or any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
 
 
+@cache
+def onnxruntime_providers() -> tuple[str, ...] | None:
+    """ONNX Runtime's execution providers here, or None when it (or onnx, for exporting) is not installed."""
+    try:
+        import onnx  # noqa: F401  (torch's exporter needs it)
+        import onnxruntime
+    except ImportError:
+        return None
+    return tuple(onnxruntime.get_available_providers())
+
+
+@cache
+def openvino_available() -> bool:
+    try:
+        import onnx  # noqa: F401
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def exported_modes(device: torch.device) -> list[str]:
     """The exported runtimes installed for ``device``: ONNX Runtime (CPU provider, or CUDA's on a GPU),
     its TensorRT provider on a GPU where present, OpenVINO on a CPU where installed."""
-    from tileseg.engine import exported
-
     modes = []
-    providers = exported.onnxruntime_providers()
+    providers = onnxruntime_providers()
     if providers is not None and (device.type == "cpu" or "CUDAExecutionProvider" in providers):
         modes.append("onnxruntime")
     if device.type == "cuda" and providers is not None and "TensorrtExecutionProvider" in providers:
         modes.append("tensorrt")
-    if device.type == "cpu" and exported.openvino_available():
+    if device.type == "cpu" and openvino_available():
         modes.append("openvino")
     return modes
 
@@ -186,63 +202,6 @@ def candidates(
     return found
 
 
-# ---- preparing a network for a runtime --------------------------------------------------------------------
-
-_PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def prepare(model: SegmentationNet, runtime: Runtime) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The forward function of ``model`` in ``runtime``, made once per model and runtime and kept while the
-    model lives (a compiled network or an exported program is reused by every later run).
-
-    The model itself stays as loaded (channels_last, eager) and is what that runtime runs; every other runtime
-    runs a copy or a program, so that what is kept here never refers back to the model and goes when it goes.
-
-    Raises:
-        RuntimeError (and subclasses): the runtime cannot be made (an export that fails or differs from eager).
-    """
-    if runtime.channels_last and runtime.mode == "eager":
-        return model
-    per_model = _PREPARED.setdefault(model, {})
-    key = (runtime.channels_last, runtime.mode, runtime.precision if runtime.exported else None)
-    if key not in per_model:
-        if runtime.exported:
-            from tileseg.engine.exported import exported_forward
-
-            per_model[key] = exported_forward(model, runtime)
-        else:
-            net = copy.deepcopy(model)
-            if not runtime.channels_last:
-                net = net.to(memory_format=torch.contiguous_format)
-            per_model[key] = torch.compile(net, dynamic=False) if runtime.compiled else net
-    return per_model[key]
-
-
-def release(model: SegmentationNet, keep: Runtime) -> None:
-    """Drop what was prepared for ``model`` except ``keep``'s (and compiled networks, whose compile was paid):
-    after a search, the programs of the runtimes not chosen would hold their buffers for nothing."""
-    per_model = _PREPARED.get(model, {})
-    kept = (keep.channels_last, keep.mode, keep.precision if keep.exported else None)
-    for key in [k for k in per_model if k != kept and k[1] != "compiled"]:
-        del per_model[key]
-
-
-def is_prepared(model: SegmentationNet, runtime: Runtime) -> bool:
-    """Whether this process already holds ``model`` prepared for ``runtime`` (a compile paid)."""
-    if runtime.channels_last and runtime.mode == "eager":
-        return True
-    key = (runtime.channels_last, runtime.mode, runtime.precision if runtime.exported else None)
-    return key in _PREPARED.get(model, {})
-
-
-def run_forward(model: SegmentationNet, runtime: Runtime, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``model(x)`` in ``runtime`` (``x`` already scaled, on the device)."""
-    fn = prepare(model, runtime)
-    x = x.contiguous(memory_format=torch.channels_last if runtime.channels_last else torch.contiguous_format)
-    with runtime.autocast(device):
-        return fn(x)
-
-
 __all__ = [
     "BASELINE",
     "EXPORTED_MODES",
@@ -252,8 +211,6 @@ __all__ = [
     "candidates",
     "compile_available",
     "exported_modes",
-    "is_prepared",
-    "prepare",
-    "release",
-    "run_forward",
+    "onnxruntime_providers",
+    "openvino_available",
 ]

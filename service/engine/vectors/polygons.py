@@ -15,7 +15,7 @@ The engine finishes the mask in full-width strips, top to bottom (:class:`tilese
 Only open regions are held, so memory follows the strip and the outlines of regions that cross it, never the
 image. A finished region's pieces are unioned once (``shapely.union_all``), and it becomes one feature:
 the same polygon, point for point as a set, that polygonizing the whole mask at once gives. Writing the
-features is :mod:`tileseg.engine.vectors`'s.
+features is :mod:`tileseg.engine.vectors.sink`'s.
 """
 
 from __future__ import annotations

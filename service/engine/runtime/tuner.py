@@ -7,12 +7,12 @@ at a 512 px window and 0.38 at 576); a larger window wastes less on the halo. So
 machine, and keeps the fastest by **output pixels per second on the window it will run** (a window's exact
 core, ``core**2`` pixels a window, is what a run produces):
 
-1. *Screen*: every candidate runtime (:func:`tileseg.engine.runtime.candidates`) on a small window; those
+1. *Screen*: every candidate runtime (:func:`tileseg.engine.runtime.runtimes.candidates`) on a small window; those
    :data:`SCREEN_FACTOR` times slower than the best are dropped (an emulated bf16 costs a fraction of a second).
 2. *Measure* the survivors at the model's default core.
 3. *Walk the window* (exact models only, whose mask does not depend on it): from the default core up in
    steps of about :data:`LADDER`, then down, for the best runtimes, while the rate holds and the forward's
-   measured peak memory stays within the budget (:func:`tileseg.engine.device.memory_budget`); then
+   measured peak memory stays within the budget (:func:`tileseg.engine.runtime.device.memory_budget`); then
    finer steps around the best core.
 4. *Batch*: larger batches at the best core while they pay and fit.
 5. *Compile* only pays on long runs: measured (compile time included) only when a run's estimated time is at
@@ -38,10 +38,14 @@ from typing import Any
 
 import torch
 
-from tileseg.engine.device import PeakMemory, describe_device, resident
-from tileseg.engine.exported import cache_dir, library_versions
-from tileseg.engine.runtime import Runtime, candidates, prepare, release, run_forward
-from tileseg.engine.search import Choice, Measurement, Request, Search, Timer
+from tileseg.config import engine_config
+from tileseg.engine.options import SegmentOptions
+from tileseg.engine.runtime.device import PeakMemory, describe_device, memory_budget, resident
+from tileseg.engine.runtime.export import cache_dir, library_versions
+from tileseg.engine.runtime.forward import prepare, release, run_forward
+from tileseg.engine.runtime.runtimes import Runtime, candidates
+from tileseg.engine.runtime.search import Choice, Measurement, Request, Search, Timer
+from tileseg.engine.tiling import tile_settings, window_is_free
 from tileseg.models.base import SegmentationNet
 
 log = logging.getLogger(__name__)
@@ -90,8 +94,8 @@ def _sync(device: torch.device) -> None:
 
 def tune_seconds() -> float:
     """The search's bound in seconds: ``TILESEG_TUNE_SECONDS``, else :data:`TUNE_SECONDS`."""
-    configured = os.environ.get("TILESEG_TUNE_SECONDS")
-    return float(configured) if configured else TUNE_SECONDS
+    configured = engine_config().tune_seconds
+    return configured if configured else TUNE_SECONDS
 
 
 class MeasurementCache:
@@ -146,7 +150,7 @@ class MeasurementCache:
 
 
 def default_cache_path() -> Path:
-    """``runtime.json`` in :func:`tileseg.engine.exported.cache_dir`."""
+    """``runtime.json`` in :func:`tileseg.engine.runtime.export.cache_dir`."""
     return cache_dir() / "runtime.json"
 
 
@@ -273,4 +277,52 @@ def tuner() -> Tuner:
     return _TUNER
 
 
-__all__ = ["Choice", "Measurement", "MeasurementCache", "Request", "Tuner", "time_forward", "tune_seconds", "tuner"]
+def runtime_request(model: SegmentationNet, device, options: SegmentOptions, run_pixels: int | None) -> Request:
+    """What a run over ``run_pixels`` output pixels leaves to the tuner; the core is searched only where
+    :func:`window_is_free`.
+
+    Raises:
+        TileGeometryError: a tile, blend or overlap the model's geometry refuses (before anything is measured:
+            the tuner must never time a window the tiling would refuse).
+    """
+    geometry = model.spec.geometry
+    tile_settings(model.spec, options)  # checks --tile, --blend and --overlap against the geometry
+    fixed_core = None if window_is_free(model.spec, options) else (options.tile or geometry.default_tile)
+    return Request(
+        core=fixed_core,
+        default_core=geometry.default_tile,
+        batch=options.batch,
+        budget=memory_budget(device, options.memory),
+        run_pixels=run_pixels,
+        precision=options.precision.value,
+        compile=options.compile.value,
+        runtime=options.runtime.value,
+    )
+
+
+def choose_runtime(model: SegmentationNet, device, options: SegmentOptions, run_pixels: int) -> Choice:
+    """The runtime, core and batch of a run, measured by the tuner (cached per machine; see
+    :mod:`tileseg.engine.runtime.tuner`)."""
+    return tuner().choose(model, device, runtime_request(model, device, options, run_pixels))
+
+
+def known_choice(model: SegmentationNet, options: SegmentOptions = SegmentOptions()) -> Choice | None:
+    """What a run with ``options`` would take on the model's device, if this machine has measured it already
+    (nothing is measured here); None otherwise."""
+    device = next(model.parameters()).device
+    return tuner().choose(model, device, runtime_request(model, device, options, None), measure=False)
+
+
+__all__ = [
+    "Choice",
+    "Measurement",
+    "MeasurementCache",
+    "Request",
+    "Tuner",
+    "choose_runtime",
+    "known_choice",
+    "runtime_request",
+    "time_forward",
+    "tune_seconds",
+    "tuner",
+]

@@ -2,11 +2,11 @@
 of a single run.
 
 1. **Plan.** The worker that claims the job plans it (:func:`plan_job`): the tuner's runtime, core and batch
-   on its device, the bands of tile rows (:func:`tileseg.engine.shardplan.plan_sharded`). The plan, with that
+   on its device, the bands of tile rows (:func:`tileseg.engine.shards.plan.plan_sharded`). The plan, with that
    fixed choice, and one queued row per shard go into the job table in one transaction
    (:meth:`ShardStore.plan`), then a message per shard goes to the broker. The job stays ``running``.
 2. **Shards.** Any worker claims a shard (:func:`run_shard_job`), runs its band into shard files of its
-   attempt (:mod:`tileseg.jobs.shardfiles`) with the plan's choice, beating the shard's heart, and ends it
+   attempt (:mod:`tileseg.jobs.shards.files`) with the plan's choice, beating the shard's heart, and ends it
    by compare-and-set. A worker that dies loses only its shard: the reaper queues it again (attempts count
    per shard). A shard that fails fails the job with its reason, in the same transaction; its shard files
    are removed and nothing is published. A canceled job's shards stop at their next report.
@@ -27,10 +27,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tileseg.engine.shardplan import ShardPlan, assemble_sharded, plan_sharded, run_planned_shard
-from tileseg.engine.shards import ShardError
-from tileseg.errors import CanceledError, OptionsError, TilesegError
-from tileseg.jobs import shardfiles
+from tileseg.engine.errors import CanceledError, OptionsError
+from tileseg.engine.shards.plan import ShardPlan, assemble_sharded, plan_sharded, run_planned_shard
+from tileseg.engine.shards.run import ShardError
+from tileseg.engine.views.preview import render_preview
+from tileseg.errors import TilesegError
 from tileseg.jobs.errors import InterruptedJobError, JobNotFoundError, LeaseLostError, ShardStoppedError
 from tileseg.jobs.files import JobFiles, drop_input
 from tileseg.jobs.intake import JobOptions
@@ -45,10 +46,10 @@ from tileseg.jobs.runner import (
     prepare_viewer,
     run_summary,
 )
-from tileseg.jobs.shardstore import Shard, ShardStore
+from tileseg.jobs.shards import files as shardfiles
+from tileseg.jobs.shards.store import Shard, ShardStore
 from tileseg.jobs.store import Job, JobStatus, JobStore
 from tileseg.models.spec import BlendMode, ModelSpec
-from tileseg.viewer.preview import render_preview
 
 log = logging.getLogger(__name__)
 

@@ -24,14 +24,14 @@ import os
 import uuid
 import warnings
 from collections import OrderedDict
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from tileseg.engine.runtime import Runtime
+from tileseg.config import engine_config
+from tileseg.engine.runtime.runtimes import Runtime
 from tileseg.models.base import SegmentationNet
 
 log = logging.getLogger(__name__)
@@ -48,32 +48,11 @@ class ExportMismatch(RuntimeError):
 
 def cache_dir() -> Path:
     """``$TILESEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/tileseg`` or ``~/.cache/tileseg``."""
-    configured = os.environ.get("TILESEG_CACHE_DIR")
+    configured = engine_config().cache_dir
     if configured:
         return Path(configured)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "tileseg"
-
-
-@cache
-def onnxruntime_providers() -> tuple[str, ...] | None:
-    """ONNX Runtime's execution providers here, or None when it (or onnx, for exporting) is not installed."""
-    try:
-        import onnx  # noqa: F401  (torch's exporter needs it)
-        import onnxruntime
-    except ImportError:
-        return None
-    return tuple(onnxruntime.get_available_providers())
-
-
-@cache
-def openvino_available() -> bool:
-    try:
-        import onnx  # noqa: F401
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def library_versions() -> dict[str, str]:
@@ -304,6 +283,4 @@ __all__ = [
     "exported_forward",
     "library_versions",
     "logits_agree",
-    "onnxruntime_providers",
-    "openvino_available",
 ]

@@ -8,7 +8,7 @@ import rasterio
 from PIL import Image
 
 from tests.conftest import write_raster
-from tileseg.viewer.preview import render_preview
+from tileseg.engine.views.preview import render_preview
 
 COLOURS = {0: (0, 0, 0, 255), 1: (255, 0, 0, 255), 2: (0, 255, 0, 255), 3: (0, 0, 255, 255)}
 NODATA = 255

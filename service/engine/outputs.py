@@ -1,0 +1,64 @@
+"""A run's outputs: the sinks its strips go to, and the provenance tags the mask carries.
+
+:func:`make_sinks` builds the sinks of a read plan (the polygons, then the mask and its probabilities);
+:func:`provenance_tags` says how the mask was made (model and card, options, runtime, pixel size, region of
+interest), so that a mask found on disk later can be traced to its run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tileseg import __version__, models
+from tileseg.engine.io.slide import SlideRaster
+from tileseg.engine.options import SegmentOptions
+from tileseg.engine.readplan import ReadPlan
+from tileseg.engine.results import RuntimeReport
+from tileseg.engine.sinks import MaskSink, Sink
+from tileseg.engine.vectors.sink import VectorSink
+from tileseg.models.base import SegmentationNet
+
+
+def make_sinks(plan: ReadPlan, spec, options: SegmentOptions, output: Path, probabilities, vectors) -> list[Sink]:
+    """The run's sinks: the polygons first (the likelier to fail, so finished first), then the mask."""
+    target = plan.target
+    cog = options.cog or isinstance(plan.full, SlideRaster)
+    vector_sink = VectorSink.of(vectors, spec, target, options, plan.target_pixel_size)
+    mask_sink = MaskSink(target, spec, output, probabilities, cog)
+    return [mask_sink] if vector_sink is None else [vector_sink, mask_sink]
+
+
+def provenance_tags(
+    model: SegmentationNet, plan: ReadPlan, options: SegmentOptions, runtime: RuntimeReport
+) -> dict[str, str]:
+    """The provenance tags of a mask: model, options, runtime, the pixel size read and why, the region of
+    interest; for an input without a CRS whose pixel size is known, TIFF resolution tags (pixels per
+    centimetre) as slide viewers read them."""
+    full, pixel = plan.full, plan.target_pixel_size
+    tags = {
+        "TILESEG_MODEL": model.spec.name,
+        "TILESEG_CARD_SHA256": _card_hash(model),
+        "TILESEG_VERSION": __version__,
+        "TILESEG_OPTIONS": json.dumps(
+            {**options.to_record(), "tile": runtime.tile, "blend": runtime.blend, "precision": runtime.precision}
+        ),
+        "TILESEG_RUNTIME": json.dumps({**runtime.tuning, "window": runtime.window, "device": runtime.device}),
+        "TILESEG_SOURCE": full.info.name,
+        "TILESEG_PIXEL_SIZE": json.dumps(plan.resolution.report().model_dump(exclude={"pixels_read"})),
+    }
+    if full.crs is None and pixel is not None:
+        per_cm = f"{0.01 / pixel:.6f}"
+        tags.update(TIFFTAG_XRESOLUTION=per_cm, TIFFTAG_YRESOLUTION=per_cm, TIFFTAG_RESOLUTIONUNIT="3")
+    if plan.roi:
+        roi = plan.roi
+        tags["TILESEG_ROI"] = json.dumps({"source": roi.source, "area_share": round(float(roi.mask.mean()), 4)})
+    return tags
+
+
+def _card_hash(model: SegmentationNet) -> str:
+    path = getattr(model, "checkpoint_path", None)
+    return models.card_hash(path) if path else "unknown"
+
+
+__all__ = ["make_sinks", "provenance_tags"]
