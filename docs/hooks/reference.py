@@ -148,7 +148,7 @@ def errors_table() -> str:
     for cls, parent in _walk(TilesegError):
         name = f"`{cls.__module__}.{cls.__qualname__}`"
         if parent is not None:
-            name += f" (a `{parent.__qualname__}`)"
+            name += f" (from `{parent.__qualname__}`)"
         builtins = [b.__name__ for b in cls.__mro__ if b.__module__ == "builtins" and b not in _TOP]
         code = cls.__dict__.get("code", getattr(cls, "code", None))
         status = "?" if status_of is None else str(status_of(_bare(cls)))
@@ -196,7 +196,8 @@ def _status_function() -> Callable[[BaseException], int] | None:
 def _type(annotation: Any, metadata: list[Any] | None = None) -> str:
     """A type as a reader wants it: enums by their values, constraints spelled out, lists as written."""
     text = _annotation(annotation)
-    if any(type(m).__name__ == "NoDecode" for m in metadata or ()):
+    # pydantic-settings' NoDecode marker (the class itself): the service splits the value on commas
+    if any(getattr(m, "__name__", None) == "NoDecode" for m in metadata or ()):
         text += ", comma-separated"
     bounds = []
     for item in metadata or ():
