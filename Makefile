@@ -1,4 +1,6 @@
-# One command each: `make serve` sets up and runs the service; `make test` sets up and runs the tests;
+# One command each: `make serve` sets up and runs the service; `make test` sets up and runs the tests (the
+# system packages they need too: scripts/test-deps.sh); `make test-quick` runs those that need no system service;
+# `make docs` serves the documentation site;
 # `make segment IN=... OUT=... MODEL=...` sets up and runs the command line; `make demo` segments the example image. Everything goes into .venv;
 # the CPU build of PyTorch is installed first unless a GPU is present.
 PYTHON ?= python3
@@ -6,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: install install-test lint test serve segment demo vendor qgis-plugin clean
+.PHONY: install install-test install-docs lint test test-quick test-deps docs docs-build serve segment demo vendor qgis-plugin clean
 
 HOST ?= 127.0.0.1
 PORT ?= 8000
@@ -35,12 +37,31 @@ install-test: $(VENV)/.torchvision
 	$(BIN)/pip install --quiet -e ".[test]"
 
 lint: install-test
-	$(BIN)/ruff check service models tests bench
-	$(BIN)/ruff format --check service models tests bench
+	$(BIN)/ruff check service models tests bench docs
+	$(BIN)/ruff format --check service models tests bench docs
 	$(BIN)/mypy
 
-test: install-test
+# Redis, PostgreSQL, docker-compose, Chromium, QGIS and the podman set-up: installed with apt as root or with
+# sudo, else it stops at once with the exact command to run
+test-deps:
+	./scripts/test-deps.sh
+
+test: install-test test-deps
 	$(BIN)/python -m pytest -q
+
+# the tests that need no system service (no Redis, PostgreSQL, browser, QGIS or containers): a few minutes less
+test-quick: install-test
+	$(BIN)/python -m pytest -q -m "not system"
+
+install-docs: $(VENV)/.torch
+	$(BIN)/pip install --quiet -e ".[docs]"
+
+# the documentation site at http://127.0.0.1:8001 (docs/, mkdocs.yml); docs-build checks it as CI does
+docs: install-docs
+	$(BIN)/mkdocs serve -a 127.0.0.1:8001
+
+docs-build: install-docs
+	$(BIN)/mkdocs build --strict -d site
 
 serve: install
 	$(BIN)/tileseg serve --host "$(HOST)" --port "$(PORT)"
@@ -71,4 +92,4 @@ qgis-plugin:
 	@echo "dist/tileseg_qgis.zip: in QGIS, Plugins > Manage and Install Plugins > Install from ZIP"
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info

@@ -1,7 +1,7 @@
 """Benchmark: `tileseg segment` with its defaults against the bare forward pass it chose, and against MONAI.
 
-    python bench/engine.py                          # unet-aerial, 3072² and 8192² (about 10 minutes on 2 cores)
-    python bench/engine.py --sizes 2048 --model unet-em
+    python -m bench.engine                          # unet-aerial, 3072² and 8192² (about 10 minutes on 2 cores)
+    python -m bench.engine --sizes 2048 --model unet-em
 
 Each run in a fresh process, so that its peak RSS is its own; the image is a mosaic of a real aerial scene
 (``geotiff/cogeo.tif`` from the shared data, mirrored to the size asked, tiled and compressed), with the
@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import make_image
+from bench.common import make_image
 
 DATA = Path(os.environ.get("TILESEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 SOURCE = DATA / "geotiff" / "cogeo.tif"
@@ -127,7 +127,7 @@ def measure(kind: str, env: dict[str, str], **kwargs) -> dict:
     """Run one measurement in a fresh process; returns its result with its peak RSS in MB and wall seconds."""
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, __file__, "--run", json.dumps({"kind": kind, **kwargs})],
+        [sys.executable, "-m", __spec__.name, "--run", json.dumps({"kind": kind, **kwargs})],
         capture_output=True,
         text=True,
         env={**os.environ, **env},

@@ -1,7 +1,7 @@
 """The same network served three ways: native PyTorch, a TorchScript export and an ONNX Runtime session.
 
-    python bench/formats.py                        # unet-aerial and unet-em, 2 threads, 3 rounds
-    python bench/formats.py unet-aerial --threads 4 --rounds 5 --batch 4
+    python -m bench.formats                        # unet-aerial and unet-em, 2 threads, 3 rounds
+    python -m bench.formats unet-aerial --threads 4 --rounds 5 --batch 4
 
 Each shipped network is exported here (TorchScript by tracing, ONNX with dynamic sizes, opset 17), wrapped as
 ``tileseg models add`` wraps them (:class:`tileseg.models.external.TorchScriptNet`, ``OnnxNet``), and run on

@@ -1,9 +1,9 @@
 """The README's model table: every installed model's parameters, file size, held-out metrics, CPU
 throughput at its default tile, and default blend mode.
 
-    python bench/models.py                 # all installed models, a 2048^2 input each
-    python bench/models.py --size 1024 unet-em
-    python bench/models.py --no-evaluate   # the card's metrics only, no re-measurement
+    python -m bench.models                 # all installed models, a 2048^2 input each
+    python -m bench.models --size 1024 unet-em
+    python -m bench.models --no-evaluate   # the card's metrics only, no re-measurement
 
 Throughput is `segment()` end to end (read, tile, run, stitch, write a mask GeoTIFF) on a mirrored mosaic of
 a real image with the model's band count, at the precision its card allows, over the whole input's pixels.

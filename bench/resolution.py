@@ -6,8 +6,8 @@ no overviews), tile that virtual grid, and write the mask back on the input's gr
 in the image size: the windows, the batch, one band of tile rows and the writer's strips, never the image.
 Each run is a fresh process, so that its peak RSS (``ru_maxrss``) is its own. Prints a Markdown table.
 
-    python bench/resolution.py                       # 4096², 10000², 20000² (about 10 minutes on 2 cores)
-    python bench/resolution.py --sizes 2048,4096     # a quick look
+    python -m bench.resolution                       # 4096², 10000², 20000² (about 10 minutes on 2 cores)
+    python -m bench.resolution --sizes 2048,4096     # a quick look
 
 The input: a tiled (512²), deflate-compressed 3-band uint8 GeoTIFF at 0.5 m in UTM, cheap content
 (checkerboards of three periods), written strip by strip. The network: a padded U-Net (depth 2, base
@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 INPUT_PIXEL = 0.5  # metres
 MODEL_PIXEL = 1.0  # metres: the model reads at half the input's resolution
 TILE = 512
@@ -121,7 +120,7 @@ def measure(model: Path, image: Path, out: Path) -> dict:
     spec = json.dumps({"model": str(model), "image": str(image), "out": str(out)})
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     done = subprocess.run(
-        [sys.executable, __file__, "--child", spec], capture_output=True, text=True, env=env, check=False
+        [sys.executable, "-m", __spec__.name, "--child", spec], capture_output=True, text=True, env=env, check=False
     )
     if done.returncode:
         raise RuntimeError(f"the run failed:\n{done.stderr[-3000:]}")

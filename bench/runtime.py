@@ -1,7 +1,7 @@
 """Is the default fast on this machine? `tileseg segment` with defaults against every fixed choice, per model.
 
-    python bench/runtime.py                  # every installed model, a 2048^2 input
-    python bench/runtime.py unet-aerial --size 1024
+    python -m bench.runtime                  # every installed model, a 2048^2 input
+    python -m bench.runtime unet-aerial --size 1024
 
 For each model, in one run, each a fresh `tileseg segment` process end to end (start-up, read, tile, run,
 stitch, write) on a mirrored mosaic of a real image with the model's band count:

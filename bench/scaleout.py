@@ -14,8 +14,8 @@ Real parts on loopback: Redis and PostgreSQL (the test suite's throwaway servers
    the other worker runs it. With the default settings (lease 30 s, heartbeat 10 s, a reaper pass every
    10 s) that is at most about 40 s, instead of the broker's one-hour visibility timeout.
 
-    python bench/scaleout.py                                   # the README's numbers (about 6 minutes on 2 cores)
-    python bench/scaleout.py --size 256 --jobs 2 --lease 3 --heartbeat 1 --reap-interval 0.5   # a quick look
+    python -m bench.scaleout                                   # the README's numbers (about 6 minutes on 2 cores)
+    python -m bench.scaleout --size 256 --jobs 2 --lease 3 --heartbeat 1 --reap-interval 0.5   # a quick look
 
 Needs ``redis-server`` and PostgreSQL installed (``.ci/run`` installs them). Shared machines are noisy:
 run it on a quiet one.
@@ -29,18 +29,14 @@ import platform
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench.common import make_image, make_model, tileseg  # the same network and image
+from tests.backends import PostgresCluster, RedisServer, free_port
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from common import make_image, make_model, tileseg  # noqa: E402  (bench/common.py: the same network and image)
-
-from tests.backends import PostgresCluster, RedisServer, free_port  # noqa: E402
 
 MODEL = "bench-unet"
 

@@ -8,8 +8,8 @@
 2. Throughput. ``--clients`` clients at once, each submitting small images (uploads) one after another and
    downloading each mask: jobs per minute over the whole run.
 
-    python bench/service.py                       # the README's table: 4096^2 (about 10 minutes on 2 cores)
-    python bench/service.py --size 1024 --jobs 20 # a quick look
+    python -m bench.service                       # the README's table: 4096^2 (about 10 minutes on 2 cores)
+    python -m bench.service --size 1024 --jobs 20 # a quick look
 
 Both sides use torch's default threads. Shared machines are noisy: run it on a quiet one.
 """
@@ -23,17 +23,14 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+from bench.common import make_image, make_model, tileseg  # the same network and image
 
-from common import make_image, make_model, tileseg  # noqa: E402  (bench/common.py: the same network and image)
+REPO = Path(__file__).resolve().parent.parent
 
 MODEL = "bench-unet"
 

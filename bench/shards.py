@@ -17,8 +17,8 @@ on this machine's CPU share; pass a GPU's measured time per tile to project GPUs
 (tile rows split evenly; ROI/nodata skipping ignored), that the input storage feeds every worker at that
 rate, and that the assembly runs in one process after the last shard, at the rate measured here.
 
-    python bench/shards.py                      # about 2 minutes on 2 cores
-    python bench/shards.py --size 1024 --workers 2 --tile-seconds 0.004
+    python -m bench.shards                      # about 2 minutes on 2 cores
+    python -m bench.shards --size 1024 --workers 2 --tile-seconds 0.004
 """
 
 from __future__ import annotations
@@ -28,16 +28,13 @@ import math
 import multiprocessing
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+from bench.common import make_image, make_model  # the same network and image
 
-from common import make_image, make_model  # noqa: E402  (bench/common.py: the same network and image)
+REPO = Path(__file__).resolve().parent.parent
 
 TARGET = (100_000, 150_000)  # rows, columns of the projected image
 PROJECTED_WORKERS = (1, 4, 16, 64)

@@ -4,7 +4,7 @@ The masks are synthetic and made strip by strip (never whole): discs of two clas
 bars that cross every strip, so that both many small regions and regions spanning the whole image are
 carried across the seams. Each size runs in its own process, so that its peak resident memory is its own.
 
-    python bench/vectors.py [--sizes 2048 8192 20000] [--strip 512] [--format gpkg]
+    python -m bench.vectors [--sizes 2048 8192 20000] [--strip 512] [--format gpkg]
 
 Prints a table: size, regions written, seconds, Mpx/s, peak RSS of the process (MiB).
 """

@@ -1,7 +1,7 @@
 """The viewer's costs: the view copy of an input and the mask's overviews (made once, when a job succeeds),
 and the time to render one tile at the finest and the coarsest zoom. Prints a table.
 
-    python bench/viewer.py [--data ../shared/data]
+    python -m bench.viewer [--data ../shared/data]
 """
 
 from __future__ import annotations

@@ -28,8 +28,6 @@ and the report says why.
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -37,22 +35,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from tileseg.models.errors import CheckpointError
+from tileseg.models.probe_sizes import Clock, ProbeError, accepted_sizes, output_relation, run_net
 from tileseg.models.spec import BlendMode, Geometry, reflect_indices
 
-SEARCH_BASES = (64, 128, 256, 448)  # a size check such as "(size - 184) % 16 == 4" passes within 64 of one
-SCAN = 64  # sizes tried from each base
 PHASES = 32  # consecutive perturbed pixels: every phase of any stride dividing 32 (more for a larger step)
 MAX_LENGTH = 2048  # a receptive field reaching past this long input is not exactly tileable here
 CHUNK = 16  # perturbed inputs per forward pass (memory)
 DEFAULT_CORE = 256
 EXACT_FIXED = "windows a stride apart agree on their cores: exact seams"
-
-
-class ProbeError(CheckpointError):
-    """The network cannot be served: it runs on no probed size, or probing took longer than its budget."""
-
-    code = "probe_failed"
 
 
 @dataclass
@@ -93,114 +83,6 @@ class ProbeReport:
         return asdict(self)
 
 
-class _Clock:
-    """Raises :class:`ProbeError` once the probe has run longer than ``budget`` seconds."""
-
-    def __init__(self, budget: float | None):
-        self.budget = budget
-        self.started = time.perf_counter()
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
-    def check(self) -> None:
-        if self.budget is not None and self.elapsed > self.budget:
-            raise ProbeError(f"probing took more than its budget of {self.budget:g} s: the model is too slow to serve")
-
-
-def _run(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.inference_mode():
-        return net(x).float()
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:300]
-
-
-def _try(net: nn.Module, bands: int, size: int) -> tuple[int, int] | str:
-    """``(out_length, channels)`` when ``net`` takes a ``size``² input, else the first line of its error."""
-    try:
-        out = _run(net, torch.randn(1, bands, size, size))
-    except Exception as err:  # a foreign network raises whatever it raises on a size it refuses
-        return _first_line(err)
-    if out.dim() != 4 or out.shape[2] != out.shape[3]:
-        return f"a {size}x{size} input gave an output of shape {tuple(out.shape)}"
-    return int(out.shape[2]), int(out.shape[1])
-
-
-def accepted_sizes(net: nn.Module, bands: int, fixed: int | None, clock: _Clock) -> list[tuple[int, int, int]]:
-    """Two accepted sizes a size step apart (one for a fixed window) as ``(input, output, channels)``.
-
-    Raises:
-        ProbeError: no probed size runs (the message quotes the network's first error).
-    """
-    errors: list[str] = []
-    if fixed:
-        result = _try(net, bands, fixed)
-        clock.check()
-        if isinstance(result, str):
-            raise ProbeError(f"the model fails on its one input size ({fixed} px, {bands} bands): {result}")
-        return [(fixed, *result)]
-    for base in SEARCH_BASES:
-        grows = _growing_sizes(net, bands, base, clock, errors)
-        if len(grows) >= 2:
-            step = grows[-1][0] - grows[-2][0]
-            on_grid = [g for g in grows if (grows[-1][0] - g[0]) % step == 0]
-            return on_grid[:2]
-        if grows:
-            return grows
-    tried = f"{SEARCH_BASES[0]}-{SEARCH_BASES[-1] + SCAN - 1}"
-    first = errors[0] if errors else "no output"
-    raise ProbeError(f"the model fails on every probed size ({tried} px, {bands} bands): {first}")
-
-
-def _growing_sizes(
-    net: nn.Module, bands: int, base: int, clock: _Clock, errors: list[str]
-) -> list[tuple[int, int, int]]:
-    """Sizes from ``base`` up on which ``net`` runs and gives a longer output than on every smaller size
-    tried: a traced network may run on any size yet use only part of it (its pooling floors), and those sizes
-    are not accepted. Stops at three equally spaced ones, or ``2 * SCAN`` sizes past the first that runs, or
-    after ``SCAN`` sizes when none runs."""
-    grows: list[tuple[int, int, int]] = []
-    size, limit = base, base + SCAN
-    while size < limit:
-        result = _try(net, bands, size)
-        clock.check()
-        if isinstance(result, str):
-            errors.append(result)
-        elif not grows or result[0] > grows[-1][1]:
-            if not grows:
-                limit = size + 2 * SCAN + 1
-            grows.append((size, *result))
-            if len(grows) >= 3 and grows[-1][0] - grows[-2][0] == grows[-2][0] - grows[-3][0]:
-                break
-        size += 1
-    return grows
-
-
-def output_relation(found: list[tuple[int, int, int]]) -> tuple[float, int]:
-    """``(output_scale, shrink)`` from the accepted sizes and their outputs.
-
-    Raises:
-        ProbeError: the output is neither the input less a constant nor a fixed fraction of it.
-    """
-    (s0, o0, _), *rest = found
-    if rest:
-        s1, o1, _ = rest[0]
-        scale = (o1 - o0) / (s1 - s0)
-    else:
-        scale = 1.0 if o0 >= s0 / 2 else o0 / s0
-    if scale == 1:
-        if (s0 - o0) % 2 or o0 > s0:
-            raise ProbeError(f"a {s0} px input gives {o0} px: not an input less an even border")
-        return 1.0, (s0 - o0) // 2
-    if scale <= 0 or abs(o0 - s0 * scale) > 1e-9 or not math.log2(1 / scale).is_integer():
-        raise ProbeError(f"a {s0} px input gives {o0} px: the output is not a power-of-two fraction of the input")
-    return scale, 0
-
-
 def _thin(bands: int, axis: int, long: int, narrow: int) -> torch.Tensor:
     shape = (long, narrow) if axis == 0 else (narrow, long)
     return torch.randn(1, bands, *shape)
@@ -222,7 +104,7 @@ def _perturbed(net: nn.Module, x: torch.Tensor, axis: int, positions: list[int])
                 batch[k, :, pos, across] += 5.0
             else:
                 batch[k, :, across, pos] += 5.0
-        logits = _run(net, batch)
+        logits = run_net(net, batch)
         floor = float((logits[-1] - logits[0]).abs().max())
         delta = (logits[1:-1] - logits[:1]).abs().amax(dim=1)  # (k, h, w)
         along = delta.amax(dim=2 if axis == 0 else 1)  # (k, length along the axis)
@@ -257,7 +139,7 @@ def _accept(multiple: int, offset: int, shrink: int, length: int) -> int:
 
 
 def receptive_field(
-    net: nn.Module, bands: int, found: tuple[int, int, int, int | None], clock: _Clock
+    net: nn.Module, bands: int, found: tuple[int, int, int, int | None], clock: Clock
 ) -> tuple[list[_Reach], int | None]:
     """Perturb single pixels along rows and along columns; ``found`` is ``(multiple, offset, shrink, fixed)``.
     Returns the perturbations of each axis and the receptive-field radius (None: past the longest input)."""
@@ -298,11 +180,11 @@ def stride_grid(
     for step in steps:
         if fixed:
             image = torch.randn(1, bands, fixed + step, fixed)
-            first, second = _run(net, image[:, :, :fixed]), _run(net, image[:, :, step:])
+            first, second = run_net(net, image[:, :, :fixed]), run_net(net, image[:, :, step:])
         else:
             long = _accept(multiple, offset, shrink, 2 * reach + 2 * step + 64)
             image = torch.randn(1, bands, long, _accept(multiple, offset, shrink, 64 + 2 * shrink))
-            first, second = _run(net, image), _run(net, image[:, :, step:])
+            first, second = run_net(net, image), run_net(net, image[:, :, step:])
         keep = max(reach - shrink, 0)
         length = min(first.shape[2] - step, second.shape[2]) - keep
         if length <= keep:
@@ -352,13 +234,13 @@ def tiled_error(net: nn.Module, bands: int, geometry: Geometry, core: int, toler
         cols = torch.from_numpy(reflect_indices(x - halo, length, size))
         return image[:, :, rows][:, :, :, cols]
 
-    whole = _run(net, window(0, 0, geometry.input_length(geometry.window_output(size + 2 * margin))))
+    whole = run_net(net, window(0, 0, geometry.input_length(geometry.window_output(size + 2 * margin))))
     whole = whole[:, :, margin : margin + size, margin : margin + size]
     tiled = torch.empty_like(whole)
     length = geometry.window(core)
     for y in (0, core):
         for x in (0, core):
-            out = _run(net, window(y, x, length))
+            out = run_net(net, window(y, x, length))
             tiled[:, :, y : y + core, x : x + core] = out[:, :, margin : margin + core, margin : margin + core]
     return _close(whole, tiled, tolerance)
 
@@ -369,8 +251,8 @@ def fixed_window_error(
     """For a fixed window: two windows ``grid`` apart (along both axes), compared where their cores (``margin``
     output pixels in from the border) overlap; None when over ``tolerance`` or the cores do not overlap."""
     image = torch.randn(1, bands, fixed + grid, fixed + grid)
-    first = _run(net, image[:, :, :fixed, :fixed])
-    second = _run(net, image[:, :, grid:, grid:])
+    first = run_net(net, image[:, :, :fixed, :fixed])
+    second = run_net(net, image[:, :, grid:, grid:])
     length = first.shape[2]
     if length - grid - margin <= margin:
         return None
@@ -402,7 +284,7 @@ def probe(
         ProbeError: no probed size runs, the output relation is not supported, or the budget ran out.
     """
     say = log or (lambda line: None)
-    clock = _Clock(budget)
+    clock = Clock(budget)
     net.eval()
     found = accepted_sizes(net, bands, fixed, clock)
     scale, shrink = output_relation(found)

@@ -19,6 +19,26 @@ os.environ["TILESEG_CACHE_DIR"] = tempfile.mkdtemp(prefix="tileseg-cache-")
 os.environ.setdefault("TILESEG_TUNE_SECONDS", "1")
 
 
+# Tests that need a system service or program beside Python (scripts/test-deps.sh installs them): the folders
+# that are all such tests, and the fixtures that start one. They are marked `system`; `make test-quick` leaves
+# them out, `make test` runs them (and fails, never skips, where one is missing).
+SYSTEM_FOLDERS = ("deploy", "qgis", "scale")
+SYSTEM_MODULES = ("api/test_page.py",)  # Chromium
+SYSTEM_FIXTURES = {"redis_server", "postgres", "docker_host"}
+
+
+def pytest_collection_modifyitems(config, items):
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        where = Path(str(item.fspath)).resolve().relative_to(tests).as_posix()
+        if (
+            where.split("/", 1)[0] in SYSTEM_FOLDERS
+            or where in SYSTEM_MODULES
+            or SYSTEM_FIXTURES & set(getattr(item, "fixturenames", ()))
+        ):
+            item.add_marker(pytest.mark.system)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The shared real data (``TILESEG_SHARED_DATA``, default ``../shared/data`` beside the repository)."""

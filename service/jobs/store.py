@@ -11,7 +11,6 @@ every job, and never publish one twice: :mod:`tileseg.jobs`.
 from __future__ import annotations
 
 import builtins
-import secrets
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tileseg.jobs.errors import JobNotFoundError
+from tileseg.jobs.leases import Leases
 from tileseg.jobs.table import (
     SHARD_COUNTS,
     Job,
@@ -42,7 +42,7 @@ def new_job_id() -> str:
     return str(uuid.uuid4())
 
 
-class JobStore:
+class JobStore(Leases):
     """The job table at a SQLAlchemy URL (``sqlite:///path/jobs.db``, later ``postgresql://...``).
 
     Args:
@@ -198,161 +198,7 @@ class JobStore:
 
     # ---- the workers' side ----------------------------------------------------------------------------------
 
-    def claim(self, worker: str, job_id: str | None = None) -> Job | None:
-        """Atomically take the oldest queued job (or the one given), mark it running under a fresh attempt
-        token and count the attempt; None when there is nothing to take."""
-        token = secrets.token_hex(16)
-        oldest = (
-            sa.select(jobs.c.id)
-            .where(jobs.c.status == JobStatus.QUEUED.value)
-            .order_by(jobs.c.created, jobs.c.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        )  # PostgreSQL: workers skip each other's rows; SQLite ignores it
-        target = jobs.c.id == (str(job_id) if job_id else oldest.scalar_subquery())
-        with self._tx() as conn:
-            claimed = conn.execute(
-                jobs.update()
-                .where(target, jobs.c.status == JobStatus.QUEUED.value)
-                .values(
-                    status=JobStatus.RUNNING.value,
-                    token=token,
-                    worker=worker,
-                    started=self._now,
-                    heartbeat=self._now,
-                    attempts=jobs.c.attempts + 1,
-                    tiles_done=0,
-                    finished=None,
-                )
-            ).rowcount
-        if not claimed:
-            return None
-        with self.engine.connect() as conn:
-            row = conn.execute(self._select().where(jobs.c.token == token)).first()
-        return Job.from_row(row) if row is not None else None
-
-    def progress(self, job_id: str, token: str, done: int, total: int) -> bool:
-        """Record progress and beat the heart; False when the attempt no longer owns the job (canceled)."""
-        with self._tx() as conn:
-            return (
-                conn.execute(
-                    jobs.update()
-                    .where(*_owned(job_id, token))
-                    .values(tiles_done=done, tiles_total=total, heartbeat=self._now)
-                ).rowcount
-                == 1
-            )
-
-    def renew(self, job_id: str, token: str) -> bool:
-        """Beat the heart of a running attempt (renew its lease); False when it no longer owns the job."""
-        with self._tx() as conn:
-            return conn.execute(jobs.update().where(*_owned(job_id, token)).values(heartbeat=self._now)).rowcount == 1
-
-    def finish(
-        self,
-        job_id: str,
-        token: str,
-        status: JobStatus,
-        *,
-        error: tuple[str, str] | None = None,
-        ttl: float | None = None,
-        result: dict[str, Any] | None = None,
-    ) -> bool:
-        """End an attempt as succeeded or failed; False when it no longer owned the job (canceled, or its
-        lease ran out and the job went to another attempt). A success publishes the attempt: its token is
-        kept as ``published``, the one attempt whose files are the job's results.
-
-        Args:
-            job_id, token: the job and the attempt that ends it.
-            status: ``succeeded`` or ``failed``.
-            error: a failure's ``(code, message)``.
-            ttl: seconds the results are kept (from now, on the database's clock); None: no end.
-            result: a success's summary of the run (JSON-serialisable), kept with the published attempt.
-        """
-        code, message = error or (None, None)
-        published = token if status is JobStatus.SUCCEEDED else None
-        expires = None if ttl is None else self._now + ttl
-        with self._tx() as conn:
-            return (
-                conn.execute(
-                    jobs.update()
-                    .where(*_owned(job_id, token))
-                    .values(
-                        status=status.value,
-                        finished=self._now,
-                        token=None,
-                        error_code=code,
-                        error_message=message,
-                        expires=expires,
-                        published=published,
-                        result=result if status is JobStatus.SUCCEEDED else None,
-                    )
-                ).rowcount
-                == 1
-            )
-
-    def release(self, job_id: str, token: str) -> bool:
-        """Put a running job back in the queue without counting the attempt (a graceful stop)."""
-        with self._tx() as conn:
-            return (
-                conn.execute(
-                    jobs.update()
-                    .where(*_owned(job_id, token))
-                    .values(
-                        status=JobStatus.QUEUED.value,
-                        token=None,
-                        worker=None,
-                        started=None,
-                        heartbeat=None,
-                        tiles_done=0,
-                        attempts=sa.case((jobs.c.attempts > 0, jobs.c.attempts - 1), else_=0),
-                    )
-                ).rowcount
-                == 1
-            )
-
-    def recover(self, stale_before: float, max_attempts: int) -> tuple[builtins.list[str], builtins.list[str]]:
-        """Requeue running jobs whose heartbeat is older than ``stale_before`` (their worker died); fail
-        those that have already been started ``max_attempts`` times. Returns (requeued, failed) ids."""
-        return self._requeue_stale(stale_before, max_attempts)
-
-    def reap(self, lease: float, max_attempts: int) -> tuple[builtins.list[str], builtins.list[str]]:
-        """:meth:`recover` the running jobs whose lease has run out: no heartbeat for ``lease`` seconds, on
-        the database's clock. Safe to run in every process at once: each row moves in one compare-and-set.
-        Returns (requeued, failed) ids."""
-        return self._requeue_stale(self._now - lease, max_attempts)
-
-    def _requeue_stale(self, stale_before: Any, max_attempts: int) -> tuple[builtins.list[str], builtins.list[str]]:
-        stale = sa.and_(
-            jobs.c.status == JobStatus.RUNNING.value,
-            sa.or_(jobs.c.heartbeat.is_(None), jobs.c.heartbeat < stale_before),
-            # a sharded job lives in its shards (each leased and reaped on its own) until all are done; then
-            # its assembly holds the job's own lease
-            sa.or_(jobs.c.plan.is_(None), ~_pending_shards().exists()),
-        )
-        with self.engine.connect() as conn:
-            found = list(conn.execute(sa.select(jobs.c.id, jobs.c.attempts).where(stale)))
-        requeued: builtins.list[str] = []
-        failed: builtins.list[str] = []
-        for job_id, attempts in found:
-            if attempts >= max_attempts:
-                values: dict[str, Any] = dict(
-                    status=JobStatus.FAILED.value,
-                    finished=self._now,
-                    token=None,
-                    error_code="too_many_attempts",
-                    error_message=f"the job was interrupted {attempts} time(s) (the server stopped or "
-                    f"crashed while it ran); giving up after {max_attempts} attempt(s)",
-                )
-                bucket = failed
-            else:
-                values = dict(status=JobStatus.QUEUED.value, token=None, worker=None, heartbeat=None, tiles_done=0)
-                bucket = requeued
-            # each row in its own statement, the condition checked again: a job that moved meanwhile is left be
-            with self._tx() as conn:
-                if conn.execute(jobs.update().where(jobs.c.id == job_id, stale).values(**values)).rowcount:
-                    bucket.append(job_id)
-        return requeued, failed
+    # claim, progress, renew, finish, release, recover and reap: :class:`tileseg.jobs.leases.Leases`
 
     def expire(self, now: float | None = None) -> builtins.list[Job]:
         """Mark finished jobs whose results are past their time ``expired``; returns them (their files are
@@ -381,11 +227,6 @@ _ACTIVE = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
 _SHARD_ACTIVE = [ShardStatus.QUEUED.value, ShardStatus.RUNNING.value]
 
 
-def _pending_shards() -> sa.Select:
-    """The job's shards not done yet (correlated with the job's row)."""
-    return sa.select(shards.c.number).where(shards.c.job_id == jobs.c.id, shards.c.status != ShardStatus.DONE.value)
-
-
 def _shard_counts() -> list[sa.Label]:
     """A job's shards counted by state (``shards_total``, ``shards_queued``, ...) and their tiles done
     (``shards_tiles``): correlated subqueries, read with the job's row."""
@@ -396,10 +237,6 @@ def _shard_counts() -> list[sa.Label]:
         labels.append(sa.select(sa.func.count()).where(*where).scalar_subquery().label(f"shards_{key}"))
     tiles = sa.select(sa.func.coalesce(sa.func.sum(shards.c.tiles_done), 0)).where(mine)
     return [*labels, tiles.scalar_subquery().label("shards_tiles")]
-
-
-def _owned(job_id: str, token: str) -> tuple:
-    return jobs.c.id == str(job_id), jobs.c.token == token, jobs.c.status == JobStatus.RUNNING.value
 
 
 def _owner_is(owner: str | None):

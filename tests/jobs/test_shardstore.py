@@ -21,7 +21,7 @@ def postgres_url(postgres) -> str:
     return postgres.create_database("tileseg_shardstore")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.system)])
 def store(request, tmp_path):
     url = f"sqlite:///{tmp_path / 'jobs.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
     table = JobStore(url)

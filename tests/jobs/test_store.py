@@ -19,7 +19,7 @@ def postgres_url(postgres) -> str:
     return postgres.create_database("tileseg_store")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.system)])
 def store(request, tmp_path):
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'jobs.db'}"

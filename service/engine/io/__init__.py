@@ -4,17 +4,8 @@ images already in memory (:mod:`.array`), resampled grids (:mod:`.resample`), ST
 one input (:mod:`.stac`, :mod:`.stack`); finished rows out (:mod:`.write`). Nothing here imports the engine above."""
 
 from tileseg.engine.io.array import ArrayRaster
-from tileseg.engine.io.read import (
-    ALLOWED_DRIVERS,
-    InputRaster,
-    RasterInfo,
-    Scaling,
-    check_dtype,
-    gdal_env,
-    open_raster,
-    probe,
-    select_bands,
-)
+from tileseg.engine.io.bands import Scaling, check_dtype, select_bands
+from tileseg.engine.io.read import ALLOWED_DRIVERS, InputRaster, RasterInfo, gdal_env, open_raster, probe
 from tileseg.engine.io.source import RasterSource
 from tileseg.engine.io.write import StripWriter, mask_profile, write_class_metadata
 

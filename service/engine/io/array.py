@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from tileseg.engine.errors import BandMismatchError, DtypeError
+from tileseg.engine.io.bands import Scaling, uint8_scaling
 from tileseg.engine.io.pixelsize import UNKNOWN
-from tileseg.engine.io.read import RasterInfo, Scaling, uint8_scaling
+from tileseg.engine.io.read import RasterInfo
 from tileseg.models.spec import ModelSpec, reflect_indices
 
 

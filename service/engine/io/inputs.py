@@ -13,17 +13,16 @@ from pathlib import Path
 
 from tileseg.engine.errors import BandMismatchError, UnreadableInputError, UnsupportedFormatError
 from tileseg.engine.io import pixelsize
+from tileseg.engine.io.bands import check_dtype, select_bands
 from tileseg.engine.io.pixelsize import MeasuredSize
 from tileseg.engine.io.read import (
     ALLOWED_DRIVERS,
     InputRaster,
     RasterInfo,
-    check_dtype,
     gdal_env,
     level_sizes,
     open_raster,
     probe,
-    select_bands,
 )
 from tileseg.engine.io.remote import RemoteUrl, configure_remote_reads, parse_remote
 from tileseg.engine.io.slide import SLIDE_DRIVER, SlideRaster, slide_format

@@ -20,7 +20,8 @@ import numpy as np
 
 from tileseg.engine.errors import BandMismatchError, DtypeError, TooLargeError, UnreadableInputError
 from tileseg.engine.io import pixelsize
-from tileseg.engine.io.read import RasterInfo, mirrored_window, uint8_scaling
+from tileseg.engine.io.bands import uint8_scaling
+from tileseg.engine.io.read import RasterInfo, mirrored_window
 from tileseg.models.spec import ModelSpec
 
 # OpenSlide's names of the formats it owns here ("generic-tiff" is left to GDAL, which reads its overviews)

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 if TYPE_CHECKING:
+    from tileseg.engine.io.bands import Scaling
     from tileseg.engine.io.pixelsize import MeasuredSize
-    from tileseg.engine.io.read import RasterInfo, Scaling
+    from tileseg.engine.io.read import RasterInfo
 
 
 @runtime_checkable

@@ -19,17 +19,8 @@ from rasterio.windows import Window
 
 from tileseg.engine.errors import BandMismatchError, DtypeError, InputError, TooLargeError, UnreadableInputError
 from tileseg.engine.io import pixelsize
-from tileseg.engine.io.read import (
-    ALLOWED_DRIVERS,
-    RasterInfo,
-    ThreadDatasets,
-    mirrored_window,
-    open_raster,
-    percentiles,
-    probe,
-    stretch_scaling,
-    uint8_scaling,
-)
+from tileseg.engine.io.bands import percentiles, stretch_scaling, uint8_scaling
+from tileseg.engine.io.read import ALLOWED_DRIVERS, RasterInfo, ThreadDatasets, mirrored_window, open_raster, probe
 from tileseg.engine.io.remote import RemoteUrl
 from tileseg.engine.io.resample import ResampledRaster
 from tileseg.engine.io.stac import StacAsset, StacSource, asset_location

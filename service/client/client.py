@@ -1,24 +1,6 @@
-"""A Python client of the tileseg service: ``tileseg segment`` run on a server, from a script or a notebook.
-
-    from tileseg.client import Client
-
-    client = Client("http://127.0.0.1:8000", api_key=None)
-    client.segment("scene.tif", "mask.tif", model="unet-em", vectors="regions.gpkg")
-
-A run is a job on the server: :meth:`Client.submit` uploads the image (streamed from disk) or names it as
-``source`` (a URL, or a path under the server's input folders), :meth:`Client.wait` polls the job and reports
-its tiles, :meth:`Client.download` streams each result into a temporary file beside the destination and
-renames it, so that a broken transfer never leaves half a mask. :meth:`Client.segment` does all three and
-cancels the job on the server when interrupted (Ctrl-C).
-
-Only httpx and the standard library: a notebook calling a server needs no torch. The options are the
-command line's (``tile=512``, ``roi="auto"``, ``blend="gaussian"``); the server checks them and answers
-unknown or invalid ones with its own message.
-
-Errors: every failure is a :class:`ClientError` carrying the server's ``code``, ``message`` and HTTP
-``status``; each subclass also inherits the builtin it resembles (:class:`Unauthorized` is a
-``PermissionError``, :class:`ModelNotFound` a ``LookupError``, :class:`Refused` a ``ValueError``).
-"""
+"""The :class:`Client` of one server: its models, and the jobs that segment images on it, submitted, waited for,
+canceled and downloaded (:mod:`tileseg.client` tells how a run goes); the requests themselves are
+:class:`~tileseg.client.exchange.Exchange`'s."""
 
 from __future__ import annotations
 
@@ -28,12 +10,13 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
 
 import httpx
+
+from tileseg.client.errors import ClientError, JobCanceled, JobFailed, Refused, ServerError
+from tileseg.client.exchange import Exchange
 
 Job = dict[str, Any]
 JobRef = Job | str
@@ -41,54 +24,10 @@ Progress = Callable[[int, int], None]
 
 RESULTS = ("mask", "vectors", "probabilities")
 VECTOR_FORMATS = {".gpkg": "gpkg", ".geojson": "geojson", ".json": "geojson"}
-RETRY_STATUSES = frozenset({429, 503})
 FINISHED = frozenset({"succeeded", "failed", "canceled", "expired"})
 
 
-class ClientError(Exception):
-    """The root of the client's errors: what went wrong, with the server's error ``code`` and ``message``
-    (from its ``{"error": {"code", "message"}}`` body) and the HTTP ``status`` where there was an answer."""
-
-    def __init__(self, message: str, code: str | None = None, status: int | None = None):
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.status = status
-
-
-class Refused(ClientError, ValueError):
-    """The server refused the request (a 4xx answer): a bad option, an input it cannot take, a refused source."""
-
-
-class Unauthorized(Refused, PermissionError):
-    """401: the server needs an API key, or does not know the one given."""
-
-
-class ModelNotFound(Refused, LookupError):
-    """404 ``model_not_found``: the server does not serve that model (``Client.models()`` lists those it does)."""
-
-
-class NotFound(Refused, LookupError):
-    """404 for anything else: an unknown job (another key's jobs look unknown), a result the job did not ask for."""
-
-
-class ServerError(ClientError, RuntimeError):
-    """A 5xx answer (after the retries, for 503), or an answer that is not the API's."""
-
-
-class Unreachable(ClientError, ConnectionError):
-    """No answer: the server is down, the address is wrong, or the connection broke (after the retries)."""
-
-
-class JobFailed(ClientError, RuntimeError):
-    """The job ended in ``failed`` (or its results ``expired``); ``code`` and ``message`` are the job's error."""
-
-
-class JobCanceled(ClientError):
-    """The job was canceled (by a ``DELETE``, from this client or another)."""
-
-
-class Client:
+class Client(Exchange):
     """A client of one tileseg server.
 
     Args:
@@ -293,90 +232,6 @@ class Client:
             self.download(done, "probabilities", probabilities)
         return done
 
-    # the HTTP exchange
-
-    def _json(self, method: str, route: str, **kwargs: Any) -> Any:
-        response = self._request(method, route, **kwargs)
-        try:
-            return response.json()
-        except ValueError:
-            raise ServerError(f"{method} {route}: the answer is not JSON", status=response.status_code) from None
-
-    def _request(
-        self,
-        method: str,
-        route: str,
-        build: Callable[[], dict[str, Any]] | None = None,
-        stream: bool = False,
-        retry_connect: bool = True,
-    ) -> httpx.Response:
-        """One request, tried again on 429/503 (and, if ``retry_connect``, when no answer came), waiting as the
-        server's ``Retry-After`` says; an error answer raises the matching :class:`ClientError`.
-
-        ``build`` makes the request's keyword arguments afresh for each try (an upload's file is re-opened).
-        """
-        url = urljoin(self.url, route)
-        for attempt in range(self.retries + 1):
-            last = attempt == self.retries
-            kwargs = build() if build else {}
-            try:
-                request = self._http.build_request(method, url, **kwargs)
-                response = self._http.send(request, stream=stream)
-            except httpx.TransportError as err:
-                if last or not retry_connect:
-                    raise Unreachable(f"{method} {url}: {err or type(err).__name__}") from err
-                time.sleep(min(2.0**attempt, self.max_wait))
-                continue
-            finally:
-                _close_uploads(kwargs)
-            if response.status_code in RETRY_STATUSES and not last:
-                response.close()
-                time.sleep(retry_after(response, attempt, self.max_wait))
-                continue
-            if response.status_code >= 400:
-                if stream:
-                    response.read()
-                raise error_of(response)
-            return response
-        raise AssertionError("unreachable")  # the loop returns or raises on its last try
-
-
-def retry_after(response: httpx.Response, attempt: int, max_wait: float) -> float:
-    """Seconds to wait before trying again: the answer's ``Retry-After`` (seconds, or an HTTP date), else an
-    exponential backoff of 1, 2, 4 ... seconds; at most ``max_wait``."""
-    header = response.headers.get("Retry-After", "").strip()
-    wait = 2.0**attempt
-    if header.isdigit():
-        wait = float(header)
-    elif header:
-        try:
-            wait = parsedate_to_datetime(header).timestamp() - time.time()
-        except (TypeError, ValueError):
-            pass  # unparsable: the backoff
-    return max(0.0, min(wait, max_wait))
-
-
-def error_of(response: httpx.Response) -> ClientError:
-    """The typed error of an error answer, with the server's code and message from its error body."""
-    status = response.status_code
-    try:
-        body = response.json()
-        detail: Mapping[str, Any] = (
-            body["error"] if isinstance(body, dict) and isinstance(body.get("error"), dict) else {}
-        )
-    except ValueError:
-        detail = {}
-    code = detail.get("code")
-    message = str(detail.get("message") or response.reason_phrase or f"HTTP {status}")
-    text = f"{message} (HTTP {status}{f', {code}' if code else ''})"
-    if status == 401:
-        return Unauthorized(text, code, status)
-    if status == 404:
-        return (ModelNotFound if code == "model_not_found" else NotFound)(text, code, status)
-    if 400 <= status < 500:
-        return Refused(text, code, status)
-    return ServerError(text, code, status)
-
 
 def vector_format(path: Path) -> str:
     """The server's vector format for a destination file, by its extension.
@@ -398,13 +253,6 @@ def _job_error(job: Job) -> ClientError:
     return (JobCanceled if job["status"] == "canceled" else JobFailed)(text, code)
 
 
-def _close_uploads(kwargs: dict[str, Any]) -> None:
-    files = kwargs.get("files")
-    for part in files.values() if isinstance(files, dict) else ():
-        if hasattr(part[1], "close"):
-            part[1].close()
-
-
 def _job_path(job: JobRef) -> str:
     return f"jobs/{job['id'] if isinstance(job, Mapping) else job}"
 
@@ -420,18 +268,4 @@ def _form_value(value: Any) -> str:
     return str(value)
 
 
-__all__ = [
-    "Client",
-    "ClientError",
-    "JobCanceled",
-    "JobFailed",
-    "ModelNotFound",
-    "NotFound",
-    "Refused",
-    "ServerError",
-    "Unauthorized",
-    "Unreachable",
-    "error_of",
-    "retry_after",
-    "vector_format",
-]
+__all__ = ["Client", "Job", "JobRef", "Progress", "vector_format"]
