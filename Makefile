@@ -58,10 +58,10 @@ install-docs: $(VENV)/.torch
 
 # the documentation site at http://127.0.0.1:8001 (docs/, mkdocs.yml); docs-build checks it as CI does
 docs: install-docs
-	$(BIN)/mkdocs serve -a 127.0.0.1:8001
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve -a 127.0.0.1:8001
 
 docs-build: install-docs
-	$(BIN)/mkdocs build --strict -d site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
 
 serve: install
 	$(BIN)/tileseg serve --host "$(HOST)" --port "$(PORT)"

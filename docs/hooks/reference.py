@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import enum
+import html
 import importlib
 import inspect
 import re
@@ -44,10 +45,10 @@ OPTIONAL_MODULES = ("tileseg.models", "tileseg.engine", "tileseg.jobs.service", 
 def on_config(config: Any, **kwargs: Any) -> None:
     """Keep the ``tileseg`` console script out of the Python API's search paths.
 
-    Run as ``.venv/bin/mkdocs``, Python puts the script's folder first on ``sys.path``; that folder also holds
-    the ``tileseg`` console script, a file without a suffix, which Griffe (mkdocstrings' loader, which starts
-    from ``sys.path`` when it is made) takes for a namespace package named
-    ``tileseg`` and documents instead of the installed one. Only folders where ``tileseg`` is such a file are
+    Run as ``.venv/bin/mkdocs``, Python puts the script's folder first on ``sys.path``. That folder also holds
+    the ``tileseg`` console script, a file without a suffix, which Griffe (mkdocstrings' loader, whose search
+    paths are a copy of ``sys.path`` taken when mkdocstrings starts) would take for a namespace package named
+    ``tileseg`` and document instead of the installed one. Only folders where ``tileseg`` is such a file are
     dropped; nothing is imported from them.
     """
     for entry in [p for p in sys.path if p and (Path(p) / "tileseg").is_file()]:
@@ -98,8 +99,8 @@ def options_table() -> str:
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         # the CLI makes one --flag per field (tileseg.cli.options), the form and the job record one field each
         flag = f"`--{name.replace('_', '-')}`"
-        scope = "command line only" if extra.get("scope") == "cli" else "command line and service"
-        default = "auto" if extra.get("auto") and field.default is None else _value(field.default, name)
+        scope = "command line only" if extra.get("scope") == "cli" else "everywhere"
+        default = "`auto`" if extra.get("auto") and field.default is None else _value(field.default, name)
         rows.append(
             [f"`{name}`", flag, _type(field.annotation, field.metadata), default, scope, _text(field.description)]
         )
@@ -123,15 +124,16 @@ def settings_table() -> str:
         default = field.get_default(call_default_factory=True)
         row = [f"`{variable}`", _type(field.annotation, field.metadata), _value(default, name)]
         if several:
-            row.append(f"`{declared[name]}`")
+            row.append(_dotted(declared[name]))
         rows.append([*row, _text(field.description)])
     header = ["variable", "type", "default", *(["declared in"] if several else []), "description"]
     return _table(header, rows)
 
 
 def _declaring_class(model: type, name: str) -> str:
+    """The class in ``model``'s hierarchy that declares the field ``name`` (the nearest, if it is redeclared)."""
     for cls in model.__mro__:
-        if name in cls.__dict__.get("__annotations__", {}):
+        if name in inspect.get_annotations(cls):
             return f"{cls.__module__}.{cls.__qualname__}"
     return f"{model.__module__}.{model.__qualname__}"
 
@@ -146,25 +148,35 @@ def errors_table() -> str:
     status_of = _status_function()
     rows = []
     for cls, parent in _walk(TilesegError):
-        name = f"`{cls.__module__}.{cls.__qualname__}`"
-        if parent is not None:
-            name += f" (from `{parent.__qualname__}`)"
-        builtins = [b.__name__ for b in cls.__mro__ if b.__module__ == "builtins" and b not in _TOP]
+        # what else it is: the product's error it specialises, then the builtins it also inherits
+        also = [parent.__qualname__] if parent is not None else []
+        also += [b.__name__ for b in cls.__mro__ if b.__module__ == "builtins" and b not in _TOP]
         code = cls.__dict__.get("code", getattr(cls, "code", None))
         status = "?" if status_of is None else str(status_of(_bare(cls)))
-        rows.append([f"`{code}`", status, name, ", ".join(f"`{b}`" for b in builtins) or "—", _first_paragraph(cls)])
-    return _table(["code", "HTTP", "error", "also a", "meaning"], rows)
+        rows.append(
+            [
+                f"`{code}`",
+                status,
+                _dotted(f"{cls.__module__}.{cls.__qualname__}"),
+                ", ".join(f"`{a}`" for a in also) or "—",
+                _first_paragraph(cls),
+            ]
+        )
+    return _table(["code", "HTTP", "error", "is also a", "meaning"], rows)
 
 
 _TOP = (Exception, BaseException, object)
 
 
-def _walk(root: type, parent: type | None = None) -> list[tuple[type, type | None]]:
-    """The class and its subclasses, depth first, children by name; private classes (``_Name``) left out."""
+def _walk(root: type, parent: type | None = None, seen: set[type] | None = None) -> list[tuple[type, type | None]]:
+    """The class and its subclasses, depth first, children by name, each once (under its first parent met);
+    private classes (``_Name``) left out."""
+    seen = set() if seen is None else seen
+    seen.add(root)
     found = [(root, parent)]
     for sub in sorted(set(root.__subclasses__()), key=lambda c: (c.__module__, c.__qualname__)):
-        if not sub.__name__.startswith("_"):
-            found.extend(_walk(sub, root))
+        if sub not in seen and not sub.__name__.startswith("_"):
+            found.extend(_walk(sub, root, seen))
     return found
 
 
@@ -293,6 +305,11 @@ def _text(text: str | None) -> str:
 def _first_paragraph(cls: type) -> str:
     doc = cls.__dict__.get("__doc__") or ""
     return _text(inspect.cleandoc(doc).split("\n\n", 1)[0])
+
+
+def _dotted(path: str) -> str:
+    """A dotted name as code that may wrap after its dots only (a table column stays narrow, names stay whole)."""
+    return "<code>" + ".<wbr>".join(html.escape(part) for part in path.split(".")) + "</code>"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

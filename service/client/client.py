@@ -214,7 +214,7 @@ class Client(Exchange):
             The succeeded job (its ``result`` says what the run did).
 
         Raises:
-            The errors of :meth:`submit`, :meth:`wait` and :meth:`download`.
+            ClientError: a subclass of it, as :meth:`submit`, :meth:`wait` and :meth:`download` raise them.
         """
         if vectors is not None:
             vector_format(Path(vectors))  # before any upload

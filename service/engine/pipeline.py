@@ -71,12 +71,13 @@ def segment(
         options: tiling, bands, flips, precision (see :class:`SegmentOptions`).
         probabilities: where to write per-class probabilities (uint8, 0..255), or None.
         progress: called with (tiles done, tiles total) after each batch; raise from it to cancel.
-        allowed_drivers, max_pixels: what inputs to accept.
+        allowed_drivers: the GDAL drivers an input may be read with.
+        max_pixels: the largest input accepted (width x height), or None for any.
         vectors: where to write the polygons of the mask's regions (:mod:`tileseg.engine.vectors.sink`; the suffix
             says the format), made in the same pass, or None.
 
     Raises:
-        TilesegError subclasses for anything the caller can fix (input, bands, dtype, tile settings).
+        TilesegError: a subclass of it for anything the caller can fix (input, bands, dtype, tile settings).
     """
     started = time.perf_counter()
     spec, device = model.spec, next(model.parameters()).device
