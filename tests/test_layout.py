@@ -11,6 +11,7 @@ the API's (api/routes_viewer.py): the jobs import nothing of the HTTP layer.
 from __future__ import annotations
 
 import ast
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -239,3 +240,19 @@ def test_the_checker_sees_a_forbidden_import_and_a_cycle(tmp_path):
     assert owner("tileseg.client") == "tileseg.client"
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+README_MAX_LINES = 200
+
+
+def test_the_readme_is_a_front_door_whose_links_lead_somewhere():
+    """The README stays short (what it is, install, three quick starts, links) and every file it links to
+    exists: the rest lives in the documentation site under docs/."""
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= README_MAX_LINES
+    links = [t for t in re.findall(r"\]\(([^)#\s]+)", readme) if "://" not in t]
+    assert links, "the README links to no page"
+    missing = [t for t in links if not (REPO / t).exists()]
+    assert not missing, f"the README links to files that do not exist: {missing}"
+    for command in ("make serve", "make test", "make docs"):
+        assert command in readme, f"the README does not give `{command}`"
