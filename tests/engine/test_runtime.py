@@ -21,8 +21,9 @@ from tileseg.engine.runtime import export as ex
 from tileseg.engine.runtime import forward as fw
 from tileseg.engine.runtime import runtimes as rt
 from tileseg.engine.runtime import tuner as tn
+from tileseg.engine.runtime.cache import MeasurementCache
 from tileseg.engine.runtime.runtimes import BASELINE, Runtime
-from tileseg.engine.runtime.tuner import MeasurementCache, Tuner
+from tileseg.engine.runtime.tuner import Tuner
 
 CPU = torch.device("cpu")
 

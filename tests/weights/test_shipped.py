@@ -135,3 +135,30 @@ def test_aerial_conv_nets_tile_exactly_on_real_imagery(tile8_crops, name):
     decided = top2[1] - top2[0] > 2 * tolerance
     assert decided.mean() > 0.99
     np.testing.assert_array_equal(tiled.argmax(0)[decided], whole.argmax(0)[decided])
+
+
+def isbi_image(data_dir):
+    return data_dir / "isbi2012" / "train" / "images" / "25.png"
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+@pytest.mark.slow
+@pytest.mark.parametrize("name", AERIAL_CONV + MEDICAL)
+def test_with_the_defaults_the_mask_does_not_depend_on_the_tile_or_the_batch(tmp_path, tile8_crops, data_dir, name):
+    """The README's promise, as users run it (precision, runtime and window left to the tuner): --tile 128,
+    --tile 1024, the whole image and batches of 1 and 4 give the same mask, bit for bit, because the numeric
+    path is chosen once for the model and this machine (tileseg.engine.runtime.path)."""
+    torch.set_num_threads(2)
+    model = models.load(name)
+    image = tile8_crops[0][0] if name in AERIAL_CONV else isbi_image(data_dir)
+    masks, runtimes = {}, set()
+    for how in ({"tile": 128}, {"tile": 1024}, {}, {"tile": 256, "batch": 1}, {"tile": 256, "batch": 4}):
+        out = tmp_path / f"{name}-{'-'.join(f'{k}{v}' for k, v in how.items()) or 'auto'}.tif"
+        result = segment(model, image, out, SegmentOptions(**how))
+        runtimes.add(result.runtime.runtime)
+        with rasterio.open(out) as dst:
+            masks[json.dumps(how)] = dst.read(1)
+    assert len(runtimes) == 1, f"one numeric path for every tile and batch: {runtimes}"
+    first = next(iter(masks.values()))
+    differ = {how: int((mask != first).sum()) for how, mask in masks.items()}
+    assert not any(differ.values()), f"pixels that differ from {next(iter(masks))}: {differ}"

@@ -109,6 +109,9 @@ class Request:
 
     Attributes:
         core: a fixed core (``--tile N``, or a model whose window must not change), or None to search.
+        searchable: whether the model's window may change at all (an exact model: translation-equivariant, in
+            crop mode, without a fixed window), whatever ``--tile`` says: the numeric path is chosen over every
+            window such a model may run.
         default_core: where the search starts (the card's default tile).
         batch: a fixed batch, or None to search.
         budget: bytes the forward may take.
@@ -120,6 +123,7 @@ class Request:
     batch: int | None
     budget: int
     run_pixels: int | None = None
+    searchable: bool = False
     precision: str = "auto"
     compile: str = "auto"
     runtime: str = "auto"
@@ -337,19 +341,25 @@ class Search:
 
 
 def _without_emulated_bf16(points: list[Measurement], native: bool) -> list[Measurement]:
-    """Without native bf16, a bf16 point must beat fp32 at its core and batch by 1/:data:`NATIVE_BF16_MARGIN`."""
+    """Without native bf16, a bf16 runtime is kept only where it beats fp32 by 1/:data:`NATIVE_BF16_MARGIN`,
+    compared at the smallest core and batch where both were measured (a runtime whose window was walked further
+    must not win by its larger window alone)."""
     if native:
         return points
     fp32: dict[tuple[int, int], float] = {}
     for m in points:
-        if m.runtime.startswith("fp32/"):
+        if m.runtime.startswith("fp32/") and m.rate:
             fp32[(m.core, m.batch)] = max(fp32.get((m.core, m.batch), 0.0), m.rate)
-    best_fp32 = max(fp32.values(), default=0.0)
-    return [
-        m
-        for m in points
-        if not m.runtime.startswith("bf16/") or m.rate * NATIVE_BF16_MARGIN > fp32.get((m.core, m.batch), best_fp32)
-    ]
+    slow: set[str] = set()
+    for label in {m.runtime for m in points if m.runtime.startswith("bf16/")}:
+        shared = sorted((m.core, m.batch, m.rate) for m in points if m.runtime == label and (m.core, m.batch) in fp32)
+        if shared:
+            core, batch, rate = shared[0]
+            if rate * NATIVE_BF16_MARGIN <= fp32[(core, batch)]:
+                slow.add(label)
+        elif fp32:
+            slow.add(label)  # never measured beside fp32: not shown to be faster
+    return [m for m in points if m.runtime not in slow]
 
 
 __all__ = ["Choice", "Measurement", "Request", "Search", "Timer"]

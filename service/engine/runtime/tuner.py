@@ -29,20 +29,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
-import uuid
-from dataclasses import asdict, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from tileseg.config import engine_config
 from tileseg.engine.options import SegmentOptions
+from tileseg.engine.runtime.cache import MeasurementCache, default_cache_path, empty_entry, merge_entry, model_key
 from tileseg.engine.runtime.device import PeakMemory, describe_device, memory_budget, resident
-from tileseg.engine.runtime.export import cache_dir, library_versions
+from tileseg.engine.runtime.export import library_versions
 from tileseg.engine.runtime.forward import prepare, release, run_forward
+from tileseg.engine.runtime.path import Checker, invariance_error, signature
 from tileseg.engine.runtime.runtimes import Runtime, candidates
 from tileseg.engine.runtime.search import Choice, Measurement, Request, Search, Timer
 from tileseg.engine.tiling import tile_settings, window_is_free
@@ -98,72 +97,6 @@ def tune_seconds() -> float:
     return configured if configured else TUNE_SECONDS
 
 
-class MeasurementCache:
-    """Measurements on disk, one JSON file: per key, the points measured and the searches done.
-
-    A cache that cannot be read or written is left alone with one log line: measuring again is the worst case.
-    """
-
-    def __init__(self, path: Path | None = None):
-        self.path = path or default_cache_path()
-
-    def get(self, key: str) -> dict[str, Any]:
-        entry = self._read().get(key) or {}
-        try:
-            points = [Measurement(**m) for m in entry.get("measurements", [])]
-        except TypeError:  # an entry written by another version
-            return {"measurements": [], "searches": []}
-        return {"measurements": points, "searches": list(entry.get("searches", []))}
-
-    def merge(self, key: str, measured: list[Measurement], searches: list[str]) -> dict[str, Any]:
-        """Add points and searches to the entry of ``key``; a point already there wins (so that two processes
-        measuring at once end up with one choice). Returns the entry."""
-        entry = self.get(key)
-        kept = {m.point: m for m in entry["measurements"]}
-        for m in measured:
-            kept.setdefault(m.point, m)
-        merged = {"measurements": list(kept.values()), "searches": sorted(set(entry["searches"]) | set(searches))}
-        data = self._read()
-        data[key] = {
-            "measurements": [asdict(m) for m in merged["measurements"]],
-            "searches": merged["searches"],
-            "when": time.strftime("%Y-%m-%d %H:%M:%S"),
-        }
-        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(data, indent=1))
-            os.replace(tmp, self.path)
-        except OSError as err:
-            log.warning("runtime measurements not cached (%s): %s", self.path, err)
-            tmp.unlink(missing_ok=True)
-        return merged
-
-    def _read(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as err:
-            log.warning("runtime measurement cache %s is unreadable, measuring again: %s", self.path, err)
-            return {}
-
-
-def default_cache_path() -> Path:
-    """``runtime.json`` in :func:`tileseg.engine.runtime.export.cache_dir`."""
-    return cache_dir() / "runtime.json"
-
-
-def model_key(model: SegmentationNet) -> str | None:
-    """The checkpoint's hash, or None for a network that was not loaded from one (it is measured per process)."""
-    path = getattr(model, "checkpoint_path", None)
-    if path is None:
-        return None
-    from tileseg import models
-
-    return models.card_hash(path)
-
-
 class Tuner:
     """Measures candidates and chooses among them; one per process is enough (:func:`tuner`).
 
@@ -171,22 +104,30 @@ class Tuner:
         cache: where measurements persist; None keeps them in memory only.
         timer: how a point is timed (tests give a fake one).
         seconds: the search's bound (default :func:`tune_seconds`).
+        checker: whether a runtime is tile-invariant on a model (:func:`tileseg.engine.runtime.path.invariance_error`).
     """
 
     def __init__(
-        self, cache: MeasurementCache | None = None, timer: Timer = time_forward, seconds: float | None = None
+        self,
+        cache: MeasurementCache | None = None,
+        timer: Timer = time_forward,
+        seconds: float | None = None,
+        checker: Checker | None = None,
     ):
         self.cache = cache
         self.timer = timer
         self.seconds = seconds
+        self.checker = checker if checker is not None else invariance_error
         self._memory: dict[str, dict[str, Any]] = {}
 
     def choose(self, model: SegmentationNet, device: torch.device, request: Request, measure: bool = True):
         """The runtime, core and batch for a run (a :class:`Choice`); with ``measure`` False, None when this
         search was never done (``GET /models/{name}`` shows a choice without paying for one).
 
-        With every choice fixed (one runtime left, or precision, runtime, tile and batch all given), nothing
-        is measured.
+        The runtime is the model's numeric path on this device (:mod:`tileseg.engine.runtime.path`), chosen
+        once among the candidates the run allows and kept whatever the core, batch or run size; only the core
+        and the batch are then searched within it. With every choice fixed (one runtime left, or precision,
+        runtime, tile and batch all given), nothing is measured.
 
         Raises:
             OptionsError: fixed choices the card, the device or the installed libraries do not allow.
@@ -201,24 +142,61 @@ class Tuner:
             request.runtime,
             exportable=persistent,
         )
-        geometry = model.spec.geometry
+        if request.compile != "on":  # a compiled program is a numeric path of its own: taken when asked for
+            options = [r for r in options if not r.compiled] or options
         fixed_runtime = len(options) == 1 or (
             request.precision != "auto" and (request.runtime == "torch" or request.compile == "on")
         )
         if fixed_runtime and request.core is not None and request.batch is not None:
             runtime = options[0] if len(options) == 1 else replace(options[0], channels_last=True)
-            window = geometry.window(request.core)
+            window = model.spec.geometry.window(request.core)
             return Choice(runtime, request.core, request.batch, "as asked", window=window, budget=request.budget)
         key = self._key(model, device)
+        path = self._path(model, device, options, request, key, persistent, measure)
+        if path is None:
+            return None
+        return self._within(model, device, path, request, key, persistent, measure)
+
+    def _path(self, model, device, options: list[Runtime], request: Request, key: str, persistent: bool, measure):
+        """The numeric path among ``options``: recorded, or searched now over every window the model allows
+        (whatever this run's core, batch and size), checked tile-invariant, and recorded; None when unknown and
+        ``measure`` is False."""
         entry = self._load(key, persistent)
-        signature = json.dumps(
-            [sorted(r.label for r in options), request.core, request.default_core, request.batch, request.budget >> 26]
-        )
-        bound = self.seconds if self.seconds is not None else tune_seconds()
-        search = Search(self.timer, bound, model, device, options, request, entry["measurements"])
+        recorded = entry["paths"].get(signature(options))
+        by_label = {r.label: r for r in options}
+        if recorded is not None and recorded["runtime"] in by_label:
+            return by_label[recorded["runtime"]]
+        if not measure:
+            return None
+        if len(options) == 1:  # the user's own choice: taken as it is
+            return options[0]
+        free = replace(request, core=None if request.searchable else request.core, batch=None, run_pixels=None)
+        search = Search(self.timer, self._bound(), model, device, options, free, entry["measurements"])
+        search.run()
+        refused = dict(entry["refused"])
+        while True:
+            search.options = [r for r in options if r.label not in refused]
+            choice = search.pick(entry["measurements"] + search.new)
+            if not request.searchable or choice.rate is None:
+                break
+            why = self.checker(model, choice.runtime, device)
+            if why is None:
+                break
+            log.warning("%s: %s %s; not taken", model.spec.name, choice.runtime.label, why)
+            refused[choice.runtime.label] = why
+        path = {"runtime": choice.runtime.label, "why": choice.reason}
+        self._store(key, search.new, [], persistent, paths={signature(options): path}, refused=refused)
+        release(model, keep=choice.runtime)
+        return choice.runtime
+
+    def _within(self, model, device, path: Runtime, request: Request, key: str, persistent: bool, measure):
+        """The core and batch of a run on its numeric path ``path``: a search of its own, recorded."""
+        entry = self._load(key, persistent)
+        signature_ = json.dumps([[path.label], request.core, request.default_core, request.batch, request.budget >> 26])
+        search = Search(self.timer, self._bound(), model, device, [path], request, entry["measurements"])
         # a search is recorded with the run size it was bounded for: a longer run searches on from its points
         size = request.run_pixels if request.run_pixels is not None else -1
-        done = [int(s.rsplit("|", 1)[1]) for s in entry["searches"] if s.startswith(f"{signature}|")]
+        done = [int(s.rsplit("|", 1)[1]) for s in entry["searches"] if s.startswith(f"{signature_}|")]
         searched = any(d < 0 or (size >= 0 and d >= size) for d in done) or (not measure and bool(done))
         if not searched:
             if not measure:
@@ -226,11 +204,15 @@ class Tuner:
             search.run()
         search.compile_if_worth()
         if search.new or not searched:
-            entry = self._store(key, search.new, [f"{signature}|{size}"], persistent)
+            entry = self._store(key, search.new, [f"{signature_}|{size}"], persistent)
         choice = search.pick(entry["measurements"])
+        choice.reason = f"numeric path {path.label} (chosen once for this model and device); {choice.reason}"
         if search.new:
             release(model, keep=choice.runtime)
         return choice
+
+    def _bound(self) -> float:
+        return self.seconds if self.seconds is not None else tune_seconds()
 
     def _key(self, model: SegmentationNet, device: torch.device) -> str:
         checkpoint = model_key(model) or f"process:{id(model):x}"
@@ -250,18 +232,15 @@ class Tuner:
             found = self.cache.get(key)
             if found["measurements"]:
                 return found
-        return self._memory.get(key, {"measurements": [], "searches": []})
+        return self._memory.get(key, empty_entry())
 
-    def _store(self, key: str, measured: list[Measurement], searches: list[str], persistent: bool) -> dict[str, Any]:
+    def _store(
+        self, key: str, measured: list[Measurement], searches: list[str], persistent: bool, **records: dict
+    ) -> dict[str, Any]:
         if self.cache and persistent:
-            entry = self.cache.merge(key, measured, searches)
+            entry = self.cache.merge(key, measured, searches, **records)
         else:
-            entry = self._memory.get(key, {"measurements": [], "searches": []})
-            known = {m.point for m in entry["measurements"]}
-            entry = {
-                "measurements": entry["measurements"] + [m for m in measured if m.point not in known],
-                "searches": sorted(set(entry["searches"]) | set(searches)),
-            }
+            entry = merge_entry(self._memory.get(key, empty_entry()), measured, searches, **records)
         self._memory[key] = entry
         return entry
 
@@ -290,6 +269,7 @@ def runtime_request(model: SegmentationNet, device, options: SegmentOptions, run
     fixed_core = None if window_is_free(model.spec, options) else (options.tile or geometry.default_tile)
     return Request(
         core=fixed_core,
+        searchable=window_is_free(model.spec, options.model_copy(update={"tile": None})),
         default_core=geometry.default_tile,
         batch=options.batch,
         budget=memory_budget(device, options.memory),
@@ -316,7 +296,6 @@ def known_choice(model: SegmentationNet, options: SegmentOptions = SegmentOption
 __all__ = [
     "Choice",
     "Measurement",
-    "MeasurementCache",
     "Request",
     "Tuner",
     "choose_runtime",
