@@ -59,9 +59,15 @@ PY
   "${pip[@]}" -r "$VENV/.tileseg-deps.txt"
 }
 step_package() {
-  # the way the README installs it (not editable: the image holds no source tree), with the extras for models
-  # added from outside: ONNX Runtime and segmentation_models_pytorch
-  "${pip[@]}" "$SRC[onnx,smp]"
+  # the way the README installs it (not editable: the image holds no source tree), with the extra for models
+  # added from outside (segmentation_models_pytorch); ONNX Runtime and OpenVINO come with every install. On
+  # CUDA, ONNX Runtime's GPU build (its CUDA and TensorRT providers) takes the place of the CPU one: both are
+  # the module onnxruntime, so the CPU one goes first.
+  "${pip[@]}" "$SRC[smp]"
+  if [ "$TORCH_VARIANT" = cuda ]; then
+    "$VENV/bin/python" -m pip uninstall --quiet --yes onnxruntime
+    "${pip[@]}" onnxruntime-gpu
+  fi
 }
 step_weights() {
   [ -n "${WEIGHTS_DIR:-}" ] || return 0
@@ -73,8 +79,10 @@ step_check() {
   "$VENV/bin/tileseg" --version
   "$VENV/bin/python" -c "import torch, rasterio, celery, psycopg, tileseg.api, tileseg.jobs.queue; \
 print('install.sh: torch', torch.__version__, '| cuda build' if torch.version.cuda else '| cpu build')"
-  "$VENV/bin/python" -c "import onnxruntime; from tileseg.models.smp import import_smp; \
-print('install.sh: onnxruntime', onnxruntime.__version__, '| smp', import_smp().__version__)"
+  "$VENV/bin/python" -c "import onnxruntime, platform; from tileseg.models.smp import import_smp; \
+ov = __import__('openvino').__version__ if platform.machine() in ('x86_64', 'aarch64') else 'not for this CPU'; \
+print('install.sh: onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers(), '| openvino', ov, \
+'| smp', import_smp().__version__)"
 }
 
 [ "$#" -gt 0 ] || set -- venv torch deps package weights check

@@ -36,7 +36,7 @@ class EngineConfig(BaseSettings):
         "~/.cache/tileseg.",
     )
     tune_seconds: float | None = Field(
-        None, gt=0, description="Bound of the tuner's search on a first run, in seconds; default: 20."
+        None, gt=0, description="Bound of the tuner's search on a first run, in seconds; default: 8."
     )
     torch_threads: int | None = Field(
         None, ge=1, description="CPU threads for the network; default: every core the process may use."
@@ -48,6 +48,27 @@ class EngineConfig(BaseSettings):
     )
     http_max_retry: int = Field(5, ge=0, description="Remote reads: retries of a request that failed (GDAL's).")
     http_retry_delay: float = Field(0.5, ge=0, description="Remote reads: seconds before the first retry.")
+    http_connect_timeout: float = Field(
+        10.0, gt=0, description="Remote reads: seconds to wait for a connection before the request fails."
+    )
+    http_read_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Remote reads: seconds a source may send nothing before the request fails (then the retries): "
+        "a source that stops answering fails its run in bounded time.",
+    )
+    http_header_bytes: int = Field(
+        16384, ge=1024, description="Remote reads: bytes fetched when a raster is opened (its header, at least)."
+    )
+    http_chunk_bytes: int = Field(
+        16384, ge=1024, description="Remote reads: the smallest range requested (GDAL's CPL_VSIL_CURL_CHUNK_SIZE)."
+    )
+    fetch_max_bytes: int = Field(
+        4 << 30,
+        gt=0,
+        description="Sources on servers without Range requests are fetched whole, up to this many bytes (the "
+        "service: at most TILESEG_MAX_UPLOAD_BYTES); larger ones are refused.",
+    )
     gdal_cache_mb: int = Field(64, gt=0, description="GDAL's block cache of each reading thread, in MB.")
 
 

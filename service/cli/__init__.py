@@ -13,7 +13,9 @@ Errors the user can fix are printed as one line, with a non-zero exit and no tra
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from pathlib import Path
 
 import click
@@ -22,7 +24,7 @@ from tqdm import tqdm
 from tileseg import models
 from tileseg.cli.errors import user_errors
 from tileseg.cli.options import build, click_options
-from tileseg.cli.outputs import Outputs, staged
+from tileseg.cli.outputs import Outputs, names_zarr, staged
 from tileseg.cli.own_models import register as register_model_commands
 from tileseg.cli.remote import segment_remote, server_options
 from tileseg.cli.serving import serve, worker
@@ -123,6 +125,8 @@ def segment(
     shard_devices = _shard_devices(workers, devices, device)
     if server and shard_devices:
         raise click.UsageError("--workers and --devices run here: leave them out with --server")
+    if server and any(names_zarr(p) for p in (output_path, probabilities)):
+        raise click.UsageError("a server writes GeoTIFF results: give OUTPUT as .tif with --server, or run here")
     with staged(output_path, probabilities, vectors) as out:
         if server:
             with connect(server, api_key) as client:
@@ -132,7 +136,10 @@ def segment(
                 )
             return
         name = str(model_name or weights_path)
-        result = _segment_here(name, input_path, out, options, device, shard_devices, quiet)
+        from tileseg.engine.io.fetch import readable
+
+        with readable(input_path) as local:  # a server without Range: a temporary copy, fetched whole
+            result = _segment_here(name, local, out, options, device, shard_devices, quiet)
     _summary(output_path, result, quiet)
 
 
@@ -141,17 +148,22 @@ def _segment_here(name: str, input_path: str, out: Outputs, options, device: str
     from tileseg.engine import run_file
     from tileseg.engine.io.inputs import locate
     from tileseg.engine.runtime.device import configure_threads
+    from tileseg.engine.zarr_sink import check_zarr_paths
 
     if out.vectors is not None:
         from tileseg.engine.vectors.sink import check_vector_path
 
         check_vector_path(out.vectors)  # before any work
+    if names_zarr(out.mask) or names_zarr(out.probabilities):
+        check_zarr_paths(out.mask, out.probabilities, options.cog, input_path)  # before any work
     configure_threads()
     # a local path, an s3:// or http(s):// URL read by ranges, or a STAC item (its JSON read now)
     source = locate(input_path, options.asset, options.bands)
-    with tqdm(total=0, unit="tile", disable=quiet, desc=source.name) as bar:
+    with tqdm(total=0, unit="tile", disable=quiet, desc=source.name) as bar, _tuner_notes(bar, source.name):
 
         def progress(done: int, total: int) -> None:
+            if bar.total != total:
+                bar.set_description_str(source.name)  # measuring is over
             bar.total = total
             bar.update(done - bar.n)
 
@@ -163,6 +175,26 @@ def _segment_here(name: str, input_path: str, out: Outputs, options, device: str
                 name, input_path, out.mask, shard_devices, options, out.probabilities, progress, out.vectors
             )
         return run_file(name, source, out.mask, options, device, out.probabilities, progress, out.vectors)
+
+
+@contextlib.contextmanager
+def _tuner_notes(bar: tqdm, name: str):
+    """While the tuner measures this machine (a first run of a model here), the bar says so and for how long."""
+
+    class Notes(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            bar.set_description_str(f"{name}: {record.getMessage()}")
+            bar.refresh()
+
+    handler, tuner_log = Notes(logging.INFO), logging.getLogger("tileseg.engine.runtime.tuner")
+    level = tuner_log.level
+    tuner_log.addHandler(handler)
+    tuner_log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        tuner_log.removeHandler(handler)
+        tuner_log.setLevel(level)
 
 
 def _summary(output_path: str, result, quiet: bool) -> None:
@@ -244,7 +276,7 @@ register_model_commands(list_models, user_errors)
 @click.argument("name")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--memory", help="The forward's memory budget, e.g. 2GiB (default: a fair share of what is free).")
-@click.option("--seconds", type=float, help="Bound of the search (default: TILESEG_TUNE_SECONDS, else 20).")
+@click.option("--seconds", type=float, help="Bound of the search (default: TILESEG_TUNE_SECONDS, else 8).")
 @click.option("--compile", "with_compile", is_flag=True, help="Also measure torch.compile at the best point.")
 @click.option(
     "--pixels", type=int, default=2048 * 2048, show_default=True, help="The run to choose for (output pixels)."

@@ -94,6 +94,7 @@ class Choice:
         """The choice as JSON: what the summary line, the job record and ``GET /models/{name}`` show."""
         return {
             "runtime": self.runtime.label,
+            "numeric_path": self.runtime.label,  # what decides the values: kept whatever the tile and batch
             "tile": self.core,
             "window": self.window,
             "batch": self.batch,
@@ -112,6 +113,8 @@ class Request:
         searchable: whether the model's window may change at all (an exact model: translation-equivariant, in
             crop mode, without a fixed window), whatever ``--tile`` says: the numeric path is chosen over every
             window such a model may run.
+        thorough: measure every candidate on the screening window, and every survivor at the start core, whatever
+            the bound (the numeric path's search: what it chooses is kept for good, so it sees every candidate).
         default_core: where the search starts (the card's default tile).
         batch: a fixed batch, or None to search.
         budget: bytes the forward may take.
@@ -124,6 +127,7 @@ class Request:
     budget: int
     run_pixels: int | None = None
     searchable: bool = False
+    thorough: bool = False
     precision: str = "auto"
     compile: str = "auto"
     runtime: str = "auto"
@@ -144,6 +148,11 @@ class Search:
         self.new: list[Measurement] = []
         self.started = time.monotonic()
         self.deadline = self.started + seconds
+
+    def knows(self, request: Request) -> bool:
+        """Whether the request's starting point is measured already (a search from it then costs little)."""
+        start = request.core or request.default_core
+        return all((r.label, start, request.batch or 1) in self.points for r in self.options)
 
     def measure(self, runtime: Runtime, core: int, batch: int, force: bool = False) -> Measurement | None:
         """The point's measurement: known, or timed now; None past the deadline (unless ``force``) or where
@@ -195,13 +204,13 @@ class Search:
         # window may not even take a smaller one
         if len(eager) > 1 and screen < start and request.core is None:
             for i, r in enumerate(eager):
-                self.measure(r, screen, 1, force=i == 0)
+                self.measure(r, screen, 1, force=i == 0 or request.thorough)
                 if i == 0:
                     self._bound_by_run(self._rate(r, screen, 1))
             fastest = max(self._rate(r, screen, 1) for r in eager)
             eager = [r for r in eager if self._rate(r, screen, 1) * SCREEN_FACTOR >= fastest > 0]
         for i, r in enumerate(eager):
-            self.measure(r, start, batch, force=i == 0)
+            self.measure(r, start, batch, force=i == 0 or request.thorough)
             if i == 0:
                 self._bound_by_run(self._rate(r, start, batch))
         ranked = sorted(

@@ -49,7 +49,8 @@ from tileseg.models.base import SegmentationNet
 
 log = logging.getLogger(__name__)
 
-TUNE_SECONDS = 20.0  # the search's bound on a first run; later runs read the cache
+# the search's bound on a first run (goal: a first run at most 10 s longer than later ones, which read the cache)
+TUNE_SECONDS = 8.0
 
 
 def time_forward(
@@ -170,8 +171,12 @@ class Tuner:
             return None
         if len(options) == 1:  # the user's own choice: taken as it is
             return options[0]
-        free = replace(request, core=None if request.searchable else request.core, batch=None, run_pixels=None)
+        core = None if request.searchable else request.core
+        free = replace(request, core=core, batch=None, run_pixels=None, thorough=True)
         search = Search(self.timer, self._bound(), model, device, options, free, entry["measurements"])
+        log.info(
+            "measuring this machine once for %s (about %.0f s; later runs reuse it)", model.spec.name, self._bound()
+        )
         search.run()
         refused = dict(entry["refused"])
         while True:
@@ -201,6 +206,8 @@ class Tuner:
         if not searched:
             if not measure:
                 return None
+            if not search.knows(request):
+                log.info("measuring windows for this run (at most %.0f s; later runs reuse it)", self._bound())
             search.run()
         search.compile_if_worth()
         if search.new or not searched:
