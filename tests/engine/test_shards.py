@@ -124,3 +124,24 @@ def test_blended_runs_are_refused(tmp_path):
     with pytest.raises(OptionsError, match="gaussian blending"):
         segment_sharded(model, path, tmp_path / "m.tif", ["cpu", "cpu"], SegmentOptions(blend="gaussian"))
     assert not (tmp_path / "m.tif").exists()
+
+
+def test_the_shards_asked_for_run_with_a_smaller_tile_on_the_same_numeric_path(tmp_path):
+    """Six shards asked for an image whose tuned tile leaves two tile rows: the tile is made smaller (the window
+    is free: the mask does not change), six shards run, and the run says why its tile is not the tuner's."""
+    from tileseg.engine.shards.plan import plan_sharded
+
+    model = checkpoint(tmp_path, "test-shift", bands=1, classes=3)
+    path = write_raster(tmp_path / "in.tif", blobs(150, 90))
+    free = SegmentOptions(tile=None, batch=1, precision="fp32", runtime="torch", compile="off")
+    big = plan_sharded(model, path, 1, free)
+    assert -(-150 // big.runtime.tile) < 6, "the tuner's tile leaves fewer tile rows than six"
+    plan = plan_sharded(model, path, 6, free)
+    assert plan.count == 6 and plan.runtime.tile < big.runtime.tile and plan.runtime.runtime == big.runtime.runtime
+    assert "each of the 6 shards" in plan.note
+    result = segment_sharded(model, path, tmp_path / "many.tif", ["cpu"] * 6, free)
+    assert any("each of the 6 shards" in w for w in result.warnings)
+    single = segment(model, path, tmp_path / "one.tif", free)
+    np.testing.assert_array_equal(read(result.output), read(single.output))
+    fixed = plan_sharded(model, path, 6, SegmentOptions(**{**FIXED, "tile": 96}))
+    assert fixed.count == 2 and "2 shards of the 6 asked" in fixed.note, "--tile is the user's: it is kept, and said"

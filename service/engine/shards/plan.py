@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import shutil
 import time
@@ -41,6 +42,7 @@ from tileseg.engine.resolution import pixel_size_warnings
 from tileseg.engine.results import RuntimeReport, SegmentResult, runtime_report
 from tileseg.engine.runtime.device import pick_device
 from tileseg.engine.runtime.runtimes import Runtime
+from tileseg.engine.runtime.search import Choice
 from tileseg.engine.runtime.tuner import choose_runtime
 from tileseg.engine.shards.run import (
     ShardJob,
@@ -54,9 +56,10 @@ from tileseg.engine.shards.run import (
     run_shards,
 )
 from tileseg.engine.sinks import write_all
-from tileseg.engine.tiling import TilePlan, TileSettings, tile_settings
+from tileseg.engine.tiling import TilePlan, TileSettings, tile_settings, window_is_free
 from tileseg.engine.vectors.sink import check_vector_path
 from tileseg.models.base import SegmentationNet
+from tileseg.models.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -67,11 +70,13 @@ class ShardPlan:
         bands: ``(first, stop)`` tile rows of each shard, top to bottom.
         cols: tiles a tile row.
         runtime: the tile settings and runtime every shard runs with (the tuner's choice, made once).
+        note: why the shards that run are fewer than asked, or their tile smaller than the tuner's.
     """
 
     bands: tuple[tuple[int, int], ...]
     cols: int
     runtime: RuntimeReport
+    note: str | None = None  # why the shard count or the tile differs from what was asked, said to the user
 
     @property
     def count(self) -> int:
@@ -100,7 +105,8 @@ class ShardPlan:
 
     def to_record(self) -> dict[str, Any]:
         """The plan as JSON (what the job table keeps)."""
-        return {"bands": [list(b) for b in self.bands], "cols": self.cols, "runtime": self.runtime.model_dump()}
+        record = {"bands": [list(b) for b in self.bands], "cols": self.cols, "runtime": self.runtime.model_dump()}
+        return {**record, "note": self.note} if self.note else record
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> ShardPlan:
@@ -108,6 +114,7 @@ class ShardPlan:
             bands=tuple((int(a), int(b)) for a, b in record["bands"]),
             cols=int(record["cols"]),
             runtime=RuntimeReport.model_validate(record["runtime"]),
+            note=record.get("note"),
         )
 
 
@@ -132,10 +139,31 @@ def plan_sharded(
             src = plan.source
             check_shardable(plan, spec, options)
             choice = choose_runtime(model, device, options, src.height * src.width)
-            settings = tile_settings(spec, options, (src.height, src.width), choice)
+            settings, note = shard_settings(spec, options, (src.height, src.width), choice, count)
             tiles = TilePlan(settings, src.height, src.width)
     bands = tuple((band.start, band.stop) for band in plan_shards(tiles.rows, count))
-    return ShardPlan(bands, tiles.cols, runtime_report(settings, choice.runtime, choice, device))
+    if len(bands) < count and note is None:
+        note = f"{len(bands)} shards of the {count} asked: the image has {tiles.rows} tile rows of {settings.core} px"
+    return ShardPlan(bands, tiles.cols, runtime_report(settings, choice.runtime, choice, device), note)
+
+
+def shard_settings(
+    spec: ModelSpec, options: SegmentOptions, shape: tuple[int, int], choice: Choice, count: int
+) -> tuple[TileSettings, str | None]:
+    """The tile settings of a run in ``count`` shards: the tuner's, unless its core leaves fewer tile rows than
+    shards; then, where the window is free (an exact model, no ``--tile``), the largest core on the stride grid
+    that gives every shard a tile row, on the same numeric path (the mask does not change). Returns the settings
+    and, when the core was made smaller, why."""
+    settings = tile_settings(spec, options, shape, choice)
+    height, multiple = shape[0], spec.geometry.multiple
+    if math.ceil(height / settings.core) >= count or not window_is_free(spec, options):
+        return settings, None
+    core = max(multiple, height // count // multiple * multiple)
+    smaller = TileSettings(
+        spec.geometry, core=core, blend=settings.blend, overlap=settings.overlap, batch=settings.batch
+    )
+    why = f"tile {core} px rather than the tuner's {settings.core}, so that each of the {count} shards has a tile row"
+    return smaller, why
 
 
 def run_planned_shard(
@@ -225,7 +253,7 @@ def assemble_sharded(
         seconds=seconds,
         runtime=report,
         pixel_size=read.resolution.report(),
-        warnings=pixel_size_warnings(read.resolution, spec),
+        warnings=pixel_size_warnings(read.resolution, spec) + ([plan.note] if plan.note else []),
         roi=read.roi.report(total, skipped, seconds) if read.roi else None,
         vectors=Path(vectors) if vectors is not None else None,
     )

@@ -34,7 +34,7 @@ from tileseg.engine.views.preview import render_preview
 from tileseg.errors import TilesegError
 from tileseg.jobs.errors import InterruptedJobError, JobNotFoundError, LeaseLostError, ShardStoppedError
 from tileseg.jobs.files import JobFiles, drop_input
-from tileseg.jobs.intake import JobOptions
+from tileseg.jobs.intake import JobOptions, pin_source
 from tileseg.jobs.periodic import Periodic
 from tileseg.jobs.runner import (
     Attempt,
@@ -98,6 +98,7 @@ def plan_job(
     try:
         options = JobOptions(**job.options)
         model = load_model(job.model, options.prune)
+        pin_source(job.input_path, config.source_allow)  # the host checked again, its address pinned
         segment_options = options.segment_options(config.batch, config.memory)
         plan = plan_sharded(
             model, job.input_path, count.count, segment_options, config.limits.allowed_drivers, config.limits.max_pixels
@@ -111,7 +112,13 @@ def plan_job(
     tiles = [plan.tiles(i) for i in range(plan.count)]
     if not shards.plan(job.id, job.token or "", plan.to_record(), tiles):
         return _closed(run, run.stopped(not_ours(store, job)))
-    log.info("job %s planned in %d shards (%s)", job.id, plan.count, plan.runtime.runtime)
+    log.info(
+        "job %s planned in %d shards (%s)%s",
+        job.id,
+        plan.count,
+        plan.runtime.runtime,
+        f": {plan.note}" if plan.note else "",
+    )
     run.close()
     dispatch(job.id, list(range(plan.count)))
     return Outcome(RunStatus.PLANNED, time.perf_counter() - started, 0)
@@ -229,6 +236,7 @@ def run_shard_job(
     try:
         options = JobOptions(**job.options)
         model = load_model(job.model, options.prune)
+        pin_source(job.input_path, config.source_allow)  # the host checked again, its address pinned
         folder = shardfiles.make_attempt_folder(run.files, shard.number, shard.token or "")
         result = run_planned_shard(
             model,
@@ -272,6 +280,7 @@ def assemble_job(
     try:
         options = JobOptions(**job.options)
         model = load_model(job.model, options.prune)
+        pin_source(job.input_path, config.source_allow)  # the host checked again, its address pinned
         results = [shardfiles.shard_result(run.files, shard, config.objects) for shard in shards.list(job.id)]
         attempt.root.mkdir(parents=True, exist_ok=True)
         result = assemble_sharded(
