@@ -31,22 +31,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.models import SOURCES, mosaic
 from tileseg.models import available, card_spec
 
 REPO = Path(__file__).resolve().parent.parent
 
-
-def _bench_models():
-    """bench/models.py (the model table), for its mosaic of real images."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_models", REPO / "bench" / "models.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SOURCES, mosaic = _bench_models().SOURCES, _bench_models().mosaic
 
 TILESEG = Path(sys.executable).with_name("tileseg")
 
