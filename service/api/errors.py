@@ -72,6 +72,8 @@ STATUS_BY_CODE = {
     "upload_too_large": 413,
     "unsupported_format": 415,
     "unreadable_input": 415,  # the content is not a complete raster in a format we take
+    "no_range_support": 422,  # a server without Range requests, and the file too large to fetch whole
+    "source_unavailable": 502,  # a remote source that does not answer, or stopped answering
     "band_mismatch": 422,
     "pixel_size": 422,
     "bad_roi": 422,
@@ -95,6 +97,7 @@ ERROR_RESPONSES = {
         413: "Too many bytes, or too many pixels.",
         415: "Not a raster in an accepted format (checked by content), or truncated.",
         422: "Bands, data type or options the model cannot take; a tile address outside the scheme.",
+        502: "A remote `source` did not answer in time (TILESEG_HTTP_CONNECT_TIMEOUT, TILESEG_HTTP_READ_TIMEOUT).",
         503: "Results kept in S3 (TILESEG_RESULTS_URL), and the bucket does not answer: try again later.",
     }.items()
 }

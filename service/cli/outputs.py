@@ -5,6 +5,9 @@ A result in object storage is written here first, into a temporary folder, under
 :func:`tileseg.objectstore.upload`: one PUT, or a multipart upload that the store shows only once whole. A run
 that fails uploads nothing; an upload that fails removes the run's objects uploaded before it, so that a key
 never holds a result without the others. The mask goes last: where it is, the rest is too.
+
+A ``.zarr`` output is a folder: every object under it is uploaded below its key, the chunks first and the Zarr
+metadata last (the root's last of all), so that a reader finds the image only once its chunks are there.
 """
 
 from __future__ import annotations
@@ -99,7 +102,11 @@ def upload_all(pairs: list[tuple[Path, S3Url]]) -> None:
     done: list[S3Url] = []
     try:
         for path, url in pairs:
-            if path.exists():  # a sink that wrote nothing (no polygons) leaves no file to upload
+            if path.is_dir():  # a Zarr
+                for file, key in folder_objects(path, url):
+                    objectstore.upload(file, key, "application/json" if file.name in ZARR_METADATA else None)
+                    done.append(key)
+            elif path.exists():  # a sink that wrote nothing (no polygons) leaves no file to upload
                 objectstore.upload(path, url, CONTENT_TYPES.get(path.suffix.lower()))
                 done.append(url)
     except BaseException:
@@ -111,4 +118,23 @@ def upload_all(pairs: list[tuple[Path, S3Url]]) -> None:
         raise
 
 
-__all__ = ["Outputs", "staged", "target", "upload_all"]
+def names_zarr(output: str | Path | None) -> bool:
+    """Whether an output (a path or an ``s3://`` URL) is a Zarr: it, or a folder it lies in, ends in ``.zarr``."""
+    return output is not None and any(p.lower().endswith(".zarr") for p in PurePosixPath(str(output)).parts)
+
+
+ZARR_METADATA = frozenset({"zarr.json", ".zgroup", ".zarray", ".zattrs", ".zmetadata"})
+
+
+def folder_objects(folder: Path, url: S3Url) -> list[tuple[Path, S3Url]]:
+    """Every file under ``folder`` with the key it goes to below ``url``: data first, then the metadata
+    documents, the deepest first (the root's last)."""
+    files = [f for f in folder.rglob("*") if f.is_file()]
+
+    def order(f: Path) -> tuple[bool, int]:
+        return f.name in ZARR_METADATA, -len(f.relative_to(folder).parts)
+
+    return [(f, url.join(f.relative_to(folder).as_posix())) for f in sorted(files, key=order)]
+
+
+__all__ = ["Outputs", "folder_objects", "names_zarr", "staged", "target", "upload_all"]

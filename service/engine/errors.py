@@ -21,6 +21,18 @@ class UnreadableInputError(InputError, OSError):
     code = "unreadable_input"
 
 
+class NoRangeSupportError(UnreadableInputError):
+    """A remote source whose server ignores Range requests, too large to be fetched whole."""
+
+    code = "no_range_support"
+
+
+class SourceUnavailableError(UnreadableInputError):
+    """A remote source that did not answer in time, or stopped answering in the middle of a read."""
+
+    code = "source_unavailable"
+
+
 class UnsupportedFormatError(InputError):
     """GDAL reads the file, but its format is not one the product accepts."""
 
@@ -80,9 +92,11 @@ __all__ = [
     "CanceledError",
     "DtypeError",
     "InputError",
+    "NoRangeSupportError",
     "OptionsError",
     "PixelSizeError",
     "RoiError",
+    "SourceUnavailableError",
     "TileGeometryError",
     "TooLargeError",
     "UnreadableInputError",

@@ -17,15 +17,22 @@ from tileseg.engine.readplan import ReadPlan
 from tileseg.engine.results import RuntimeReport
 from tileseg.engine.sinks import MaskSink, Sink
 from tileseg.engine.vectors.sink import VectorSink
+from tileseg.engine.zarr_sink import ZarrMaskSink, is_zarr_path, zarr_target
 from tileseg.models.base import SegmentationNet
 
 
 def make_sinks(plan: ReadPlan, spec, options: SegmentOptions, output: Path, probabilities, vectors) -> list[Sink]:
-    """The run's sinks: the polygons first (the likelier to fail, so finished first), then the mask."""
+    """The run's sinks: the polygons first (the likelier to fail, so finished first), then the mask (a GeoTIFF,
+    or OME-Zarr images when OUTPUT ends in ``.zarr``: :mod:`tileseg.engine.zarr_sink`)."""
     target = plan.target
-    cog = options.cog or isinstance(plan.full, SlideRaster)
+    zarr = is_zarr_path(output) or is_zarr_path(probabilities)
+    label = zarr_target(output, probabilities, plan.full, options.cog, target) if zarr else None  # before any tile
     vector_sink = VectorSink.of(vectors, spec, target, options, plan.target_pixel_size)
-    mask_sink = MaskSink(target, spec, output, probabilities, cog)
+    mask_sink: Sink
+    if zarr:
+        mask_sink = ZarrMaskSink(target, spec, output, probabilities, plan.target_pixel_size, label)
+    else:
+        mask_sink = MaskSink(target, spec, output, probabilities, options.cog or isinstance(plan.full, SlideRaster))
     return [mask_sink] if vector_sink is None else [vector_sink, mask_sink]
 
 

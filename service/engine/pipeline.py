@@ -44,6 +44,7 @@ from tileseg.engine.sinks import write_all
 from tileseg.engine.stitching import Strip, build_stitcher
 from tileseg.engine.tiling import Tile, TileBand, TilePlan, tile_settings
 from tileseg.engine.vectors.sink import check_vector_path
+from tileseg.engine.zarr_sink import check_zarr_paths, is_zarr_path
 from tileseg.models.base import SegmentationNet
 from tileseg.models.spec import BlendMode
 
@@ -61,12 +62,14 @@ def segment(
     max_pixels: int | None = None,
     vectors: str | os.PathLike | None = None,
 ) -> SegmentResult:
-    """Segment the raster at ``source`` into a class-index GeoTIFF at ``output``.
+    """Segment the raster at ``source`` into a class-index GeoTIFF at ``output`` (OME-Zarr when it ends in
+    ``.zarr``: :mod:`tileseg.engine.zarr_sink`).
 
     Args:
         model: a network from :func:`tileseg.models.load` (it carries its ``.spec``), on the device to run on.
         source: any raster GDAL reads (GeoTIFF/BigTIFF/COG, PNG, JPEG, Aperio SVS level 0), local or at an
-            ``s3://`` or ``http(s)://`` URL, or a STAC item (``options.asset``, ``options.bands`` by common name).
+            ``s3://`` or ``http(s)://`` URL, or a STAC item (``options.asset``, ``options.bands`` by common name),
+            or a Zarr array or OME-Zarr image (:mod:`tileseg.engine.io.zarr_raster`).
         output: the mask to write; it appears only when complete.
         options: tiling, bands, flips, precision (see :class:`SegmentOptions`).
         probabilities: where to write per-class probabilities (uint8, 0..255), or None.
@@ -83,6 +86,8 @@ def segment(
     spec, device = model.spec, next(model.parameters()).device
     if vectors is not None:
         check_vector_path(vectors)  # before any work
+    if is_zarr_path(output) or is_zarr_path(probabilities):
+        check_zarr_paths(output, probabilities, options.cog)  # before any work
     with gdal_env(), open_input(source, spec, options.bands, allowed_drivers, max_pixels, options.asset) as full:
         with read_plan(full, spec, options) as plan:
             src = plan.source

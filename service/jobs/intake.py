@@ -12,6 +12,7 @@ import dataclasses
 import ipaddress
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,10 @@ from pydantic import ConfigDict, Field, create_model, field_validator
 
 from tileseg.engine import tile_settings
 from tileseg.engine.errors import OptionsError, TooLargeError
-from tileseg.engine.io import ALLOWED_DRIVERS, RasterInfo
+from tileseg.engine.io import ALLOWED_DRIVERS, RasterInfo, pinning
+from tileseg.engine.io.fetch import without_ranges
 from tileseg.engine.io.inputs import inspect_input
-from tileseg.engine.io.remote import RemoteUrl, http_get
+from tileseg.engine.io.remote import RemoteUrl, http_get, parse_remote
 from tileseg.engine.io.stac import PIN, is_item_name, read_item
 from tileseg.engine.options import SegmentOptions, scope
 from tileseg.engine.resolution import plan_resolution
@@ -207,6 +209,32 @@ def check_redirects(remote: RemoteUrl, allow: list[str]) -> None:
     http_get(remote.url, 1024, _hop_check(remote.masked, allow), byte_range=(0, 0))
 
 
+def fetch_without_ranges(remote: RemoteUrl, dest: Path, max_bytes: int, allow: list[str]) -> Path | None:
+    """Where an http(s) ``source`` was fetched whole to (``dest``) when its server ignores Range requests, its
+    redirects followed only onto the allow-list; None when ranges work (it is read where it lies).
+
+    Raises:
+        NoRangeSupportError: no Range, and more than ``max_bytes``.
+        SourceNotAllowedError, UnreadableInputError.
+    """
+    if is_item_name(remote):
+        return None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return without_ranges(remote, dest, max_bytes, _hop_check(remote.masked, allow))
+
+
+def pin_source(input_path: str, allow: Sequence[str]) -> None:
+    """Before a worker reads a job's remote ``source``: check its host again, here and now, and pin the address
+    checked for this process's reads (:func:`allowed_url`). Nothing for local paths and ``s3://``.
+
+    Raises:
+        SourceNotAllowedError: the host now resolves off the allow-list rules.
+    """
+    remote = parse_remote(input_path.split("#", 1)[0]) if "://" in input_path else None
+    if remote is not None and remote.scheme != "s3" and allow:
+        allowed_url(remote.url, list(allow))
+
+
 def _hop_check(shown: str, allow: list[str]):
     def hop(target: str) -> None:
         try:
@@ -257,7 +285,7 @@ def allowed_url(text: str, allow: list[str]) -> RemoteUrl:
     if prefix is None:
         raise SourceNotAllowedError(f"`source` {shown} is not under a prefix this server reads from")
     if scheme != "s3":
-        _public_host(parts, shown)
+        _public_host(parts, shown, text)
     return RemoteUrl(text)
 
 
@@ -277,9 +305,10 @@ def _under(url, prefix) -> bool:
     )
 
 
-def _public_host(parts, shown: str) -> None:
+def _public_host(parts, shown: str, url: str) -> None:
     """Refuse a host that resolves to a non-public address, unless the URL names an address itself (which
-    then matched a listed prefix: the operator listed that address)."""
+    then matched a listed prefix: the operator listed that address); pin the address checked, so that this
+    process reads the host there and nowhere else (:mod:`tileseg.engine.io.pinning`: DNS rebinding)."""
     host = parts.hostname or ""
     try:
         ipaddress.ip_address(host)
@@ -296,6 +325,7 @@ def _public_host(parts, shown: str) -> None:
             f"`source` {shown}: its host resolves to a non-public address ({inner[0]}); list the server by "
             "its address in TILESEG_SOURCE_ALLOW to read from it"
         )
+    pinning.pin(url, sorted(found)[0])
 
 
 def check_input(
@@ -354,5 +384,7 @@ __all__ = [
     "check_item",
     "check_redirects",
     "check_shards",
+    "fetch_without_ranges",
+    "pin_source",
     "resolve_source",
 ]

@@ -31,7 +31,7 @@ from tileseg.engine.views.render import add_overviews, write_view
 from tileseg.errors import TilesegError
 from tileseg.jobs.errors import InterruptedJobError, JobNotFoundError, LeaseLostError
 from tileseg.jobs.files import JobFiles, drop_input
-from tileseg.jobs.intake import InputLimits, JobOptions
+from tileseg.jobs.intake import InputLimits, JobOptions, pin_source
 from tileseg.jobs.objects import ObjectResults
 from tileseg.jobs.periodic import Periodic
 from tileseg.jobs.store import Job, JobStatus, JobStore
@@ -55,6 +55,7 @@ class RunConfig:
     view_copies: bool = True  # the viewer's base layer, and overviews on the mask
     heartbeat: float = 10.0  # seconds between lease renewals; well inside the lease
     objects: ObjectResults | None = None  # uploads and results in S3 (TILESEG_RESULTS_URL), or on disk
+    source_allow: tuple[str, ...] = ()  # TILESEG_SOURCE_ALLOW: a remote source's host is checked again to read it
 
     @classmethod
     def of(cls, settings: Settings) -> RunConfig:
@@ -69,6 +70,7 @@ class RunConfig:
             keep_inputs=settings.keep_inputs,
             view_copies=settings.view_copies,
             heartbeat=settings.heartbeat,
+            source_allow=tuple(settings.source_allow),
             objects=ObjectResults(settings.results_url) if settings.results_in_s3 and settings.results_url else None,
         )
 
@@ -225,6 +227,7 @@ class Attempt:
         """The input as this attempt reads it: an upload kept in S3 is fetched into the attempt's scratch
         folder first (the whole file, as the client sent it); anything else is read where it is."""
         if self.objects is None or not self.objects.is_own_input(self.job):
+            pin_source(self.job.input_path, self.config.source_allow)  # checked again, its address pinned
             return self.job.input_path
         return str(objectstore.download(self.objects.input(self.job.id), self.attempt.root / "input"))
 

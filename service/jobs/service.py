@@ -33,7 +33,7 @@ from tileseg.jobs.errors import (
     ResultNotReadyError,
 )
 from tileseg.jobs.files import JobFiles, drop_input, jobs_root
-from tileseg.jobs.intake import JobOptions, check_input, check_shards, resolve_source
+from tileseg.jobs.intake import JobOptions, check_input, check_shards, fetch_without_ranges, resolve_source
 from tileseg.jobs.modelpool import CardCatalogue, ModelPool, ServedModels
 from tileseg.jobs.runner import Outcome, RunConfig
 from tileseg.jobs.store import ANY_OWNER, Job, JobStatus, JobStore, new_job_id
@@ -191,6 +191,8 @@ class JobService:
             else:
                 path = resolve_source(source or "", self.settings.input_roots, self.settings.source_allow)
                 name = path.name
+                upload = self._fetched(path, files)  # a server without Range: fetched whole, then as an upload
+                path = upload.path if upload is not None else path
             check_shards(options, spec, self.queue_mode)
             info = check_input(path, spec, options, self.limits, name=name)
             if self.objects is not None:  # no disk is shared with the workers: nothing of the job stays here
@@ -213,6 +215,15 @@ class JobService:
             raise
         self._dispatch(job.id)
         return job
+
+    def _fetched(self, path: Path | RemoteUrl, files: JobFiles) -> Upload | None:
+        """The job's own copy of an http(s) ``source`` whose server ignores Range requests (up to the upload
+        limit), kept and removed as an upload is; None for any other source."""
+        if not isinstance(path, RemoteUrl):
+            return None
+        limit = min(self.settings.max_upload_bytes, self.settings.fetch_max_bytes)
+        fetched = fetch_without_ranges(path, files.upload, limit, self.settings.source_allow)
+        return None if fetched is None else Upload(fetched, path.name, fetched.stat().st_size)
 
     def _dispatch(self, job_id: str) -> None:
         if not self.queue_mode:

@@ -29,13 +29,19 @@ FP32 = SegmentOptions(runtime="torch", precision="fp32", tile=128, readers=3)
 class RangeServer:
     """Files of ``root`` over HTTP on loopback, by Range; ``fail_every`` k answers every k-th request 503
     (k=1: every one); ``redirects`` maps a path to the URL it answers 302 with; ``bytes_served`` and
-    ``requests`` count what went out."""
+    ``requests`` count what went out; ``hosts`` the Host headers it was sent.
 
-    def __init__(self, root: Path, fail_every: int = 0):
-        self.root, self.fail_every = root, fail_every
+    ``ranges=False`` ignores Range as Python's own ``http.server`` does (200, the whole file, no
+    ``Accept-Ranges``). ``stall_from`` makes an answer whose range starts at or past that offset send its
+    headers and first bytes, then nothing until the server closes (a source that stops answering)."""
+
+    def __init__(self, root: Path, fail_every: int = 0, ranges: bool = True, stall_from: int | None = None):
+        self.root, self.fail_every, self.ranges, self.stall_from = root, fail_every, ranges, stall_from
         self.redirects: dict[str, str] = {}
-        self.requests = self.failures = self.bytes_served = 0
+        self.requests = self.failures = self.bytes_served = self.stalls = 0
+        self.hosts: list[str] = []
         self.lock = threading.Lock()
+        self.closing = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -51,6 +57,7 @@ class RangeServer:
             def answer(self, body: bool):
                 with server.lock:
                     server.requests += 1
+                    server.hosts.append(self.headers.get("Host", ""))
                     fail = server.fail_every and server.requests % server.fail_every == 0
                     server.failures += bool(fail)
                 if fail:
@@ -72,7 +79,10 @@ class RangeServer:
                     self.end_headers()
                     return
                 data = path.read_bytes()
-                match = re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+                match = re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range", "")) if server.ranges else None
+                if match and server.stall_from is not None and int(match.group(1)) >= server.stall_from:
+                    self.stall(data, int(match.group(1)))
+                    return
                 if match:
                     start = int(match.group(1))
                     end = min(int(match.group(2) or len(data) - 1), len(data) - 1)
@@ -83,18 +93,32 @@ class RangeServer:
                     part = data
                     self.send_response(200)
                 self.send_header("Content-Length", str(len(part)))
-                self.send_header("Accept-Ranges", "bytes")
+                if server.ranges:
+                    self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
                 if body:
                     self.wfile.write(part)
                     with server.lock:
                         server.bytes_served += len(part)
 
+            def stall(self, data: bytes, start: int):
+                with server.lock:
+                    server.stalls += 1
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                self.wfile.write(data[start : start + 10])
+                self.wfile.flush()
+                server.closing.wait()  # then nothing more: the client must give up by itself
+
         self.httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_port}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def close(self) -> None:
+        self.closing.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 

@@ -13,6 +13,7 @@ from tileseg.engine.io import ArrayRaster, InputRaster, RasterSource
 from tileseg.engine.io.inputs import open_input
 from tileseg.engine.io.resample import ResampledRaster
 from tileseg.engine.io.slide import SlideRaster
+from tileseg.engine.io.zarr_raster import ZarrRaster
 from tileseg.engine.roi import Roi
 
 
@@ -37,18 +38,36 @@ def stack(tmp_path, rgb):
 
 
 @pytest.fixture
-def readers(data_dir, rgb, stack):
+def zarr_array(tmp_path, rgb):
+    """A Zarr v3 array of three bands, written by zarr-python."""
+    import zarr
+
+    zarr.create_array(tmp_path / "scene.zarr", shape=(3, 20, 30), chunks=(3, 8, 8), dtype="uint8")[:] = 7
+    with ZarrRaster(tmp_path / "scene.zarr", rgb.spec) as raster:
+        yield raster
+
+
+@pytest.fixture
+def readers(data_dir, rgb, stack, zarr_array):
     """One real instance of each reader class."""
     with InputRaster(data_dir / "geotiff" / "RGB.byte.tif", rgb.spec) as raster:
         with SlideRaster(data_dir / "wsi" / "small.svs", rgb.spec) as slide:
             array = ArrayRaster(np.zeros((3, 20, 30), np.uint8), rgb.spec)
             roi = Roi(np.ones((4, 4), bool), "auto")
-            yield [raster, slide, array, ResampledRaster(raster, 40, 50), roi.restrict(array), stack]
+            yield [raster, slide, array, ResampledRaster(raster, 40, 50), roi.restrict(array), stack, zarr_array]
 
 
 def test_every_reader_is_a_raster_source(readers):
     names = sorted(type(r).__name__ for r in readers)
-    assert names == ["ArrayRaster", "InputRaster", "ResampledRaster", "RoiRaster", "SlideRaster", "StackedRaster"]
+    assert names == [
+        "ArrayRaster",
+        "InputRaster",
+        "ResampledRaster",
+        "RoiRaster",
+        "SlideRaster",
+        "StackedRaster",
+        "ZarrRaster",
+    ]
     for reader in readers:
         assert isinstance(reader, RasterSource), type(reader).__name__
         window = reader.read_window(0, 0, 8)

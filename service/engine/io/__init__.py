@@ -1,7 +1,8 @@
 """Raster input and output with rasterio: every reader implements the :class:`RasterSource` contract
 (:mod:`.source`): files (:mod:`.read`, local or by range requests, :mod:`.remote`), slides (:mod:`.slide`),
 images already in memory (:mod:`.array`), resampled grids (:mod:`.resample`), STAC items' assets stacked into
-one input (:mod:`.stac`, :mod:`.stack`); finished rows out (:mod:`.write`). Nothing here imports the engine above."""
+one input (:mod:`.stac`, :mod:`.stack`), Zarr arrays and OME-Zarr images (:mod:`.zarr_raster`, :mod:`.ngff`);
+finished rows out (:mod:`.write`). Nothing here imports the engine above."""
 
 from tileseg.engine.io.array import ArrayRaster
 from tileseg.engine.io.bands import Scaling, check_dtype, select_bands

@@ -28,6 +28,8 @@ from tileseg.engine.io.remote import RemoteUrl, configure_remote_reads, parse_re
 from tileseg.engine.io.slide import SLIDE_DRIVER, SlideRaster, slide_format
 from tileseg.engine.io.stac import StacItem, StacSource, is_item_name, read_item
 from tileseg.engine.io.stack import StackedRaster
+from tileseg.engine.io.zarr_raster import ZarrRaster
+from tileseg.engine.io.zarr_store import is_zarr
 from tileseg.models.spec import ModelSpec
 
 
@@ -65,7 +67,7 @@ def open_input(
     allowed_drivers=ALLOWED_DRIVERS,
     max_pixels: int | None = None,
     asset: str | None = None,
-) -> InputRaster | SlideRaster | StackedRaster:
+) -> InputRaster | SlideRaster | StackedRaster | ZarrRaster:
     """The reader that owns ``source``, at level 0 (the caller closes it).
 
     ``source`` is a local path, an ``s3://``, ``https://`` or ``http://`` URL of a raster GDAL reads by range
@@ -82,6 +84,8 @@ def open_input(
             return StackedRaster(path, spec, allowed_drivers - {SLIDE_DRIVER}, max_pixels)
         path = locate(path.assets()[0].href)
     numbers = _band_numbers(bands)
+    if is_zarr(path):  # Zarr and OME-Zarr (a folder of objects): zarr-python reads them, not GDAL
+        return ZarrRaster(path, spec, numbers, 0, max_pixels)
     if isinstance(path, Path) and slide_vendor(path, allowed_drivers) is not None:
         return SlideRaster(path, spec, numbers, 0, max_pixels)
     return InputRaster(path, spec, numbers, allowed_drivers - {SLIDE_DRIVER}, max_pixels)
@@ -153,6 +157,9 @@ def inspect_input(
                 return InputHeader(stack.info, list(stack.levels), stack.pixel_size)
         path = locate(path.assets()[0].href)
     numbers = _band_numbers(bands)
+    if is_zarr(path):  # Zarr and OME-Zarr: their metadata documents only, no chunk decoded
+        with ZarrRaster(path, spec, numbers, 0, max_pixels) as zarr_image:
+            return InputHeader(zarr_image.info, list(zarr_image.levels), zarr_image.pixel_size)
     if isinstance(path, Path) and slide_vendor(path, allowed_drivers) is not None:
         with SlideRaster(path, spec, numbers, 0, max_pixels) as slide:
             return InputHeader(slide.info, list(slide.levels), slide.pixel_size)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -30,9 +31,9 @@ from rasterio.windows import Window
 
 from tileseg.config import engine_config
 from tileseg.engine.errors import TooLargeError, UnreadableInputError, UnsupportedFormatError
-from tileseg.engine.io import pixelsize
+from tileseg.engine.io import gdalconfig, pinning, pixelsize
 from tileseg.engine.io.bands import band_scaling, select_bands
-from tileseg.engine.io.remote import RemoteUrl
+from tileseg.engine.io.remote import RemoteUrl, not_answered, remote_failure
 from tileseg.models.spec import ModelSpec, reflect_indices
 
 # Formats accepted as input, by GDAL driver (decided from the content, not the name). VRT is left out on
@@ -55,7 +56,9 @@ OUTPUT_BLOCK = 512
 
 
 def gdal_env(**options: Any) -> rasterio.Env:
-    """A GDAL environment with a bounded block cache, so memory does not grow with the image."""
+    """A GDAL environment with a bounded block cache, so memory does not grow with the image, and the remote
+    reads' process-wide options applied (:mod:`.gdalconfig`: the one place every mode's reads are configured)."""
+    gdalconfig.apply()
     return rasterio.Env(GDAL_CACHEMAX=engine_config().gdal_cache_mb * 1024 * 1024, GDAL_NUM_THREADS=1, **options)
 
 
@@ -98,6 +101,8 @@ def open_raster(
             VRT (which names other files) or a format nobody asked for never gets to parse the bytes. None: any.
     """
     if isinstance(path, RemoteUrl):
+        gdalconfig.apply()  # reader threads open here without entering gdal_env
+        pinning.prepare(path.url)
         where, label, scrub = path.gdal_path, path.masked, path.scrub
     else:
         path = Path(path)
@@ -112,12 +117,23 @@ def open_raster(
             f"{label}: none of the accepted formats ({', '.join(sorted(drivers or ()))}) is a GDAL driver here"
         )
     kwargs = {} if overview is None else {"overview_level": overview}
+    started = time.monotonic()
     try:
         with warnings.catch_warnings(), env_ctx_if_needed():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             # rasterio.open takes one driver name only; its reader takes GDAL's list of allowed drivers
             return DatasetReader(_parse_path(where), driver=allowed, **kwargs)
     except RasterioError as err:
+        seconds = time.monotonic() - started
+        # a header cut short by a stall reads as a broken TIFF: an open that took the read time-out did stall
+        if isinstance(path, RemoteUrl) and (not_answered(str(err)) or seconds >= engine_config().http_read_timeout):
+            raise remote_failure(path, err, seconds) from err
+        if isinstance(path, RemoteUrl) and "not recognized as" in str(err):
+            from tileseg.engine.io.fetch import range_refusal  # a server without Range, not a format
+
+            refusal = range_refusal(path)
+            if refusal is not None:
+                raise refusal from err
         hint = REMOTE_SLIDE_HINT if isinstance(path, RemoteUrl) and path.name.lower().endswith(SLIDE_SUFFIXES) else ""
         if allowed is not None:
             raise UnreadableInputError(
@@ -346,12 +362,11 @@ class InputRaster:
         return None if valid.all() else valid
 
     def _read(self, fn):
+        started = time.monotonic()
         try:
             return fn(self._dataset())
         except RasterioError as err:
             # a failed block read raises here (never a block of zeros): after GDAL's retries, the run fails
             if isinstance(self.path, RemoteUrl):
-                raise UnreadableInputError(
-                    f"{self.path.masked} could not be read: {self.path.scrub(str(err))}".replace("\n", " ")
-                ) from err
+                raise remote_failure(self.path, err, time.monotonic() - started) from err
             raise UnreadableInputError(f"{self.info.name} could not be read (truncated or corrupt?): {err}") from err

@@ -8,7 +8,7 @@ URL into the ``/vsis3/`` or ``/vsicurl/`` path GDAL opens, so that nobody writes
 Credentials and endpoints come from the variables boto3 and the AWS CLI read (``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION``/``AWS_DEFAULT_REGION``, ``AWS_PROFILE``, which
 GDAL reads as they are, and ``AWS_ENDPOINT_URL``, which it does not: :func:`gdal_options` translates it).
-:func:`configure_remote_reads` sets these, with the retry policy, as process-wide GDAL options: a
+:mod:`.gdalconfig` sets these, with the retry policy and the time-outs, as process-wide GDAL options: a
 ``rasterio.Env`` reaches only the thread that entered it, and the engine reads from several threads.
 
 Messages name a URL only through :meth:`RemoteUrl.masked`: its user name, password and query string (where
@@ -17,26 +17,19 @@ presigned URLs carry their signature) never reach a log or an error.
 
 from __future__ import annotations
 
-import logging
-import os
 import re
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
-from rasterio.env import set_gdal_config
-
 from tileseg.config import engine_config
-from tileseg.engine.errors import UnreadableInputError
+from tileseg.engine.errors import NoRangeSupportError, SourceUnavailableError, UnreadableInputError
+from tileseg.engine.io import pinning
+from tileseg.engine.io.gdalconfig import RETRY_CODES, apply, gdal_options
 from tileseg.urls import mask_text, mask_url
 
 SCHEMES = ("s3", "https", "http")
-
-# Transient answers that GDAL retries, with a growing delay, on every thread: throttling and the 5xx of a
-# store or proxy under load. The delay doubles from TILESEG_HTTP_RETRY_DELAY at each attempt.
-RETRY_CODES = "429,500,502,503,504"
 
 
 @dataclass(frozen=True)
@@ -59,7 +52,7 @@ class RemoteUrl:
         if self.scheme == "s3":
             parts = urlsplit(self.url)
             return f"/vsis3/{parts.netloc}{parts.path}"
-        return f"/vsicurl/{self.url}"
+        return f"/vsicurl/{pinning.gdal_url(self.url)}"
 
     @property
     def masked(self) -> str:
@@ -73,12 +66,54 @@ class RemoteUrl:
 
     def scrub(self, text: str) -> str:
         """``text`` (a GDAL message, say) with every spelling of this URL replaced by the masked one."""
-        for secret in sorted({self.gdal_path, self.url}, key=len, reverse=True):
+        spellings = {self.gdal_path, self.gdal_path.removeprefix("/vsicurl/"), self.url}
+        for secret in sorted(spellings, key=len, reverse=True):
             text = text.replace(secret, self.masked)
+        query = urlsplit(self.url).query
+        if query:  # GDAL's TIFF driver names the file by its last segment, query string and all
+            text = text.replace(f"?{query}", "?***")
         return mask_text(text)
 
     def __str__(self) -> str:
         return self.masked
+
+
+# what GDAL says when a request, not the content, failed: the server was not reached or answered an error
+TRANSPORT_MARKS = ("CURL error", "HTTP response code", "HTTP error code", "timed out", "Timeout was reached")
+
+
+def not_answered(message: str) -> bool:
+    """Whether GDAL's ``message`` tells of a failed request (no answer, a time-out, an HTTP error)."""
+    return any(mark.lower() in message.lower() for mark in TRANSPORT_MARKS)
+
+
+def no_range_message(path: RemoteUrl) -> str:
+    """Why a source whose server ignores Range cannot be read where it lies, and what to do."""
+    return (
+        f"{path.masked}: its server does not support Range requests (it answers a byte range with the whole "
+        "file), which reading a raster where it lies needs. The command line and the service fetch such a file "
+        "whole (up to TILESEG_FETCH_MAX_BYTES, TILESEG_MAX_UPLOAD_BYTES); or serve it from a server that honours "
+        "Range"
+    )
+
+
+def remote_failure(path: RemoteUrl, err: Exception, seconds: float = 0.0) -> UnreadableInputError:
+    """The error of a remote read that failed after ``seconds``: a time-out says the source stopped answering.
+
+    GDAL reports a read that libcurl gave up on (no byte for ``GDAL_HTTP_LOW_SPEED_TIME``) as a short block
+    ("got 0 bytes"), naming no time-out: a read that failed only after the read time-out had passed is taken
+    for one.
+    """
+    said = path.scrub(str(err)).replace("\n", " ")
+    if "response_code=200" in said:  # a byte range answered with the whole file
+        return NoRangeSupportError(no_range_message(path))
+    timeout = engine_config().http_read_timeout
+    if "timed out" in said.lower() or "timeout was reached" in said.lower() or seconds >= timeout:
+        return SourceUnavailableError(
+            f"{path.masked} could not be read: the source stopped answering (nothing for {timeout:g} s, "
+            f"TILESEG_HTTP_READ_TIMEOUT, after the retries)" + (f": {said}" if "time" in said.lower() else "")
+        )
+    return UnreadableInputError(f"{path.masked} could not be read: {said}")
 
 
 def parse_remote(source) -> RemoteUrl | None:
@@ -102,67 +137,41 @@ def parse_remote(source) -> RemoteUrl | None:
     return RemoteUrl(source)
 
 
-def gdal_options(environ: os._Environ[str] | dict[str, str] = os.environ) -> dict[str, str]:
-    """The GDAL options for remote reads: the retry policy, no directory listing on open, and the S3
-    endpoint of ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (MinIO, Ceph, moto) in GDAL's own terms.
-
-    The credential variables are not copied: GDAL reads them from the environment as boto3 does.
-    """
-    config = engine_config()
-    options = {
-        "GDAL_HTTP_MAX_RETRY": str(config.http_max_retry),
-        "GDAL_HTTP_RETRY_DELAY": str(config.http_retry_delay),
-        "GDAL_HTTP_RETRY_CODES": RETRY_CODES,
-        # without it, opening s3://bucket/a.tif lists the whole "folder" first: one more request, and a slow
-        # one in a bucket of many keys
-        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-    }
-    endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
-        options["AWS_S3_ENDPOINT"] = parts.netloc + parts.path.rstrip("/")
-        options["AWS_HTTPS"] = "NO" if parts.scheme == "http" else "YES"
-        # an endpoint of its own takes the bucket in the path (http://host:9000/bucket/key): MinIO and moto
-        # have no wildcard DNS for bucket.host
-        options["AWS_VIRTUAL_HOSTING"] = "FALSE"
-    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
-    if region:
-        options["AWS_REGION"] = region
-    return options
-
-
-class MaskUrls(logging.Filter):
-    """Masks the URLs in a log record: GDAL's warnings (a retried 503, say) name the URL it read, with its
-    query string, and rasterio logs them as they are."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = mask_text(record.getMessage())
-        record.args = None
-        return True
-
-
-# the loggers that carry GDAL's messages (a filter acts on the records of its own logger only)
-GDAL_LOGGERS = ("rasterio", "rasterio._err", "rasterio._env", "rasterio._base", "rasterio._io", "rasterio.env")
-_configured = threading.Lock()
-
-
 def configure_remote_reads() -> None:
-    """Set :func:`gdal_options` for the whole process (every reader thread), from the environment now.
-
-    Called before a remote raster is opened; calling it again picks up a changed environment. Also masks
-    the URLs in GDAL's log messages from then on.
-    """
-    with _configured:
-        for key, value in gdal_options().items():
-            set_gdal_config(key, value)
-        for name in GDAL_LOGGERS:
-            logger = logging.getLogger(name)
-            if not any(isinstance(f, MaskUrls) for f in logger.filters):
-                logger.addFilter(MaskUrls())
+    """Set the remote reads' GDAL options for the whole process, from the configuration and the environment
+    now (:func:`tileseg.engine.io.gdalconfig.apply`; every opening of a raster calls it)."""
+    apply()
 
 
 MAX_HOPS = 5  # redirects followed, at most, by :func:`http_get`
-HTTP_TIMEOUT_S = 30.0
+
+
+def http_timeout():
+    """httpx's time-outs from the configuration: a connection within ``http_connect_timeout``, and no silence
+    longer than ``http_read_timeout`` between the bytes of an answer."""
+    import httpx
+
+    config = engine_config()
+    return httpx.Timeout(config.http_read_timeout, connect=config.http_connect_timeout)
+
+
+def transport_error(url: str, err: Exception) -> UnreadableInputError:
+    """The error of a request that failed below HTTP: a time-out says the source stopped answering."""
+    import httpx
+
+    if isinstance(err, httpx.ConnectTimeout):
+        seconds = engine_config().http_connect_timeout
+        return SourceUnavailableError(
+            f"{mask_url(url)} could not be read: no connection within {seconds:g} s (TILESEG_HTTP_CONNECT_TIMEOUT)"
+        )
+    if isinstance(err, httpx.TimeoutException):
+        return SourceUnavailableError(
+            f"{mask_url(url)} could not be read: the source stopped answering (nothing for "
+            f"{engine_config().http_read_timeout:g} s, TILESEG_HTTP_READ_TIMEOUT)"
+        )
+    return UnreadableInputError(f"{mask_url(url)} could not be read: {mask_text(str(err))}")
+
+
 RETRIED = frozenset(int(code) for code in RETRY_CODES.split(","))
 
 
@@ -197,7 +206,7 @@ def http_get(
     import httpx
 
     headers = {"Range": f"bytes={byte_range[0]}-{byte_range[1]}"} if byte_range else {}
-    with httpx.Client(follow_redirects=False, timeout=HTTP_TIMEOUT_S, trust_env=False) as client:
+    with httpx.Client(follow_redirects=False, timeout=http_timeout(), trust_env=False) as client:
         for _ in range(MAX_HOPS + 1):
             answer = _get_retried(client, url, headers, max_bytes, byte_range is not None)
             if isinstance(answer, str):  # a redirect's target
@@ -222,13 +231,16 @@ def _get_retried(client, url: str, headers: dict[str, str], max_bytes: int, cut:
             return _get_once(client, url, headers, max_bytes, cut, retry=attempt < retries)
         except (_Transient, httpx.TransportError) as err:
             if attempt >= retries:
-                raise UnreadableInputError(f"{mask_url(url)} could not be read: {mask_text(str(err))}") from err
+                if isinstance(err, _Transient):
+                    raise UnreadableInputError(f"{mask_url(url)} could not be read: {err}") from err
+                raise transport_error(url, err) from err
             time.sleep(delay)
             delay, attempt = delay * 2, attempt + 1
 
 
 def _get_once(client, url: str, headers: dict[str, str], max_bytes: int, cut: bool, retry: bool) -> str | bytes:
-    with client.stream("GET", url, headers=headers) as answer:
+    target, pin_headers, extensions = pinning.request_target(url)
+    with client.stream("GET", target, headers={**headers, **pin_headers}, extensions=extensions) as answer:
         if answer.is_redirect:
             return str(answer.headers["location"])
         if answer.status_code in RETRIED and retry:
@@ -254,7 +266,12 @@ __all__ = [
     "configure_remote_reads",
     "gdal_options",
     "http_get",
+    "http_timeout",
+    "transport_error",
     "mask_text",
     "mask_url",
+    "no_range_message",
+    "not_answered",
     "parse_remote",
+    "remote_failure",
 ]

@@ -5,7 +5,8 @@ place it, or None for pixel-space inputs, and the ``pixel_size`` its metadata gi
 pipeline knows only this contract; files (:class:`~tileseg.engine.io.read.InputRaster`), slides
 (:class:`~tileseg.engine.io.slide.SlideRaster`), arrays in memory (:class:`~tileseg.engine.io.array.ArrayRaster`),
 resampled grids (:class:`~tileseg.engine.io.resample.ResampledRaster`), a STAC item's single-band assets
-stacked (:class:`~tileseg.engine.io.stack.StackedRaster`) and regions of interest
+stacked (:class:`~tileseg.engine.io.stack.StackedRaster`), Zarr arrays and OME-Zarr images
+(:class:`~tileseg.engine.io.zarr_raster.ZarrRaster`) and regions of interest
 (:class:`~tileseg.engine.roi.RoiRaster`) implement it.
 """
 
