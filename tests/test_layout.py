@@ -66,6 +66,7 @@ PACKAGES = [
     "tileseg.engine.shards",
     "tileseg.engine.vectors",
     "tileseg.engine.views",
+    "tileseg.engine.zarr",
     "tileseg.jobs.shards",
 ]
 MAX_FUNCTION_LINES = 60  # code lines, the docstring not counted

@@ -148,7 +148,7 @@ def _segment_here(name: str, input_path: str, out: Outputs, options, device: str
     from tileseg.engine import run_file
     from tileseg.engine.io.inputs import locate
     from tileseg.engine.runtime.device import configure_threads
-    from tileseg.engine.zarr_sink import check_zarr_paths
+    from tileseg.engine.zarr.sink import check_zarr_paths
 
     if out.vectors is not None:
         from tileseg.engine.vectors.sink import check_vector_path

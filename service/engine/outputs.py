@@ -17,13 +17,13 @@ from tileseg.engine.readplan import ReadPlan
 from tileseg.engine.results import RuntimeReport
 from tileseg.engine.sinks import MaskSink, Sink
 from tileseg.engine.vectors.sink import VectorSink
-from tileseg.engine.zarr_sink import ZarrMaskSink, is_zarr_path, zarr_target
+from tileseg.engine.zarr.sink import ZarrMaskSink, is_zarr_path, zarr_target
 from tileseg.models.base import SegmentationNet
 
 
 def make_sinks(plan: ReadPlan, spec, options: SegmentOptions, output: Path, probabilities, vectors) -> list[Sink]:
     """The run's sinks: the polygons first (the likelier to fail, so finished first), then the mask (a GeoTIFF,
-    or OME-Zarr images when OUTPUT ends in ``.zarr``: :mod:`tileseg.engine.zarr_sink`)."""
+    or OME-Zarr images when OUTPUT ends in ``.zarr``: :mod:`tileseg.engine.zarr.sink`)."""
     target = plan.target
     zarr = is_zarr_path(output) or is_zarr_path(probabilities)
     label = zarr_target(output, probabilities, plan.full, options.cog, target) if zarr else None  # before any tile

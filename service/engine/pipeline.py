@@ -44,7 +44,7 @@ from tileseg.engine.sinks import write_all
 from tileseg.engine.stitching import Strip, build_stitcher
 from tileseg.engine.tiling import Tile, TileBand, TilePlan, tile_settings
 from tileseg.engine.vectors.sink import check_vector_path
-from tileseg.engine.zarr_sink import check_zarr_paths, is_zarr_path
+from tileseg.engine.zarr.sink import check_zarr_paths, is_zarr_path
 from tileseg.models.base import SegmentationNet
 from tileseg.models.spec import BlendMode
 
@@ -63,7 +63,7 @@ def segment(
     vectors: str | os.PathLike | None = None,
 ) -> SegmentResult:
     """Segment the raster at ``source`` into a class-index GeoTIFF at ``output`` (OME-Zarr when it ends in
-    ``.zarr``: :mod:`tileseg.engine.zarr_sink`).
+    ``.zarr``: :mod:`tileseg.engine.zarr.sink`).
 
     Args:
         model: a network from :func:`tileseg.models.load` (it carries its ``.spec``), on the device to run on.

@@ -26,7 +26,7 @@ from tileseg.engine.errors import OptionsError, UnreadableInputError
 from tileseg.engine.io.inputs import inspect_input, open_input
 from tileseg.engine.io.zarr_raster import ZarrRaster
 from tileseg.engine.options import SegmentOptions
-from tileseg.engine.zarr_image import mode_2x2
+from tileseg.engine.zarr.image import mode_2x2
 
 # ShiftNet: class = the first band's value, shifted by (3, -5) pixels and mirrored at the edges (tiling, padding
 # and stitching all matter); 8 classes, so the mask has as many values as the image's first band

@@ -8,7 +8,7 @@ type and, for space, a unit) and one entry per pyramid level, its array's ``path
 
 :func:`read_multiscales` reads that from a group's attributes; :func:`image_attributes` writes it (with the
 ``image-label`` block that tells a viewer the image is a label image: class values, colours, names), so that
-the reader (:mod:`.zarr_raster`) and the writer (:mod:`tileseg.engine.zarr_sink`) speak of the same thing.
+the reader (:mod:`.zarr_raster`) and the writer (:mod:`tileseg.engine.zarr.sink`) speak of the same thing.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 :class:`ZarrMaskSink` is the Zarr counterpart of :class:`tileseg.engine.sinks.MaskSink`, fed the same strips:
 the class indices (the card's, nodata where the input had none) go into an OME-Zarr image with a pyramid made
 by 2x2 mode, the probabilities (uint8, 0..255) into another with a 2x2-mean pyramid, both with the output's pixel
-size in their ``coordinateTransformations`` (:mod:`tileseg.engine.zarr_image`).
+size in their ``coordinateTransformations`` (:mod:`tileseg.engine.zarr.image`).
 
 Where the mask goes (:func:`zarr_target`):
 
@@ -30,7 +30,7 @@ from tileseg.engine.io.ngff import labels_attributes, ngff_block
 from tileseg.engine.io.zarr_raster import ZarrRaster
 from tileseg.engine.sinks import ClassIndices
 from tileseg.engine.stitching import Strip
-from tileseg.engine.zarr_image import ZarrImageWriter, is_zarr_folder, mean_2x2, mode_2x2
+from tileseg.engine.zarr.image import ZarrImageWriter, is_zarr_folder, mean_2x2, mode_2x2
 from tileseg.models.spec import ModelSpec
 
 # Standalone images are Zarr v2 with NGFF 0.4: GDAL 3.10 (rasterio's wheels, QGIS) cannot read the Zarr v3 that
