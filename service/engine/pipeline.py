@@ -91,7 +91,9 @@ def segment(
     with gdal_env(), open_input(source, spec, options.bands, allowed_drivers, max_pixels, options.asset) as full:
         with read_plan(full, spec, options) as plan:
             src = plan.source
-            choice = choose_runtime(model, device, options, src.height * src.width)
+            choice = choose_runtime(
+                model, device, options, src.height * src.width, src.width, probabilities is not None
+            )
             settings = tile_settings(spec, options, (src.height, src.width), choice)
             runner = BatchRunner(
                 model, settings, src.scaling, device, choice.runtime, options.tta, probabilities is not None

@@ -215,7 +215,7 @@ def test_a_failing_candidate_is_recorded_and_never_chosen(model):
 
 def test_nothing_measurable_falls_back_to_eager_fp32(model):
     choice = choose(model, FakeTimer(FAST_BF16, fail=tuple(FAST_BF16)))
-    assert choice.runtime == BASELINE and "eager fp32" in choice.reason
+    assert choice.runtime == BASELINE and "no candidate measured" in choice.reason
 
 
 def test_measurements_are_cached_on_disk_per_checkpoint_machine_and_versions(model, tmp_path):
@@ -343,3 +343,25 @@ def test_the_check_sees_a_runtime_whose_values_depend_on_the_window(model, monke
     monkeypatch.setattr(path_module, "run_forward", window_dependent)
     why = path_module.invariance_error(model, BASELINE, CPU)
     assert why is not None and why.startswith("not tile-invariant") and "pixels" in why
+
+
+def test_the_budget_covers_the_band_that_the_image_width_implies(model):
+    """Same kernel speed at every window (so the larger, the better): on a narrow image the core grows; on a
+    very wide one the band of tile rows it would hold (core x row_bytes) bounds it within the same budget."""
+    budget = 64 * MB
+    narrow = choose(model, FakeTimer(FAST_BF16), core=None, batch=1, budget=budget, row_bytes=0)
+    wide = choose(model, FakeTimer(FAST_BF16), core=None, batch=1, budget=budget, row_bytes=budget // 100)
+    assert wide.core < narrow.core
+    assert (wide.peak or 0) + wide.core * (budget // 100) <= budget
+    assert wide.runtime == narrow.runtime, "the numeric path does not follow the image's width"
+
+
+def test_a_run_holds_labels_and_validity_per_pixel_and_probabilities_when_kept(model):
+    from tileseg.engine.options import SegmentOptions
+
+    k = model.spec.num_classes
+    assert tn.row_bytes_per_pixel(model.spec, SegmentOptions(), probabilities=False) == 2
+    assert tn.row_bytes_per_pixel(model.spec, SegmentOptions(), probabilities=True) == 2 + 4 * k
+    assert tn.row_bytes_per_pixel(model.spec, SegmentOptions(blend="gaussian"), probabilities=False) == 2 + 4 * k
+    request = tn.runtime_request(model, CPU, SegmentOptions(), 10**6, width=100_000)
+    assert request.row_bytes == 200_000

@@ -119,6 +119,9 @@ class Request:
         batch: a fixed batch, or None to search.
         budget: bytes the forward may take.
         run_pixels: output pixels of the run (compilation pays only on long runs), or None (a benchmark).
+        row_bytes: what the run holds beside the forward for each output row of its band of tile rows, across
+            the image's width (the stitched labels, validity and, if asked, probabilities): a core of ``c`` rows
+            holds ``c * row_bytes``, so on a very wide image the budget bounds the core through it too.
     """
 
     core: int | None
@@ -126,6 +129,7 @@ class Request:
     batch: int | None
     budget: int
     run_pixels: int | None = None
+    row_bytes: int = 0
     searchable: bool = False
     thorough: bool = False
     precision: str = "auto"
@@ -180,17 +184,19 @@ class Search:
         """A point's peak from the nearest measured one of the same runtime, scaled by the pixels it holds."""
         window = self.geometry.window(core)
         known = [m for m in self.points.values() if m.runtime == runtime.label and m.peak is not None]
+        band = core * self.request.row_bytes
         if not known:
-            return 0.0
+            return float(band)
         near = min(known, key=lambda m: abs(self.geometry.window(m.core) - window))
-        return near.peak * (batch * window**2) / (near.batch * self.geometry.window(near.core) ** 2)
+        return band + near.peak * (batch * window**2) / (near.batch * self.geometry.window(near.core) ** 2)
 
     def _rate(self, runtime: Runtime, core: int, batch: int) -> float:
         m = self.points.get((runtime.label, core, batch))
         return m.rate if m is not None and m.status == "measured" and not self._over(m) else 0.0
 
     def _over(self, m: Measurement) -> bool:
-        return m.peak is not None and m.peak > self.request.budget
+        """Whether a point takes more than the budget: its forward's measured peak and the band its core holds."""
+        return (m.peak or 0) + m.core * self.request.row_bytes > self.request.budget
 
     def run(self) -> None:
         """Screen, measure at the start core, walk the window, refine, then the batch. Only the first candidate
@@ -335,9 +341,10 @@ class Search:
             return pixels / m.rate + (m.setup if unpaid else 0.0)
 
         core, batch = request.core or request.default_core, request.batch or 1
-        if not eligible:
+        if not eligible:  # on a numeric path already chosen (one option left), that path, else eager fp32
+            fallback = self.options[0] if len(self.options) == 1 else BASELINE
             return Choice(
-                BASELINE, core, batch, "no candidate measured within the budget: eager fp32",
+                fallback, core, batch, f"no candidate measured within the budget: {fallback.label}",
                 window=self.geometry.window(core), budget=request.budget, measurements=points,
             )  # fmt: skip
         best = min(eligible, key=cost)

@@ -46,6 +46,7 @@ from tileseg.engine.runtime.runtimes import Runtime, candidates
 from tileseg.engine.runtime.search import Choice, Measurement, Request, Search, Timer
 from tileseg.engine.tiling import tile_settings, window_is_free
 from tileseg.models.base import SegmentationNet
+from tileseg.models.spec import BlendMode
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,8 @@ class Tuner:
         if len(options) == 1:  # the user's own choice: taken as it is
             return options[0]
         core = None if request.searchable else request.core
-        free = replace(request, core=core, batch=None, run_pixels=None, thorough=True)
+        # the path is the model's on this device: not the image's (its size, its width)
+        free = replace(request, core=core, batch=None, run_pixels=None, row_bytes=0, thorough=True)
         search = Search(self.timer, self._bound(), model, device, options, free, entry["measurements"])
         log.info(
             "measuring this machine once for %s (about %.0f s; later runs reuse it)", model.spec.name, self._bound()
@@ -197,7 +199,8 @@ class Tuner:
     def _within(self, model, device, path: Runtime, request: Request, key: str, persistent: bool, measure):
         """The core and batch of a run on its numeric path ``path``: a search of its own, recorded."""
         entry = self._load(key, persistent)
-        signature_ = json.dumps([[path.label], request.core, request.default_core, request.batch, request.budget >> 26])
+        held = [request.budget >> 26, request.row_bytes.bit_length()]  # what bounds the window, roughly
+        signature_ = json.dumps([[path.label], request.core, request.default_core, request.batch, *held])
         search = Search(self.timer, self._bound(), model, device, [path], request, entry["measurements"])
         # a search is recorded with the run size it was bounded for: a longer run searches on from its points
         size = request.run_pixels if request.run_pixels is not None else -1
@@ -263,9 +266,18 @@ def tuner() -> Tuner:
     return _TUNER
 
 
-def runtime_request(model: SegmentationNet, device, options: SegmentOptions, run_pixels: int | None) -> Request:
-    """What a run over ``run_pixels`` output pixels leaves to the tuner; the core is searched only where
-    :func:`window_is_free`.
+def runtime_request(
+    model: SegmentationNet,
+    device,
+    options: SegmentOptions,
+    run_pixels: int | None,
+    width: int = 0,
+    probabilities: bool = False,
+) -> Request:
+    """What a run over ``run_pixels`` output pixels, ``width`` wide, leaves to the tuner; the core is searched
+    only where :func:`window_is_free`. The budget covers the band of tile rows the image's width implies
+    (:attr:`Request.row_bytes`: labels and validity, a byte each, and the probabilities' float32 per class when
+    they are kept: asked for, averaged over flips, or blended).
 
     Raises:
         TileGeometryError: a tile, blend or overlap the model's geometry refuses (before anything is measured:
@@ -281,16 +293,32 @@ def runtime_request(model: SegmentationNet, device, options: SegmentOptions, run
         batch=options.batch,
         budget=memory_budget(device, options.memory),
         run_pixels=run_pixels,
+        row_bytes=width * row_bytes_per_pixel(model.spec, options, probabilities),
         precision=options.precision.value,
         compile=options.compile.value,
         runtime=options.runtime.value,
     )
 
 
-def choose_runtime(model: SegmentationNet, device, options: SegmentOptions, run_pixels: int) -> Choice:
-    """The runtime, core and batch of a run, measured by the tuner (cached per machine; see
-    :mod:`tileseg.engine.runtime.tuner`)."""
-    return tuner().choose(model, device, runtime_request(model, device, options, run_pixels))
+def row_bytes_per_pixel(spec, options: SegmentOptions, probabilities: bool) -> int:
+    """Bytes a run holds per output pixel of its band of tile rows."""
+    blended = (options.blend or spec.geometry.blend) is not BlendMode.CROP
+    kept = probabilities or options.tta or blended
+    return 2 + (4 * spec.num_classes if kept else 0)
+
+
+def choose_runtime(
+    model: SegmentationNet,
+    device,
+    options: SegmentOptions,
+    run_pixels: int,
+    width: int = 0,
+    probabilities: bool = False,
+) -> Choice:
+    """The runtime, core and batch of a run over an image ``width`` wide, measured by the tuner (cached per
+    machine; see :mod:`tileseg.engine.runtime.tuner`)."""
+    request = runtime_request(model, device, options, run_pixels, width, probabilities)
+    return tuner().choose(model, device, request)
 
 
 def known_choice(model: SegmentationNet, options: SegmentOptions = SegmentOptions()) -> Choice | None:

@@ -138,7 +138,7 @@ def plan_sharded(
         with read_plan(full, spec, options) as plan:
             src = plan.source
             check_shardable(plan, spec, options)
-            choice = choose_runtime(model, device, options, src.height * src.width)
+            choice = choose_runtime(model, device, options, src.height * src.width, src.width)
             settings, note = shard_settings(spec, options, (src.height, src.width), choice, count)
             tiles = TilePlan(settings, src.height, src.width)
     bands = tuple((band.start, band.stop) for band in plan_shards(tiles.rows, count))
