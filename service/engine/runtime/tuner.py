@@ -205,7 +205,9 @@ class Tuner:
         # a search is recorded with the run size it was bounded for: a longer run searches on from its points
         size = request.run_pixels if request.run_pixels is not None else -1
         done = [int(s.rsplit("|", 1)[1]) for s in entry["searches"] if s.startswith(f"{signature_}|")]
-        searched = any(d < 0 or (size >= 0 and d >= size) for d in done) or (not measure and bool(done))
+        # shown without measuring: any search on this path will do (what a run would take, from its points)
+        on_path = any(s.startswith(json.dumps([[path.label]])[:-1]) for s in entry["searches"])
+        searched = any(d < 0 or (size >= 0 and d >= size) for d in done) or (not measure and on_path)
         if not searched:
             if not measure:
                 return None
