@@ -105,3 +105,22 @@ def test_a_server_without_range_is_named_not_a_format(tmp_path, u16_model):
             segment(u16_model, f"{server.url}/scene.tif", tmp_path / "out.tif", SegmentOptions(runtime="torch"))
     finally:
         server.close()
+
+
+def test_the_options_go_to_rasterios_gdal_not_another_wheels():
+    """pyogrio's wheel brings a libgdal of its own: options set there would never reach rasterio's reads (an
+    s3:// input after a run that wrote polygons went to the bucket's AWS host instead of the endpoint)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import rasterio, rasterio._env\n"
+        "import pyogrio, pyogrio.raw\n"  # pyogrio's GDAL mapped after rasterio's: listed first in /proc/self/maps
+        "from tileseg.engine.io import gdalconfig\n"
+        "gdalconfig.set_option('TILESEG_PROBE', 'here')\n"
+        "from rasterio.env import get_gdal_config\n"
+        "print(get_gdal_config('TILESEG_PROBE'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "here", "the option was set in another GDAL than rasterio's"

@@ -95,12 +95,20 @@ def libgdal() -> ctypes.CDLL:
 
 
 def _loaded_libgdal() -> str | None:
+    """rasterio's libgdal among those mapped into the process: another package's wheel may bring a GDAL of its
+    own (pyogrio's, fiona's), and options set in that copy never reach rasterio's reads."""
+    import rasterio
+
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:  # not Linux
         return None
-    paths = (line.split()[-1] for line in maps.splitlines() if "libgdal" in line)
-    return next((p for p in paths if os.path.basename(p).startswith("libgdal")), None)
+    paths = {line.split()[-1] for line in maps.splitlines() if "libgdal" in line}
+    paths = {p for p in paths if os.path.basename(p).startswith("libgdal")}
+    own = Path(rasterio.__file__).resolve().parent.parent
+    beside = [p for p in paths if Path(p).resolve().parent == own / "rasterio.libs"]
+    others = [p for p in paths if ".libs" not in Path(p).parent.name]  # a system GDAL rasterio was built on
+    return (beside or others or [None])[0]
 
 
 def set_option(key: str, value: str | None) -> None:
