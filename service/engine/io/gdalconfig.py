@@ -108,7 +108,8 @@ def _loaded_libgdal() -> str | None:
     own = Path(rasterio.__file__).resolve().parent.parent
     beside = [p for p in paths if Path(p).resolve().parent == own / "rasterio.libs"]
     others = [p for p in paths if ".libs" not in Path(p).parent.name]  # a system GDAL rasterio was built on
-    return (beside or others or [None])[0]
+    found = beside or others
+    return found[0] if found else None
 
 
 def set_option(key: str, value: str | None) -> None:
