@@ -74,7 +74,7 @@ def run_bare(model: str, image: str, out: str, fp16: bool = False) -> dict:
     device = next(net.parameters()).device
     with rasterio.open(image) as src:
         shape = (src.height, src.width)
-    choice = choose_runtime(net, device, SegmentOptions(), shape[0] * shape[1])
+    choice = choose_runtime(net, device, SegmentOptions(), shape[0] * shape[1], shape[1])
     settings = tile_settings(net.spec, SegmentOptions(), shape, choice)
     tiles = len(TilePlan(settings, *shape))
     runtime = Runtime("fp16", True, "eager") if fp16 else choice.runtime
