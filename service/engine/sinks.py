@@ -29,6 +29,14 @@ from tileseg.engine.stitching import Strip
 from tileseg.models.spec import ModelSpec
 
 
+def probability_bytes(strip: Strip) -> np.ndarray:
+    """A strip's per-class probabilities as bytes (0..255), 0 where the input has no data."""
+    scaled = np.rint(strip.probabilities * 255).astype(np.uint8)
+    if strip.valid is not None:
+        scaled *= strip.valid[None]
+    return scaled
+
+
 class Sink(Protocol):
     """Where finished strips go (see the module's docstring for the order of the calls)."""
 
@@ -124,10 +132,7 @@ class MaskSink(RasterFiles):
     def put(self, strip: Strip) -> None:
         self.mask.write_rows(self.indices(strip)[None])
         if self.probs is not None:
-            scaled = np.rint(strip.probabilities * 255).astype(np.uint8)
-            if strip.valid is not None:
-                scaled *= strip.valid[None]
-            self.probs.write_rows(scaled)
+            self.probs.write_rows(probability_bytes(strip))
 
     def finish(self, tags: dict[str, str]) -> None:
         write_class_metadata(self.mask.dataset, self.spec, tags)
@@ -193,4 +198,4 @@ def write_all(sinks: Sequence[Sink], strips: Iterable[Strip], tags: dict[str, st
         raise
 
 
-__all__ = ["BackgroundWriter", "ClassIndices", "MaskSink", "RasterFiles", "Sink", "write_all"]
+__all__ = ["BackgroundWriter", "ClassIndices", "MaskSink", "RasterFiles", "Sink", "probability_bytes", "write_all"]

@@ -28,7 +28,7 @@ import numpy as np
 from tileseg.engine.errors import OptionsError
 from tileseg.engine.io.ngff import labels_attributes, ngff_block
 from tileseg.engine.io.zarr_raster import ZarrRaster
-from tileseg.engine.sinks import ClassIndices
+from tileseg.engine.sinks import ClassIndices, probability_bytes
 from tileseg.engine.stitching import Strip
 from tileseg.engine.zarr.image import ZarrImageWriter, is_zarr_folder, mean_2x2, mode_2x2
 from tileseg.models.spec import ModelSpec
@@ -153,10 +153,7 @@ class ZarrMaskSink:
     def put(self, strip: Strip) -> None:
         self.mask.write_rows(self.indices(strip)[None])
         if self.probs is not None:
-            scaled = np.rint(strip.probabilities * 255).astype(np.uint8)
-            if strip.valid is not None:
-                scaled *= strip.valid[None]
-            self.probs.write_rows(scaled)
+            self.probs.write_rows(probability_bytes(strip))
 
     def finish(self, tags: dict[str, str]) -> None:
         about = {"model": self.spec.name, **self.place, "tileseg": tags}
