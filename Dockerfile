@@ -3,6 +3,7 @@
 #   docker build -t tileseg .                                    # CUDA build of PyTorch (GPU hosts)
 #   docker build -t tileseg:cpu --build-arg TORCH_VARIANT=cpu .  # CPU build of PyTorch
 #   docker build --build-arg BASE=python:3.11-slim-bookworm .    # another base with (or without) Python
+#   docker build --build-arg TUNE=--all .                        # measure every model on this CPU at build
 #
 # BASE is any Debian bookworm-like image: Python 3.10+ is taken from it when it has one with venv and
 # ensurepip (python:*-slim), else Debian's python3 is installed. The CUDA variant needs no CUDA base:
@@ -61,6 +62,11 @@ ENV PATH=/opt/tileseg/bin:$PATH \
     TILESEG_CACHE_DIR=/data/cache
 USER tileseg
 WORKDIR /data
+# TUNE="unet-aerial unet-nuclei" (or "--all") measures those models on the build machine's CPU and keeps the
+# choices in /data/cache, which a new named volume starts from: worth it where the image runs on the CPU it
+# was built on (the choices are keyed by device and CPU; another CPU measures again on first use)
+ARG TUNE=""
+RUN if [ -n "$TUNE" ]; then tileseg tune $TUNE --size 4096; fi
 VOLUME ["/data"]
 EXPOSE 8000
 # ready: models (or, in queue mode, their cards) loaded, the job table writable, the workers or the broker

@@ -73,7 +73,8 @@ def evaluate_served(model, folder: Path) -> dict | None:
     """Metrics of ``model`` on its card's validation split, every image through ``segment()`` as users run it;
     None when the card names no data set that is here."""
     from tileseg.engine import SegmentOptions, segment
-    from tileseg.training.data import IGNORE_INDEX, open_source, read_mask
+    from tileseg.training.data import IGNORE_INDEX, read_mask
+    from tileseg.training.sources import open_source
     from tileseg.training.scores import confusion_matrix, summarize
 
     data = model.card.get("data", {})

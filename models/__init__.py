@@ -5,10 +5,20 @@
 """
 
 from tileseg.errors import TilesegError
-from tileseg.models.checkpoint import available, card_hash, card_spec, describe, load, read_card, save, weights_dir
+from tileseg.models.checkpoint import (
+    available,
+    card_hash,
+    card_spec,
+    describe,
+    instance_models,
+    load,
+    read_card,
+    save,
+    weights_dir,
+)
 from tileseg.models.errors import CheckpointError, ModelNotFoundError, UnknownArchitectureError
 from tileseg.models.registry import ARCHITECTURES, build_model
-from tileseg.models.spec import BlendMode, ClassInfo, Geometry, InputSpec, ModelSpec
+from tileseg.models.spec import BlendMode, ClassInfo, Geometry, InputSpec, InstanceSpec, ModelSpec
 
 __all__ = [
     "ARCHITECTURES",
@@ -17,6 +27,7 @@ __all__ = [
     "ClassInfo",
     "Geometry",
     "InputSpec",
+    "InstanceSpec",
     "ModelNotFoundError",
     "ModelSpec",
     "TilesegError",
@@ -26,6 +37,7 @@ __all__ = [
     "card_hash",
     "card_spec",
     "describe",
+    "instance_models",
     "load",
     "read_card",
     "save",

@@ -55,6 +55,18 @@ def available(directory: Path | None = None) -> list[str]:
     )
 
 
+def instance_models(directory: Path | None = None) -> list[str]:
+    """The installed checkpoints whose card declares an instance decoding (objects, not only classes)."""
+    found = []
+    for name in available(directory):
+        try:
+            if read_card(name if directory is None else directory / f"{name}.json").get("spec", {}).get("instances"):
+                found.append(name)
+        except (OSError, ValueError, CheckpointError):
+            continue
+    return found
+
+
 def network_file(card_path: Path) -> Path:
     """The network's file beside a card: ``NAME.safetensors``, or what the card's ``format`` names (an added
     TorchScript or ONNX model). A card that cannot be read points at ``NAME.safetensors``: reading it then

@@ -188,6 +188,32 @@ def reflect_indices(start: int, length: int, size: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class InstanceSpec:
+    """How a network's classes decode into separate objects (nuclei, cells, buildings): the card's ``instances``.
+
+    An object is a connected region (8-connected) of ``seed`` pixels, grown into every pixel of the ``grow``
+    classes whose nearest seed pixel lies within ``distance`` pixels (Euclidean; ties go to the first in row
+    order); objects smaller than ``min_area`` pixels are dropped. Every step looks at most ``distance`` pixels
+    away, so a tiled or striped run decodes exactly what the whole image decodes.
+    """
+
+    seed: int  # the class index of object cores
+    grow: tuple[int, ...]  # the class indices an object may grow into (its cores and contours)
+    distance: int = 2
+    min_area: int = 1
+    decoding: str = "seeds"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "grow", tuple(int(g) for g in self.grow))
+        if self.decoding != "seeds":
+            raise ValueError(f"instance decoding {self.decoding!r} is not known; the engine decodes 'seeds'")
+        if self.distance < 0 or self.min_area < 1:
+            raise ValueError("need an instance distance >= 0 and a min_area >= 1")
+        if self.seed not in self.grow:
+            raise ValueError("the seed class must be one of the classes objects grow into")
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """The part of a model card that the engine reads (``tileseg.models.load(...).spec``)."""
 
@@ -198,6 +224,14 @@ class ModelSpec:
     geometry: Geometry
     precision: str = "fp32"  # the reduced precision the card allows on CPU ("bf16") or "fp32"
     options: dict[str, Any] = field(default_factory=dict)  # serving options the architecture takes (prune)
+    instances: InstanceSpec | None = None  # how the classes decode into objects; None: no instance output
+
+    def __post_init__(self) -> None:
+        if self.instances is not None:
+            known = {c.index for c in self.classes}
+            unknown = sorted(set(self.instances.grow) - known)
+            if unknown:
+                raise ValueError(f"instances name class indices {unknown} that the model does not have")
 
     @property
     def num_classes(self) -> int:
@@ -212,6 +246,10 @@ class ModelSpec:
         data["geometry"]["output_smaller"] = self.geometry.output_smaller
         data["input"]["pixel_size"] = pixel_size_record(self.input.pixel_size, self.input.pixel_tolerance)
         del data["input"]["pixel_tolerance"]
+        if self.instances is None:
+            del data["instances"]
+        else:
+            data["instances"]["grow"] = list(self.instances.grow)
         return data
 
     @classmethod
@@ -237,4 +275,5 @@ class ModelSpec:
             geometry=Geometry(**geometry),
             precision=data.get("precision", "fp32"),
             options=dict(data.get("options", {})),
+            instances=InstanceSpec(**data["instances"]) if data.get("instances") else None,
         )

@@ -53,6 +53,12 @@ FORBIDDEN = {
         *("tileseg.engine.pipeline", "tileseg.engine.shards", "tileseg.engine.runtime", "tileseg.engine.sinks"),
     ],
     "tileseg.engine.vectors": [*ABOVE_ENGINE, "tileseg.engine.pipeline", "tileseg.engine.shards"],
+    # objects are decoded from finished strips, as polygons are: nothing of how the strips were computed
+    "tileseg.engine.instances": [
+        *ABOVE_ENGINE,
+        *("tileseg.engine.pipeline", "tileseg.engine.shards", "tileseg.engine.runtime", "tileseg.engine.outputs"),
+        *("tileseg.engine.readplan", "tileseg.engine.batches"),
+    ],
     "tileseg.training": ["tileseg.jobs", "tileseg.api", "tileseg.cli"],
     "tileseg.jobs": ["tileseg.api", "tileseg.cli", "tileseg.training"],
     "tileseg.api": ["tileseg.cli"],
@@ -61,6 +67,7 @@ FORBIDDEN = {
 }
 # the packages the layout names: each must exist (a rule about a package that moved away checks nothing)
 PACKAGES = [
+    "tileseg.engine.instances",
     "tileseg.engine.io",
     "tileseg.engine.runtime",
     "tileseg.engine.shards",

@@ -19,7 +19,7 @@ import click
 
 from tileseg.cli.options import parse_params
 from tileseg.engine.errors import OptionsError
-from tileseg.models.spec import DEFAULT_DTYPES, ClassInfo, Geometry, InputSpec, ModelSpec, parse_length
+from tileseg.models.spec import DEFAULT_DTYPES, ClassInfo, Geometry, InputSpec, InstanceSpec, ModelSpec, parse_length
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
@@ -94,7 +94,40 @@ def build_spec(fields: dict[str, Any]) -> ModelSpec:
     if precision not in ("fp32", "bf16", "fp16"):
         raise OptionsError(f"precision {precision!r}: give fp32, bf16 or fp16 (the reduced precision allowed)")
     placeholder = Geometry(halo=0, multiple=1)  # replaced by the measured geometry
-    return ModelSpec(name="", arch="", input=inp, classes=info, geometry=placeholder, precision=precision)
+    instances = parse_instances(fields.get("instances"))
+    try:
+        return ModelSpec(
+            name="", arch="", input=inp, classes=info, geometry=placeholder, precision=precision, instances=instances
+        )
+    except ValueError as err:
+        raise OptionsError(f"--instances: {err}") from err
+
+
+def parse_instances(value: str | dict[str, Any] | None) -> InstanceSpec | None:
+    """The card's instance decoding from ``--instances "seed=1,grow=1+2,distance=2,min_area=8"`` (or a card's
+    ``instances`` object); None when not given.
+
+    Raises:
+        OptionsError: a malformed text or an invalid decoding.
+    """
+    if not value:
+        return None
+    try:
+        if isinstance(value, str):
+            fields = dict(item.split("=", 1) for item in value.split(","))
+            value = {
+                "seed": int(fields.pop("seed")),
+                "grow": [int(g) for g in fields.pop("grow", fields.get("seed", "")).split("+") if g],
+                **{k: int(v) for k, v in fields.items() if k in ("distance", "min_area")},
+            }
+            unknown = set(fields) - {"distance", "min_area"}
+            if unknown:
+                raise ValueError(f"unknown key(s) {sorted(unknown)}")
+        return InstanceSpec(**value)
+    except (ValueError, KeyError, TypeError) as err:
+        raise OptionsError(
+            f"--instances {value!r}: {err}; give seed=CLASS,grow=CLASS+CLASS,distance=PX,min_area=PX"
+        ) from err
 
 
 def gather(card: Path | None, options: dict[str, Any]) -> dict[str, Any]:
@@ -149,6 +182,11 @@ def register(group: click.Group, user_errors) -> None:
     @click.option("--dtypes", help="Accepted input dtypes, comma-separated (default: all).")
     @click.option("--pixel-size", help="The pixel size it was trained at, with its unit: 0.5m, 0.25um.")
     @click.option("--precision", help="The reduced precision it may run in (bf16, fp16); default fp32 only.")
+    @click.option(
+        "--instances",
+        help='How its classes decode into objects: "seed=1,grow=1+2,distance=2,min_area=8" (the core class, the '
+        "classes objects grow into, how far, the smallest object); default: no objects.",
+    )
     @click.option("--license", "license_", help="Licence of the weights.")
     @click.option("--provenance", help="Where it came from: data, training, authors.")
     @click.option("--probe-budget", type=float, default=900.0, show_default=True, help="Seconds the probe may take.")

@@ -16,7 +16,7 @@ import click
 
 from tileseg.cli.options import parse_params
 from tileseg.engine.errors import OptionsError
-from tileseg.training.data import ADAPTERS
+from tileseg.training.sources import ADAPTERS
 
 
 def _params(ctx: click.Context, option: click.Parameter, values: tuple[str, ...]) -> dict | None:

@@ -11,29 +11,71 @@ import json
 from pathlib import Path
 
 from tileseg import __version__, models
+from tileseg.engine.instances.sink import InstanceSink, check_instances
+from tileseg.engine.instances.table import check_table_path
 from tileseg.engine.io.slide import SlideRaster
 from tileseg.engine.options import SegmentOptions
 from tileseg.engine.readplan import ReadPlan
 from tileseg.engine.results import RuntimeReport
 from tileseg.engine.sinks import MaskSink, Sink
-from tileseg.engine.vectors.sink import VectorSink
+from tileseg.engine.vectors.sink import VectorSink, check_vector_path
 from tileseg.engine.zarr.sink import ZarrMaskSink, is_zarr_path, zarr_target
 from tileseg.models.base import SegmentationNet
 
 
-def make_sinks(plan: ReadPlan, spec, options: SegmentOptions, output: Path, probabilities, vectors) -> list[Sink]:
+def make_sinks(
+    plan: ReadPlan, spec, options: SegmentOptions, output: Path, probabilities, vectors, instances=None, objects=None
+) -> list[Sink]:
     """The run's sinks: the polygons first (the likelier to fail, so finished first), then the mask (a GeoTIFF,
-    or OME-Zarr images when OUTPUT ends in ``.zarr``: :mod:`tileseg.engine.zarr.sink`)."""
+    or OME-Zarr images when OUTPUT ends in ``.zarr``: :mod:`tileseg.engine.zarr.sink`). With an instance model,
+    the objects (label GeoTIFF ``instances``, table ``objects``, and the features at ``vectors``: one per object)
+    come from one :class:`~tileseg.engine.instances.sink.InstanceSink` instead of the polygons of the classes."""
     target = plan.target
     zarr = is_zarr_path(output) or is_zarr_path(probabilities)
     label = zarr_target(output, probabilities, plan.full, options.cog, target) if zarr else None  # before any tile
-    vector_sink = VectorSink.of(vectors, spec, target, options, plan.target_pixel_size)
+    vector_sink: Sink | None
+    if wants_objects(spec, instances, objects, vectors):
+        vector_sink = InstanceSink(target, spec, instances, objects, vectors, plan.target_pixel_size, options.cog)
+    else:
+        vector_sink = VectorSink.of(vectors, spec, target, options, plan.target_pixel_size)
     mask_sink: Sink
     if zarr:
         mask_sink = ZarrMaskSink(target, spec, output, probabilities, plan.target_pixel_size, label)
     else:
         mask_sink = MaskSink(target, spec, output, probabilities, options.cog or isinstance(plan.full, SlideRaster))
     return [mask_sink] if vector_sink is None else [vector_sink, mask_sink]
+
+
+def wants_objects(spec, instances, objects, vectors) -> bool:
+    """Whether a run makes objects: an instance output asked for, or vectors of an instance model.
+
+    Raises:
+        OptionsError: an instance output asked of a model without an instance decoding (naming those with one).
+    """
+    if instances is not None or objects is not None:
+        if spec.instances is None:
+            check_instances(spec, models.instance_models())
+        return True
+    return vectors is not None and spec.instances is not None
+
+
+def check_outputs(spec, vectors=None, instances=None, objects=None) -> None:
+    """Refuse, before any work, outputs that cannot be written or that the model cannot make.
+
+    Raises:
+        OptionsError: an unwritable or unknown vector or table format; instance outputs of a model without them.
+    """
+    if vectors is not None:
+        check_vector_path(vectors)
+    if objects is not None:
+        check_table_path(objects)
+    wants_objects(spec, instances, objects, vectors)
+
+
+def object_counts(sinks) -> dict[str, int] | None:
+    """Objects per class of a run's instance sink, or None when it made no objects."""
+    found = [s.counts for s in sinks if isinstance(s, InstanceSink)]
+    return found[0] if found else None
 
 
 def provenance_tags(
@@ -68,4 +110,4 @@ def _card_hash(model: SegmentationNet) -> str:
     return models.card_hash(path) if path else "unknown"
 
 
-__all__ = ["make_sinks", "provenance_tags"]
+__all__ = ["check_outputs", "make_sinks", "object_counts", "provenance_tags", "wants_objects"]

@@ -32,7 +32,7 @@ from tileseg.engine.io.inputs import open_input
 from tileseg.engine.io.read import ALLOWED_DRIVERS, gdal_env
 from tileseg.engine.io.source import RasterSource
 from tileseg.engine.options import SegmentOptions
-from tileseg.engine.outputs import make_sinks, provenance_tags
+from tileseg.engine.outputs import check_outputs, make_sinks, object_counts, provenance_tags, wants_objects
 from tileseg.engine.prediction import TilePrediction
 from tileseg.engine.readplan import read_plan
 from tileseg.engine.resolution import pixel_size_warnings
@@ -43,7 +43,6 @@ from tileseg.engine.runtime.tuner import choose_runtime
 from tileseg.engine.sinks import write_all
 from tileseg.engine.stitching import Strip, build_stitcher
 from tileseg.engine.tiling import Tile, TileBand, TilePlan, tile_settings
-from tileseg.engine.vectors.sink import check_vector_path
 from tileseg.engine.zarr.sink import check_zarr_paths, is_zarr_path
 from tileseg.models.base import SegmentationNet
 from tileseg.models.spec import BlendMode
@@ -61,6 +60,8 @@ def segment(
     allowed_drivers: frozenset[str] = ALLOWED_DRIVERS,
     max_pixels: int | None = None,
     vectors: str | os.PathLike | None = None,
+    instances: str | os.PathLike | None = None,
+    objects: str | os.PathLike | None = None,
 ) -> SegmentResult:
     """Segment the raster at ``source`` into a class-index GeoTIFF at ``output`` (OME-Zarr when it ends in
     ``.zarr``: :mod:`tileseg.engine.zarr.sink`).
@@ -77,29 +78,27 @@ def segment(
         allowed_drivers: the GDAL drivers an input may be read with.
         max_pixels: the largest input accepted (width x height), or None for any.
         vectors: where to write the polygons of the mask's regions (:mod:`tileseg.engine.vectors.sink`; the suffix
-            says the format), made in the same pass, or None.
+            says the format), made in the same pass, or None. With an instance model: one feature per object.
+        instances: where to write the objects' uint32 label GeoTIFF (an instance model only), or None.
+        objects: where to write the objects' table (``.csv`` or ``.parquet``; an instance model only), or None.
 
     Raises:
         TilesegError: a subclass of it for anything the caller can fix (input, bands, dtype, tile settings).
     """
     started = time.perf_counter()
     spec, device = model.spec, next(model.parameters()).device
-    if vectors is not None:
-        check_vector_path(vectors)  # before any work
+    check_outputs(spec, vectors, instances, objects)  # before any work
+    keep_probabilities = probabilities is not None or wants_objects(spec, instances, objects, vectors)
     if is_zarr_path(output) or is_zarr_path(probabilities):
         check_zarr_paths(output, probabilities, options.cog)  # before any work
     with gdal_env(), open_input(source, spec, options.bands, allowed_drivers, max_pixels, options.asset) as full:
         with read_plan(full, spec, options) as plan:
             src = plan.source
-            choice = choose_runtime(
-                model, device, options, src.height * src.width, src.width, probabilities is not None
-            )
+            choice = choose_runtime(model, device, options, src.height * src.width, src.width, keep_probabilities)
             settings = tile_settings(spec, options, (src.height, src.width), choice)
-            runner = BatchRunner(
-                model, settings, src.scaling, device, choice.runtime, options.tta, probabilities is not None
-            )
+            runner = BatchRunner(model, settings, src.scaling, device, choice.runtime, options.tta, keep_probabilities)
             tags = provenance_tags(model, plan, options, runtime_report(settings, choice.runtime, choice, device))
-            sinks = make_sinks(plan, spec, options, Path(output), probabilities, vectors)
+            sinks = make_sinks(plan, spec, options, Path(output), probabilities, vectors, instances, objects)
             counts = TileCounts()
             write_all(sinks, plan.output_strips(predict_strips(runner, src, counts, options.readers, progress)), tags)
             pixels = plan.pixels_read()
@@ -118,6 +117,9 @@ def segment(
         warnings=pixel_size_warnings(plan.resolution, spec),
         roi=plan.roi.report(counts.total, counts.skipped, seconds) if plan.roi else None,
         vectors=Path(vectors) if vectors is not None else None,
+        instances=Path(instances) if instances is not None else None,
+        objects_table=Path(objects) if objects is not None else None,
+        objects=object_counts(sinks),
     )
 
 
@@ -240,13 +242,16 @@ def run_file(
     probabilities=None,
     progress: Progress | None = None,
     vectors=None,
+    instances=None,
+    objects=None,
 ) -> SegmentResult:
     """Load a model (with ``options.prune``) and segment one file: what ``tileseg segment`` does."""
-    if vectors is not None:
-        check_vector_path(vectors)  # before loading the model
+    check_outputs(models.card_spec(name_or_path), vectors, instances, objects)  # before loading the model
     model_options = {"prune": options.prune} if options.prune is not None else {}
     model = models.load(name_or_path, device=pick_device(device), **model_options)
-    return segment(model, source, output, options, probabilities, progress, vectors=vectors)
+    return segment(
+        model, source, output, options, probabilities, progress, vectors, instances=instances, objects=objects
+    )
 
 
 __all__ = ["Progress", "TileCounts", "predict_strips", "run_file", "segment"]

@@ -105,6 +105,9 @@ class SegmentResult:
     warnings: list[str] = field(default_factory=list)
     roi: RoiReport | None = None
     vectors: Path | None = None
+    instances: Path | None = None
+    objects_table: Path | None = None
+    objects: dict[str, int] | None = None  # objects found per class, on an instance run
 
 
 def runtime_report(settings: TileSettings, runtime: Runtime, choice: Choice, device) -> RuntimeReport:

@@ -28,7 +28,7 @@ _EXPORTS = {
     "Dataset": "tileseg.training.data",
     "Sample": "tileseg.training.data",
     "normalize": "tileseg.training.data",
-    "open_source": "tileseg.training.data",
+    "open_source": "tileseg.training.sources",
     "Evaluation": "tileseg.training.evaluation",
     "evaluate": "tileseg.training.evaluation",
     "TrainResult": "tileseg.training.loop",

@@ -21,6 +21,7 @@ from tileseg.models.base import SegmentationNet
 from tileseg.models.registry import build_model
 from tileseg.models.spec import ModelSpec
 from tileseg.training.evaluation import BF16, Evaluation, evaluate
+from tileseg.training.instance_scores import instance_metrics
 from tileseg.training.recipe import Recipe
 from tileseg.training.scores import agreement, summarize
 from tileseg.training.state import Tally
@@ -105,6 +106,8 @@ def card_metrics(recipe: Recipe, fp32: Evaluation, bf16: Evaluation, run: Finish
         "bf16_agreement": round(agreement(fp32.masks, bf16.masks), 6),
         "evaluation": fp32.describe(run.device),
     }
+    if recipe.source.instances is not None and recipe.source.read_objects is not None:
+        metrics["instances"] = instance_metrics(fp32.masks, recipe.spec(), recipe.source)
     if run.tally.loss_ema is not None:
         metrics["final_training_loss"] = round(run.tally.loss_ema, 6)
     return metrics

@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from tileseg.models.spec import ClassInfo
+from tileseg.models.spec import ClassInfo, InstanceSpec
 from tileseg.training.errors import TrainingDataError
 
 IGNORE_INDEX = 255
@@ -97,11 +97,15 @@ class DataSource:
     citation: str = ""
     pixel_size: str = ""  # the imagery's ground sampling distance, or what is known of it
     instance_channel: int | None = None  # the channel whose connected regions are separate objects (cells)
+    read_label: Callable[[Path], np.ndarray] | None = None  # label file -> (H, W) uint8 channels; None: read_mask
+    instances: InstanceSpec | None = None  # how the trained classes decode into objects, for the card
+    read_objects: Callable[[Path], np.ndarray] | None = None  # label file -> (H, W) true objects (instance sets)
+    kinds: dict[str, str] = field(default_factory=dict)  # image name -> its kind, for per-kind metrics
 
     def load(self) -> Dataset:
         """Read every pair into memory, checking bands and sizes."""
-        train = [load_pair(p, self.lut) for p in self.train]
-        val = [load_pair(p, self.lut) for p in self.val]
+        train = [load_pair(p, self.lut, self.read_label) for p in self.train]
+        val = [load_pair(p, self.lut, self.read_label) for p in self.val]
         bands = {s.image.shape[0] for s in train + val}
         if len(bands) != 1:
             raise TrainingDataError(f"the {self.kind} images mix band counts {sorted(bands)}; give one kind of image")
@@ -204,10 +208,11 @@ def read_mask(path: Path) -> np.ndarray:
     return np.ascontiguousarray(data, dtype=np.uint8)
 
 
-def load_pair(pair: Pair, lut: np.ndarray) -> Sample:
-    """Read a pair and map its mask values to channels through ``lut``."""
+def load_pair(pair: Pair, lut: np.ndarray, read_label: Callable[[Path], np.ndarray] | None = None) -> Sample:
+    """Read a pair and map its mask values to channels through ``lut`` (the mask read by ``read_label``, or
+    as an 8-bit index image)."""
     image = read_image(pair.image)
-    mask = read_mask(pair.mask)
+    mask = read_mask(pair.mask) if read_label is None else read_label(pair.mask)
     if image.shape[1:] != mask.shape:
         raise TrainingDataError(
             f"{pair.image.name} is {image.shape[2]}x{image.shape[1]} but its mask {pair.mask.name} is "
@@ -375,15 +380,3 @@ def folder(
         val_split=f"last {n_val} by name ({pairs[-n_val].name}..{pairs[-1].name})",
         instance_channel=1 if len(values) == 2 else None,
     )
-
-
-ADAPTERS = {"isbi2012": isbi2012, "dubai": dubai, "folder": folder}
-
-
-def open_source(kind: str, root: str | Path, **options) -> DataSource:
-    """The adapter ``kind`` applied to ``root``; ``options`` go to the folder adapter only."""
-    if kind not in ADAPTERS:
-        raise TrainingDataError(f"unknown data set kind {kind!r}; valid: {', '.join(ADAPTERS)}")
-    if not Path(root).is_dir():
-        raise TrainingDataError(f"no data folder {root}")
-    return ADAPTERS[kind](root, **options) if kind == "folder" else ADAPTERS[kind](root)

@@ -16,10 +16,11 @@ from tileseg.models.spec import ClassInfo, Geometry, InputSpec, ModelSpec
 from tileseg.training.augment import Augment
 from tileseg.training.class_weights import parse_class_weights
 from tileseg.training.config import TrainConfig
-from tileseg.training.data import Dataset, DataSource, open_source
+from tileseg.training.data import Dataset, DataSource
 from tileseg.training.errors import TrainingConfigError
 from tileseg.training.evaluation import validation_options
 from tileseg.training.network import build_network
+from tileseg.training.sources import open_source
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,6 +77,7 @@ class Recipe:
             classes=self.classes,
             geometry=geometry,
             precision=precision,
+            instances=self.source.instances,
         )
 
 

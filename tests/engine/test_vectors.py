@@ -19,7 +19,8 @@ from tileseg import models
 from tileseg.engine import segment
 from tileseg.engine.errors import OptionsError
 from tileseg.engine.options import Connectivity, SegmentOptions
-from tileseg.engine.vectors.sink import StripPolygonizer, check_vector_path, export
+from tileseg.engine.vectors.polygons import StripPolygonizer
+from tileseg.engine.vectors.sink import check_vector_path, export
 
 STRUCTURE = {Connectivity.FOUR: None, Connectivity.EIGHT: np.ones((3, 3), bool)}
 

@@ -13,7 +13,7 @@ from tileseg import models
 from tileseg.engine import SegmentOptions, segment
 from tileseg.engine.errors import TileGeometryError
 from tileseg.models.spec import ClassInfo, Geometry, InputSpec, ModelSpec
-from tileseg.training import data
+from tileseg.training import data, sources
 from tileseg.training.data import Sample
 from tileseg.training.evaluation import evaluate
 from tileseg.training.scores import confusion_matrix, mean_iou
@@ -99,7 +99,7 @@ def test_the_card_metrics_of_unet_em_are_what_segment_serves(tmp_path, data_dir)
     torch.set_num_threads(2)
     model = models.load(REPO / "weights" / "unet-em.safetensors")
     card = model.card["data"]
-    source = data.open_source(card["dataset"], data_dir / "isbi2012")
+    source = sources.open_source(card["dataset"], data_dir / "isbi2012")
     pairs = [p for p in source.val if p.name in card["val_images"]]
     assert [p.name for p in pairs] == card["val_images"]
     samples = [data.load_pair(p, source.lut) for p in pairs]

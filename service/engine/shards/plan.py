@@ -35,7 +35,7 @@ from tileseg import models
 from tileseg.engine.io.inputs import open_input
 from tileseg.engine.io.read import ALLOWED_DRIVERS, gdal_env
 from tileseg.engine.options import SegmentOptions
-from tileseg.engine.outputs import make_sinks, provenance_tags
+from tileseg.engine.outputs import check_outputs, make_sinks, object_counts, provenance_tags, wants_objects
 from tileseg.engine.pipeline import Progress
 from tileseg.engine.readplan import read_plan
 from tileseg.engine.resolution import pixel_size_warnings
@@ -57,7 +57,6 @@ from tileseg.engine.shards.run import (
 )
 from tileseg.engine.sinks import write_all
 from tileseg.engine.tiling import TilePlan, TileSettings, tile_settings, window_is_free
-from tileseg.engine.vectors.sink import check_vector_path
 from tileseg.models.base import SegmentationNet
 from tileseg.models.spec import ModelSpec
 
@@ -217,12 +216,14 @@ def assemble_sharded(
     allowed_drivers: frozenset[str] = ALLOWED_DRIVERS,
     max_pixels: int | None = None,
     devices: Sequence[str] | None = None,
+    instances: str | os.PathLike | None = None,
+    objects: str | os.PathLike | None = None,
 ) -> SegmentResult:
     """Write the outputs of a single run of ``source`` from the finished shards' files, streamed in order.
 
     Args:
         results: every shard of ``plan``, top to bottom.
-        output, probabilities, vectors: as :func:`tileseg.engine.pipeline.segment`.
+        output, probabilities, vectors, instances, objects: as :func:`tileseg.engine.pipeline.segment`.
         devices: the shards' devices, when one machine ran them (recorded in the ``TILESEG_SHARDS`` tag).
 
     Raises:
@@ -232,15 +233,14 @@ def assemble_sharded(
     started = time.perf_counter()
     if [r.index for r in results] != list(range(plan.count)):
         raise ValueError(f"the assembly needs all {plan.count} shards in order, not {[r.index for r in results]}")
-    if vectors is not None:
-        check_vector_path(vectors)
     spec, report = model.spec, plan.runtime
+    check_outputs(spec, vectors, instances, objects)
     with gdal_env(), open_input(source, spec, options.bands, allowed_drivers, max_pixels, options.asset) as full:
         with read_plan(full, spec, options) as read:
             tags = provenance_tags(model, read, options, report)
             shards: dict[str, Any] = {"shards": plan.count, **({"devices": list(devices)} if devices else {})}
             tags["TILESEG_SHARDS"] = json.dumps(shards)
-            sinks = make_sinks(read, spec, options, Path(output), probabilities, vectors)
+            sinks = make_sinks(read, spec, options, Path(output), probabilities, vectors, instances, objects)
             write_all(sinks, assembled_strips(results, spec, report.step), tags)
     total, skipped = sum(r.tiles_total for r in results), sum(r.tiles_skipped for r in results)
     seconds = sum(r.seconds for r in results) + time.perf_counter() - started  # the work, not the wall time
@@ -256,6 +256,9 @@ def assemble_sharded(
         warnings=pixel_size_warnings(read.resolution, spec) + ([plan.note] if plan.note else []),
         roi=read.roi.report(total, skipped, seconds) if read.roi else None,
         vectors=Path(vectors) if vectors is not None else None,
+        instances=Path(instances) if instances is not None else None,
+        objects_table=Path(objects) if objects is not None else None,
+        objects=object_counts(sinks),
     )
 
 
@@ -270,6 +273,8 @@ def segment_sharded(
     allowed_drivers: frozenset[str] = ALLOWED_DRIVERS,
     max_pixels: int | None = None,
     vectors: str | os.PathLike | None = None,
+    instances: str | os.PathLike | None = None,
+    objects: str | os.PathLike | None = None,
 ) -> SegmentResult:
     """Segment ``source`` as :func:`tileseg.engine.pipeline.segment` does, in one shard per entry of
     ``devices``, each in a process of its own (:func:`~tileseg.engine.shards.run.run_shards`), planned and
@@ -288,8 +293,8 @@ def segment_sharded(
     """
     started = time.perf_counter()
     devices = parse_devices(devices)
-    if vectors is not None:
-        check_vector_path(vectors)  # before any work
+    check_outputs(model.spec, vectors, instances, objects)  # before any work
+    keep_probabilities = probabilities is not None or wants_objects(model.spec, instances, objects, vectors)
     plan = plan_sharded(model, source, len(devices), options, allowed_drivers, max_pixels)
     device = next(model.parameters()).device
     shipped = model if device.type == "cpu" else copy.deepcopy(model).cpu()
@@ -302,14 +307,15 @@ def segment_sharded(
         jobs = [
             ShardJob(
                 *(i, plan.count, range(*band), shipped, devices[i], threads, os.fspath(source), options, settings),
-                *(runtime, folder, probabilities is not None, plan.cols, allowed_drivers, max_pixels),
+                *(runtime, folder, keep_probabilities, plan.cols, allowed_drivers, max_pixels),
             )
             for i, band in enumerate(plan.bands)
         ]
         results = run_shards(jobs, progress)
         used = devices[: plan.count]
         result = assemble_sharded(
-            model, source, plan, results, output, options, probabilities, vectors, allowed_drivers, max_pixels, used
+            *(model, source, plan, results, output, options, probabilities, vectors, allowed_drivers, max_pixels),
+            *(used, instances, objects),
         )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -326,15 +332,27 @@ def run_file_sharded(
     probabilities=None,
     progress: Progress | None = None,
     vectors=None,
+    instances=None,
+    objects=None,
 ) -> SegmentResult:
     """Load a model (with ``options.prune``) on the first device and segment one file in shards, one process
     per device: what ``tileseg segment --workers N`` (or ``--devices``) does."""
     devices = parse_devices(devices)
-    if vectors is not None:
-        check_vector_path(vectors)  # before loading the model
+    check_outputs(models.card_spec(name_or_path), vectors, instances, objects)  # before loading the model
     model_options = {"prune": options.prune} if options.prune is not None else {}
     model = models.load(name_or_path, device=pick_device(devices[0]), **model_options)
-    return segment_sharded(model, source, output, devices, options, probabilities, progress, vectors=vectors)
+    return segment_sharded(
+        model,
+        source,
+        output,
+        devices,
+        options,
+        probabilities,
+        progress,
+        vectors=vectors,
+        instances=instances,
+        objects=objects,
+    )
 
 
 __all__ = ["ShardPlan", "assemble_sharded", "plan_sharded", "run_file_sharded", "run_planned_shard", "segment_sharded"]

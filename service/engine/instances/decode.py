@@ -1,0 +1,299 @@
+"""Objects from the class mask, strip by strip, equal to decoding the whole image at once.
+
+The decoding of a card's :class:`~tileseg.models.spec.InstanceSpec`:
+
+1. *seeds*: the 8-connected regions of the seed class (object cores);
+2. *growth*: every pixel of a ``grow`` class takes the seed region of its nearest seed pixel within
+   ``distance`` pixels (Euclidean; on a tie the seed pixel first in row order), or none;
+3. objects of fewer than ``min_area`` pixels are dropped; the others are numbered 1..N in the order of
+   (the last row of their seeds, their first seed pixel in row order).
+
+Every step is local except the seed regions, which are joined across strips with a union-find over the seam
+rows, as the polygons are. So a run in strips decodes exactly the whole image's objects, with the same ids,
+whatever the strip heights, the tiling or the shards that made the mask.
+
+:class:`InstanceDecoder` holds only what is still open: the seed rows within ``distance`` of the rows not yet
+grown, and the grown rows that hold an unfinished object. A seed region is finished once a strip's last row
+does not hold it; its object is finished ``distance`` rows later. Memory therefore follows the strip and the
+tallest object, never the image or the number of objects. Each finished object comes with its sums (pixels,
+rows, columns, probability, every input band) for the measurements (:mod:`tileseg.engine.instances.measure`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from tileseg.models.spec import InstanceSpec
+
+EIGHT = np.ones((3, 3), dtype=bool)
+# the sums kept per object, before one per input band
+PIXELS, ROWS, COLS, PROBABILITY = 0, 1, 2, 3
+
+
+def growth_offsets(distance: int) -> list[tuple[int, int]]:
+    """The offsets to a seed pixel within ``distance``, nearest first, then in row order: the order in which
+    a pixel looks for its seed."""
+    reach = range(-distance, distance + 1)
+    offsets = [(dy, dx) for dy in reach for dx in reach if dy * dy + dx * dx <= distance * distance]
+    return sorted(offsets, key=lambda o: (o[0] * o[0] + o[1] * o[1], o[0], o[1]))
+
+
+@dataclass
+class Finished:
+    """Objects finished by one call of the decoder.
+
+    Attributes:
+        ids: (N,) their final ids (1.. over the whole image).
+        sums: (N, 4 + bands) float64: pixels, sum of rows, sum of columns, sum of probabilities, sum of each band.
+        labels: the grown rows that hold them, with their provisional labels (for outlines and perimeters).
+        top: the image row of ``labels``' first row.
+        provisional: (N,) each object's label in ``labels``.
+    """
+
+    ids: np.ndarray
+    sums: np.ndarray
+    labels: np.ndarray
+    top: int
+    provisional: np.ndarray
+
+
+@dataclass
+class Decoded:
+    """What one call of the decoder hands on: final label rows from ``y`` (maybe none) and finished objects."""
+
+    y: int
+    rows: np.ndarray  # (h, width) uint32
+    objects: Finished
+
+
+class InstanceDecoder:
+    """Objects of a mask given top to bottom in strips of any height (see the module docstring).
+
+    Args:
+        width: the mask's width.
+        spec: the card's instance decoding.
+        bands: the input bands whose per-object sums are wanted (0: none).
+    """
+
+    def __init__(self, width: int, spec: InstanceSpec, bands: int = 0):
+        self.width, self.spec, self.bands = width, spec, bands
+        self.d = spec.distance
+        self.offsets = growth_offsets(self.d)
+        self.grow_classes = np.array(spec.grow)
+        self.next_id = 1
+        self.next_final = 1
+        self.y = 0  # rows taken
+        # seed labels of rows [y - len(seeds), y); growth done for rows [g, ...); grown rows kept from e
+        self.seeds = np.zeros((0, width), np.int64)
+        self.g = 0
+        self.pending_classes = np.zeros((0, width), np.uint16)
+        self.pending_extra = np.zeros((0, 1 + bands, width), np.float32)
+        self.out = np.zeros((0, width), np.int64)
+        self.e = 0
+        self.live: dict[int, list] = {}  # root -> [first pixel index, last seed row, sums]
+        self.final: dict[int, tuple[int, int]] = {}  # finished provisional root -> (final id or 0, last row)
+        self.merged: dict[int, int] = {}  # provisional id -> the root it was joined to, in the current strip
+
+    def add(self, y: int, classes: np.ndarray, probability: np.ndarray | None = None, image: np.ndarray | None = None):
+        """Take the mask's rows from ``y`` (class indices, nodata applied), the probability that each pixel is
+        part of an object (or None) and the input's bands ((bands, h, width), or None)."""
+        if y != self.y or classes.shape[1] != self.width:
+            raise ValueError(f"rows must come in order and full width: expected row {self.y}, got {y}")
+        h = classes.shape[0]
+        self._seeds(y, classes)
+        extra = np.zeros((1 + self.bands, h, self.width), np.float32)
+        if probability is not None:
+            extra[0] = probability
+        if image is not None and self.bands:
+            extra[1:] = image
+        self.pending_classes = np.concatenate([self.pending_classes, classes.astype(np.uint16, copy=False)])
+        self.pending_extra = np.concatenate([self.pending_extra, extra.transpose(1, 0, 2)])
+        self.y = y + h
+        self._grow(self.y - self.d)
+        return self._finish_some(last=False)
+
+    def finish(self) -> Decoded:
+        """Decode the rows still open (the image's last rows): every object is finished."""
+        self._grow(self.y)
+        return self._finish_some(last=True)
+
+    # -- seeds ---------------------------------------------------------------------------------------------------
+
+    def _seeds(self, y: int, classes: np.ndarray) -> None:
+        labels, count = ndimage.label(classes == self.spec.seed, structure=EIGHT)
+        labels = labels.astype(np.int64)
+        if count:
+            labels[labels > 0] += self.next_id - 1
+            flat = labels.ravel()
+            ids, first = np.unique(flat, return_index=True)
+            _, from_end = np.unique(flat[::-1], return_index=True)
+            last_row = (flat.size - 1 - from_end) // self.width
+            for i, f, r in zip(ids.tolist(), first.tolist(), last_row.tolist()):
+                if i:
+                    self.live[i] = [y * self.width + f, y + r, np.zeros(4 + self.bands)]
+            self.next_id += count
+        if len(self.seeds):
+            self._join(self.seeds[-1], labels[0])
+            labels = self._apply(labels)
+        self.seeds = np.concatenate([self.seeds, labels])
+
+    def _join(self, above: np.ndarray, below: np.ndarray) -> None:
+        parent: dict[int, int] = {}
+
+        def root(i: int) -> int:
+            while parent.get(i, i) != i:
+                i = parent[i]
+            return i
+
+        pairs: set[tuple[int, int]] = set()
+        for dx in (-1, 0, 1):
+            up = above[max(dx, 0) : self.width + min(dx, 0)]
+            down = below[max(-dx, 0) : self.width + min(-dx, 0)]
+            both = (up > 0) & (down > 0)
+            pairs.update(zip(up[both].tolist(), down[both].tolist()))
+        for a, b in pairs:
+            ra, rb = root(a), root(b)
+            if ra != rb:
+                keep, gone = min(ra, rb), max(ra, rb)
+                parent[gone] = keep
+        self.merged = {i: root(i) for i in parent}
+        for gone, keep in sorted(self.merged.items(), reverse=True):
+            kept, lost = self.live[keep], self.live.pop(gone)
+            kept[0], kept[1], kept[2] = min(kept[0], lost[0]), max(kept[1], lost[1]), kept[2] + lost[2]
+        if self.merged:
+            self.seeds = self._apply(self.seeds)
+            self.out = self._apply(self.out)
+
+    def _apply(self, labels: np.ndarray) -> np.ndarray:
+        """``labels`` with every merged id replaced by its root."""
+        merged = self.merged
+        if not merged or not labels.size:
+            return labels
+        keys = np.fromiter(merged, np.int64)
+        lo, hi = int(keys.min()), int(keys.max())
+        table = np.arange(lo, hi + 1, dtype=np.int64)
+        table[keys - lo] = np.fromiter(merged.values(), np.int64)
+        inside = (labels >= lo) & (labels <= hi)
+        out = labels.copy()
+        out[inside] = table[labels[inside] - lo]
+        return out
+
+    # -- growth --------------------------------------------------------------------------------------------------
+
+    def _grow(self, until: int) -> None:
+        """Grow rows [g, until): their seeds to ``distance`` rows below are known (or lie past the image)."""
+        self.merged = {}
+        h = until - self.g
+        if h <= 0:
+            return
+        d, width = self.d, self.width
+        seed_top = self.y - len(self.seeds)
+        window = np.zeros((h + 2 * d, width + 2 * d), np.int64)
+        lo, hi = max(self.g - d, seed_top), min(until + d, self.y)
+        window[lo - (self.g - d) : hi - (self.g - d), d : d + width] = self.seeds[lo - seed_top : hi - seed_top]
+        classes = self.pending_classes[:h]
+        todo = np.isin(classes, self.grow_classes)
+        grown = np.zeros((h, width), np.int64)
+        for dy, dx in self.offsets:
+            seed = window[d + dy : d + dy + h, d + dx : d + dx + width]
+            take = todo & (seed > 0)
+            grown[take] = seed[take]
+            todo &= ~take
+        self._sums(self.g, grown, self.pending_extra[:h])
+        self.out = np.concatenate([self.out, grown])
+        self.pending_classes = self.pending_classes[h:]
+        self.pending_extra = self.pending_extra[h:]
+        self.g = until
+        keep_from = max(self.g - max(d, 1), seed_top)
+        self.seeds = self.seeds[keep_from - seed_top :]
+
+    def _sums(self, top: int, grown: np.ndarray, extra: np.ndarray) -> None:
+        where = np.nonzero(grown)
+        if not len(where[0]):
+            return
+        ids, inverse = np.unique(grown[where], return_inverse=True)
+        n = len(ids)
+        sums = np.empty((4 + self.bands, n))
+        sums[PIXELS] = np.bincount(inverse, minlength=n)
+        sums[ROWS] = np.bincount(inverse, weights=where[0] + top, minlength=n)
+        sums[COLS] = np.bincount(inverse, weights=where[1], minlength=n)
+        for k in range(1 + self.bands):
+            sums[PROBABILITY + k] = np.bincount(inverse, weights=extra[where[0], k, where[1]], minlength=n)
+        for i, column in zip(ids.tolist(), sums.T):
+            self.live[i][2] += column
+
+    # -- finishing -----------------------------------------------------------------------------------------------
+
+    def _finish_some(self, last: bool) -> Decoded:
+        # a seed region is closed once the last row taken does not hold it; its growth reaches d rows further
+        done = [
+            i for i, (_, bottom, _) in self.live.items() if last or (bottom + self.d < self.g and bottom < self.y - 1)
+        ]
+        done.sort(key=lambda i: (self.live[i][1], self.live[i][0]))
+        ids = np.zeros(len(done), np.int64)
+        sums = np.zeros((len(done), 4 + self.bands))
+        for k, i in enumerate(done):
+            _, bottom, total = self.live.pop(i)
+            if total[PIXELS] >= self.spec.min_area:
+                ids[k] = self.next_final
+                self.next_final += 1
+            self.final[i] = (int(ids[k]), bottom + self.d)
+            sums[k] = total
+        kept = ids > 0
+        finished = Finished(ids[kept], sums[kept], self.out, self.e, np.array(done, np.int64)[kept])
+        rows = self._emit(last)
+        return Decoded(self.e - len(rows), rows, finished)
+
+    def _emit(self, last: bool) -> np.ndarray:
+        """The grown rows whose objects are all finished, with their final ids; dropped from what is kept."""
+        if not len(self.out):
+            return np.zeros((0, self.width), np.uint32)
+        count = len(self.out) if last else self._ready_rows()
+        rows = self._final_ids(self.out[:count])
+        self.out = self.out[count:]
+        self.e += count
+        self.final = {i: v for i, v in self.final.items() if v[1] >= self.e}
+        return rows
+
+    def _ready_rows(self) -> int:
+        """How many of the kept rows, from the top, hold finished objects only."""
+        if not self.live:
+            return len(self.out)
+        live = np.fromiter(self.live, np.int64)
+        lo, hi = int(live.min()), int(live.max())
+        table = np.zeros(hi - lo + 1, bool)
+        table[live - lo] = True
+        inside = (self.out >= lo) & (self.out <= hi)
+        is_live = np.zeros(self.out.shape, bool)
+        is_live[inside] = table[self.out[inside] - lo]
+        rows = np.flatnonzero(is_live.any(axis=1))
+        return int(rows[0]) if len(rows) else len(self.out)
+
+    def _final_ids(self, labels: np.ndarray) -> np.ndarray:
+        if not labels.size or not labels.any():
+            return np.zeros(labels.shape, np.uint32)
+        present = labels[labels > 0]
+        lo, hi = int(present.min()), int(present.max())
+        table = np.zeros(hi - lo + 1, np.uint32)
+        for i, (final, _) in self.final.items():
+            if lo <= i <= hi:
+                table[i - lo] = final
+        out = np.zeros(labels.shape, np.uint32)
+        nonzero = labels > 0
+        out[nonzero] = table[labels[nonzero] - lo]
+        return out
+
+
+def decode_whole(classes: np.ndarray, spec: InstanceSpec) -> np.ndarray:
+    """The objects of a whole class mask in memory, as uint32 labels (what a run in strips writes)."""
+    decoder = InstanceDecoder(classes.shape[1], spec)
+    labels = np.zeros(classes.shape, np.uint32)
+    for decoded in (decoder.add(0, classes), decoder.finish()):
+        labels[decoded.y : decoded.y + len(decoded.rows)] = decoded.rows
+    return labels
+
+
+__all__ = ["Decoded", "Finished", "InstanceDecoder", "decode_whole", "growth_offsets"]
