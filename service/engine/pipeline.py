@@ -250,7 +250,7 @@ def run_file(
     model_options = {"prune": options.prune} if options.prune is not None else {}
     model = models.load(name_or_path, device=pick_device(device), **model_options)
     return segment(
-        model, source, output, options, probabilities, progress, vectors, instances=instances, objects=objects
+        model, source, output, options, probabilities, progress, vectors=vectors, instances=instances, objects=objects
     )
 
 
