@@ -40,9 +40,13 @@ def make_model(folder: Path, tile: int) -> Path:
     return models.save(net, spec, folder / "bench-unet")
 
 
-def make_image(path: Path, size: int, source: Path = SOURCE, bands: int | None = None) -> None:
-    """A ``size`` x ``size`` mosaic of a real scene (default the Blue Marble; ``bands``: its first bands, or its
-    first band repeated), mirrored at every copy's edge, tiled 512 and compressed."""
+def make_image(
+    path: Path, size: int, source: Path = SOURCE, bands: int | None = None, width: int | None = None
+) -> None:
+    """A ``size`` high and ``width`` (default ``size``) wide mosaic of a real scene (default the Blue Marble;
+    ``bands``: its first bands, or its first band repeated), mirrored at every copy's edge, tiled 512 and
+    compressed."""
+    width = width or size
     import numpy as np
     import rasterio
     from rasterio.windows import Window
@@ -51,12 +55,12 @@ def make_image(path: Path, size: int, source: Path = SOURCE, bands: int | None =
         scene = src.read()
         bands = bands or src.count
         scene = scene[:bands] if bands <= src.count else np.repeat(scene[:1], bands, axis=0)
-        profile = {**src.profile, "count": bands, "width": size, "height": size, "tiled": True}
+        profile = {**src.profile, "count": bands, "width": width, "height": size, "tiled": True}
         profile.update(blockxsize=512, blockysize=512, compress="deflate")
         profile["photometric"] = "RGB" if bands == 3 else "MINISBLACK"
     _, h, w = scene.shape
     with rasterio.open(path, "w", **profile) as dst:
         for i, y in enumerate(range(0, size, h)):
-            for j, x in enumerate(range(0, size, w)):
-                block = scene[:, :: (-1) ** i, :: (-1) ** j][:, : size - y, : size - x]
+            for j, x in enumerate(range(0, width, w)):
+                block = scene[:, :: (-1) ** i, :: (-1) ** j][:, : size - y, : width - x]
                 dst.write(np.ascontiguousarray(block), window=Window(x, y, block.shape[2], block.shape[1]))

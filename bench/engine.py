@@ -159,7 +159,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--model", default="unet-aerial")
-    parser.add_argument("--sizes", default="3072,8192", help="image sides")
+    parser.add_argument("--sizes", default="3072,8192", help="image sides, or WIDTHxHEIGHT (e.g. 100000x2048)")
     parser.add_argument("--monai-sizes", default="3072", help="sides MONAI runs at (its time and memory grow fast)")
     parser.add_argument("--fp16-bare", action="store_true", help="a GPU: add the bare eager fp16 forward")
     args = parser.parse_args()
@@ -173,13 +173,15 @@ def main() -> None:
     print("\n| run | image | seconds | Mpx/s | peak RSS MB | chosen |\n|---|---|---|---|---|---|", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         env = {"TILESEG_CACHE_DIR": str(Path(tmp) / "cache")}
-        for size in [int(v) for v in args.sizes.split(",") if v]:
-            image, out = str(Path(tmp) / f"img{size}.tif"), str(Path(tmp) / "out.tif")
-            make_image(Path(image), size, SOURCE, bands)
+        for text in [v for v in args.sizes.split(",") if v]:
+            width, size = (int(v) for v in text.split("x")) if "x" in text else (int(text), int(text))
+            shown = f"{width}x{size}" if width != size else f"{size}²"
+            image, out = str(Path(tmp) / f"img{text}.tif"), str(Path(tmp) / "out.tif")
+            make_image(Path(image), size, SOURCE, bands, width)
             rows = {}
             kinds = [("first", "ours"), ("ours", "ours"), ("bare", "bare")]
             kinds += [("fp16", "bare")] if args.fp16_bare else []
-            kinds += [("monai", "monai")] if str(size) in args.monai_sizes.split(",") else []
+            kinds += [("monai", "monai")] if text in args.monai_sizes.split(",") else []
             for name, kind in kinds:
                 extra = {"fp16": True} if name == "fp16" else {}
                 rows[name] = r = measure(kind, env, model=args.model, image=image, out=out, **extra)
@@ -187,14 +189,14 @@ def main() -> None:
                          "bare": "bare forward, chosen", "fp16": "bare forward, eager fp16",
                          "monai": "MONAI as its users run it"}[name]  # fmt: skip
                 chosen = f"{r['runtime']} window {r['window']} x{r['batch']}" if "window" in r else r.get("runtime", "")
-                mpx = size * size / 1e6 / r["seconds"]
+                mpx = width * size / 1e6 / r["seconds"]
                 print(
-                    f"| {label} | {size}² | {r['seconds']:.1f} | {mpx:.2f} | {r['peak_mb']:.0f} | {chosen} |",
+                    f"| {label} | {shown} | {r['seconds']:.1f} | {mpx:.2f} | {r['peak_mb']:.0f} | {chosen} |",
                     flush=True,
                 )
             ours = rows["ours"]["seconds"]
             bare = rows["bare"]
-            line = f"\nat {size}²: bare forward / defaults {bare['seconds'] / ours:.2f}"
+            line = f"\nat {shown}: bare forward / defaults {bare['seconds'] / ours:.2f}"
             line += f" (start-up aside, the first call at the run's window {bare['prepare']:.1f} s: "
             line += f"{bare['seconds'] / (ours - bare['prepare']):.2f})"
             if "fp16" in rows:

@@ -74,8 +74,8 @@ def evaluate_served(model, folder: Path) -> dict | None:
     None when the card names no data set that is here."""
     from tileseg.engine import SegmentOptions, segment
     from tileseg.training.data import IGNORE_INDEX, read_mask
-    from tileseg.training.sources import open_source
     from tileseg.training.scores import confusion_matrix, summarize
+    from tileseg.training.sources import open_source
 
     data = model.card.get("data", {})
     root = DATA_FOLDERS.get(data.get("dataset"))

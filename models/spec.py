@@ -223,6 +223,7 @@ class ModelSpec:
     classes: tuple[ClassInfo, ...]
     geometry: Geometry
     precision: str = "fp32"  # the reduced precision the card allows on CPU ("bf16") or "fp32"
+    int8: bool = False  # whether the card allows its int8 program (calibrated ranges in the card's ``int8``)
     options: dict[str, Any] = field(default_factory=dict)  # serving options the architecture takes (prune)
     instances: InstanceSpec | None = None  # how the classes decode into objects; None: no instance output
 
@@ -246,6 +247,8 @@ class ModelSpec:
         data["geometry"]["output_smaller"] = self.geometry.output_smaller
         data["input"]["pixel_size"] = pixel_size_record(self.input.pixel_size, self.input.pixel_tolerance)
         del data["input"]["pixel_tolerance"]
+        if not self.int8:  # cards written before int8 existed stay as they were
+            del data["int8"]
         if self.instances is None:
             del data["instances"]
         else:
@@ -274,6 +277,7 @@ class ModelSpec:
             ),
             geometry=Geometry(**geometry),
             precision=data.get("precision", "fp32"),
+            int8=bool(data.get("int8", False)),
             options=dict(data.get("options", {})),
             instances=InstanceSpec(**data["instances"]) if data.get("instances") else None,
         )

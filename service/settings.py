@@ -22,7 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from tileseg.config import EngineConfig
@@ -114,7 +114,33 @@ class Settings(EngineConfig):
         "it (on many workers at once); one shard should take a worker a few minutes.",
     )
 
-    @field_validator("models", "input_roots", "source_allow", "api_keys", "cors_origins", mode="before")
+    batch_max_jobs: int = Field(
+        1000,
+        ge=1,
+        description="The most jobs one API key may have queued or running at once through POST /batches (the batch "
+        "counted in): a larger batch is refused with 413, one that would pass the limit now with 429.",
+    )
+    callback_allow: CommaList = Field(
+        default_factory=list,
+        description="URL prefixes (https://host/folder/) under which a job's `callback` or an OGC `subscriber` may "
+        "point, by the rules of source_allow; empty: no callbacks.",
+    )
+    callback_secret: SecretStr | None = Field(
+        None,
+        description="The key of each callback's X-Tileseg-Signature (HMAC-SHA256 of the body); needed with "
+        "callback_allow, at least 16 characters.",
+    )
+    callback_retry_for: float = Field(
+        3600.0, gt=0, description="Seconds a callback delivery is retried (with a doubling wait) before it is given up."
+    )
+    callback_timeout: float = Field(10.0, gt=0, description="Seconds a callback's receiver has to answer.")
+    callback_interval: float = Field(
+        1.0, gt=0, description="Seconds between the server's looks for jobs and batches whose callbacks are due."
+    )
+
+    @field_validator(
+        "models", "input_roots", "source_allow", "api_keys", "cors_origins", "callback_allow", mode="before"
+    )
     @classmethod
     def _split(cls, value):
         if isinstance(value, str):
@@ -159,6 +185,27 @@ class Settings(EngineConfig):
                 f"credentials or a query, e.g. s3://scenes/public/: {bad[0]!r}"
             )
         return prefixes
+
+    @field_validator("callback_allow")
+    @classmethod
+    def _callback_prefixes(cls, prefixes: list[str]) -> list[str]:
+        bad = [p for p in prefixes if not re.match(r"^https?://[^/@?#]+/([^?#]*/)?$", p)]
+        if bad:
+            raise ValueError(
+                "callback_allow takes http(s):// prefixes of a folder, ending with '/' and without credentials or a "
+                f"query, e.g. https://hooks.example.org/tileseg/: {bad[0]!r}"
+            )
+        return prefixes
+
+    @model_validator(mode="after")
+    def _callbacks_are_signed(self) -> Settings:
+        secret = self.callback_secret.get_secret_value() if self.callback_secret else ""
+        if self.callback_allow and len(secret) < MIN_KEY_LENGTH:
+            raise ValueError(
+                f"callback_allow needs TILESEG_CALLBACK_SECRET of at least {MIN_KEY_LENGTH} characters: every "
+                "callback is signed with it"
+            )
+        return self
 
     @field_validator("results_url")
     @classmethod

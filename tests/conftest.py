@@ -133,3 +133,23 @@ def _engine_config_from_the_environment():
     config.use(None)
     yield
     config.use(None)
+
+
+@pytest.fixture(scope="session")
+def nuclei_dir(data_dir):
+    return data_dir / "dsb2018_nuclei"
+
+
+@pytest.fixture(scope="session")
+def real_nuclei(nuclei_dir):
+    """(name, image (3, H, W) uint8, instance labels (H, W)) of the real nuclei images of
+    :data:`tests.instances.conftest.NAMES`."""
+    from tests.instances.conftest import NAMES
+    from tileseg.training.data import read_image
+    from tileseg.training.nuclei import read_instances
+
+    found = []
+    for name in NAMES:
+        image = read_image(nuclei_dir / "images" / f"{name}.png")
+        found.append((name, image, read_instances(nuclei_dir / "labels" / f"{name}.png")))
+    return found

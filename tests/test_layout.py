@@ -3,6 +3,8 @@ functions stay short.
 
 tileseg.errors, tileseg.urls, tileseg.config (leaves)  <-  tileseg.models  <-  tileseg.objectstore
     <-  tileseg.engine  <-  tileseg.training, tileseg.jobs  <-  tileseg.api, tileseg.cli
+tileseg.cohorts (many inputs in one run: expansion, STAC search, manifest, runner) sits on the engine, the object
+store and the leaves, beside training and the jobs: the CLI and the service's batches use it; it uses neither.
 Inside the engine: io/ reads and writes rasters and knows nothing above it; runtime/ runs the network and knows
 nothing of tiles being read or written; views/ draws the engine's outputs for the viewer. The viewer's routes are
 the API's (api/routes_viewer.py): the jobs import nothing of the HTTP layer.
@@ -60,6 +62,9 @@ FORBIDDEN = {
         *("tileseg.engine.readplan", "tileseg.engine.batches"),
     ],
     "tileseg.training": ["tileseg.jobs", "tileseg.api", "tileseg.cli"],
+    # many inputs in one run: the engine, the object store and the leaves; nothing of the jobs, the HTTP layer,
+    # the command line, training or the service's settings
+    "tileseg.cohorts": ["tileseg.jobs", "tileseg.api", "tileseg.cli", "tileseg.training", "tileseg.settings"],
     "tileseg.jobs": ["tileseg.api", "tileseg.cli", "tileseg.training"],
     "tileseg.api": ["tileseg.cli"],
     # a notebook calling a server needs httpx only: nothing of the product, no torch (checked at run time too)
@@ -67,6 +72,7 @@ FORBIDDEN = {
 }
 # the packages the layout names: each must exist (a rule about a package that moved away checks nothing)
 PACKAGES = [
+    "tileseg.cohorts",
     "tileseg.engine.instances",
     "tileseg.engine.io",
     "tileseg.engine.runtime",

@@ -22,7 +22,7 @@ def test_the_form_schema_and_the_job_record_hold_the_form_fields_only():
     fields = form_fields()
     assert set(fields) == {n for n in JobOptions.model_fields if scope(JobOptions, n) != "cli"}
     assert {"batch", "readers", "compile"}.isdisjoint(fields), "the server decides these"
-    assert set(SEGMENT_FORM_SCHEMA["properties"]) == {"file", "source", "model", *fields} == FORM_FIELDS
+    assert set(SEGMENT_FORM_SCHEMA["properties"]) == {"file", "source", "model", "callback", *fields} == FORM_FIELDS
     assert set(JobOptionsRecord.model_fields) == set(fields)
     assert set(JobOptions(tile=64).to_record()) == set(fields)
 
@@ -32,7 +32,7 @@ def test_the_schema_carries_the_models_constraints():
     assert tile["type"] == "integer" and tile["minimum"] == 1 and tile["maximum"] == MAX_TILE
     overlap = SEGMENT_FORM_SCHEMA["properties"]["overlap"]
     assert overlap["minimum"] == 0 and overlap["exclusiveMaximum"] == 1
-    assert SEGMENT_FORM_SCHEMA["properties"]["precision"]["enum"] == ["auto", "fp32", "bf16", "fp16"]
+    assert SEGMENT_FORM_SCHEMA["properties"]["precision"]["enum"] == ["auto", "fp32", "bf16", "fp16", "int8"]
     assert SEGMENT_FORM_SCHEMA["properties"]["tta"]["type"] == "boolean"
 
 

@@ -1,4 +1,6 @@
-"""``tileseg:segment``: segment a raster layer on a tileseg server and write the mask (and polygons) here.
+"""``tileseg:segment``: segment a raster layer on a tileseg server and write the mask (and polygons) here; with a
+model that makes objects (an instance decoding, e.g. ``unet-nuclei``), the objects too: one polygon each (the
+job's vectors) and their label raster (the job's ``instances``).
 
 The run: check the model against the server's ``GET /models`` (a wrong name fails with the list), upload the
 layer's file (or send its URL as ``source``), follow ``GET /jobs/{id}`` into the progress bar, download the
@@ -30,7 +32,7 @@ from qgis.core import (
 )
 
 from .remote import Canceled, Remote, RemoteError
-from .style import style_mask, style_polygons
+from .style import style_mask, style_objects, style_polygons
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 POLL_SECONDS = 0.5
@@ -49,6 +51,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
     INPUT, MODEL, SERVER, API_KEY = "INPUT", "MODEL", "SERVER", "API_KEY"
     TILE, ROI_AUTO, PIXEL_SIZE = "TILE", "ROI_AUTO", "PIXEL_SIZE"
     OUTPUT, VECTORS = "OUTPUT", "VECTORS"
+    OBJECTS, INSTANCES = "OBJECTS", "INSTANCES"
 
     def name(self) -> str:
         return "segment"
@@ -60,8 +63,10 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         return (
             "Uploads the raster's file (or, for a layer read from an http(s) URL, sends the URL) to a tileseg "
             "server, runs MODEL on it tile by tile, and writes the class mask (GeoTIFF) and optionally the "
-            "polygons of each class. Cancel cancels the job on the server. The API key may also come from the "
-            "TILESEG_API_KEY environment variable, the server's URL from TILESEG_SERVER."
+            "polygons of each class; with a model that makes objects (e.g. unet-nuclei), the objects, one polygon "
+            "each with their measurements, and their label raster (0 no object, 1..N one object each). Cancel "
+            "cancels the job on the server. The API key may also come from the TILESEG_API_KEY environment "
+            "variable, the server's URL from TILESEG_SERVER."
         )
 
     def createInstance(self):
@@ -101,6 +106,20 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
                 createByDefault=False,
             )
         )
+        self.addParameter(
+            QgsProcessingParameterVectorDestination(
+                self.OBJECTS,
+                "Objects, one polygon each (a model that makes objects, e.g. unet-nuclei)",
+                QgsProcessing.TypeVectorPolygon,
+                optional=True,
+                createByDefault=False,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterRasterDestination(
+                self.INSTANCES, "Object labels (0: none, 1..N one object each)", optional=True, createByDefault=False
+            )
+        )
 
     def processAlgorithm(self, parameters, context, feedback):
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
@@ -110,11 +129,18 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         model = self.parameterAsString(parameters, self.MODEL, context).strip()
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         vectors = self.parameterAsOutputLayer(parameters, self.VECTORS, context) or None
+        objects = self.parameterAsOutputLayer(parameters, self.OBJECTS, context) or None
+        instances = self.parameterAsOutputLayer(parameters, self.INSTANCES, context) or None
         _check_extension(output, (".tif", ".tiff"), "the mask")
-        if vectors:
-            _check_extension(vectors, (".gpkg", ".geojson"), "the polygons")
+        for path, what in ((vectors, "the polygons"), (objects, "the objects")):
+            if path:
+                _check_extension(path, (".gpkg", ".geojson"), what)
+        if instances:
+            _check_extension(instances, (".tif", ".tiff"), "the object labels")
         key = self.parameterAsString(parameters, self.API_KEY, context).strip() or os.environ.get("TILESEG_API_KEY")
-        fields = self._fields(parameters, context, model, source, vectors is not None)
+        fields = self._fields(parameters, context, model, source, bool(vectors or objects))
+        if objects or instances:
+            fields["instances"] = "true"  # the server refuses a model without objects, naming those with them
         try:
             remote = Remote(self.parameterAsString(parameters, self.SERVER, context), key)
             card = _card(remote, model)
@@ -128,12 +154,15 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             feedback.pushInfo(f"job {job['id']} ({job['input']['width']}x{job['input']['height']} pixels)")
             done = _follow(remote, job, feedback)
             _download(remote, done, output, vectors, feedback)
+            for path, link in ((objects, "vectors"), (instances, "instances")):
+                if path:
+                    _download_link(remote, done["links"][link], path, feedback)
         except Canceled:
             raise QgsProcessingException("canceled") from None
         except RemoteError as err:
             raise QgsProcessingException(str(err)) from None
-        self._style_on_load(context, output, vectors, card["classes"])
-        return {self.OUTPUT: output, self.VECTORS: vectors}
+        self._style_on_load(context, output, vectors, card["classes"], objects)
+        return {self.OUTPUT: output, self.VECTORS: vectors, self.OBJECTS: objects, self.INSTANCES: instances}
 
     def _fields(self, parameters, context, model: str, source: str | None, vectors: bool) -> dict[str, str]:
         """The form of ``POST /segment``: only what the user set, so the server's defaults apply otherwise."""
@@ -151,9 +180,12 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             fields["vectors"] = "true"
         return fields
 
-    def _style_on_load(self, context, output: str, vectors: str | None, classes: list[dict]) -> None:
-        """When QGIS loads the outputs (the desktop does; ``qgis_process`` does not), colour them by class."""
-        for path, style in ((output, style_mask), (vectors, style_polygons)):
+    def _style_on_load(
+        self, context, output: str, vectors: str | None, classes: list[dict], objects: str | None = None
+    ) -> None:
+        """When QGIS loads the outputs (the desktop does; ``qgis_process`` does not), colour them by class (the
+        objects as outlines in their class's colour)."""
+        for path, style in ((output, style_mask), (vectors, style_polygons), (objects, style_objects)):
             if path and context.willLoadLayerOnCompletion(path):
                 _STYLERS[path] = _Styler(style, classes)
                 context.layerToLoadOnCompletionDetails(path).setPostProcessor(_STYLERS[path])
@@ -233,3 +265,10 @@ def _download(remote: Remote, job: dict, output: str, vectors: str | None, feedb
             link += "?format=geojson"
         remote.download(link, vectors, feedback.isCanceled)
     feedback.setProgress(100)
+
+
+def _download_link(remote: Remote, link: str, path: str, feedback) -> None:
+    """One more result to ``path``: the objects' polygons (GeoJSON by the file's extension) or their labels."""
+    if path.lower().endswith(".geojson"):
+        link += "?format=geojson"
+    remote.download(link, path, feedback.isCanceled)

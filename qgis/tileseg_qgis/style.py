@@ -1,5 +1,6 @@
 """The model card's class colours on the layers a run made: the mask as a paletted raster (one entry per
-class, labelled with its name) and the polygons categorized by their ``class`` field."""
+class, labelled with its name), the polygons categorized by their ``class`` field, and the objects (one
+polygon per object) as outlines in their class's colour."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from qgis.core import (
     QgsSymbol,
     QgsVectorLayer,
 )
+from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QColor
 
 CLASS_FIELD = "class"  # the polygons' class index, as the server writes it (tileseg.engine.vectors.sink)
@@ -32,6 +34,24 @@ def style_polygons(layer: QgsVectorLayer, classes: list[dict]) -> None:
             continue
         symbol = QgsSymbol.defaultSymbol(layer.geometryType())
         symbol.setColor(QColor(entry["color"]))
+        categories.append(QgsRendererCategory(int(entry["index"]), symbol, entry["name"]))
+    layer.setRenderer(QgsCategorizedSymbolRenderer(CLASS_FIELD, categories))
+    layer.triggerRepaint()
+
+
+def style_objects(layer: QgsVectorLayer, classes: list[dict]) -> None:
+    """Outline each object in its class's colour (categorized by the ``class`` field), unfilled: touching
+    objects stay apart on the image under them."""
+    categories = []
+    for entry in classes:
+        if entry.get("background"):
+            continue
+        symbol = QgsSymbol.defaultSymbol(layer.geometryType())
+        symbol.setColor(QColor(entry["color"]))
+        outline = symbol.symbolLayer(0)
+        outline.setBrushStyle(Qt.NoBrush)
+        outline.setStrokeColor(QColor(entry["color"]))
+        outline.setStrokeWidth(0.4)
         categories.append(QgsRendererCategory(int(entry["index"]), symbol, entry["name"]))
     layer.setRenderer(QgsCategorizedSymbolRenderer(CLASS_FIELD, categories))
     layer.triggerRepaint()

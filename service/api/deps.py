@@ -11,6 +11,7 @@ from fastapi.security import APIKeyHeader
 
 from tileseg.api.errors import AuthenticationError
 from tileseg.api.prometheus import ServiceMetrics
+from tileseg.jobs.batches import BatchService
 from tileseg.jobs.service import JobService
 from tileseg.settings import Settings, get_settings
 
@@ -29,6 +30,14 @@ def get_jobs(request: Request) -> JobService:
 
 
 JobsDep = Annotated[JobService, Depends(get_jobs)]
+
+
+def get_batches(request: Request) -> BatchService:
+    """The app's batches (made in its lifespan, over its job service)."""
+    return request.app.state.batches
+
+
+BatchesDep = Annotated[BatchService, Depends(get_batches)]
 
 
 def get_metrics(request: Request) -> ServiceMetrics:
@@ -63,4 +72,15 @@ def get_owner(settings: SettingsDep, key: Annotated[str | None, Security(api_key
 
 OwnerDep = Annotated[str | None, Depends(get_owner)]
 
-__all__ = ["JobsDep", "MetricsDep", "OwnerDep", "SettingsDep", "api_key_header", "get_jobs", "get_metrics", "get_owner"]
+__all__ = [
+    "BatchesDep",
+    "JobsDep",
+    "MetricsDep",
+    "OwnerDep",
+    "SettingsDep",
+    "api_key_header",
+    "get_batches",
+    "get_jobs",
+    "get_metrics",
+    "get_owner",
+]

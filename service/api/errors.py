@@ -59,6 +59,11 @@ STATUS_BY_CODE = {
     "bad_input": 400,
     "source_not_allowed": 400,
     "shards_need_queue": 400,
+    "no_instance_output": 400,  # instances=true with a model that makes no objects: the message names those that do
+    "callback_not_allowed": 400,  # a callback URL not under TILESEG_CALLBACK_ALLOW: refused before any request
+    "batch_not_found": 404,
+    "batch_too_large": 413,  # a batch larger than TILESEG_BATCH_MAX_JOBS: never taken, however long one waits
+    "too_many_jobs": 429,  # the key's jobs queued or running would pass TILESEG_BATCH_MAX_JOBS: taken later
     "unauthorized": 401,
     "job_not_found": 404,
     "model_not_found": 404,
@@ -74,6 +79,9 @@ STATUS_BY_CODE = {
     "unreadable_input": 415,  # the content is not a complete raster in a format we take
     "no_range_support": 422,  # a server without Range requests, and the file too large to fetch whole
     "source_unavailable": 502,  # a remote source that does not answer, or stopped answering
+    "stac_api_unavailable": 502,  # a batch's stac_search: the API does not answer as a STAC API
+    "unknown_collection": 400,  # a batch's stac_search names a collection the API does not have
+    "no_inputs": 400,  # a batch's stac_search matched no item
     "band_mismatch": 422,
     "pixel_size": 422,
     "bad_roi": 422,
@@ -97,6 +105,7 @@ ERROR_RESPONSES = {
         413: "Too many bytes, or too many pixels.",
         415: "Not a raster in an accepted format (checked by content), or truncated.",
         422: "Bands, data type or options the model cannot take; a tile address outside the scheme.",
+        429: "The key has too many jobs queued or running (TILESEG_BATCH_MAX_JOBS): try again once some have ended.",
         502: "A remote `source` did not answer in time (TILESEG_HTTP_CONNECT_TIMEOUT, TILESEG_HTTP_READ_TIMEOUT).",
         503: "Results kept in S3 (TILESEG_RESULTS_URL), and the bucket does not answer: try again later.",
     }.items()
@@ -135,7 +144,8 @@ async def _product_error(request: Request, err: TilesegError) -> JSONResponse:
     status = status_for(err)
     if status >= 500:
         log.error("%s %s: %s", request.method, request.url.path, err)
-    headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else {"Retry-After": "30"} if status == 503 else None
+    retry = {"Retry-After": "30"} if status in (429, 503) else None  # busy, or the bucket away: later
+    headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else retry
     return error_response(status, err.code, str(err), headers)
 
 

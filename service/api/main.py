@@ -2,8 +2,9 @@
 
 The lifespan makes the metrics and the job service (it loads the models, opens the job table, recovers
 jobs a crash left running, starts a worker per device and the sweeper; its workers report each run to the
-metrics) and, on shutdown (SIGTERM), stops taking jobs, gives the running ones ``TILESEG_SHUTDOWN_GRACE``
-seconds and puts them back in the queue past that.
+metrics), the batches over it and the callbacks' deliverer, and, on shutdown (SIGTERM), stops the deliverer
+(what it has not delivered stays in the outbox), stops taking jobs, gives the running ones
+``TILESEG_SHUTDOWN_GRACE`` seconds and puts them back in the queue past that.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from tileseg import __version__
-from tileseg.api import errors, routes_health, routes_jobs, routes_models, routes_ogc
+from tileseg.api import errors, routes_batches, routes_health, routes_jobs, routes_models, routes_ogc
 from tileseg.api import routes_viewer as viewer
+from tileseg.api.callbacks import start_deliverer
 from tileseg.api.middleware import ResponseCounter
 from tileseg.api.prometheus import ServiceMetrics
+from tileseg.jobs.batches import BatchService
 from tileseg.jobs.service import JobService
 from tileseg.settings import Settings, get_settings
 
@@ -40,16 +43,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics = ServiceMetrics()
         jobs = await run_in_threadpool(JobService, settings, on_outcome=metrics.job_finished)
         metrics.watch(jobs.count_by_status)
-        app.state.metrics, app.state.jobs = metrics, jobs
+        app.state.metrics, app.state.jobs, app.state.batches = metrics, jobs, BatchService(jobs)
+        deliverer = start_deliverer(jobs)
         try:
             yield
         finally:
+            await run_in_threadpool(deliverer.stop)
             await run_in_threadpool(jobs.stop)
 
     app = FastAPI(title="tileseg", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.dependency_overrides[get_settings] = lambda: settings
     errors.install(app)
     app.include_router(routes_jobs.router)
+    app.include_router(routes_batches.router)
     app.include_router(routes_models.router)
     app.include_router(routes_ogc.router)  # OGC API - Processes at /ogc/, over the same jobs
     viewer.install(app)  # its routes, the page at / and its assets at /ui/

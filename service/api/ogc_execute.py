@@ -20,12 +20,14 @@ from starlette.concurrency import run_in_threadpool
 
 from tileseg.api.errors import RequestError, UploadTooLargeError, describe_validation
 from tileseg.api.ogc_process import MAX_INLINE_BYTES
+from tileseg.jobs.callbacks import job_callbacks
 from tileseg.jobs.intake import JobOptions, form_fields
 from tileseg.jobs.service import JobService, Upload
 from tileseg.jobs.store import Job
 
 SYNC_WAIT_SECONDS = 60.0  # a synchronous execution waits this long, then answers as an asynchronous one
 POLL_SECONDS = 0.25
+OUTPUTS = ("mask", "vectors", "instances", "objects")  # what an execute request may list under "outputs"
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
@@ -48,21 +50,27 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
 
 
 def parse_execute(body: dict[str, Any]) -> tuple[dict[str, Any], bool, bool]:
-    """The inputs, whether vectors were asked for as an output, and whether the raw mask is wanted."""
+    """The inputs, whether vectors were asked for as an output, and whether the raw mask is wanted. Listing
+    ``instances`` or ``objects`` as an output asks for the objects (the ``instances`` input)."""
     inputs = body.get("inputs")
     if not isinstance(inputs, dict):
         raise RequestError('the execute request needs "inputs": {"image": {"href": ...}, "model": ...}')
     outputs = body.get("outputs") or {}
     if not isinstance(outputs, dict):
         raise RequestError('"outputs" is an object: {"mask": {}, "vectors": {}}')
-    unknown = sorted(set(outputs) - {"mask", "vectors"})
+    unknown = sorted(set(outputs) - set(OUTPUTS))
     if unknown:
-        raise RequestError(f"no output {unknown[0]!r}: the outputs are mask and vectors")
+        raise RequestError(f"no output {unknown[0]!r}: the outputs are {', '.join(OUTPUTS)}")
+    if {"instances", "objects"} & set(outputs):
+        inputs = {**inputs, "instances": True}
     return inputs, "vectors" in outputs, body.get("response") == "raw"
 
 
-async def submit(jobs: JobService, owner: str | None, inputs: dict[str, Any], want_vectors: bool) -> Job:
-    """Submit the job through the job service, as ``POST /segment`` does (the same checks, the same job)."""
+async def submit(
+    jobs: JobService, owner: str | None, inputs: dict[str, Any], want_vectors: bool, subscriber: Any = None
+) -> Job:
+    """Submit the job through the job service, as ``POST /segment`` does (the same checks, the same job); a
+    ``subscriber``'s URIs are checked as ``POST /segment``'s ``callback`` is, before anything is read."""
     values = {name: _plain(name, value) for name, value in inputs.items() if name != "image"}
     model = values.pop("model", None)
     if not isinstance(model, str) or not model:
@@ -76,6 +84,7 @@ async def submit(jobs: JobService, owner: str | None, inputs: dict[str, Any], wa
         options = JobOptions(**values)
     except ValidationError as err:
         raise RequestError(describe_validation(err.errors())) from None
+    callback = await run_in_threadpool(job_callbacks, list(jobs.settings.callback_allow), None, subscriber)
     image = inputs.get("image")
     job_id, files = jobs.new_job_files()
     try:
@@ -84,7 +93,7 @@ async def submit(jobs: JobService, owner: str | None, inputs: dict[str, Any], wa
         files.remove()
         raise
     upload = Upload(files.upload, f"inline-{job_id[:8]}.tif", size) if source is None else None
-    return await run_in_threadpool(jobs.submit, job_id, model, options, owner, upload, source)
+    return await run_in_threadpool(jobs.submit, job_id, model, options, owner, upload, source, callback)
 
 
 def _plain(name: str, value: Any) -> Any:

@@ -3,8 +3,8 @@
 
 One process, ``segment``. Its inputs are ``image`` (an ``href`` that the server's ``source`` rules allow, or an
 inline base64 ``value`` for small images), ``model`` and the options of ``POST /segment``'s form, described by
-the same schemas (:func:`tileseg.api.schemas.form_properties`). Its outputs are ``mask`` and ``vectors``, and its
-results links to the job's own result routes.
+the same schemas (:func:`tileseg.api.schemas.form_properties`). Its outputs are ``mask`` and ``vectors`` and, of a
+model with an instance decoding, ``instances`` and ``objects``; its results link to the job's own result routes.
 """
 
 from __future__ import annotations
@@ -22,10 +22,13 @@ PROCESS_ID = "segment"
 MAX_INLINE_BYTES = 16 << 20  # a decoded inline image; larger ones go by href, or by POST /segment's upload
 
 SPEC = "http://www.opengis.net/spec/ogcapi-processes-1/1.0/conf"
-CONFORMANCE = [f"{SPEC}/{name}" for name in ("core", "ogc-process-description", "json", "job-list", "dismiss")]
+CONFORMANCE = [
+    f"{SPEC}/{name}" for name in ("core", "ogc-process-description", "json", "job-list", "callback", "dismiss")
+]
 REL = "http://www.opengis.net/def/rel/ogc/1.0"
 MASK_TYPE = "image/tiff; application=geotiff"
 VECTORS_TYPE = "application/geopackage+sqlite3"
+OBJECTS_TYPE = "text/csv"
 
 # The standard's job states, from the job table's: a canceled job is dismissed; so is an expired one, whose
 # results the server has removed.
@@ -58,7 +61,7 @@ def summary(base: str) -> dict[str, Any]:
 
 def description(base: str, models: Iterable[str]) -> dict[str, Any]:
     """The process, its inputs (``image``, ``model`` (one of ``models``) and the options) and outputs (``mask``,
-    ``vectors``)."""
+    ``vectors``, ``instances``, ``objects``)."""
     options = {}
     for name, prop in form_properties().items():
         schema = {k: v for k, v in prop.items() if k != "description"}
@@ -96,6 +99,18 @@ def description(base: str, models: Iterable[str]) -> dict[str, Any]:
                 "or with the `vectors` input).",
                 "schema": {"type": "string", "contentEncoding": "binary", "contentMediaType": VECTORS_TYPE},
             },
+            "instances": {
+                "title": "The objects' labels",
+                "description": "A uint32 GeoTIFF on the mask's grid, 0 no object, 1..N one object each; a model "
+                "with an instance decoding only (asked for by listing this output, or with the `instances` input).",
+                "schema": {"type": "string", "contentEncoding": "binary", "contentMediaType": MASK_TYPE},
+            },
+            "objects": {
+                "title": "The objects' table",
+                "description": "One row per object of `instances`: id, class, area, perimeter, centroid, "
+                "probability, band means (made with `instances`).",
+                "schema": {"type": "string", "contentMediaType": OBJECTS_TYPE},
+            },
         },
     }
 
@@ -130,11 +145,15 @@ def status_info(job: Job, base: str) -> dict[str, Any]:
 
 
 def job_results(jobs: JobService, job_id: str, owner: str | None, base: str) -> dict[str, Any]:
-    """A job's results document: links to its own result routes (``mask``, and ``vectors`` when asked for)."""
+    """A job's results document: links to its own result routes (``mask``; ``vectors``, ``instances`` and
+    ``objects`` when asked for)."""
     job, _ = jobs.result(job_id, "mask", owner)
     results = {"mask": {"href": f"{base}/jobs/{job.id}/mask", "type": MASK_TYPE}}
     if job.options.get("vectors"):
         results["vectors"] = {"href": f"{base}/jobs/{job.id}/vectors", "type": VECTORS_TYPE}
+    if job.options.get("instances"):
+        results["instances"] = {"href": f"{base}/jobs/{job.id}/instances", "type": MASK_TYPE}
+        results["objects"] = {"href": f"{base}/jobs/{job.id}/objects", "type": OBJECTS_TYPE}
     return results
 
 
@@ -146,6 +165,7 @@ __all__ = [
     "CONFORMANCE",
     "MASK_TYPE",
     "MAX_INLINE_BYTES",
+    "OBJECTS_TYPE",
     "PROCESS_ID",
     "REL",
     "VECTORS_TYPE",

@@ -17,6 +17,7 @@ from tileseg.api.downloads import send
 from tileseg.api.errors import ERROR_RESPONSES
 from tileseg.api.schemas import FORM_FIELDS, SEGMENT_FORM_SCHEMA, JobList, JobOut, SegmentForm
 from tileseg.api.uploads import receive_form
+from tileseg.jobs.callbacks import job_callbacks
 from tileseg.jobs.service import JobService, ResultRef, Upload
 from tileseg.jobs.store import Job
 
@@ -53,16 +54,18 @@ def _file(content_type: str, description: str) -> dict:
 )
 async def submit(request: Request, response: Response, jobs: JobsDep, owner: OwnerDep, settings: SettingsDep) -> JobOut:
     """Queue a segmentation of an uploaded `file`, or of a `source` path on the server, with a `model` and
-    the command line's options. Everything that can be checked from the image's header is checked now."""
+    the command line's options. Everything that can be checked from the image's header is checked now; a
+    `callback` URL is posted the job's status when it ends."""
     job_id, files = jobs.new_job_files()
     try:
         form = await receive_form(request, files.upload, settings.max_upload_bytes, FORM_FIELDS)
         fields, options = SegmentForm.parse(form.fields, form.has_file)
+        callback = await run_in_threadpool(job_callbacks, list(settings.callback_allow), fields.callback)
     except BaseException:
         files.remove()
         raise
     upload = Upload(files.upload, _display_name(form.filename, job_id), form.file_size) if form.has_file else None
-    job = await run_in_threadpool(jobs.submit, job_id, fields.model, options, owner, upload, fields.source)
+    job = await run_in_threadpool(jobs.submit, job_id, fields.model, options, owner, upload, fields.source, callback)
     out = JobOut.of(job, request.scope.get("root_path", ""))
     response.headers["Location"] = out.links.self_
     return out
@@ -155,6 +158,38 @@ async def get_vectors(
     in pixel coordinates (QuPath's GeoJSON) otherwise. Only when the job asked for vectors."""
     job, path = await run_in_threadpool(jobs.vector_result, str(job_id), format.value, owner)
     return _send(request, jobs, path, VECTOR_MEDIA[format], f"{_stem(job)}.vectors.{format.value}")
+
+
+@router.get(
+    "/jobs/{job_id}/instances",
+    response_class=FileResponse,
+    summary="The objects' label GeoTIFF",
+    responses={
+        **_file("image/tiff", "A uint32 GeoTIFF on the mask's grid: 0 no object, 1..N one object each."),
+        **_errors(400, 401, 404, 409, 410, 503),
+    },
+)
+def get_instances(job_id: JobId, request: Request, jobs: JobsDep, owner: OwnerDep) -> Response:
+    """The objects' labels, when the job asked for them (``instances=true``): each object's id in its pixels,
+    on the mask's grid, CRS and transform. Range requests are served; with results in S3 and
+    TILESEG_RESULTS_REDIRECT, a 307 to a presigned URL of the object."""
+    job, path = jobs.result(str(job_id), "instances", owner)
+    return _send(request, jobs, path, "image/tiff", f"{_stem(job)}.instances.tif")
+
+
+@router.get(
+    "/jobs/{job_id}/objects",
+    response_class=FileResponse,
+    summary="The objects' table",
+    responses={
+        **_file("text/csv", "One row per object: id, class, area, perimeter, centroid, probability, band means."),
+        **_errors(400, 401, 404, 409, 410, 503),
+    },
+)
+def get_objects(job_id: JobId, request: Request, jobs: JobsDep, owner: OwnerDep) -> Response:
+    """The objects' table (CSV), one row per object of the label GeoTIFF, when the job asked for objects."""
+    job, path = jobs.result(str(job_id), "objects", owner)
+    return _send(request, jobs, path, "text/csv", f"{_stem(job)}.objects.csv")
 
 
 @router.get(

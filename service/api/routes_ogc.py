@@ -139,7 +139,7 @@ def landing(request: Request, owner: OwnerDep) -> dict[str, Any]:
 
 @router.get("/conformance", summary="Conformance classes")
 def conformance(owner: OwnerDep) -> dict[str, list[str]]:
-    """The conformance classes implemented: Core, OGC process description, JSON, job list, dismiss."""
+    """The conformance classes implemented: Core, OGC process description, JSON, job list, callback, dismiss."""
     return {"conformsTo": CONFORMANCE}
 
 
@@ -184,11 +184,12 @@ async def execute(
 ) -> Response:
     """Submit a job. With ``Prefer: respond-async``: 201, ``Location`` the job's status. Otherwise the job is
     waited for (up to a minute, then answered as if asynchronous) and its results returned: the results
-    document, or the mask itself with ``"response": "raw"``."""
+    document, or the mask itself with ``"response": "raw"``. A ``subscriber`` (``successUri``, ``failedUri``,
+    ``inProgressUri``) is posted the job's status as ``POST /segment``'s ``callback`` is."""
     _check_process(process_id)
     body = await read_json(request, min(settings.max_upload_bytes, 2 * MAX_INLINE_BYTES))
     inputs, want_vectors, raw = parse_execute(body)
-    job = await submit(jobs, owner, inputs, want_vectors)
+    job = await submit(jobs, owner, inputs, want_vectors, body.get("subscriber"))
     base = _base(request)
     asynchronous = "respond-async" in (prefer or "").lower()
     if not asynchronous:

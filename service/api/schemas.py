@@ -54,8 +54,20 @@ class Links(BaseModel):
     mask: str
     probabilities: str | None = Field(description="Null unless the job asked for probabilities.")
     vectors: str | None = Field(None, description="Null unless the job asked for vectors (add ?format=geojson).")
+    instances: str | None = Field(
+        None, description="Null unless the job asked for objects (instances=true): their uint32 label GeoTIFF."
+    )
+    objects: str | None = Field(None, description="Null unless the job asked for objects: their table (CSV).")
     preview: str
     tiles: str = Field(description="The viewer's tile pyramids of the input and the mask (GET it to describe them).")
+
+
+class JobResult(RunResult):
+    """A succeeded job's summary of its run, and the objects it found."""
+
+    objects: dict[str, int] | None = Field(
+        None, description='Objects found per class (e.g. {"nucleus": 412}) when the job asked for them; else null.'
+    )
 
 
 class JobOut(BaseModel):
@@ -73,7 +85,7 @@ class JobOut(BaseModel):
     timings: Timings
     attempts: int
     error: ErrorDetail | None
-    result: RunResult | None = Field(
+    result: JobResult | None = Field(
         None,
         description="The run's summary once the job succeeded (the input's pixel size, the level read and "
         "why, the region of interest's share); null before, and for failed or canceled jobs.",
@@ -101,7 +113,7 @@ class JobOut(BaseModel):
             ),
             attempts=job.attempts,
             error=ErrorDetail(code=job.error_code, message=job.error_message or "") if job.error_code else None,
-            result=RunResult.model_validate(job.result) if job.result else None,
+            result=JobResult.model_validate(job.result) if job.result else None,
             links=Links(
                 self_=url,
                 mask=f"{url}/mask",
@@ -109,6 +121,8 @@ class JobOut(BaseModel):
                 tiles=f"{url}/tiles",
                 probabilities=f"{url}/probabilities" if job.options.get("probabilities") else None,
                 vectors=f"{url}/vectors" if job.options.get("vectors") else None,
+                instances=f"{url}/instances" if job.options.get("instances") else None,
+                objects=f"{url}/objects" if job.options.get("instances") else None,
             ),
         )
 
@@ -126,6 +140,7 @@ class SegmentForm(BaseModel):
 
     model: str = Field(min_length=1, max_length=200)
     source: str | None = Field(None, min_length=1, max_length=4096)
+    callback: str | None = Field(None, min_length=1, max_length=2048)
 
     @classmethod
     def parse(cls, fields: dict[str, str], has_file: bool) -> tuple[SegmentForm, JobOptions]:
@@ -185,7 +200,7 @@ def form_properties() -> dict[str, dict[str, Any]]:
     return properties
 
 
-FORM_FIELDS = frozenset({"file", "source", "model", *form_fields()})
+FORM_FIELDS = frozenset({"file", "source", "model", "callback", *form_fields()})
 
 SEGMENT_FORM_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -205,6 +220,13 @@ SEGMENT_FORM_SCHEMA: dict[str, Any] = {
             "item (.json; every asset it lists must be under a prefix too), with `asset` or `bands` by common name.",
         },
         "model": {"type": "string", "minLength": 1, "maxLength": 200, "description": "A served model (GET /models)."},
+        "callback": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 2048,
+            "description": "An http(s) URL under a TILESEG_CALLBACK_ALLOW prefix: the job's status is posted to it, "
+            "signed (X-Tileseg-Signature), when the job ends.",
+        },
         **form_properties(),
     },
 }
@@ -218,6 +240,7 @@ __all__ = [
     "FORM_FIELDS",
     "SEGMENT_FORM_SCHEMA",
     "JobList",
+    "JobResult",
     "JobOut",
     "PixelSizeReport",
     "PixelsRead",

@@ -1,6 +1,7 @@
 """The ``tileseg`` command: a thin layer over the engine, the model zoo and the service.
 
     tileseg segment INPUT OUTPUT --model NAME [options] [--server URL [--api-key KEY]]
+    tileseg segment INPUT... --out-dir DIR --model NAME [options]   (many inputs, a manifest, resumable)
     tileseg models [--json] [--server URL [--api-key KEY]]
     tileseg models add NAME FILE [options]     (TorchScript, ONNX or a state dict; geometry measured)
     tileseg models check NAME
@@ -22,13 +23,16 @@ import click
 from tqdm import tqdm
 
 from tileseg import models
+from tileseg.cli.cohort import cohort_options, segment_many, wants_many
 from tileseg.cli.errors import user_errors
+from tileseg.cli.objects import ObjectPaths, object_options, object_paths, report_objects
 from tileseg.cli.options import build, click_options
 from tileseg.cli.outputs import Outputs, names_zarr, staged
 from tileseg.cli.own_models import register as register_model_commands
 from tileseg.cli.remote import segment_remote, server_options
 from tileseg.cli.serving import serve, worker
 from tileseg.cli.train import train
+from tileseg.cli.tune import tune
 from tileseg.client import Client
 from tileseg.engine.options import SegmentOptions
 
@@ -62,17 +66,21 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("input_path", metavar="INPUT")
-@click.argument("output_path", metavar="OUTPUT")
+@click.argument("paths", metavar="INPUT... [OUTPUT]", nargs=-1)
 @click.option("--model", "model_name", help="An installed model (see `tileseg models`).")
 @click.option("--weights", "weights_path", type=click.Path(path_type=Path), help="A checkpoint NAME.safetensors.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--probabilities", help="Also write per-class probabilities here (a path or an s3:// URL).")
+@click.option(
+    "--probabilities",
+    help="Also write per-class probabilities here (a path or an s3:// URL); with --out-dir, a format: tif or zarr.",
+)
 @click.option(
     "--vectors",
     help="Also write every region of every object class as a polygon here (.gpkg, .geojson, .fgb; .parquet "
-    "where this GDAL writes GeoParquet; a path or an s3:// URL).",
+    "where this GDAL writes GeoParquet; a path or an s3:// URL); with --out-dir, a format: gpkg, geojson, fgb "
+    "or parquet.",
 )
+@object_options
 @click_options(SegmentOptions)
 @click.option(
     "--workers",
@@ -80,7 +88,7 @@ def cli() -> None:
     default=1,
     show_default=True,
     help="Run the image in this many local processes (bands of tile rows), each with its share of the cores; "
-    "the outputs equal one process's.",
+    "the outputs equal one process's. With --out-dir: this many processes, each taking whole inputs.",
 )
 @click.option(
     "--devices",
@@ -88,14 +96,14 @@ def cli() -> None:
     help="One process per device, e.g. cuda:0,cuda:1 (the same sharded run as --workers, one shard a device).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@cohort_options
 @server_option
 @api_key_option
 @click.pass_context
 @user_errors
 def segment(
     ctx: click.Context,
-    input_path: str,
-    output_path: str,
+    paths: tuple[str, ...],
     model_name: str | None,
     weights_path: Path | None,
     device: str,
@@ -108,7 +116,7 @@ def segment(
     api_key: str | None,
     **values,
 ) -> None:
-    """Segment INPUT into the mask GeoTIFF OUTPUT.
+    """Segment INPUT into the mask GeoTIFF OUTPUT; or every INPUT into a folder of its own under --out-dir.
 
     INPUT is any raster GDAL reads, a local path or an s3:// or http(s):// URL (read by range requests), or
     a STAC item (a .json path or URL): --asset picks an asset (default visual), --bands red,green,blue stacks
@@ -118,11 +126,26 @@ def segment(
     With --server, the server runs it: INPUT is uploaded, or, when it is a URL or no file here, sent for the
     server to read itself (a path under its TILESEG_INPUT_ROOTS); the results are written here as a local
     run writes them. Ctrl-C cancels the job on the server.
+
+    With --out-dir DIR, each INPUT is a file, a folder (--recursive), a glob, @list.txt (a path or URL a line),
+    an s3:// prefix, or a STAC ItemCollection or catalog; --stac-search API_URL adds the items a STAC API finds
+    (--collections, --bbox, --datetime, --query). Each input's outputs go to DIR/NAME/ and each attempt to
+    DIR/manifest.jsonl; the same command again skips what is done. Exit status 1 if any input failed.
     """
     if bool(model_name) == bool(weights_path):
         raise click.UsageError("give exactly one of --model NAME or --weights PATH")
-    options = build(SegmentOptions, values)  # checked here, before any upload
     shard_devices = _shard_devices(workers, devices, device)
+    wanted = object_paths(values)  # --instances, --objects: one image only
+    if wants_many(values):
+        if server:
+            raise click.UsageError("--out-dir runs here: leave --server out (a server takes batches of its own)")
+        name = str(model_name or weights_path)
+        segment_many(paths, name, device, probabilities, vectors, shard_devices, quiet, values, wanted.keywords())
+        return
+    if len(paths) != 2:
+        raise click.UsageError("give INPUT OUTPUT for one image, or INPUT... --out-dir DIR for many")
+    input_path, output_path = paths
+    options = build(SegmentOptions, values)  # checked here, before any upload
     if server and shard_devices:
         raise click.UsageError("--workers and --devices run here: leave them out with --server")
     if server and any(names_zarr(p) for p in (output_path, probabilities)):
@@ -132,18 +155,21 @@ def segment(
             with connect(server, api_key) as client:
                 sent = server_options(ctx, values)
                 segment_remote(
-                    client, input_path, out.mask, str(model_name), sent, out.vectors, out.probabilities, quiet
+                    client, input_path, out.mask, str(model_name), sent, out.vectors, out.probabilities, quiet, wanted
                 )
             return
         name = str(model_name or weights_path)
         from tileseg.engine.io.fetch import readable
 
         with readable(input_path) as local:  # a server without Range: a temporary copy, fetched whole
-            result = _segment_here(name, local, out, options, device, shard_devices, quiet)
+            result = _segment_here(name, local, out, options, device, shard_devices, quiet, wanted)
     _summary(output_path, result, quiet)
+    report_objects(result.objects, quiet)
 
 
-def _segment_here(name: str, input_path: str, out: Outputs, options, device: str, shard_devices, quiet: bool):
+def _segment_here(
+    name: str, input_path: str, out: Outputs, options, device: str, shard_devices, quiet: bool, wanted: ObjectPaths
+):
     """Run the segmentation in this process (or in shards, one process per device), with a progress bar."""
     from tileseg.engine import run_file
     from tileseg.engine.io.inputs import locate
@@ -171,10 +197,11 @@ def _segment_here(name: str, input_path: str, out: Outputs, options, device: str
             from tileseg.engine.shards.plan import run_file_sharded
 
             # each shard opens the input by its text (a STAC item again, with the same asset or band names)
-            return run_file_sharded(
-                name, input_path, out.mask, shard_devices, options, out.probabilities, progress, out.vectors
-            )
-        return run_file(name, source, out.mask, options, device, out.probabilities, progress, out.vectors)
+            outputs = (out.mask, shard_devices, options, out.probabilities, progress, out.vectors)
+            return run_file_sharded(name, input_path, *outputs, **wanted.keywords())
+        return run_file(
+            name, source, out.mask, options, device, out.probabilities, progress, out.vectors, **wanted.keywords()
+        )
 
 
 @contextlib.contextmanager
@@ -334,3 +361,4 @@ def torch_version() -> str:
 cli.add_command(serve)
 cli.add_command(worker)
 cli.add_command(train)
+cli.add_command(tune)

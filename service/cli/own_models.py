@@ -167,7 +167,11 @@ def echo_report(report, prefix: str = "") -> None:
 
 
 def register(group: click.Group, user_errors) -> None:
-    """Add ``add`` and ``check`` to the ``models`` group; ``user_errors`` prints the product's errors."""
+    """Add ``add``, ``check`` and ``quantize`` to the ``models`` group; ``user_errors`` prints the product's
+    errors."""
+    from tileseg.cli.quantize import register as register_quantize
+
+    register_quantize(group, user_errors)
 
     @group.command("add")
     @click.argument("name")

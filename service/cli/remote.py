@@ -15,6 +15,7 @@ import click
 from click.core import ParameterSource
 from tqdm import tqdm
 
+from tileseg.cli.objects import ObjectPaths, report_objects
 from tileseg.client import Client
 from tileseg.engine.options import SegmentOptions, scope
 
@@ -51,9 +52,11 @@ def segment_remote(
     vectors: Path | None,
     probabilities: Path | None,
     quiet: bool,
+    objects: ObjectPaths = ObjectPaths(),
 ) -> None:
     """Run the segmentation as a job on the server, the server's tiles in the progress bar, and write the
-    results here; Ctrl-C cancels the job on the server and exits with 130."""
+    results here (``objects``: the objects' files, which ask the job for ``instances=true``); Ctrl-C cancels
+    the job on the server and exits with 130."""
     with tqdm(total=0, unit="tile", disable=quiet, desc=Path(input_path).name) as bar:
 
         def progress(done: int, total: int) -> None:
@@ -61,7 +64,9 @@ def segment_remote(
             bar.update(done - bar.n)
 
         try:
-            job = client.segment(input_path, output_path, model, vectors, probabilities, progress, **options)
+            job = client.segment(
+                input_path, output_path, model, vectors, probabilities, progress, **objects.keywords(), **options
+            )
         except KeyboardInterrupt:
             bar.close()
             click.echo("interrupted: the job was canceled on the server", err=True)
@@ -76,6 +81,7 @@ def segment_remote(
             f"{job['timings']['seconds'] or 0:.1f} s on {client.url.rstrip('/')} (job {job['id']})",
             err=True,
         )
+    report_objects(result.get("objects"), quiet)
 
 
 __all__ = ["EXIT_INTERRUPTED", "given", "segment_remote", "server_options"]

@@ -22,7 +22,7 @@ Job = dict[str, Any]
 JobRef = Job | str
 Progress = Callable[[int, int], None]
 
-RESULTS = ("mask", "vectors", "probabilities")
+RESULTS = ("mask", "vectors", "probabilities", "instances", "objects")
 VECTOR_FORMATS = {".gpkg": "gpkg", ".geojson": "geojson", ".json": "geojson"}
 FINISHED = frozenset({"succeeded", "failed", "canceled", "expired"})
 
@@ -93,8 +93,8 @@ class Client(Exchange):
                 is always a local file; a string is one when such a file exists here.
             model: a model the server serves.
             options: the options of ``tileseg segment`` by their Python names (``tile=512``,
-                ``pixel_size_policy="native"``), and ``vectors=True`` / ``probabilities=True`` to have the
-                job make them.
+                ``pixel_size_policy="native"``), and ``vectors=True`` / ``probabilities=True`` /
+                ``instances=True`` (the objects of an instance model) to have the job make them.
 
         Returns:
             The job as ``GET /jobs/{id}`` shows it (``id``, ``status``, ``links``, ...).
@@ -158,12 +158,56 @@ class Client(Exchange):
         """Cancel a queued or running job (``DELETE /jobs/{id}``); on a finished one, remove its results."""
         self._request("DELETE", _job_path(job))
 
+    # batches
+
+    def submit_batch(
+        self,
+        sources: list[str] | None,
+        model: str,
+        stac_search: Mapping[str, Any] | None = None,
+        callback: str | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Start a batch: one job per source, each read by the server as ``submit``'s ``source`` (``POST /batches``).
+
+        Args:
+            sources: paths under the server's input folders, or URLs it may read; or None with ``stac_search``.
+            model: a model the server serves.
+            stac_search: instead of ``sources``, a STAC API search (``url``, ``collections``, ``bbox``,
+                ``datetime``, ``query``, ``limit``) whose items' assets become the sources.
+            callback: a URL the server posts each job's status to when it ends, then the batch's.
+            options: the jobs' options, as :meth:`submit` takes them.
+
+        Returns:
+            ``{"id", "status", "size", "job_ids", "links"}``.
+
+        Raises:
+            Refused: a source the server refuses (nothing is queued), or too many jobs (``too_many_jobs``).
+        """
+        body: dict[str, Any] = {"model": model, **{k: _json_value(v) for k, v in options.items() if v is not None}}
+        if sources is not None:
+            body["sources"] = [str(s) for s in sources]
+        if stac_search is not None:
+            body["stac_search"] = dict(stac_search)
+        if callback is not None:
+            body["callback"] = callback
+        return self._json("POST", "batches", build=lambda: {"json": body}, retry_connect=False)
+
+    def batch(self, batch: JobRef, limit: int = 100, offset: int = 0) -> dict[str, Any]:
+        """The batch now (``GET /batches/{id}``): its status, ``counts`` by job status, a page of its jobs."""
+        return self._json("GET", f"{_batch_path(batch)}?limit={limit}&offset={offset}")
+
+    def cancel_batch(self, batch: JobRef) -> None:
+        """Cancel every job of the batch that has not ended (``DELETE /batches/{id}``)."""
+        self._request("DELETE", _batch_path(batch))
+
     def download(self, job: JobRef, what: str, path: str | os.PathLike, format: str | None = None) -> Path:
         """Write one result of a succeeded job to ``path``: streamed into a temporary file beside it, then
         renamed over it (a broken transfer leaves no partial file).
 
         Args:
-            what: ``mask``, ``vectors`` or ``probabilities``.
+            what: ``mask``, ``vectors``, ``probabilities``, ``instances`` (the objects' label GeoTIFF) or
+                ``objects`` (their table, CSV).
             format: for vectors, ``gpkg`` or ``geojson`` (default: by the path's extension).
 
         Raises:
@@ -204,14 +248,19 @@ class Client(Exchange):
         vectors: str | os.PathLike | None = None,
         probabilities: str | os.PathLike | None = None,
         progress: Progress | None = None,
+        instances: str | os.PathLike | None = None,
+        objects: str | os.PathLike | None = None,
         **options: Any,
     ) -> Job:
         """What ``tileseg segment`` does, on the server: submit, wait, and write the mask to ``output`` (and
-        the polygons to ``vectors``, the per-class probabilities to ``probabilities``). Interrupted
-        (KeyboardInterrupt) while the job runs, it cancels the job on the server and re-raises.
+        the polygons to ``vectors``, the per-class probabilities to ``probabilities``; with a model that makes
+        objects, their label GeoTIFF to ``instances`` and their table (CSV) to ``objects``: either asks the job
+        for ``instances=true``). Interrupted (KeyboardInterrupt) while the job runs, it cancels the job on the
+        server and re-raises.
 
         Returns:
-            The succeeded job (its ``result`` says what the run did).
+            The succeeded job (its ``result`` says what the run did; ``result["objects"]`` counts the objects
+            per class).
 
         Raises:
             ClientError: a subclass of it, as :meth:`submit`, :meth:`wait` and :meth:`download` raise them.
@@ -219,6 +268,8 @@ class Client(Exchange):
         if vectors is not None:
             vector_format(Path(vectors))  # before any upload
         asked = {"vectors": vectors is not None or None, "probabilities": probabilities is not None or None}
+        if instances is not None or objects is not None:
+            asked["instances"] = True
         job = self.submit(image, model, **options, **asked)
         try:
             done = self.wait(job, progress)
@@ -230,6 +281,9 @@ class Client(Exchange):
             self.download(done, "vectors", vectors)
         if probabilities is not None:
             self.download(done, "probabilities", probabilities)
+        for what, path in (("instances", instances), ("objects", objects)):
+            if path is not None:
+                self.download(done, what, path)
         return done
 
 
@@ -255,6 +309,19 @@ def _job_error(job: Job) -> ClientError:
 
 def _job_path(job: JobRef) -> str:
     return f"jobs/{job['id'] if isinstance(job, Mapping) else job}"
+
+
+def _batch_path(batch: JobRef) -> str:
+    return f"batches/{batch['id'] if isinstance(batch, Mapping) else batch}"
+
+
+def _json_value(value: Any) -> Any:
+    """An option as JSON: enums by value, tuples as lists."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return list(value)
+    return value
 
 
 def _form_value(value: Any) -> str:

@@ -6,7 +6,7 @@ HTTP layer maps them to status codes by their ``code``.
 
 from __future__ import annotations
 
-from tileseg.engine.errors import InputError
+from tileseg.engine.errors import InputError, OptionsError, TooLargeError
 from tileseg.errors import TilesegError
 
 
@@ -78,13 +78,51 @@ class ShardsNeedQueueError(TilesegError, ValueError):
     code = "shards_need_queue"
 
 
+class NoInstanceOutputError(OptionsError):
+    """``instances=true`` asked of a model whose card declares no instance decoding: refused before the job
+    exists, naming the served models that have one."""
+
+    code = "no_instance_output"
+
+
 class ShardStoppedError(TilesegError):
     """A shard's job ended without it (another shard failed it): the shard stops and keeps nothing."""
 
     code = "shard_stopped"
 
 
+class CallbackNotAllowedError(TilesegError, PermissionError):
+    """A callback URL (``callback``, an OGC ``subscriber``'s) that is not under a prefix of
+    ``TILESEG_CALLBACK_ALLOW``, or that the server cannot sign (no ``TILESEG_CALLBACK_SECRET``)."""
+
+    code = "callback_not_allowed"
+
+
+class BatchNotFoundError(JobNotFoundError):
+    """No batch with this id (or none that the caller's key may see)."""
+
+    code = "batch_not_found"
+
+
+class BatchTooLargeError(TooLargeError):
+    """A batch of more sources than a key may have jobs waiting or running (``TILESEG_BATCH_MAX_JOBS``): it is
+    refused whole, and would be however long the caller waited."""
+
+    code = "batch_too_large"
+
+
+class TooManyJobsError(TilesegError, RuntimeError):
+    """The caller's key would have more jobs waiting or running than ``TILESEG_BATCH_MAX_JOBS`` with this batch:
+    try again once some have finished."""
+
+    code = "too_many_jobs"
+
+
 __all__ = [
+    "BatchNotFoundError",
+    "BatchTooLargeError",
+    "CallbackNotAllowedError",
+    "TooManyJobsError",
     "ShardStoppedError",
     "ShardsNeedQueueError",
     "InterruptedJobError",
@@ -92,6 +130,7 @@ __all__ = [
     "JobFailedError",
     "JobNotFoundError",
     "LeaseLostError",
+    "NoInstanceOutputError",
     "ResultGoneError",
     "ResultNotFoundError",
     "ResultNotReadyError",

@@ -28,6 +28,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# the results a job makes only when asked, with the option that asks for them
+RESULT_OPTIONS = {
+    "probabilities": "probabilities",
+    "vectors": "vectors",
+    "instances": "instances",
+    "objects": "instances",
+}
+
+
 @dataclass(frozen=True)
 class JobFiles:
     """The files of one job."""
@@ -59,6 +68,16 @@ class JobFiles:
     def vectors(self) -> Path:
         """The polygons, as the run wrote them (a GeoPackage); other formats are made from it on request."""
         return self.root / "vectors.gpkg"
+
+    @property
+    def instances(self) -> Path:
+        """The objects' uint32 label GeoTIFF (``instances=true``)."""
+        return self.root / "instances.tif"
+
+    @property
+    def objects(self) -> Path:
+        """The objects' table, one row per object (``instances=true``)."""
+        return self.root / "objects.csv"
 
     def vectors_as(self, suffix: str) -> Path:
         """Where the polygons converted to ``suffix`` (``.geojson``) are kept once made."""
@@ -95,7 +114,8 @@ class JobFiles:
         """
         attempt = self.attempt(token)
         # the mask last: whoever sees it in place finds the preview and probabilities there too
-        for name in (self.probabilities.name, self.vectors.name, self.preview.name, self.view.name, self.mask.name):
+        results = (self.probabilities, self.vectors, self.instances, self.objects, self.preview, self.view, self.mask)
+        for name in (path.name for path in results):
             try:
                 os.replace(attempt.root / name, self.root / name)
             except FileNotFoundError:  # not asked for, or moved already (by the worker, or by a roll-forward)
@@ -140,4 +160,4 @@ def jobs_root(data_dir: str | Path) -> Path:
     return Path(data_dir) / "jobs"
 
 
-__all__ = ["JobFiles", "drop_input", "jobs_root"]
+__all__ = ["RESULT_OPTIONS", "JobFiles", "drop_input", "jobs_root"]

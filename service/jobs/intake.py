@@ -9,29 +9,26 @@ The same checks run again, fully, when the engine opens the input; these only an
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from pydantic import ConfigDict, Field, create_model, field_validator
 
 from tileseg.engine import tile_settings
 from tileseg.engine.errors import OptionsError, TooLargeError
-from tileseg.engine.io import ALLOWED_DRIVERS, RasterInfo, pinning
+from tileseg.engine.io import ALLOWED_DRIVERS, RasterInfo
 from tileseg.engine.io.fetch import without_ranges
 from tileseg.engine.io.inputs import inspect_input
 from tileseg.engine.io.remote import RemoteUrl, http_get, parse_remote
 from tileseg.engine.io.stac import PIN, is_item_name, read_item
 from tileseg.engine.options import SegmentOptions, scope
 from tileseg.engine.resolution import plan_resolution
+from tileseg.jobs.allowlist import RAW_GDAL, allowed_url
 from tileseg.jobs.errors import ShardsNeedQueueError, SourceNotAllowedError
 from tileseg.models.spec import BlendMode, ModelSpec
-from tileseg.urls import mask_url
 
 # Formats without internal tiles: reaching any window decodes every row above it, so their size is
 # bounded more tightly than that of tiled GeoTIFFs (a small PNG can claim 10^10 pixels).
@@ -45,6 +42,11 @@ class JobOptions(SegmentOptions):
 
     probabilities: bool = Field(False, description="Also write per-class probabilities.")
     vectors: bool = Field(False, description="Also write every region of every object class as a polygon.")
+    instances: bool = Field(
+        False,
+        description="Also write the objects (a model with an instance decoding, e.g. unet-nuclei): a uint32 label "
+        "GeoTIFF on the mask's grid and a table of the objects; with vectors, one feature per object.",
+    )
     shards: int | None = Field(
         None,
         ge=1,
@@ -70,7 +72,7 @@ class JobOptions(SegmentOptions):
     def segment_options(self, batch: int | None = None, memory: str | None = None) -> SegmentOptions:
         """The engine's options for this job, with the server's batch size and memory budget (None: the
         tuner's batch; the budget of TILESEG_MEMORY_BUDGET or a fair share)."""
-        own = self.model_dump(exclude={"probabilities", "vectors", "shards"})
+        own = self.model_dump(exclude={"probabilities", "vectors", "instances", "shards"})
         return SegmentOptions(**{**own, "batch": batch, "memory": memory})
 
     def to_record(self) -> dict[str, Any]:
@@ -243,89 +245,6 @@ def _hop_check(shown: str, allow: list[str]):
             raise SourceNotAllowedError(f"`source` {shown} redirects off the allow-list: {err}") from None
 
     return hop
-
-
-# GDAL's own connection strings: they name drivers and files directly, around every check here
-RAW_GDAL = ("MEM:", "VRT:", "GTIFF_DIR:", "/VSI", "GDAL:")
-DEFAULT_PORTS = {"https": 443, "http": 80}
-
-
-def allowed_url(text: str, allow: list[str]) -> RemoteUrl:
-    """The :class:`RemoteUrl` of ``text`` when it lies under a prefix of ``allow``; checked from the text and,
-    for http(s), from the addresses its host resolves to, before any request is made.
-
-    Refused: raw GDAL paths (``/vsi...``, ``MEM:::``), schemes other than s3/https/http (``file:``), user
-    information in the URL, ``.`` or ``..`` segments (plain or percent-encoded), a VRT, any other bucket, host,
-    port or folder, and a host that resolves to a loopback, private, link-local or otherwise non-public
-    address unless the prefix names that host by its address (an internal server listed on purpose).
-
-    Raises:
-        SourceNotAllowedError: with the reason, the URL masked.
-    """
-    shown = mask_url(text) if "://" in text else "a GDAL path"
-    if not allow:
-        raise SourceNotAllowedError(
-            f"`source` must be a path under one of the server's input folders; {shown} is remote, and this "
-            "server reads no remote sources (TILESEG_SOURCE_ALLOW is not set)"
-        )
-    parts = urlsplit(text)
-    scheme = parts.scheme.lower()
-    if text.upper().startswith(RAW_GDAL) or text.startswith("\\\\") or scheme not in ("s3", "https", "http"):
-        raise SourceNotAllowedError(f"`source` {shown}: only s3://, https:// and http:// URLs are read")
-    if "\x00" in text or "\\" in text or parts.username is not None or parts.password is not None:
-        raise SourceNotAllowedError(f"`source` {shown}: credentials or odd characters in a URL are refused")
-    segments = unquote(parts.path).split("/")
-    if any(seg in (".", "..") for seg in segments) or "%2f" in parts.path.lower():
-        raise SourceNotAllowedError(f"`source` {shown}: '.' and '..' segments are refused")
-    if parts.path.lower().endswith(".vrt"):
-        raise SourceNotAllowedError(f"`source` {shown}: a VRT names other files; it is refused")
-    if scheme == "s3" and (parts.query or parts.fragment):
-        raise SourceNotAllowedError(f"`source` {shown}: an s3:// URL takes no query")
-    prefix = next((p for p in allow if _under(parts, urlsplit(p))), None)
-    if prefix is None:
-        raise SourceNotAllowedError(f"`source` {shown} is not under a prefix this server reads from")
-    if scheme != "s3":
-        _public_host(parts, shown, text)
-    return RemoteUrl(text)
-
-
-def _port(parts) -> int | None:
-    return parts.port or DEFAULT_PORTS.get(parts.scheme.lower())
-
-
-def _under(url, prefix) -> bool:
-    """Whether ``url`` lies under the folder ``prefix`` (same scheme, host and port; a path below its path)."""
-    folder = prefix.path if prefix.path.endswith("/") else prefix.path + "/"
-    return (
-        url.scheme.lower() == prefix.scheme.lower()
-        and (url.hostname or "") == (prefix.hostname or "")
-        and _port(url) == _port(prefix)
-        and url.path.startswith(folder)
-        and len(url.path) > len(folder)
-    )
-
-
-def _public_host(parts, shown: str, url: str) -> None:
-    """Refuse a host that resolves to a non-public address, unless the URL names an address itself (which
-    then matched a listed prefix: the operator listed that address); pin the address checked, so that this
-    process reads the host there and nowhere else (:mod:`tileseg.engine.io.pinning`: DNS rebinding)."""
-    host = parts.hostname or ""
-    try:
-        ipaddress.ip_address(host)
-        return
-    except ValueError:
-        pass
-    try:
-        found = {info[4][0] for info in socket.getaddrinfo(host, _port(parts), proto=socket.IPPROTO_TCP)}
-    except OSError as err:
-        raise SourceNotAllowedError(f"`source` {shown}: its host does not resolve") from err
-    inner = sorted(a for a in found if not ipaddress.ip_address(str(a).split("%")[0]).is_global)
-    if inner:
-        raise SourceNotAllowedError(
-            f"`source` {shown}: its host resolves to a non-public address ({inner[0]}); list the server by "
-            "its address in TILESEG_SOURCE_ALLOW to read from it"
-        )
-    pinning.pin(url, sorted(found)[0])
 
 
 def check_input(

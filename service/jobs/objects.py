@@ -27,6 +27,8 @@ RESULT_TYPES = {
     "mask.tif": "image/tiff",
     "probabilities.tif": "image/tiff",
     "vectors.gpkg": "application/geopackage+sqlite3",
+    "instances.tif": "image/tiff",
+    "objects.csv": "text/csv",
     "preview.png": "image/png",
     "view.tif": "image/tiff",
 }

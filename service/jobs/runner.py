@@ -31,6 +31,7 @@ from tileseg.engine.views.render import add_overviews, write_view
 from tileseg.errors import TilesegError
 from tileseg.jobs.errors import InterruptedJobError, JobNotFoundError, LeaseLostError
 from tileseg.jobs.files import JobFiles, drop_input
+from tileseg.jobs.instances import object_outputs
 from tileseg.jobs.intake import InputLimits, JobOptions, pin_source
 from tileseg.jobs.objects import ObjectResults
 from tileseg.jobs.periodic import Periodic
@@ -161,6 +162,7 @@ def run_job(
                 segment_options,
                 probabilities=attempt.probabilities if options.probabilities else None,
                 vectors=attempt.vectors if options.vectors else None,
+                **object_outputs(options, attempt),
                 progress=progress,
                 allowed_drivers=config.limits.allowed_drivers,
                 max_pixels=config.limits.max_pixels,
@@ -178,9 +180,9 @@ def run_job(
 def run_summary(result: SegmentResult) -> dict[str, Any]:
     """What the job record keeps of a finished run (``GET /jobs/{id}``'s ``result``, a :class:`RunResult` as
     JSON): the pixel sizes, the level read and why, the region of interest's share, the tiles run and skipped,
-    the warnings and how the network ran."""
+    the warnings and how the network ran; and, on an instance run, the objects found per class (``objects``)."""
     runtime = result.runtime
-    return RunResult(
+    summary = RunResult(
         pixel_size=result.pixel_size,
         roi=result.roi,
         tiles_total=result.tiles_total,
@@ -189,6 +191,7 @@ def run_summary(result: SegmentResult) -> dict[str, Any]:
         warnings=list(result.warnings),
         runtime={**runtime.tuning, "window": runtime.window, "tile": runtime.tile},
     ).model_dump(mode="json")
+    return {**summary, "objects": result.objects} if result.objects is not None else summary
 
 
 def prepare_viewer(job: Job, source: str, attempt: JobFiles, options: JobOptions) -> None:

@@ -22,9 +22,7 @@ from typing import Any, TypeAlias
 
 from tileseg import config, objectstore
 from tileseg.engine.io.remote import RemoteUrl, configure_remote_reads
-from tileseg.engine.options import ObjectType
 from tileseg.engine.runtime.device import configure_threads
-from tileseg.engine.vectors.sink import export
 from tileseg.jobs.errors import (
     JobCanceledError,
     JobFailedError,
@@ -32,7 +30,8 @@ from tileseg.jobs.errors import (
     ResultNotFoundError,
     ResultNotReadyError,
 )
-from tileseg.jobs.files import JobFiles, drop_input, jobs_root
+from tileseg.jobs.files import RESULT_OPTIONS, JobFiles, drop_input, jobs_root
+from tileseg.jobs.instances import check_objects, export_vectors
 from tileseg.jobs.intake import JobOptions, check_input, check_shards, fetch_without_ranges, resolve_source
 from tileseg.jobs.modelpool import CardCatalogue, ModelPool, ServedModels
 from tileseg.jobs.runner import Outcome, RunConfig
@@ -173,19 +172,41 @@ class JobService:
         owner: str | None,
         upload: Upload | None = None,
         source: str | None = None,
+        callback: dict[str, str] | None = None,
     ) -> Job:
         """Check a request from headers and queue its job.
 
-        Exactly one of ``upload`` (already written to the job's folder) and ``source`` (a path under an
-        input root) is given. On any error the upload is removed and no job exists.
+        Exactly one of ``upload`` (already written to the job's folder) and ``source`` (a path under an input
+        root) is given; ``callback``: where its callbacks go (checked: :func:`tileseg.jobs.callbacks.job_callbacks`).
+        On any error the upload is removed and no job exists.
 
         Raises:
-            ModelNotFoundError, OptionsError, SourceNotAllowedError, and the input checks' errors
-            (:func:`tileseg.jobs.intake.check_input`).
+            ModelNotFoundError, OptionsError, SourceNotAllowedError, and the input checks' errors (:func:`check_input`).
         """
+        row = self.prepare(job_id, model, options, owner, upload, source)
+        try:
+            job = self.store.create(**row, callback=callback)
+        except BaseException:
+            self.discard(job_id, owned=row["input_owned"])
+            raise
+        self.dispatch(job.id)
+        return job
+
+    def prepare(
+        self,
+        job_id: str,
+        model: str,
+        options: JobOptions,
+        owner: str | None,
+        upload: Upload | None = None,
+        source: str | None = None,
+    ) -> dict[str, Any]:
+        """The checks of :meth:`submit`, and the job's row for :meth:`JobStore.create` (not written yet: once
+        it is, :meth:`dispatch` it; if it never is, :meth:`discard` it). On an error nothing of it is left."""
         files = JobFiles.of(self.data_dir, job_id)
         try:
             spec = self.models.spec(model, options.prune)
+            check_objects(options, spec, self.models)  # instances=true of a model without: a 400, no job
             if upload is not None:
                 path, name = upload.path, upload.filename
             else:
@@ -199,22 +220,24 @@ class JobService:
                 if upload is not None:
                     path = self.objects.put_input(job_id, upload.path)
                 files.remove()
-            job = self.store.create(
-                id=job_id,
-                owner=owner,
-                model=model,
-                options=options.to_record(),
-                input=info.to_dict(),
-                input_path=path.url if isinstance(path, (RemoteUrl, objectstore.S3Url)) else str(path),
-                input_owned=upload is not None,
-            )
         except BaseException:
-            files.remove()
-            if upload is not None and self.objects is not None:
-                self.objects.remove(job_id)
+            self.discard(job_id, owned=upload is not None)
             raise
-        self._dispatch(job.id)
-        return job
+        return dict(
+            id=job_id,
+            owner=owner,
+            model=model,
+            options=options.to_record(),
+            input=info.to_dict(),
+            input_path=path.url if isinstance(path, (RemoteUrl, objectstore.S3Url)) else str(path),
+            input_owned=upload is not None,
+        )
+
+    def discard(self, job_id: str, owned: bool) -> None:
+        """Remove what :meth:`prepare` kept of a job that is not written: its folder, its uploaded object."""
+        JobFiles.of(self.data_dir, job_id).remove()
+        if owned and self.objects is not None:
+            self.objects.remove(job_id)
 
     def _fetched(self, path: Path | RemoteUrl, files: JobFiles) -> Upload | None:
         """The job's own copy of an http(s) ``source`` whose server ignores Range requests (up to the upload
@@ -225,7 +248,8 @@ class JobService:
         fetched = fetch_without_ranges(path, files.upload, limit, self.settings.source_allow)
         return None if fetched is None else Upload(fetched, path.name, fetched.stat().st_size)
 
-    def _dispatch(self, job_id: str) -> None:
+    def dispatch(self, job_id: str) -> None:
+        """Tell the workers of a job just written: wake the embedded ones, or send it to the broker."""
         if not self.queue_mode:
             for worker in self.workers:
                 worker.wake()
@@ -271,7 +295,7 @@ class JobService:
         return self.store.count_by_status()
 
     def result(self, job_id: str, kind: str, owner: Any = ANY_OWNER) -> tuple[Job, ResultRef]:
-        """The job and where one of its results lies (``mask``, ``probabilities``, ``vectors``, ``preview``):
+        """The job and where a result lies (``mask``, ``probabilities``, ``vectors``, ``instances``, ``objects``...):
         a path on this machine, or an object in S3 (TILESEG_RESULTS_URL).
 
         Raises:
@@ -279,8 +303,8 @@ class JobService:
             (queued, running); JobFailedError; JobCanceledError, ResultGoneError (expired).
         """
         job = self.store.get(job_id, owner)
-        if kind in ("probabilities", "vectors") and not job.options.get(kind):
-            raise ResultNotFoundError(f"job {job.id} has no {kind}: submit it with {kind}=true")
+        if kind in RESULT_OPTIONS and not job.options.get(RESULT_OPTIONS[kind]):
+            raise ResultNotFoundError(f"job {job.id} has no {kind}: submit it with {RESULT_OPTIONS[kind]}=true")
         if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
             raise ResultNotReadyError(f"job {job.id} is {job.status.value}: its {kind} is not ready yet")
         if job.status is JobStatus.FAILED:
@@ -333,17 +357,16 @@ class JobService:
         job, stored = self.result(job_id, "vectors", owner)
         if fmt == "gpkg":
             return job, stored
-        object_type = ObjectType(job.options.get("object_type") or ObjectType.ANNOTATION.value)
         converted = JobFiles.of(self.data_dir, job.id).vectors_as(f".{fmt}")
         if isinstance(stored, Path):
             if not converted.is_file():
-                export(stored, converted, object_type)
+                export_vectors(job, stored, converted)
             return job, converted
         url = S3Url(stored.bucket, stored.key.rsplit("/", 1)[0]).join(converted.name)  # beside the GeoPackage
         if not objectstore.exists(url):
             with tempfile.TemporaryDirectory(dir=self.data_dir) as scratch:
                 local = objectstore.download(stored, Path(scratch) / stored.key.rsplit("/", 1)[-1])
-                export(local, Path(scratch) / converted.name, object_type)
+                export_vectors(job, local, Path(scratch) / converted.name)
                 objectstore.upload(Path(scratch) / converted.name, url, content_type="application/geo+json")
         return job, url
 

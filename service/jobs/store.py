@@ -19,8 +19,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from tileseg.jobs.batchstore import BatchRows
 from tileseg.jobs.errors import JobNotFoundError
 from tileseg.jobs.leases import Leases
+from tileseg.jobs.outbox import Outbox
 from tileseg.jobs.table import (
     SHARD_COUNTS,
     Job,
@@ -42,7 +44,7 @@ def new_job_id() -> str:
     return str(uuid.uuid4())
 
 
-class JobStore(Leases):
+class JobStore(Leases, BatchRows, Outbox):
     """The job table at a SQLAlchemy URL (``sqlite:///path/jobs.db``, later ``postgresql://...``).
 
     Args:
@@ -80,24 +82,12 @@ class JobStore(Leases):
         input: dict[str, Any],
         input_path: str,
         input_owned: bool,
+        callback: dict[str, str] | None = None,
     ) -> Job:
-        """Queue a new job and return it."""
-        row = dict(
-            id=id,
-            owner=owner,
-            status=JobStatus.QUEUED.value,
-            model=model,
-            options=options,
-            input=input,
-            input_path=input_path,
-            input_owned=input_owned,
-            tiles_done=0,
-            tiles_total=0,
-            created=self._now,
-            attempts=0,
-        )
+        """Queue a new job and return it. ``callback``: where its callbacks go, by the status that sends them."""
+        row = job_row(id, owner, model, options, input, input_path, input_owned, callback=callback)
         with self._tx() as conn:
-            conn.execute(jobs.insert().values(**row))
+            conn.execute(jobs.insert().values(**row, created=self._now))
         return self.get(id)
 
     def get(self, job_id: str, owner: Any = ANY_OWNER) -> Job:
@@ -227,6 +217,37 @@ _ACTIVE = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
 _SHARD_ACTIVE = [ShardStatus.QUEUED.value, ShardStatus.RUNNING.value]
 
 
+def job_row(
+    id: str,
+    owner: str | None,
+    model: str,
+    options: dict[str, Any],
+    input: dict[str, Any],
+    input_path: str,
+    input_owned: bool,
+    callback: dict[str, str] | None = None,
+    batch_id: str | None = None,
+) -> dict[str, Any]:
+    """A queued job's row, but for its ``created`` time (the database's clock, given where it is inserted)."""
+    row = dict(
+        id=id,
+        owner=owner,
+        status=JobStatus.QUEUED.value,
+        model=model,
+        options=options,
+        input=input,
+        input_path=input_path,
+        input_owned=input_owned,
+        tiles_done=0,
+        tiles_total=0,
+        attempts=0,
+        batch_id=batch_id,
+    )
+    if callback:  # absent rather than JSON null: the outbox looks for jobs whose column is set
+        row["callback"] = callback
+    return row
+
+
 def _shard_counts() -> list[sa.Label]:
     """A job's shards counted by state (``shards_total``, ``shards_queued``, ...) and their tiles done
     (``shards_tiles``): correlated subqueries, read with the job's row."""
@@ -243,4 +264,4 @@ def _owner_is(owner: str | None):
     return jobs.c.owner.is_(None) if owner is None else jobs.c.owner == owner
 
 
-__all__ = ["ANY_OWNER", "Job", "JobStatus", "JobStore", "new_job_id"]
+__all__ = ["ANY_OWNER", "Job", "JobStatus", "JobStore", "job_row", "new_job_id"]

@@ -61,8 +61,13 @@ jobs = sa.Table(
     ),  # the published run's summary: pixel sizes, level, ROI share
     # a sharded job's plan (tileseg.engine.shards.plan.ShardPlan as JSON): its shards are rows of `shards`
     sa.Column("plan", sa.JSON(none_as_null=True), nullable=True),
+    sa.Column("batch_id", sa.String(36), nullable=True),  # the batch it was submitted in (POST /batches)
+    # where its callbacks go, by the job status that sends them ({"succeeded": url, "failed": url, ...})
+    sa.Column("callback", sa.JSON(none_as_null=True), nullable=True),
+    sa.Column("notified", sa.String(16), nullable=True),  # the last status whose callbacks are in the outbox
     sa.Index("ix_jobs_status_created", "status", "created"),
     sa.Index("ix_jobs_owner_created", "owner", "created"),
+    sa.Index("ix_jobs_batch_created", "batch_id", "created"),
 )
 
 
@@ -99,6 +104,50 @@ shards = sa.Table(
     sa.Column("error_message", sa.Text, nullable=True),
     sa.Index("ix_shards_status", "status"),
 )
+# A batch of jobs (POST /batches): its jobs are ordinary rows of `jobs`, with its id in `batch_id`.
+batches = sa.Table(
+    "batches",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("owner", sa.String(64), nullable=True),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("options", sa.JSON, nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),  # its jobs
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("callback", sa.Text, nullable=True),  # posted once when every job has ended
+    sa.Column("notified", sa.Float, nullable=True),  # when that callback went into the outbox
+    sa.Index("ix_batches_owner_created", "owner", "created"),
+)
+
+
+class DeliveryStatus(str, enum.Enum):
+    """Where a callback delivery is: pending (retried until delivered or its time is up) -> delivered | abandoned."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    ABANDONED = "abandoned"
+
+
+# The callbacks' outbox (tileseg.jobs.outbox): one row per delivery, its body fixed when it is queued, kept until
+# it is delivered or given up, so that a restart of the server loses none.
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),  # the delivery id (X-Tileseg-Delivery)
+    sa.Column("job_id", sa.String(36), nullable=True),
+    sa.Column("batch_id", sa.String(36), nullable=True),
+    sa.Column("event", sa.String(16), nullable=False),  # the job status that sent it, or `finished` (a batch)
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),  # the exact JSON posted (and signed), UTF-8
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("due", sa.Float, nullable=False),  # the next attempt's time
+    sa.Column("held_until", sa.Float, nullable=True),  # a sender's claim on it, while it sends
+    sa.Column("finished", sa.Float, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Index("ix_deliveries_status_due", "status", "due"),
+)
 health = sa.Table("health", metadata, sa.Column("id", sa.Integer, primary_key=True), sa.Column("at", sa.Float))
 
 
@@ -130,6 +179,9 @@ class Job:
     published: str | None = None
     result: dict[str, Any] | None = None
     plan: dict[str, Any] | None = None
+    batch_id: str | None = None
+    callback: dict[str, str] | None = None
+    notified: str | None = None
     read_at: float | None = None  # not a column: the database's clock when the row was read
     shards: dict[str, int] | None = None  # not a column: a sharded job's shards counted (total, queued, ...)
 
@@ -175,6 +227,8 @@ def create_tables(engine: Engine) -> None:
             if column.name not in present and column.nullable:
                 kind = column.type.compile(dialect=engine.dialect)
                 conn.execute(sa.text(f'ALTER TABLE jobs ADD COLUMN "{column.name}" {kind}'))
+        for index in jobs.indexes:  # an index of a column just added (create_all makes those of new tables only)
+            index.create(conn, checkfirst=True)
 
 
 def make_engine(url: str) -> Engine:
@@ -197,6 +251,9 @@ def make_engine(url: str) -> Engine:
 
 __all__ = [
     "SHARD_COUNTS",
+    "DeliveryStatus",
+    "batches",
+    "deliveries",
     "Job",
     "JobStatus",
     "ShardStatus",

@@ -29,7 +29,7 @@ NUCLEI_CLASSES = (
     ClassInfo(CONTOUR, "contour", "#30a0ff", background=True),
 )
 INSTANCE_DISTANCE = 2  # a contour is one pixel thick; two leaves room for a prediction a pixel off
-NUCLEI_INSTANCES = InstanceSpec(seed=CORE, grow=(CORE, CONTOUR), distance=INSTANCE_DISTANCE, min_area=8)
+NUCLEI_INSTANCES = InstanceSpec(seed=CORE, grow=(CORE, CONTOUR), distance=INSTANCE_DISTANCE, min_area=16)
 VALIDATION_PREFIXES = ("0", "1", "2")
 DSB_LICENSE = (
     "CC0 1.0: BBBC038v1 (Caicedo et al., Nature Methods 2019), Broad Institute, 2018 Data Science Bowl stage 1 "

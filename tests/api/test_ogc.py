@@ -66,7 +66,7 @@ def test_owslib_lists_describes_and_executes_async(ogc, client, data_dir):
     assert {k: v["schema"] for k, v in options.items()} == {
         k: {key: value for key, value in p.items() if key != "description"} for k, p in form_properties().items()
     }
-    assert set(process["outputs"]) == {"mask", "vectors"}
+    assert set(process["outputs"]) == {"mask", "vectors", "instances", "objects"}
 
     href = f"file://{tenth(data_dir)}"
     status = ogc.execute("segment", inputs={"image": {"href": href}, "model": "rgb-test"}, async_=True)

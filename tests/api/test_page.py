@@ -28,7 +28,9 @@ from PIL import Image
 from playwright import sync_api as playwright_api
 
 from tests.api.conftest import KEY_A, Server, wait_for
+from tests.api.objects import write_nuclei
 from tests.conftest import REPO
+from tileseg import models
 
 CHROMIUM = os.environ.get("TILESEG_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -57,11 +59,14 @@ def browser():
 
 @pytest.fixture(scope="module")
 def open_server(tmp_path_factory, server_env):
-    """A server without keys, serving the shipped ``fcn8s-aerial`` and ``unet-em``, with a base map."""
+    """A server without keys, serving the shipped ``fcn8s-aerial``, ``unet-em`` and ``unet-nuclei`` (objects), with
+    a base map."""
     weights = tmp_path_factory.mktemp("page-weights")
     for name in ("fcn8s-aerial", "unet-em"):
         for suffix in (".safetensors", ".json"):
             shutil.copy(REPO / "weights" / f"{name}{suffix}", weights / f"{name}{suffix}")
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(models.weights_dir() / f"unet-nuclei{suffix}", weights / f"unet-nuclei{suffix}")
     data = tmp_path_factory.mktemp("page-data")
     env = server_env(data, api_keys="", weights_dir=weights, torch_threads=2, basemap_url=BASEMAP)
     srv = Server(data, env, data.parent / "page-server.log").start()
@@ -202,6 +207,33 @@ def test_png_upload_and_deep_zoom_viewer(browser, open_server, data_dir):
         tab.close()
 
 
+def test_an_instance_job_shows_its_objects_outlined(browser, open_server, data_dir, tmp_path):
+    """Ticking ``instances`` asks for the objects (and their vectors): the viewer outlines every object over
+    the image, in the outline colour, and the legend's box hides them."""
+    image = write_nuclei(data_dir, tmp_path / "nuclei.tif")
+    tab = Page(browser, open_server.url).ready()
+    try:
+        tab.page.check("#opt-instances")
+        job_id = tab.segment(image, "unet-nuclei")
+        job = httpx.get(f"{open_server.url}/jobs/{job_id}").json()
+        assert job["options"]["instances"] is True and job["options"]["vectors"] is True
+        count = job["result"]["objects"]["nucleus"]
+        tab.page.wait_for_selector("#viewer svg.outlines path", state="attached")
+        drawn = tab.page.eval_on_selector(
+            "#viewer svg.outlines path", "e => (e.getAttribute('d').match(/M/g) || []).length"
+        )
+        assert drawn >= count > 20, (drawn, count)  # one ring each at least (holes and parts add rings)
+        assert f"{count} object outlines" in tab.page.inner_text("#legend")
+        assert {"instances", "objects", "vectors"} <= set(tab.page.locator("#downloads a").all_inner_texts())
+        tab.settle()
+        outlined = _colour_share(tab.viewer_pixels(), "#ffe14d", tolerance=40)
+        assert outlined > 0.005, outlined
+        tab.page.uncheck("#outlines")
+        assert _colour_share(tab.viewer_pixels(), "#ffe14d", tolerance=40) < outlined / 4
+    finally:
+        tab.close()
+
+
 def test_bad_upload_shows_the_api_message(browser, open_server, tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("not an image\n" * 20)
@@ -233,7 +265,7 @@ def test_options_come_from_the_form_schema(browser, open_server):
         names = "es => es.map(e => e.name)"
         main = set(tab.page.eval_on_selector_all("#main-options input, #main-options select", names))
         advanced = set(tab.page.eval_on_selector_all("#advanced input, #advanced select", names))
-        assert main == {"roi", "vectors"} and main | advanced == expected and not main & advanced
+        assert main == {"roi", "vectors", "instances"} and main | advanced == expected and not main & advanced
         assert {"tile", "blend", "tta", "probabilities", "pixel_size"} <= advanced
         # the fold is closed at first: the advanced options are there but not shown until it is opened
         assert tab.page.eval_on_selector("#advanced", "e => e.tagName === 'DETAILS' && !e.open")

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tileseg.training.data import read_image
-from tileseg.training.nuclei import core_and_contour, read_instances
+from tileseg.training.nuclei import core_and_contour
 
 # one grey fluorescence image, one colour brightfield one, a dense grey one (369 nuclei) (names from the data set)
 NAMES = (
@@ -14,21 +13,6 @@ NAMES = (
     "00ae65c1c6631ae6f2be1a449902976e6eb8483bf6b0740d00530220832c6d3e",
     "0ea221716cf13710214dcd331a61cea48308c3940df1d28cfc7fd817c83714e1",
 )
-
-
-@pytest.fixture(scope="session")
-def nuclei_dir(data_dir):
-    return data_dir / "dsb2018_nuclei"
-
-
-@pytest.fixture(scope="session")
-def real_nuclei(nuclei_dir):
-    """(name, image (3, H, W) uint8, instance labels (H, W)) of the images of :data:`NAMES`."""
-    found = []
-    for name in NAMES:
-        image = read_image(nuclei_dir / "images" / f"{name}.png")
-        found.append((name, image, read_instances(nuclei_dir / "labels" / f"{name}.png")))
-    return found
 
 
 def mirrored_mosaic(array: np.ndarray, reps: tuple[int, int]) -> np.ndarray:

@@ -46,7 +46,7 @@ class Feedback(QgsProcessingFeedback):
 def styles(context, feedback, results):
     """Load each output as the desktop would, run its post-processor, and describe the renderer."""
     found = {}
-    for key, make in (("OUTPUT", QgsRasterLayer), ("VECTORS", QgsVectorLayer)):
+    for key, make in (("OUTPUT", QgsRasterLayer), ("VECTORS", QgsVectorLayer), ("OBJECTS", QgsVectorLayer)):
         path = results.get(key)
         if not path:
             continue
@@ -75,7 +75,7 @@ def main():
     context.setProject(QgsProject.instance())
     parameters = request["parameters"]
     if request["load"]:  # what the desktop's dialog does for the outputs it will load
-        for key in ("OUTPUT", "VECTORS"):
+        for key in ("OUTPUT", "VECTORS", "OBJECTS"):
             if key in parameters:
                 details = QgsProcessingContext.LayerDetails(key, QgsProject.instance(), key)
                 context.addLayerToLoadOnCompletion(parameters[key], details)

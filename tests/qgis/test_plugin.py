@@ -8,6 +8,7 @@ import json
 import sqlite3
 
 from tests.api.conftest import KEY_A, wait_for
+from tests.api.objects import nuclei_server, nuclei_weights, read_labels, write_nuclei  # noqa: F401 (fixtures)
 from tests.api.test_flow import assert_same_raster, run_cli
 
 
@@ -16,7 +17,8 @@ def test_the_algorithm_is_listed(qgis_process):
     assert listed.returncode == 0, listed.output
     assert "tileseg:segment" in listed.output, listed.output[-3000:]
     help_ = qgis_process("help", "tileseg:segment")
-    for parameter in ("INPUT", "MODEL", "SERVER", "API_KEY", "OUTPUT", "VECTORS", "TILE", "ROI_AUTO", "PIXEL_SIZE"):
+    parameters = ("INPUT", "MODEL", "SERVER", "API_KEY", "OUTPUT", "VECTORS", "OBJECTS", "INSTANCES", "TILE")
+    for parameter in (*parameters, "ROI_AUTO", "PIXEL_SIZE"):
         assert parameter in help_.output, (parameter, help_.output)
 
 
@@ -119,3 +121,33 @@ def test_the_loaded_layers_have_the_cards_colours(drive, server, client, data_di
     objects = [entry for entry, c in zip(palette, card["classes"]) if not c.get("background")]
     assert report["styles"]["VECTORS"] == {"renderer": "categorizedSymbol", "entries": objects}, report
     assert json.loads((tmp_path / "out.geojson").read_text())["type"] == "FeatureCollection"
+
+
+def test_the_objects_layer_and_labels_are_loaded(drive, nuclei_server, data_dir, tmp_path):  # noqa: F811
+    """With an instance model: the objects (one polygon each, from the job's vectors) load outlined in the class's
+    colour, and the label raster comes down beside them, as the server made them."""
+    image = write_nuclei(data_dir, tmp_path / "nuclei.tif")
+    report = drive(
+        {
+            "INPUT": str(image),
+            "MODEL": "unet-nuclei",
+            "SERVER": nuclei_server.url,
+            "API_KEY": KEY_A,
+            "TILE": "96",
+            "OUTPUT": str(tmp_path / "mask.tif"),
+            "OBJECTS": str(tmp_path / "objects.gpkg"),
+            "INSTANCES": str(tmp_path / "labels.tif"),
+        },
+        load=True,
+    )
+    assert report["ok"], report
+    labels, grid = read_labels(tmp_path / "labels.tif")
+    assert grid["dtype"] == "uint32" and labels.max() > 20
+    with sqlite3.connect(tmp_path / "objects.gpkg") as db:
+        (table,) = db.execute("SELECT table_name FROM gpkg_contents WHERE data_type = 'features'").fetchone()
+        ids = sorted(row[0] for row in db.execute(f'SELECT "id" FROM "{table}"'))
+    assert ids == list(range(1, int(labels.max()) + 1))
+    assert report["styles"]["OBJECTS"] == {"renderer": "categorizedSymbol", "entries": [[1, "#ff3030", "nucleus"]]}
+    (job_id,) = report["jobs"]
+    with nuclei_server.client() as api:
+        assert wait_for(api, job_id)["options"]["instances"] is True

@@ -1,13 +1,17 @@
 // tileseg's page: lists the models, submits jobs (upload with progress, or a server path) with the options
 // of the API's own form schema, follows them live (server-sent events, polling as the fallback), and shows
-// a finished job's mask over its input (Leaflet for georeferenced inputs, OpenSeadragon for pixel space).
+// a finished job's mask over its input (Leaflet for georeferenced inputs, OpenSeadragon for pixel space), and an
+// instance job's objects as outlines over it (from the GeoJSON of its vectors).
 // Plain JavaScript, no build step; every call goes to the same server, relative to this page.
 "use strict";
 
 const KEY_STORE = "tileseg.apiKey";
 const BUILT_IN_FIELDS = new Set(["file", "source", "model"]);
 // the options most people need sit beside the model and the image; the rest behind the "Advanced" fold
-const MAIN_OPTIONS = ["roi", "vectors"];
+const MAIN_OPTIONS = ["roi", "vectors", "instances"];
+// an SVG or a Leaflet layer of more outlines than this slows the page down: past it, the downloads have them
+const MAX_OUTLINES = 20000;
+const SVG_NS = "http://www.w3.org/2000/svg";
 const UNIT_SYMBOLS = { um: "µm", m: "m" };
 const FINAL = new Set(["succeeded", "failed", "canceled", "expired"]);
 const $ = (id) => document.getElementById(id);
@@ -171,6 +175,8 @@ function formData() {
     if (input.type === "checkbox") { if (input.checked) data.append(input.name, "true"); }
     else if (input.value !== "") data.append(input.name, input.value);
   }
+  // the page draws an instance job's objects from the GeoJSON of its vectors: it asks for them with the objects
+  if (data.get("instances") === "true" && !data.has("vectors")) data.append("vectors", "true");
   const source = $("source").value.trim();
   if (source) data.append("source", source);
   if ($("file").files.length) data.append("file", $("file").files[0]);
@@ -348,6 +354,64 @@ async function openViewer(job) {
   buildLegend(tiles.classes, hidden);
   buildDownloads(job);
   $("viewer-section").scrollIntoView({ block: "start" });
+  showOutlines(job, state.viewer);
+}
+
+// ---- an instance job's objects, outlined over the image ------------------------------------------------
+
+async function showOutlines(job, viewer) {
+  if (!job.options.instances || !job.links.vectors) return;
+  let collection;
+  try {
+    const response = await fetch(`${job.links.vectors}?format=geojson`, { headers: authHeaders() });
+    if (!response.ok) throw await errorOf(response.status, await response.text());
+    collection = await response.json();
+  } catch (err) { showError(err); return; }
+  if (state.viewer !== viewer) return;  // another job was opened meanwhile
+  const count = collection.features.length;
+  const crs = collection.crs && collection.crs.properties && collection.crs.properties.name;
+  // Leaflet draws lon/lat; a layer in another CRS would need a projection library the page does not carry
+  const drawable = viewer.kind === "deepzoom" || !crs || /4326|CRS84/.test(crs);
+  const label = document.createElement("label");
+  label.className = "outlines-toggle";
+  if (count > MAX_OUTLINES || !drawable) {
+    label.textContent = `${count} objects (not outlined here: ${count > MAX_OUTLINES ? "too many" : crs}; see the downloads)`;
+  } else {
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.checked = true;
+    box.id = "outlines";
+    box.addEventListener("change", () => viewer.showOutlines(box.checked));
+    label.append(box, `${count} object outlines`);
+    viewer.setOutlines(collection);
+  }
+  $("legend").append(label);
+}
+
+// Each polygon ring of a GeoJSON geometry (Polygon or MultiPolygon), as lists of [x, y].
+function ringsOf(geometry) {
+  if (!geometry) return [];
+  if (geometry.type === "Polygon") return geometry.coordinates;
+  if (geometry.type === "MultiPolygon") return geometry.coordinates.flat();
+  return [];
+}
+
+// An SVG of the outlines in pixel space (a QuPath GeoJSON: x the column, y the row), the image's size.
+function outlineSvg(collection, width, height) {
+  const svg = document.createElementNS(SVG_NS, "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.setAttribute("class", "outlines");
+  svg.setAttribute("aria-hidden", "true");
+  const parts = [];
+  for (const feature of collection.features) {
+    for (const ring of ringsOf(feature.geometry)) parts.push("M" + ring.map(([x, y]) => `${x} ${y}`).join("L") + "Z");
+  }
+  const path = document.createElementNS(SVG_NS, "path");
+  path.setAttribute("d", parts.join(""));
+  path.setAttribute("vector-effect", "non-scaling-stroke");
+  svg.append(path);
+  return svg;
 }
 
 function buildLegend(classes, hidden) {
@@ -434,10 +498,16 @@ function leafletViewer(tiles, maskUrl, opacity) {
   if (tiles.urls.input) new KeyedTileLayer(fillUrl(tiles.urls.input, "{z}", "{x}", "{y}"), options).addTo(map);
   const mask = new KeyedTileLayer(maskUrl(), { ...options, opacity: opacity() }).addTo(map);
   map.fitBounds(bounds);
+  let outlines = null;
   return {
     kind: "xyz",
     setOpacity: (v) => mask.setOpacity(v),
     redrawMask: () => mask.setUrl(maskUrl()),
+    setOutlines: (collection) => {
+      outlines = L.geoJSON(collection, { interactive: false, style: { color: "#ffe14d", weight: 1.5, fill: false } });
+      outlines.addTo(map);
+    },
+    showOutlines: (on) => { if (outlines) { if (on) outlines.addTo(map); else outlines.remove(); } },
     destroy: () => map.remove(),
   };
 }
@@ -470,11 +540,18 @@ function deepZoomViewer(tiles, maskUrl, opacity) {
     });
   };
   if (tiles.urls.input) osd.addOnceHandler("open", addMask); else addMask();
+  let outlines = null;
   return {
     kind: "deepzoom",
     osd,
     setOpacity: (v) => { if (mask) mask.setOpacity(v); },
     redrawMask: addMask,
+    // an overlay on the image's whole extent (its width is 1 in the viewport's units): it pans and zooms with it
+    setOutlines: (collection) => {
+      outlines = outlineSvg(collection, tiles.width, tiles.height);
+      osd.addOverlay({ element: outlines, location: new OpenSeadragon.Rect(0, 0, 1, tiles.height / tiles.width) });
+    },
+    showOutlines: (on) => { if (outlines) outlines.style.display = on ? "" : "none"; },
     destroy: () => osd.destroy(),
   };
 }

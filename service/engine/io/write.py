@@ -92,7 +92,10 @@ def mask_profile(source: RasterSource, num_bands: int, dtype: str, nodata: int |
         "tiled": True,
         "blockxsize": OUTPUT_BLOCK,
         "blockysize": OUTPUT_BLOCK,
-        "compress": "deflate",
+        # ZSTD level 1: as small as DEFLATE's default on class masks, 6x faster to write (docs/benchmarks.md);
+        # GDAL (so QGIS, rasterio) reads it; --cog gives DEFLATE for readers without ZSTD
+        "compress": "zstd",
+        "zstd_level": 1,
         "BIGTIFF": "IF_SAFER",
         "interleave": "band",
     }

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from tileseg.config import engine_config
+from tileseg.engine.runtime.quantized import model_int8_path
 from tileseg.engine.runtime.runtimes import Runtime
 from tileseg.models.base import SegmentationNet
 
@@ -144,7 +145,8 @@ class OnnxRuntimeForward:
 
 class OpenVinoForward:
     """An ONNX file compiled by OpenVINO for the CPU, once per input shape (the last few kept), in fp32 or,
-    where the card allows it, bf16 (OpenVINO's inference precision hint)."""
+    where the card allows it, bf16 (OpenVINO's inference precision hint); an int8 (QDQ) program runs its
+    quantized layers in int8 and the rest in fp32."""
 
     def __init__(self, path: Path, runtime: Runtime):
         import openvino
@@ -182,7 +184,8 @@ class OpenVinoForward:
 
 def exported_forward(model: SegmentationNet, runtime: Runtime):
     """The forward function of ``model`` in an exported ``runtime``: the cached ONNX file (exported when
-    missing) in its library, checked against eager fp32 first.
+    missing) in its library, checked against eager fp32 first; for int8, that file quantized with the card's
+    ranges (:mod:`.quantized`), whose agreement with fp32 is the card's to record.
 
     Raises:
         ExportMismatch: the program's logits differ from eager fp32's.
@@ -192,10 +195,12 @@ def exported_forward(model: SegmentationNet, runtime: Runtime):
     path = onnx_path(model)
     if not path.is_file():
         export_onnx(model, path)
+    # int8: the export quantized with the card's ranges; the check below is of the export's own fp32 graph
+    program = model_int8_path(model, path) if runtime.precision == "int8" else path
     if runtime.mode == "openvino":
-        forward: Any = OpenVinoForward(path, runtime)
+        forward: Any = OpenVinoForward(program, runtime)
     else:
-        forward = OnnxRuntimeForward(path, device, runtime)
+        forward = OnnxRuntimeForward(program, device, runtime)
     checked = path.with_suffix(".checked.json")
     kind = f"{runtime.mode}:{device.type}:{library_versions().get(_LIBRARY[runtime.mode], '?')}"
     if kind not in _read_json(checked):  # checked once per program, library and device type; then on record

@@ -1,6 +1,7 @@
 """How a network runs: its precision, memory format and runtime, and the forward function of each.
 
-A :class:`Runtime` is one way to run a network: autocast precision (``fp32``, ``bf16``, ``fp16``), memory
+A :class:`Runtime` is one way to run a network: autocast precision (``fp32``, ``bf16``, ``fp16``; ``int8``,
+an exported program quantized statically, :mod:`tileseg.engine.runtime.quantized`), memory
 format (``channels_last`` or contiguous) and mode: PyTorch ``eager``, ``compiled`` (``torch.compile``), or an
 exported program run by ``onnxruntime`` (the CPU provider; CUDA's on a GPU), ``tensorrt`` (ONNX Runtime's
 TensorRT provider) or ``openvino`` (:mod:`tileseg.engine.runtime.export`). Which one is fastest is measured, per
@@ -19,7 +20,13 @@ import torch
 from tileseg.engine.errors import OptionsError
 from tileseg.models.spec import ModelSpec
 
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "int8": None,  # no autocast: an int8 program is run by an exported runtime only
+}
+EXPORTED_ONLY = ("int8",)
 TORCH_MODES = ("eager", "compiled")
 EXPORTED_MODES = ("onnxruntime", "tensorrt", "openvino")
 # what --runtime accepts, and the modes each name allows
@@ -75,13 +82,17 @@ BASELINE = Runtime("fp32", True, "eager")  # what every fallback runs: eager fp3
 
 def allowed_precisions(spec: ModelSpec, device: torch.device) -> list[str]:
     """The precisions the card allows that ``device`` runs: fp32 always; the card's reduced precision where the
-    device has it (bf16 on CUDA only where ``torch.cuda.is_bf16_supported()``; fp16 on CUDA only)."""
+    device has it (bf16 on CUDA only where ``torch.cuda.is_bf16_supported()``; fp16 on CUDA only); int8 on the
+    CPU where the card allows it (``tileseg models quantize`` found its masks agree with fp32 at least as well
+    as bf16's do)."""
     allowed = ["fp32"]
     reduced = spec.precision
     if reduced == "bf16" and (device.type != "cuda" or torch.cuda.is_bf16_supported()):
         allowed.append("bf16")
     if reduced == "fp16" and device.type == "cuda":
         allowed.append("fp16")
+    if spec.int8 and device.type == "cpu":
+        allowed.append("int8")
     return allowed
 
 
@@ -128,13 +139,28 @@ def exported_modes(device: torch.device) -> list[str]:
 
 
 def _exported_precisions(mode: str, precisions: list[str], device: torch.device) -> list[str]:
-    """What each exported runtime computes in: ONNX Runtime fp32 (its CPU and CUDA kernels run the fp32 graph);
-    TensorRT and OpenVINO the card's reduced precision too (a build flag, an inference hint)."""
+    """What each exported runtime computes in: ONNX Runtime fp32 (its CPU and CUDA kernels run the fp32 graph)
+    and, on the CPU, the int8 program; OpenVINO fp32, bf16 (an inference hint) and the int8 program; TensorRT
+    the card's reduced float precision too (a build flag)."""
     if mode == "onnxruntime":
-        return [p for p in precisions if p == "fp32"]
+        return [p for p in precisions if p == "fp32" or (p == "int8" and device.type == "cpu")]
     if mode == "openvino":
-        return [p for p in precisions if p in ("fp32", "bf16")]
-    return precisions
+        return [p for p in precisions if p in ("fp32", "bf16", "int8")]
+    return [p for p in precisions if p not in EXPORTED_ONLY]
+
+
+def _int8_asked(spec: ModelSpec, device: torch.device, exportable: bool) -> list[str]:
+    """``--precision int8``: refused unless the card allows it and an exported runtime can run it here."""
+    if not spec.int8:
+        raise OptionsError(
+            f"int8 was asked for, but the card of {spec.name} does not allow it: its int8 masks were not shown to "
+            "agree with fp32 at least as well as bf16's do (`tileseg models quantize` measures it); use fp32 or bf16"
+        )
+    if device.type != "cpu":
+        raise OptionsError(f"int8 was asked for, but it runs on the CPU only, not on {device.type}")
+    if not exportable:
+        raise OptionsError("int8 was asked for, but this network is not an exported checkpoint (no int8 program)")
+    return ["int8"]
 
 
 def candidates(
@@ -161,7 +187,9 @@ def candidates(
     if precision == "auto":
         precisions = allowed
     elif precision not in PRECISIONS:
-        raise OptionsError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
+        raise OptionsError(f"unknown precision {precision!r}; use auto, fp32, bf16, fp16 or int8")
+    elif precision == "int8":
+        precisions = _int8_asked(spec, device, compilable and exportable)
     elif precision == "fp16" and device.type == "cpu":
         precisions = ["bf16"]  # the CPU's reduced precision; asked for by name, it is the user's call
     else:
@@ -175,7 +203,7 @@ def candidates(
             raise OptionsError("compile on was asked for, but this model is a TorchScript or ONNX program")
         if runtime not in ("auto", "torch"):
             raise OptionsError(f"runtime {runtime} was asked for, but this model is a TorchScript or ONNX program")
-        return [Runtime(p, True, "eager") for p in precisions]
+        return [Runtime(p, True, "eager") for p in precisions if p not in EXPORTED_ONLY]
     modes = [m for m in RUNTIME_CHOICES[runtime] if m != "compiled" or compile != "off"]
     if compile == "on":
         if runtime not in ("auto", "torch"):
@@ -194,9 +222,11 @@ def candidates(
     found = []
     for mode in modes:
         if mode in TORCH_MODES:
-            found += [Runtime(p, fmt, mode) for p in precisions for fmt in (True, False)]
+            found += [Runtime(p, fmt, mode) for p in precisions if p not in EXPORTED_ONLY for fmt in (True, False)]
         elif mode in installed:
             found += [Runtime(p, False, mode) for p in _exported_precisions(mode, precisions, device)]
+    if not found and precision == "int8":
+        raise OptionsError("int8 runs in ONNX Runtime or OpenVINO: install one, and leave --runtime auto or name it")
     if not found:
         raise OptionsError(f"no runtime runs precision {precision} with runtime {runtime} on {device.type}")
     return found
@@ -205,6 +235,7 @@ def candidates(
 __all__ = [
     "BASELINE",
     "EXPORTED_MODES",
+    "EXPORTED_ONLY",
     "RUNTIME_CHOICES",
     "Runtime",
     "allowed_precisions",

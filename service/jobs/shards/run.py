@@ -34,6 +34,7 @@ from tileseg.engine.views.preview import render_preview
 from tileseg.errors import TilesegError
 from tileseg.jobs.errors import InterruptedJobError, JobNotFoundError, LeaseLostError, ShardStoppedError
 from tileseg.jobs.files import JobFiles, drop_input
+from tileseg.jobs.instances import keeps_probabilities, object_outputs
 from tileseg.jobs.intake import JobOptions, pin_source
 from tileseg.jobs.periodic import Periodic
 from tileseg.jobs.runner import (
@@ -245,7 +246,7 @@ def run_shard_job(
             shard.number,
             folder,
             options.segment_options(config.batch, config.memory),
-            probabilities=options.probabilities,
+            probabilities=keeps_probabilities(options, model.spec),
             progress=run.progress,
             allowed_drivers=config.limits.allowed_drivers,
             max_pixels=config.limits.max_pixels,
@@ -294,6 +295,7 @@ def assemble_job(
             vectors=attempt.vectors if options.vectors else None,
             allowed_drivers=config.limits.allowed_drivers,
             max_pixels=config.limits.max_pixels,
+            **object_outputs(options, attempt),
         )
         render_preview(attempt.mask, attempt.preview)
         if config.view_copies:

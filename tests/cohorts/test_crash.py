@@ -1,0 +1,100 @@
+"""A run killed at random moments (SIGKILL), then the same command again: the outputs equal a clean run's, and
+nothing finished before a kill is done again. Ctrl-C (SIGINT) stops cleanly: exit 130, the input in flight
+recorded as interrupted, no output of it left. And an ``s3://`` prefix as INPUT (moto's S3 server)."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tests.cohorts.conftest import FIXED, manifest, read, run, write_em
+
+
+def command(folder: Path, out: Path) -> list[str]:
+    program = shutil.which("tileseg", path=str(Path(sys.executable).parent))
+    assert program, "the tileseg command is not installed beside this Python"
+    return [program, "segment", str(folder), "--out-dir", str(out), *FIXED]
+
+
+def finished(out: Path) -> dict[str, int]:
+    """The inputs the manifest records as succeeded, with their mask's modification time."""
+    if not (out / "manifest.jsonl").exists():
+        return {}
+    done = {r["name"] for r in manifest(out) if r["status"] == "succeeded"}
+    return {name: (out / name / "mask.tif").stat().st_mtime_ns for name in done}
+
+
+def test_sigkill_at_random_moments_then_the_same_command(tmp_path, em_crops, expected_masks):
+    folder = tmp_path / "in"
+    for i, crop in enumerate(em_crops):
+        write_em(folder / f"em{i}.tif", crop)
+    clean = tmp_path / "clean"
+    began = time.monotonic()
+    assert subprocess.run(command(folder, clean), capture_output=True).returncode == 0
+    seconds = time.monotonic() - began
+    out, rng, kept = tmp_path / "out", random.Random(30), {}
+    for _ in range(3):
+        process = subprocess.Popen(command(folder, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, seconds))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        now = finished(out)
+        assert all(now[name] == mtime for name, mtime in kept.items())  # nothing finished was redone
+        kept = now
+    result = subprocess.run(command(folder, out), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert all(finished(out)[name] == mtime for name, mtime in kept.items())
+    succeeded = [r["name"] for r in manifest(out) if r["status"] == "succeeded"]
+    assert sorted(succeeded) == sorted(set(succeeded)) == [f"em{i}" for i in range(len(em_crops))]  # each once
+    for i in range(len(em_crops)):
+        mask = read(out / f"em{i}" / "mask.tif")
+        np.testing.assert_array_equal(mask, read(clean / f"em{i}" / "mask.tif"))
+        np.testing.assert_array_equal(mask, expected_masks[i])
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in clean.iterdir())  # no .partial left
+
+
+def test_ctrl_c_stops_cleanly(tmp_path, em_crops):
+    folder = tmp_path / "in"
+    for i, crop in enumerate(em_crops):
+        write_em(folder / f"em{i}.tif", crop)
+    out = tmp_path / "out"
+    process = subprocess.Popen(command(folder, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not finished(out) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1].startswith("interrupted: ")
+    records = manifest(out)
+    last = records[-1]
+    assert last["status"] == "interrupted" and last["outputs"] == {} and "interrupted" in last["error"]
+    assert not (out / last["name"]).exists() and not (out / ".partial").exists()
+    assert len(records) < len(em_crops)
+    result = run("segment", folder, "--out-dir", out, *FIXED)  # resumes: the interrupted input is done now
+    assert result.exit_code == 0 and f"{len(em_crops) - len(records) + 1} succeeded" in result.output, result.output
+
+
+def test_an_s3_prefix(tmp_path, s3, em_crops, expected_masks):
+    bucket = s3.bucket()
+    for i in range(3):
+        source = write_em(tmp_path / f"em{i}.tif", em_crops[i])
+        s3.client().upload_file(str(source), bucket, f"scenes/day1/em{i}.tif")
+    s3.client().put_object(Bucket=bucket, Key="scenes/day1/notes.txt", Body=b"not a raster")
+    out = tmp_path / "out"
+    result = run("segment", f"s3://{bucket}/scenes/day1/", "--out-dir", out, *FIXED)
+    assert result.exit_code == 0, result.output
+    records = manifest(out)
+    assert [r["input"] for r in records] == [f"s3://{bucket}/scenes/day1/em{i}.tif" for i in range(3)]
+    for i in range(3):
+        np.testing.assert_array_equal(read(out / f"em{i}" / "mask.tif"), expected_masks[i])
+    result = run("segment", f"s3://{bucket}/nothing/", "--out-dir", tmp_path / "none", *FIXED)
+    assert result.exit_code == 1 and "no raster under this prefix" in result.output
+    assert not (tmp_path / "none").exists()
