@@ -78,6 +78,13 @@ def object_counts(sinks) -> dict[str, int] | None:
     return found[0] if found else None
 
 
+def keeps_probabilities(spec, probabilities, instances=None, objects=None, vectors=None) -> bool:
+    """Whether the runner must hand on probabilities: asked for, or for the objects' mean probability (their
+    table or features; the label GeoTIFF alone needs the classes only)."""
+    measured = objects is not None or (vectors is not None and spec.instances is not None)
+    return probabilities is not None or (measured and wants_objects(spec, instances, objects, vectors))
+
+
 def provenance_tags(
     model: SegmentationNet, plan: ReadPlan, options: SegmentOptions, runtime: RuntimeReport
 ) -> dict[str, str]:
@@ -110,4 +117,4 @@ def _card_hash(model: SegmentationNet) -> str:
     return models.card_hash(path) if path else "unknown"
 
 
-__all__ = ["check_outputs", "make_sinks", "object_counts", "provenance_tags", "wants_objects"]
+__all__ = ["check_outputs", "keeps_probabilities", "make_sinks", "object_counts", "provenance_tags", "wants_objects"]

@@ -32,7 +32,7 @@ from tileseg.engine.io.inputs import open_input
 from tileseg.engine.io.read import ALLOWED_DRIVERS, gdal_env
 from tileseg.engine.io.source import RasterSource
 from tileseg.engine.options import SegmentOptions
-from tileseg.engine.outputs import check_outputs, make_sinks, object_counts, provenance_tags, wants_objects
+from tileseg.engine.outputs import check_outputs, keeps_probabilities, make_sinks, object_counts, provenance_tags
 from tileseg.engine.prediction import TilePrediction
 from tileseg.engine.readplan import read_plan
 from tileseg.engine.resolution import pixel_size_warnings
@@ -88,7 +88,7 @@ def segment(
     started = time.perf_counter()
     spec, device = model.spec, next(model.parameters()).device
     check_outputs(spec, vectors, instances, objects)  # before any work
-    keep_probabilities = probabilities is not None or wants_objects(spec, instances, objects, vectors)
+    keep_probabilities = keeps_probabilities(spec, probabilities, instances, objects, vectors)
     if is_zarr_path(output) or is_zarr_path(probabilities):
         check_zarr_paths(output, probabilities, options.cog)  # before any work
     with gdal_env(), open_input(source, spec, options.bands, allowed_drivers, max_pixels, options.asset) as full:

@@ -29,6 +29,9 @@ from scipy import ndimage
 from tileseg.models.spec import InstanceSpec
 
 EIGHT = np.ones((3, 3), dtype=bool)
+# provisional ids of seed regions: one per region and strip, so 2**31 covers any image; half the memory of int64
+LABEL = np.int32
+MAX_LABEL = np.iinfo(LABEL).max
 # the sums kept per object, before one per input band
 PIXELS, ROWS, COLS, PROBABILITY = 0, 1, 2, 3
 
@@ -87,11 +90,11 @@ class InstanceDecoder:
         self.next_final = 1
         self.y = 0  # rows taken
         # seed labels of rows [y - len(seeds), y); growth done for rows [g, ...); grown rows kept from e
-        self.seeds = np.zeros((0, width), np.int64)
+        self.seeds = np.zeros((0, width), LABEL)
         self.g = 0
         self.pending_classes = np.zeros((0, width), np.uint16)
         self.pending_extra = np.zeros((0, 1 + bands, width), np.float32)
-        self.out = np.zeros((0, width), np.int64)
+        self.out = np.zeros((0, width), LABEL)
         self.e = 0
         self.live: dict[int, list] = {}  # root -> [first pixel index, last seed row, sums]
         self.final: dict[int, tuple[int, int]] = {}  # finished provisional root -> (final id or 0, last row)
@@ -124,21 +127,30 @@ class InstanceDecoder:
 
     def _seeds(self, y: int, classes: np.ndarray) -> None:
         labels, count = ndimage.label(classes == self.spec.seed, structure=EIGHT)
-        labels = labels.astype(np.int64)
+        labels = labels.astype(LABEL, copy=False)
+        if self.next_id + count >= MAX_LABEL:
+            raise ValueError(f"more than {MAX_LABEL} seed regions: the provisional ids would overflow")
         if count:
+            self._new_regions(y, labels, count)
             labels[labels > 0] += self.next_id - 1
-            flat = labels.ravel()
-            ids, first = np.unique(flat, return_index=True)
-            _, from_end = np.unique(flat[::-1], return_index=True)
-            last_row = (flat.size - 1 - from_end) // self.width
-            for i, f, r in zip(ids.tolist(), first.tolist(), last_row.tolist()):
-                if i:
-                    self.live[i] = [y * self.width + f, y + r, np.zeros(4 + self.bands)]
             self.next_id += count
         if len(self.seeds):
             self._join(self.seeds[-1], labels[0])
             labels = self._apply(labels)
         self.seeds = np.concatenate([self.seeds, labels])
+
+    def _new_regions(self, y: int, labels: np.ndarray, count: int) -> None:
+        """Open the strip's seed regions 1..count (ids ``next_id``...): each one's first pixel and last row."""
+        boxes = ndimage.find_objects(labels)
+        tops = np.array([box[0].start for box in boxes])
+        bottoms = np.array([box[0].stop - 1 for box in boxes])
+        top_of = np.concatenate([[-1], tops])
+        ys, xs = np.nonzero((labels > 0) & (np.arange(labels.shape[0])[:, None] == top_of[labels]))
+        first_col = np.full(count + 1, self.width)
+        np.minimum.at(first_col, labels[ys, xs], xs)  # in each region's first row: its first column
+        firsts = (y + tops) * self.width + first_col[1:]
+        for k, (first, bottom) in enumerate(zip(firsts.tolist(), bottoms.tolist())):
+            self.live[self.next_id + k] = [first, y + bottom, np.zeros(4 + self.bands)]
 
     def _join(self, above: np.ndarray, below: np.ndarray) -> None:
         parent: dict[int, int] = {}
@@ -174,8 +186,8 @@ class InstanceDecoder:
             return labels
         keys = np.fromiter(merged, np.int64)
         lo, hi = int(keys.min()), int(keys.max())
-        table = np.arange(lo, hi + 1, dtype=np.int64)
-        table[keys - lo] = np.fromiter(merged.values(), np.int64)
+        table = np.arange(lo, hi + 1, dtype=LABEL)
+        table[keys - lo] = np.fromiter(merged.values(), LABEL)
         inside = (labels >= lo) & (labels <= hi)
         out = labels.copy()
         out[inside] = table[labels[inside] - lo]
@@ -191,17 +203,22 @@ class InstanceDecoder:
             return
         d, width = self.d, self.width
         seed_top = self.y - len(self.seeds)
-        window = np.zeros((h + 2 * d, width + 2 * d), np.int64)
+        window = np.zeros((h + 2 * d, width + 2 * d), LABEL)
         lo, hi = max(self.g - d, seed_top), min(until + d, self.y)
         window[lo - (self.g - d) : hi - (self.g - d), d : d + width] = self.seeds[lo - seed_top : hi - seed_top]
         classes = self.pending_classes[:h]
-        todo = np.isin(classes, self.grow_classes)
-        grown = np.zeros((h, width), np.int64)
-        for dy, dx in self.offsets:
-            seed = window[d + dy : d + dy + h, d + dx : d + dx + width]
-            take = todo & (seed > 0)
-            grown[take] = seed[take]
-            todo &= ~take
+        grown = window[d : d + h, d : d + width].copy()  # a seed pixel is its own region's
+        ys, xs = np.nonzero(np.isin(classes, self.grow_classes) & (grown == 0))
+        found = np.zeros(len(ys), LABEL)
+        waiting = np.arange(len(ys))
+        for dy, dx in self.offsets[1:]:  # the others look for their nearest seed pixel, in order
+            seed = window[ys[waiting] + d + dy, xs[waiting] + d + dx]
+            hit = seed > 0
+            found[waiting[hit]] = seed[hit]
+            waiting = waiting[~hit]
+            if not len(waiting):
+                break
+        grown[ys, xs] = found
         self._sums(self.g, grown, self.pending_extra[:h])
         self.out = np.concatenate([self.out, grown])
         self.pending_classes = self.pending_classes[h:]
@@ -214,14 +231,20 @@ class InstanceDecoder:
         where = np.nonzero(grown)
         if not len(where[0]):
             return
-        ids, inverse = np.unique(grown[where], return_inverse=True)
-        n = len(ids)
-        sums = np.empty((4 + self.bands, n))
-        sums[PIXELS] = np.bincount(inverse, minlength=n)
-        sums[ROWS] = np.bincount(inverse, weights=where[0] + top, minlength=n)
-        sums[COLS] = np.bincount(inverse, weights=where[1], minlength=n)
+        labels = grown[where]
+        lo = int(labels.min())
+        index = labels - lo
+        size = int(index.max()) + 1
+        pixels = np.bincount(index, minlength=size)
+        present = np.flatnonzero(pixels)
+        ids = present + lo
+        sums = np.empty((4 + self.bands, len(present)))
+        sums[PIXELS] = pixels[present]
+        sums[ROWS] = np.bincount(index, weights=where[0] + top, minlength=size)[present]
+        sums[COLS] = np.bincount(index, weights=where[1], minlength=size)[present]
         for k in range(1 + self.bands):
-            sums[PROBABILITY + k] = np.bincount(inverse, weights=extra[where[0], k, where[1]], minlength=n)
+            weights = extra[where[0], k, where[1]]
+            sums[PROBABILITY + k] = np.bincount(index, weights=weights, minlength=size)[present]
         for i, column in zip(ids.tolist(), sums.T):
             self.live[i][2] += column
 

@@ -35,7 +35,7 @@ from tileseg import models
 from tileseg.engine.io.inputs import open_input
 from tileseg.engine.io.read import ALLOWED_DRIVERS, gdal_env
 from tileseg.engine.options import SegmentOptions
-from tileseg.engine.outputs import check_outputs, make_sinks, object_counts, provenance_tags, wants_objects
+from tileseg.engine.outputs import check_outputs, keeps_probabilities, make_sinks, object_counts, provenance_tags
 from tileseg.engine.pipeline import Progress
 from tileseg.engine.readplan import read_plan
 from tileseg.engine.resolution import pixel_size_warnings
@@ -294,7 +294,7 @@ def segment_sharded(
     started = time.perf_counter()
     devices = parse_devices(devices)
     check_outputs(model.spec, vectors, instances, objects)  # before any work
-    keep_probabilities = probabilities is not None or wants_objects(model.spec, instances, objects, vectors)
+    keep_probabilities = keeps_probabilities(model.spec, probabilities, instances, objects, vectors)
     plan = plan_sharded(model, source, len(devices), options, allowed_drivers, max_pixels)
     device = next(model.parameters()).device
     shipped = model if device.type == "cpu" else copy.deepcopy(model).cpu()
