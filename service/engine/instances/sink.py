@@ -25,7 +25,7 @@ from tileseg.engine.sinks import ClassIndices
 from tileseg.engine.stitching import Strip
 from tileseg.engine.vectors.features import FeatureFile
 from tileseg.engine.vectors.sink import AreaUnit, to_crs
-from tileseg.models.spec import ModelSpec
+from tileseg.models.spec import InstanceSpec, ModelSpec
 
 # the fields of each object, before the mean of each input band (``band_1``, ...); all but the first four are
 # measurements (QuPath's ``measurements`` in a pixel-space GeoJSON)
@@ -46,8 +46,8 @@ FIELDS = (
 )
 
 
-def check_instances(spec: ModelSpec, instance_models: list[str] | None = None) -> None:
-    """Refuse instance outputs for a model whose card has no instance decoding.
+def check_instances(spec: ModelSpec, instance_models: list[str] | None = None) -> InstanceSpec:
+    """The card's instance decoding; refused for a model whose card has none.
 
     Raises:
         OptionsError: naming the models that have one (``instance_models``).
@@ -57,6 +57,7 @@ def check_instances(spec: ModelSpec, instance_models: list[str] | None = None) -
             f"{spec.name} has no instance output (its card declares no instance decoding); "
             f"models with one: {', '.join(instance_models or []) or 'none is installed'}"
         )
+    return spec.instances
 
 
 class InstanceSink:
@@ -73,13 +74,12 @@ class InstanceSink:
     """
 
     def __init__(self, grid, spec: ModelSpec, labels=None, objects=None, vectors=None, pixel_size_m=None, cog=False):
-        check_instances(spec)
-        assert spec.instances is not None
+        instances = check_instances(spec)
         self.grid, self.spec, self.cog = grid, spec, cog
         self.width = grid.width
         self.indices = ClassIndices.of(spec)
-        self.channels = [k for k, c in enumerate(spec.classes) if c.index in spec.instances.grow]
-        self.seed = next(c for c in spec.classes if c.index == spec.instances.seed)
+        self.channels = [k for k, c in enumerate(spec.classes) if c.index in instances.grow]
+        self.seed = next(c for c in spec.classes if c.index == instances.seed)
         microns = pixel_size_m * 1e6 if pixel_size_m and grid.crs is None else None
         self.unit = AreaUnit.of(grid.crs, grid.transform, microns)
         self.labels = StripWriter(Path(labels), mask_profile(grid, 1, "uint32", None)) if labels else None
@@ -92,7 +92,7 @@ class InstanceSink:
             metadata = {"area_unit": self.unit.unit, "objects": "instances"}
             measurements = FIELDS[4:] + tuple(f"band_{k + 1}" for k in range(self.bands))
             self.features = FeatureFile(vectors, grid.crs, metadata, ObjectType.DETECTION, measurements)
-        self.decoder = InstanceDecoder(self.width, spec.instances, self.bands)
+        self.decoder = InstanceDecoder(self.width, instances, self.bands)
         self.count = 0
 
     @property
