@@ -101,6 +101,16 @@ def _params(ctx: click.Context, option: click.Parameter, values: tuple[str, ...]
 @click.option("--flips/--no-flips", default=None, help="Random flips and 90-degree rotations.  [default: on]")
 @click.option("--elastic/--no-elastic", default=None, help="Elastic deformation (U-Net paper).  [default: off]")
 @click.option(
+    "--colour/--no-colour",
+    default=None,
+    help="Random intensity and colour: inversion, grey, band order, gamma, gain, offset.  [default: off]",
+)
+@click.option(
+    "--init",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Start from these weights (.safetensors of the same architecture and --param settings), not random ones.",
+)
+@click.option(
     "--deep-supervision/--no-deep-supervision",
     default=None,
     help="Train every deep-supervision head (U-Net++).  [default: on when the model has them]",

@@ -1,5 +1,5 @@
-"""Sampling and augmentation: random crops with mirrored borders, flips, 90° turns, elastic deformation,
-and U-Net's border weight map.
+"""Sampling and augmentation: random crops with mirrored borders, flips, 90° turns, intensity and colour,
+elastic deformation, and U-Net's border weight map.
 
 A training crop has two sizes. The *output* crop (``O`` pixels a side) is what the labels cover; the
 *input* crop is ``O + 2 * shrink``, centred on it, because a valid-convolution network loses ``shrink``
@@ -45,6 +45,7 @@ class Augment:
     elastic: bool = False  # U-Net's elastic deformation: a coarse 3x3 grid of random displacements
     elastic_sigma: float = 10.0  # std of the grid displacements, pixels
     elastic_points: int = 3
+    colour: bool = False  # random inversion, grey, band order, gamma, gain and offset (see jitter_colour)
 
     def names(self) -> list[str]:
         """The augmentations as they are listed in the model card."""
@@ -54,7 +55,47 @@ class Augment:
         if self.elastic:
             grid = f"{self.elastic_points}x{self.elastic_points}"
             out.append(f"elastic deformation ({grid} grid, sigma {self.elastic_sigma:g} px)")
+        if self.colour:
+            out.append(
+                f"intensity and colour: inverted (p={INVERT_P:g}), grey (p={GREY_P:g}), bands shuffled "
+                f"(p={SHUFFLE_P:g}), gamma {GAMMA[0]:g}-{GAMMA[1]:g}, gain {GAIN[0]:g}-{GAIN[1]:g} and offset "
+                f"+-{OFFSET:g} per band (grey kept grey)"
+            )
         return out
+
+
+INVERT_P, GREY_P, SHUFFLE_P = 0.3, 0.2, 0.5
+GAMMA = (0.7, 1.5)
+GAIN = (0.75, 1.25)
+OFFSET = 0.1  # of the full scale
+
+
+def jitter_colour(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """A random change of intensity and colour of an image (bands, H, W) on the 0..255 scale.
+
+    So that a network learns what an object looks like rather than one stain or one microscope: bright
+    objects on dark ground and dark on bright (inversion), colour and grey, any band order, and the
+    contrast and brightness of another instrument. Labels do not change. Returns float32 on the 0..255
+    scale (what :func:`~tileseg.training.data.normalize` takes).
+    """
+    x = image.astype(np.float32) * np.float32(1 / 255)
+    bands = x.shape[0]
+    grey = bands > 1 and rng.random() < GREY_P
+    if grey:
+        x[:] = x.mean(axis=0, keepdims=True)
+    if bands > 1 and rng.random() < SHUFFLE_P:
+        x = x[rng.permutation(bands)]
+    if rng.random() < INVERT_P:
+        x = 1.0 - x
+    gamma = math.exp(rng.uniform(math.log(GAMMA[0]), math.log(GAMMA[1])))
+    np.power(x, np.float32(gamma), out=x)
+    tinted = 1 if grey else bands  # a grey image stays grey
+    gain = np.broadcast_to(np.asarray(rng.uniform(GAIN[0], GAIN[1], size=tinted), dtype=np.float32), (bands,))
+    offset = np.broadcast_to(np.asarray(rng.uniform(-OFFSET, OFFSET, size=tinted), dtype=np.float32), (bands,))
+    x = x * gain[:, None, None] + offset[:, None, None]
+    np.clip(x, 0.0, 1.0, out=x)
+    x *= np.float32(255)
+    return x
 
 
 def random_window(rng: np.random.Generator, height: int, width: int, output: int) -> tuple[int, int]:
@@ -133,6 +174,8 @@ def sample_crop(
         k, flip = int(rng.integers(4)), bool(rng.integers(2))
         img, lab = dihedral(img, k, flip), dihedral(lab, k, flip)
         wts = dihedral(wts, k, flip) if wts is not None else None
+    if augment.colour:
+        img = jitter_colour(rng, img)
     if augment.elastic:
         grid = elastic_field(rng, size, augment.elastic_sigma, augment.elastic_points)
         img = warp(img, grid, "bilinear")  # float32 holding the 0..255 values: normalize() takes it

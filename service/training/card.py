@@ -7,8 +7,10 @@ card offers bf16 when the two masks agree on :data:`BF16_AGREEMENT_FOR_BF16` of 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +139,7 @@ def training_record(run: FinishedRun) -> dict[str, Any]:
         "border_weight": {"w0": config.w0, "sigma": config.sigma} if config.border_weight else None,
         "deep_supervision": recipe.deep,
         "augmentations": recipe.augment.names(),
+        "initial_weights": initial_weights(config.init),
         "seed": config.seed,
         "seconds": round(tally.seconds, 1),
         "sessions": tally.sessions,
@@ -144,6 +147,17 @@ def training_record(run: FinishedRun) -> dict[str, Any]:
         "amp": str(config.autocast_dtype(run.device)).replace("torch.", "") if config.amp else None,
         "torch": torch.__version__,
     }
+
+
+def initial_weights(init: str | None) -> dict[str, Any] | None:
+    """Where an ``--init`` run started: the weights file and, from the card beside it, its training steps."""
+    if init is None:
+        return None
+    path = Path(init)
+    record: dict[str, Any] = {"weights": path.name}
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        record["steps"] = int(json.loads(path.with_suffix(".json").read_text())["training"]["steps"])
+    return record
 
 
 def data_record(recipe: Recipe) -> dict[str, Any]:

@@ -69,6 +69,8 @@ class TrainConfig:
     sigma: float = 5.0
     flips: bool = True
     elastic: bool = False
+    colour: bool = False
+    init: str | None = None  # weights (.safetensors) of the same network to start from, not a random one
     deep_supervision: bool | None = None  # None: on when the model has forward_deep
     val_fraction: float = 0.2
     class_names: list[str] | None = None

@@ -48,7 +48,7 @@ from tileseg.training.optimizer import lr_factor, make_optimizer
 from tileseg.training.recipe import Recipe, prepare
 from tileseg.training.sampler import Sampler, pixel_weights, step_seed
 from tileseg.training.scores import summarize
-from tileseg.training.state import Tally, restore, save_state, state_dir
+from tileseg.training.state import Tally, load_initial_weights, restore, save_state, state_dir
 from tileseg.training.stopping import StopSignals, agree_on_stop, stop_reason
 
 Say = Callable[[str], None]
@@ -177,6 +177,9 @@ class Trainer:
         tally = restore(self.directory, config.resume, self.net, self.optimizer, self.scaler)
         if tally is None:
             tally = Tally()
+            if config.init is not None:
+                load_initial_weights(self.net, Path(config.init))
+                self.say(f"starting from the weights in {config.init}")
         else:
             self.say(f"resuming from step {tally.step} of {config.steps} ({tally.seconds / 60:.1f} min trained so far)")
         tally.sessions += 1

@@ -100,9 +100,8 @@ def prepare(config: TrainConfig, say: Callable[[str], None]) -> tuple[Recipe, Se
             f"{served}, or set the net's training size to the crop (SETR: --param img_size)"
         )
     class_weights = parse_class_weights(config.class_weights, [s.label for s in data.train], len(data.classes))
-    recipe = Recipe(
-        config, data, geometry, output, deep, class_weights, Augment(flips=config.flips, elastic=config.elastic)
-    )
+    augment = Augment(flips=config.flips, elastic=config.elastic, colour=config.colour)
+    recipe = Recipe(config, data, geometry, output, deep, class_weights, augment)
     try:
         validation_options(recipe.spec(), config.eval_tile)  # refused now rather than after the training
     except TileGeometryError as err:

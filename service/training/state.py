@@ -151,3 +151,25 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], index: dict[str, Any])
         for pid, entries in index["state"].items()
     }
     return {"state": state, "param_groups": index["param_groups"]}
+
+
+def load_initial_weights(net: nn.Module, path: Path) -> None:
+    """Start a new run from trained weights of the same network (``--init``) instead of random ones.
+
+    Raises:
+        TrainingConfigError: the file cannot be read, or its tensors do not fit the network.
+    """
+    try:
+        tensors = load_file(str(path))
+    except Exception as err:  # safetensors raises its own error type, OSError or ValueError
+        raise TrainingConfigError(f"--init {path}: not a readable safetensors file ({err})") from err
+    expected = net.state_dict()
+    wrong = sorted(set(expected) ^ set(tensors)) + [
+        k for k in expected if k in tensors and tensors[k].shape != expected[k].shape
+    ]
+    if wrong:
+        raise TrainingConfigError(
+            f"--init {path}: its tensors do not fit this network (first of {len(wrong)}: {wrong[0]}); "
+            "give the same architecture and --param settings it was trained with"
+        )
+    net.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})

@@ -216,6 +216,28 @@ def test_elastic_deformation_moves_weights_with_the_image():
     np.testing.assert_array_equal(out, image[:, :16, :16])
 
 
+def test_colour_jitter_changes_the_image_only():
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (3, 30, 30), dtype=np.uint8)
+    label = (image[0] > 128).astype(np.uint8)
+    rng = np.random.default_rng(6)
+    crops = [
+        augment.sample_crop(rng, image, label, 30, 0, augment.Augment(flips=False, colour=True)) for _ in range(60)
+    ]
+    for img, lab, _ in crops:
+        assert img.dtype == np.float32 and img.shape == (3, 30, 30) and 0 <= img.min() <= img.max() <= 255
+        np.testing.assert_array_equal(lab, label)  # no move: the labels are the image's own
+    assert all(not np.allclose(img, image) for img, _, _ in crops)
+    # some crops inverted (bright where the image is dark), some grey (three equal bands)
+    correlations = [np.corrcoef(img.mean(axis=0).ravel(), image.mean(axis=0).ravel())[0, 1] for img, _, _ in crops]
+    assert min(correlations) < -0.5 and max(correlations) > 0.5
+    assert any(np.array_equal(img[0], img[1]) and np.array_equal(img[1], img[2]) for img, _, _ in crops)
+    again = np.random.default_rng(6)
+    first = augment.sample_crop(again, image, label, 30, 0, augment.Augment(flips=False, colour=True))[0]
+    np.testing.assert_array_equal(first, crops[0][0])  # reproducible from the seed
+    assert any("intensity and colour" in name for name in augment.Augment(colour=True).names())
+
+
 def test_four_connected_objects_and_border_weights():
     mask = np.zeros((12, 20), dtype=bool)
     mask[2:10, 2:8] = True  # object A
@@ -369,6 +391,27 @@ def test_resume_continues_from_the_saved_step(straight_run, isbi_dir, tmp_path):
     # the crops of steps 3 and 4 come from (seed, rank, step): resuming changes nothing
     first, resumed = _tensors(out), _tensors(split)
     assert all(torch.equal(first[k], resumed[k]) for k in first)
+
+
+def test_init_starts_from_given_weights(straight_run, isbi_dir, tmp_path):
+    out, _ = straight_run
+    start = out.with_suffix(".safetensors")
+    args = _isbi_args(isbi_dir, tmp_path / "tuned", "--seed", "9", "--lr", "1e-12", "--steps", "2")
+    result = _run([*args, "--init", str(start), "--colour"])
+    assert f"starting from the weights in {start}" in result.output
+    before, after = _tensors(out), _tensors(tmp_path / "tuned")
+    learned = [k for k in before if "running_" not in k and "num_batches" not in k]
+    assert all(torch.equal(before[k], after[k]) for k in learned)  # a learning rate of 1e-12 moves nothing
+    card = models.read_card((tmp_path / "tuned").with_suffix(".json"))
+    assert card["training"]["initial_weights"] == {"weights": start.name, "steps": 4}
+    assert any("intensity and colour" in a for a in card["training"]["augmentations"])
+    _run(_isbi_args(isbi_dir, tmp_path / "fresh", "--seed", "9", "--lr", "1e-12", "--steps", "2"))
+    assert not all(torch.equal(before[k], _tensors(tmp_path / "fresh")[k]) for k in learned)
+    # weights of another network are refused before any step
+    wider = [a if a != "base=4" else "base=8" for a in _isbi_args(isbi_dir, tmp_path / "wider")]
+    result = CliRunner().invoke(train_command, [*wider, "--init", str(start)])
+    assert result.exit_code != 0 and "do not fit this network" in result.output
+    assert not (tmp_path / "wider.safetensors").exists()
 
 
 def test_unetpp_trains_with_deep_supervision(isbi_dir, tmp_path):
