@@ -12,6 +12,9 @@ model's band count. Rows:
   ``segment()`` alone, start-up (imports, model load) aside.
 * ``bare forward, chosen``: the runtime, window and batch the defaults chose, run on random windows, as
   many as the run has tiles: the ceiling of the pipeline.
+* ``--ceiling``: the fastest bare forward this machine allows, whatever the tuner chose: every runtime and
+  precision it may choose from that passes the tile-invariance check, at windows up to 2352, once (with the
+  first image); the ratio is the defaults' output rate over that one.
 * ``MONAI as its users run it``: ``sliding_window_inference`` with the whole image and its logits in memory,
   NCHW fp32, window 512, overlap 0.5, gaussian, batch 4, reflect padding, writing the same GeoTIFF.
 
@@ -90,6 +93,53 @@ def run_bare(model: str, image: str, out: str, fp16: bool = False) -> dict:
     return {"seconds": time.perf_counter() - start, "tiles": tiles, "runtime": runtime.label, "prepare": prepare}
 
 
+CEILING_MAX_WINDOW = 2352
+CEILING_SECONDS = 0.6  # timed calls per point
+
+
+def run_ceiling(model: str, image: str, out: str) -> dict:
+    """The fastest bare forward this machine allows: every runtime and precision the tuner may choose from
+    (compilation aside) that is tile-invariant on the model, each at windows from the card's to
+    :data:`CEILING_MAX_WINDOW` (cores a ladder of about 1.2x), in exact output pixels a second."""
+    import math
+
+    from tileseg import models
+    from tileseg.engine.runtime.device import configure_threads
+    from tileseg.engine.runtime.forward import release
+    from tileseg.engine.runtime.path import invariance_error
+    from tileseg.engine.runtime.runtimes import candidates
+    from tileseg.engine.runtime.tuner import time_forward
+
+    configure_threads()
+    net = models.load(model)
+    device = next(net.parameters()).device
+    geometry = net.spec.geometry
+    cores, core = [], geometry.default_tile
+    while geometry.window(core) <= CEILING_MAX_WINDOW:
+        cores.append(core)
+        core = math.ceil(core * 1.2 / geometry.multiple) * geometry.multiple
+    points = []
+    for runtime in candidates(net.spec, device, compile="off"):
+        try:
+            why = invariance_error(net, runtime, device)
+        except Exception as err:  # a runtime that cannot run this model: not a candidate
+            why = f"fails: {type(err).__name__}"
+        if why is not None:
+            points.append({"runtime": runtime.label, "window": None, "mpx": 0.0, "note": why})
+            continue
+        for core in cores:
+            seconds, _, _ = time_forward(net, runtime, geometry.window(core), 1, CEILING_SECONDS)
+            points.append({"runtime": runtime.label, "window": geometry.window(core), "mpx": core**2 / seconds / 1e6})
+        release(net, [])
+    best = max(points, key=lambda p: p["mpx"])
+    per_runtime = {}
+    for p in points:
+        if p["mpx"] >= per_runtime.get(p["runtime"], {"mpx": -1.0})["mpx"]:
+            per_runtime[p["runtime"]] = p
+    return {"seconds": 0.0, "runtime": best["runtime"], "window": best["window"], "mpx": best["mpx"],
+            "batch": 1, "per_runtime": list(per_runtime.values())}  # fmt: skip
+
+
 def run_monai(model: str, image: str, out: str) -> dict:
     """MONAI as its users run it: the whole image and its logits in memory, NCHW fp32, window 512, overlap 0.5,
     gaussian, batch 4."""
@@ -120,7 +170,7 @@ def run_monai(model: str, image: str, out: str) -> dict:
     return {"seconds": time.perf_counter() - start}
 
 
-RUNNERS = {"ours": run_ours, "bare": run_bare, "monai": run_monai}
+RUNNERS = {"ours": run_ours, "bare": run_bare, "monai": run_monai, "ceiling": run_ceiling}
 
 
 def measure(kind: str, env: dict[str, str], **kwargs) -> dict:
@@ -162,6 +212,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="3072,8192", help="image sides, or WIDTHxHEIGHT (e.g. 100000x2048)")
     parser.add_argument("--monai-sizes", default="3072", help="sides MONAI runs at (its time and memory grow fast)")
     parser.add_argument("--fp16-bare", action="store_true", help="a GPU: add the bare eager fp16 forward")
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="measure the fastest bare forward (every tile-invariant runtime and precision, windows to 2352)",
+    )
     args = parser.parse_args()
     if args.run:
         child(args.run)
@@ -171,6 +226,7 @@ def main() -> None:
     bands = card_spec(args.model).input.bands
     print(f"{args.model} on {machine()}, {os.cpu_count()} cores", flush=True)
     print("\n| run | image | seconds | Mpx/s | peak RSS MB | chosen |\n|---|---|---|---|---|---|", flush=True)
+    ceiling: dict[str, dict] = {}  # measured once, with the first image
     with tempfile.TemporaryDirectory() as tmp:
         env = {"TILESEG_CACHE_DIR": str(Path(tmp) / "cache")}
         for text in [v for v in args.sizes.split(",") if v]:
@@ -180,11 +236,15 @@ def main() -> None:
             make_image(Path(image), size, SOURCE, bands, width)
             rows = {}
             kinds = [("first", "ours"), ("ours", "ours"), ("bare", "bare")]
+            kinds += [("ceiling", "ceiling")] if args.ceiling and "ceiling" not in ceiling else []
             kinds += [("fp16", "bare")] if args.fp16_bare else []
             kinds += [("monai", "monai")] if text in args.monai_sizes.split(",") else []
             for name, kind in kinds:
                 extra = {"fp16": True} if name == "fp16" else {}
                 rows[name] = r = measure(kind, env, model=args.model, image=image, out=out, **extra)
+                if name == "ceiling":
+                    ceiling["ceiling"] = r
+                    continue
                 label = {"first": "tileseg, first run (search included)", "ours": "tileseg, defaults",
                          "bare": "bare forward, chosen", "fp16": "bare forward, eager fp16",
                          "monai": "MONAI as its users run it"}[name]  # fmt: skip
@@ -199,11 +259,19 @@ def main() -> None:
             line = f"\nat {shown}: bare forward / defaults {bare['seconds'] / ours:.2f}"
             line += f" (start-up aside, the first call at the run's window {bare['prepare']:.1f} s: "
             line += f"{bare['seconds'] / (ours - bare['prepare']):.2f})"
+            if "ceiling" in ceiling:
+                top = ceiling["ceiling"]
+                line += f"; defaults / fastest bare forward ({top['runtime']}, window {top['window']}: "
+                line += f"{top['mpx']:.2f} Mpx/s) {width * size / 1e6 / ours / top['mpx']:.2f}"
             if "fp16" in rows:
                 line += f"; defaults / bare fp16 forward {rows['fp16']['seconds'] / ours:.2f}"
             if "monai" in rows:
                 line += f"; defaults vs MONAI {rows['monai']['seconds'] / ours:.2f}x faster"
             print(line + "\n", flush=True)
+    if "ceiling" in ceiling:
+        print("| runtime | fastest window | Mpx/s |\n|---|---|---|")
+        for p in ceiling["ceiling"]["per_runtime"]:
+            print(f"| {p['runtime']} | {p['window'] or p.get('note')} | {p['mpx']:.2f} |")
 
 
 if __name__ == "__main__":

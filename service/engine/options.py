@@ -177,9 +177,17 @@ class SegmentOptions(BaseModel):
             "fair share of what is free)."
         ),
     )
-    readers: int = Field(2, ge=1, le=64, **_cli_only("Reader threads preparing batches ahead of the network."))
+    readers: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="Reader threads preparing batches ahead of the network; 0 reads in the network's own thread. "
+        "auto (the default): 0 for a local file on a CPU, where the network takes every core and a reader beside "
+        "it only slows it; 2 otherwise (remote reads wait on the network, a GPU leaves the CPU free).",
+        json_schema_extra={"scope": "cli", "auto": True},
+    )
 
-    @field_validator("tile", "batch", mode="before")
+    @field_validator("tile", "batch", "readers", mode="before")
     @classmethod
     def _auto(cls, value: Any) -> Any:
         return None if isinstance(value, str) and value.strip().lower() in ("auto", "") else value

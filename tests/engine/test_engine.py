@@ -165,3 +165,25 @@ def test_default_core_is_evened_out_over_the_image(tmp_path, raster_factory):
     assert result.tiles_total == math.ceil(70 / tile) * math.ceil(40 / tile)
     assert tile <= result.runtime.tuning["tile"], "the tuner's core, evened out"
     np.testing.assert_array_equal(read_mask(out), reference_logits(model, path).argmax(0))
+
+
+def test_reading_in_turn_or_ahead_gives_the_same_mask(tmp_path, raster_factory):
+    from tileseg.engine.io.remote import RemoteUrl
+    from tileseg.engine.pipeline import reader_threads
+
+    model = checkpoint(tmp_path, "test-pool", bands=1, classes=3)
+    path = raster_factory(70, 45)
+    masks = []
+    for readers in (0, 3, None):
+        out = tmp_path / f"mask-{readers}.tif"
+        segment(model, path, out, SegmentOptions(tile=8, batch=2, precision="fp32", readers=readers))
+        masks.append(read_mask(out))
+    np.testing.assert_array_equal(masks[0], masks[1])
+    np.testing.assert_array_equal(masks[0], masks[2])
+    # auto: in turn for a local file on a CPU; ahead for a remote one, or beside a GPU
+    with InputRaster(path, model.spec) as src:
+        assert reader_threads(None, src, torch.device("cpu")) == 0
+        assert reader_threads(None, src, torch.device("cuda")) == 2
+        assert reader_threads(5, src, torch.device("cpu")) == 5
+        src.path = RemoteUrl("https://example.org/scene.tif")
+        assert reader_threads(None, src, torch.device("cpu")) == 2

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -33,7 +33,7 @@ def prepare(model: SegmentationNet, runtime: Runtime) -> Callable[[torch.Tensor]
     if runtime.channels_last and runtime.mode == "eager":
         return model
     per_model = _PREPARED.setdefault(model, {})
-    key = (runtime.channels_last, runtime.mode, runtime.precision if runtime.exported else None)
+    key = _key(runtime)
     if key not in per_model:
         if runtime.exported:
             per_model[key] = exported_forward(model, runtime)
@@ -45,21 +45,29 @@ def prepare(model: SegmentationNet, runtime: Runtime) -> Callable[[torch.Tensor]
     return per_model[key]
 
 
-def release(model: SegmentationNet, keep: Runtime) -> None:
-    """Drop what was prepared for ``model`` except ``keep``'s (and compiled networks, whose compile was paid):
-    after a search, the programs of the runtimes not chosen would hold their buffers for nothing."""
+def release(model: SegmentationNet, keep: Runtime | Sequence[Runtime]) -> None:
+    """Drop what was prepared for ``model`` except ``keep``'s (and compiled networks, whose compile was paid),
+    and the shapes the kept programs were compiled for: after a search, the programs of the runtimes left behind,
+    and the kept one's programs for the windows it measured, would hold their buffers for nothing (the run
+    compiles its own window once)."""
     per_model = _PREPARED.get(model, {})
-    kept = (keep.channels_last, keep.mode, keep.precision if keep.exported else None)
-    for key in [k for k in per_model if k != kept and k[1] != "compiled"]:
-        del per_model[key]
+    kept = {_key(r) for r in ([keep] if isinstance(keep, Runtime) else keep)}
+    for key in list(per_model):
+        if key not in kept and key[1] != "compiled":
+            del per_model[key]
+        else:
+            getattr(per_model[key], "clear", lambda: None)()
+
+
+def _key(runtime: Runtime) -> tuple:
+    return (runtime.channels_last, runtime.mode, runtime.precision if runtime.exported else None)
 
 
 def is_prepared(model: SegmentationNet, runtime: Runtime) -> bool:
     """Whether this process already holds ``model`` prepared for ``runtime`` (a compile paid)."""
     if runtime.channels_last and runtime.mode == "eager":
         return True
-    key = (runtime.channels_last, runtime.mode, runtime.precision if runtime.exported else None)
-    return key in _PREPARED.get(model, {})
+    return _key(runtime) in _PREPARED.get(model, {})
 
 
 def run_forward(model: SegmentationNet, runtime: Runtime, x: torch.Tensor, device: torch.device) -> torch.Tensor:

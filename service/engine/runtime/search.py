@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tileseg.engine.runtime.device import native_bf16
-from tileseg.engine.runtime.forward import is_prepared
+from tileseg.engine.runtime.forward import is_prepared, release
+from tileseg.engine.runtime.memory import release_free_memory
 from tileseg.engine.runtime.runtimes import BASELINE, Runtime
 from tileseg.models.base import SegmentationNet
 
@@ -25,6 +26,7 @@ SCREEN_CORE = 128  # about the core of the screening window
 MEASURE_SECONDS = 0.3  # timed calls per point stop after this long (after one warm-up call, at least one timed)
 LADDER = 1.4  # ratio between the cores of the coarse window walk
 WALK_RUNTIMES = 2  # runtimes whose window is walked (the best at the default core first)
+WALK_WITHIN = 1.5  # ... and only those at least 1/1.5 of the best's rate there: a larger window rarely gains more
 WORSE = 0.8  # a walk stops after two steps below this share of the best rate
 COMPILE_WORTH = 3.0  # measure compilation only for runs whose time is this many typical compiles
 TYPICAL_COMPILE_SECONDS = 20.0  # what compiling a zoo network took here (CPU, inductor): 9-23 s
@@ -215,6 +217,7 @@ class Search:
                     self._bound_by_run(self._rate(r, screen, 1))
             fastest = max(self._rate(r, screen, 1) for r in eager)
             eager = [r for r in eager if self._rate(r, screen, 1) * SCREEN_FACTOR >= fastest > 0]
+            self._forget(eager)
         for i, r in enumerate(eager):
             self.measure(r, start, batch, force=i == 0 or request.thorough)
             if i == 0:
@@ -225,12 +228,22 @@ class Search:
         if not ranked:
             return
         if request.core is None and not ranked[0].compiled:
-            for r in ranked[:WALK_RUNTIMES]:
+            best = self._rate(ranked[0], start, batch)
+            walked = [r for r in ranked[:WALK_RUNTIMES] if self._rate(r, start, batch) * WALK_WITHIN >= best]
+            self._forget(walked)
+            for r in walked:
                 self._walk(r, start, batch)
             self._refine(*self._best_core(ranked[0], batch))
         best, core = self._best_core(ranked[0], batch) if request.core is None else (ranked[0], start)
         if request.batch is None and not best.compiled:
             self._batches(best, core)
+
+    def _forget(self, kept: list[Runtime]) -> None:
+        """Drop the programs of the runtimes the search has left behind, and give their memory back: a first
+        run must not hold every candidate's program at once (its peak would be the search's, not the run's)."""
+        if len(kept) < len(self.options):
+            release(self.model, kept)
+            release_free_memory()
 
     def _bound_by_run(self, rate: float) -> None:
         """Bring the deadline in to :data:`SEARCH_SHARE` of the run's time at ``rate`` (at least

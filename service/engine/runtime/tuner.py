@@ -41,6 +41,7 @@ from tileseg.engine.runtime.cache import MeasurementCache, default_cache_path, e
 from tileseg.engine.runtime.device import PeakMemory, describe_device, memory_budget, resident
 from tileseg.engine.runtime.export import library_versions
 from tileseg.engine.runtime.forward import prepare, release, run_forward
+from tileseg.engine.runtime.memory import release_free_memory
 from tileseg.engine.runtime.path import Checker, invariance_error, signature
 from tileseg.engine.runtime.runtimes import Runtime, candidates
 from tileseg.engine.runtime.search import Choice, Measurement, Request, Search, Timer
@@ -50,8 +51,9 @@ from tileseg.models.spec import BlendMode
 
 log = logging.getLogger(__name__)
 
-# the search's bound on a first run (goal: a first run at most 10 s longer than later ones, which read the cache)
-TUNE_SECONDS = 8.0
+# the search's bound on a first run, the numeric path's and the window's together (goal: a first run at most 10 s
+# longer than later ones, which read the cache); the candidates' first measurements and their exports come on top
+TUNE_SECONDS = 6.0
 
 
 def time_forward(
@@ -154,10 +156,13 @@ class Tuner:
             window = model.spec.geometry.window(request.core)
             return Choice(runtime, request.core, request.batch, "as asked", window=window, budget=request.budget)
         key = self._key(model, device)
+        started = time.monotonic()
         path = self._path(model, device, options, request, key, persistent, measure)
         if path is None:
             return None
-        return self._within(model, device, path, request, key, persistent, measure)
+        # one bound for both searches: what the path's search left of it (a cached path leaves all of it)
+        seconds = max(0.0, self._bound() - (time.monotonic() - started))
+        return self._within(model, device, path, request, key, persistent, measure, seconds)
 
     def _path(self, model, device, options: list[Runtime], request: Request, key: str, persistent: bool, measure):
         """The numeric path among ``options``: recorded, or searched now over every window the model allows
@@ -194,14 +199,18 @@ class Tuner:
         path = {"runtime": choice.runtime.label, "why": choice.reason}
         self._store(key, search.new, [], persistent, paths={signature(options): path}, refused=refused)
         release(model, keep=choice.runtime)
+        release_free_memory()
         return choice.runtime
 
-    def _within(self, model, device, path: Runtime, request: Request, key: str, persistent: bool, measure):
-        """The core and batch of a run on its numeric path ``path``: a search of its own, recorded."""
+    def _within(
+        self, model, device, path: Runtime, request: Request, key: str, persistent: bool, measure, seconds: float
+    ):
+        """The core and batch of a run on its numeric path ``path``: a search of its own within ``seconds``,
+        recorded."""
         entry = self._load(key, persistent)
         held = [request.budget >> 26, request.row_bytes.bit_length()]  # what bounds the window, roughly
         signature_ = json.dumps([[path.label], request.core, request.default_core, request.batch, *held])
-        search = Search(self.timer, self._bound(), model, device, [path], request, entry["measurements"])
+        search = Search(self.timer, seconds, model, device, [path], request, entry["measurements"])
         # a search is recorded with the run size it was bounded for: a longer run searches on from its points
         size = request.run_pixels if request.run_pixels is not None else -1
         done = [int(s.rsplit("|", 1)[1]) for s in entry["searches"] if s.startswith(f"{signature_}|")]
@@ -212,7 +221,7 @@ class Tuner:
             if not measure:
                 return None
             if not search.knows(request):
-                log.info("measuring windows for this run (at most %.0f s; later runs reuse it)", self._bound())
+                log.info("measuring windows for this run (at most %.0f s; later runs reuse it)", seconds)
             search.run()
         search.compile_if_worth()
         if search.new or not searched:
@@ -221,6 +230,7 @@ class Tuner:
         choice.reason = f"numeric path {path.label} (chosen once for this model and device); {choice.reason}"
         if search.new:
             release(model, keep=choice.runtime)
+            release_free_memory()
         return choice
 
     def _bound(self) -> float:

@@ -45,7 +45,7 @@ from tileseg.engine.io.inputs import open_input
 from tileseg.engine.io.read import ALLOWED_DRIVERS, gdal_env
 from tileseg.engine.io.write import StripWriter, mask_profile
 from tileseg.engine.options import SegmentOptions
-from tileseg.engine.pipeline import Progress, TileCounts, predict_strips
+from tileseg.engine.pipeline import Progress, TileCounts, predict_strips, reader_threads
 from tileseg.engine.readplan import ReadPlan, read_plan
 from tileseg.engine.runtime.device import configure_threads, pick_device
 from tileseg.engine.runtime.runtimes import Runtime
@@ -183,7 +183,8 @@ def run_shard(job: ShardJob, progress: Progress | None = None) -> ShardResult:
             y = job.first_row
             height = min(src.height, job.rows.stop * job.settings.step) - y
             sink = ShardSink(job.folder, job.index, height, src.width, spec, job.probabilities)
-            strips = predict_strips(runner, src, counts, job.options.readers, progress, tile_rows=job.rows)
+            readers = reader_threads(job.options.readers, full, device)
+            strips = predict_strips(runner, src, counts, readers, progress, tile_rows=job.rows)
             write_all([sink], plan.output_strips(strips), {})
     return ShardResult(
         index=job.index,
