@@ -79,13 +79,16 @@ class InstanceDecoder:
         width: the mask's width.
         spec: the card's instance decoding.
         bands: the input bands whose per-object sums are wanted (0: none).
+        extras: whether the probability and band sums are wanted at all (False: labels and shapes only, their
+            sums left 0, and nothing of the probabilities or the bands held).
     """
 
-    def __init__(self, width: int, spec: InstanceSpec, bands: int = 0):
-        self.width, self.spec, self.bands = width, spec, bands
+    def __init__(self, width: int, spec: InstanceSpec, bands: int = 0, extras: bool = True):
+        self.width, self.spec, self.bands, self.extras = width, spec, bands, extras
         self.d = spec.distance
         self.offsets = growth_offsets(self.d)
-        self.grow_classes = np.array(spec.grow)
+        self.grows = np.zeros(2**16, bool)  # a look-up by class index (the classes are held as uint16)
+        self.grows[list(spec.grow)] = True
         self.next_id = 1
         self.next_final = 1
         self.y = 0  # rows taken
@@ -107,13 +110,14 @@ class InstanceDecoder:
             raise ValueError(f"rows must come in order and full width: expected row {self.y}, got {y}")
         h = classes.shape[0]
         self._seeds(y, classes)
-        extra = np.zeros((1 + self.bands, h, self.width), np.float32)
-        if probability is not None:
-            extra[0] = probability
-        if image is not None and self.bands:
-            extra[1:] = image
         self.pending_classes = np.concatenate([self.pending_classes, classes.astype(np.uint16, copy=False)])
-        self.pending_extra = np.concatenate([self.pending_extra, extra.transpose(1, 0, 2)])
+        if self.extras:
+            extra = np.zeros((1 + self.bands, h, self.width), np.float32)
+            if probability is not None:
+                extra[0] = probability
+            if image is not None and self.bands:
+                extra[1:] = image
+            self.pending_extra = np.concatenate([self.pending_extra, extra.transpose(1, 0, 2)])
         self.y = y + h
         self._grow(self.y - self.d)
         return self._finish_some(last=False)
@@ -145,9 +149,13 @@ class InstanceDecoder:
         tops = np.array([box[0].start for box in boxes])
         bottoms = np.array([box[0].stop - 1 for box in boxes])
         top_of = np.concatenate([[-1], tops])
-        ys, xs = np.nonzero((labels > 0) & (np.arange(labels.shape[0])[:, None] == top_of[labels]))
+        ys, xs = np.nonzero(labels)  # in row order
+        found = labels[ys, xs]
+        on_top = ys == top_of[found]
+        # each region's first pixel: the first of its pixels in its top row (np.unique: the first occurrence)
+        regions, first = np.unique(found[on_top], return_index=True)
         first_col = np.full(count + 1, self.width)
-        np.minimum.at(first_col, labels[ys, xs], xs)  # in each region's first row: its first column
+        first_col[regions] = xs[on_top][first]
         firsts = (y + tops) * self.width + first_col[1:]
         for k, (first, bottom) in enumerate(zip(firsts.tolist(), bottoms.tolist())):
             self.live[self.next_id + k] = [first, y + bottom, np.zeros(4 + self.bands)]
@@ -208,7 +216,7 @@ class InstanceDecoder:
         window[lo - (self.g - d) : hi - (self.g - d), d : d + width] = self.seeds[lo - seed_top : hi - seed_top]
         classes = self.pending_classes[:h]
         grown = window[d : d + h, d : d + width].copy()  # a seed pixel is its own region's
-        ys, xs = np.nonzero(np.isin(classes, self.grow_classes) & (grown == 0))
+        ys, xs = np.nonzero(self.grows[classes] & (grown == 0))
         found = np.zeros(len(ys), LABEL)
         waiting = np.arange(len(ys))
         for dy, dx in self.offsets[1:]:  # the others look for their nearest seed pixel, in order
@@ -242,7 +250,7 @@ class InstanceDecoder:
         sums[PIXELS] = pixels[present]
         sums[ROWS] = np.bincount(index, weights=where[0] + top, minlength=size)[present]
         sums[COLS] = np.bincount(index, weights=where[1], minlength=size)[present]
-        for k in range(1 + self.bands):
+        for k in range(1 + self.bands if self.extras else 0):
             weights = extra[where[0], k, where[1]]
             sums[PROBABILITY + k] = np.bincount(index, weights=weights, minlength=size)[present]
         for i, column in zip(ids.tolist(), sums.T):

@@ -92,7 +92,7 @@ class InstanceSink:
             metadata = {"area_unit": self.unit.unit, "objects": "instances"}
             measurements = FIELDS[4:] + tuple(f"band_{k + 1}" for k in range(self.bands))
             self.features = FeatureFile(vectors, grid.crs, metadata, ObjectType.DETECTION, measurements)
-        self.decoder = InstanceDecoder(self.width, instances, self.bands)
+        self.decoder = InstanceDecoder(self.width, instances, self.bands, extras=bool(objects or vectors))
         self.count = 0
 
     @property
