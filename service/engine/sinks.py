@@ -24,7 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
-from tileseg.engine.io.write import StripWriter, mask_profile, to_cog, write_class_metadata
+from tileseg.engine.io.write import StripWriter, mask_profile, to_cog, write_class_colours, write_class_metadata
 from tileseg.engine.stitching import Strip
 from tileseg.models.spec import ModelSpec
 
@@ -124,6 +124,7 @@ class MaskSink(RasterFiles):
         dtype, nodata = self.indices.dtype.name, self.indices.nodata
         output.parent.mkdir(parents=True, exist_ok=True)
         self.mask = StripWriter(output, mask_profile(grid, 1, dtype, nodata))
+        write_class_colours(self.mask.dataset, spec)
         self.probs = None
         if probabilities is not None:
             Path(probabilities).parent.mkdir(parents=True, exist_ok=True)

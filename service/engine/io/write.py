@@ -2,8 +2,9 @@
 
 A :class:`StripWriter` writes rows in block-aligned strips to a temporary file beside the target, which its
 owner renames into place (:class:`tileseg.engine.sinks.MaskSink`) or removes; :func:`mask_profile` derives
-the output's profile from the input's grid, :func:`write_class_metadata` adds the colour table and the
-provenance tags, :func:`to_cog` rewrites a finished file as a Cloud Optimized GeoTIFF.
+the output's profile from the input's grid, :func:`write_class_colours` writes the colour table (before the
+first row), :func:`write_class_metadata` the class names and provenance tags, :func:`to_cog` rewrites a
+finished file as a Cloud Optimized GeoTIFF.
 """
 
 from __future__ import annotations
@@ -104,10 +105,15 @@ def mask_profile(source: RasterSource, num_bands: int, dtype: str, nodata: int |
     return profile
 
 
-def write_class_metadata(dst, spec: ModelSpec, tags: dict[str, str]) -> None:
-    """Colour table, class names and provenance tags on a finished mask."""
+def write_class_colours(dst, spec: ModelSpec) -> None:
+    """The colour table of a uint8 mask, before its first row: GDAL sets the file's photometric interpretation
+    (palette) with it, which it can no longer change once data is written."""
     if dst.dtypes[0] == "uint8":
         dst.write_colormap(1, {c.index: (*c.rgb, 255) for c in spec.classes if c.index < 255})
+
+
+def write_class_metadata(dst, spec: ModelSpec, tags: dict[str, str]) -> None:
+    """Class names and provenance tags on a finished mask (its colours: :func:`write_class_colours`)."""
     dst.set_band_description(1, "class")
     dst.update_tags(1, CLASSES=json.dumps([{"index": c.index, "name": c.name, "color": c.color} for c in spec.classes]))
     dst.update_tags(**tags)
@@ -131,4 +137,4 @@ def to_cog(path: Path) -> None:
         cog.unlink(missing_ok=True)
 
 
-__all__ = ["StripWriter", "mask_profile", "to_cog", "write_class_metadata"]
+__all__ = ["StripWriter", "mask_profile", "to_cog", "write_class_colours", "write_class_metadata"]
