@@ -184,3 +184,25 @@ def test_an_export_is_keyed_by_the_serving_options(tmp_path, monkeypatch):
     full, pruned = models.load("unetpp-em"), models.load("unetpp-em", prune=1)
     assert ex.onnx_path(full) != ex.onnx_path(pruned)
     assert ex.onnx_path(pruned) == ex.onnx_path(models.load("unetpp-em", prune=1))
+
+
+def test_a_search_keeps_only_the_chosen_program_and_none_of_its_measured_shapes(tmp_path, monkeypatch):
+    """A first run must not hold every candidate's program (its peak would be the search's): after the search,
+    only the chosen runtime's program is left, and none of the shapes it was compiled for while measured."""
+    monkeypatch.setenv("TILESEG_CACHE_DIR", str(tmp_path / "cache"))
+    model = checkpoint(tmp_path, "test-pool", bands=1, classes=3, precision="bf16")
+    request = tn.Request(core=None, default_core=32, batch=None, budget=2**30, searchable=True)
+    made: list = []
+    original = fw.prepare
+
+    def tracked(net, runtime):
+        fn = original(net, runtime)
+        made.append((runtime, fn))
+        return fn
+
+    monkeypatch.setattr(tn, "prepare", tracked)
+    choice = Tuner(None, seconds=2.0).choose(model, CPU, request)
+    prepared = fw._PREPARED.get(model, {})
+    assert len({r.label for r, _ in made}) >= 3, "the search measured several runtimes"
+    assert set(prepared) <= {fw._key(choice.runtime)}, f"left behind: {sorted(prepared)}"
+    assert all(not getattr(fn, "compiled", {}) for fn in prepared.values()), "measured shapes kept"
