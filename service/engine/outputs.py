@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from tileseg import __version__, models
+from tileseg.engine.instances.decode import bytes_per_pixel
 from tileseg.engine.instances.sink import InstanceSink, check_instances
 from tileseg.engine.instances.table import check_table_path
 from tileseg.engine.io.slide import SlideRaster
@@ -85,6 +86,15 @@ def keeps_probabilities(spec, probabilities, instances=None, objects=None, vecto
     return probabilities is not None or (measured and wants_objects(spec, instances, objects, vectors))
 
 
+def object_bytes_per_pixel(spec, instances=None, objects=None, vectors=None) -> int:
+    """What decoding the objects holds per pixel of a strip (0 when no objects are asked for): the memory
+    budget counts it with the band of tile rows, so that the window is chosen for the whole run's memory."""
+    if not wants_objects(spec, instances, objects, vectors):
+        return 0
+    measured = objects is not None or vectors is not None
+    return bytes_per_pixel(spec.input.bands if measured else 0, measured)
+
+
 def provenance_tags(
     model: SegmentationNet, plan: ReadPlan, options: SegmentOptions, runtime: RuntimeReport
 ) -> dict[str, str]:
@@ -117,4 +127,12 @@ def _card_hash(model: SegmentationNet) -> str:
     return models.card_hash(path) if path else "unknown"
 
 
-__all__ = ["check_outputs", "keeps_probabilities", "make_sinks", "object_counts", "provenance_tags", "wants_objects"]
+__all__ = [
+    "check_outputs",
+    "keeps_probabilities",
+    "make_sinks",
+    "object_bytes_per_pixel",
+    "object_counts",
+    "provenance_tags",
+    "wants_objects",
+]

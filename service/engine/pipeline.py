@@ -33,7 +33,14 @@ from tileseg.engine.io.inputs import open_input
 from tileseg.engine.io.read import ALLOWED_DRIVERS, gdal_env
 from tileseg.engine.io.source import RasterSource
 from tileseg.engine.options import SegmentOptions
-from tileseg.engine.outputs import check_outputs, keeps_probabilities, make_sinks, object_counts, provenance_tags
+from tileseg.engine.outputs import (
+    check_outputs,
+    keeps_probabilities,
+    make_sinks,
+    object_bytes_per_pixel,
+    object_counts,
+    provenance_tags,
+)
 from tileseg.engine.prediction import TilePrediction
 from tileseg.engine.readplan import read_plan
 from tileseg.engine.resolution import pixel_size_warnings
@@ -95,7 +102,8 @@ def segment(
     with gdal_env(), open_input(source, spec, options.bands, allowed_drivers, max_pixels, options.asset) as full:
         with read_plan(full, spec, options) as plan:
             src = plan.source
-            choice = choose_runtime(model, device, options, src.height * src.width, src.width, keep_probabilities)
+            held = object_bytes_per_pixel(spec, instances, objects, vectors)
+            choice = choose_runtime(model, device, options, src.height * src.width, src.width, keep_probabilities, held)
             settings = tile_settings(spec, options, (src.height, src.width), choice)
             runner = BatchRunner(model, settings, src.scaling, device, choice.runtime, options.tta, keep_probabilities)
             tags = provenance_tags(model, plan, options, runtime_report(settings, choice.runtime, choice, device))

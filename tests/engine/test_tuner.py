@@ -365,3 +365,20 @@ def test_a_run_holds_labels_and_validity_per_pixel_and_probabilities_when_kept(m
     assert tn.row_bytes_per_pixel(model.spec, SegmentOptions(blend="gaussian"), probabilities=False) == 2 + 4 * k
     request = tn.runtime_request(model, CPU, SegmentOptions(), 10**6, width=100_000)
     assert request.row_bytes == 200_000
+
+
+def test_the_budget_counts_what_decoding_objects_holds():
+    """Decoding objects holds several arrays per pixel of a strip: the window must be chosen with them counted
+    (at 8192² with --objects the peak went from 2.5 GB to 1.5 GB once they were)."""
+    from tileseg import models
+    from tileseg.engine import SegmentOptions
+    from tileseg.engine.outputs import object_bytes_per_pixel
+
+    model = models.load("unet-nuclei")
+    assert object_bytes_per_pixel(model.spec) == 0
+    labels = object_bytes_per_pixel(model.spec, instances="labels.tif")
+    table = object_bytes_per_pixel(model.spec, instances="labels.tif", objects="objects.csv")
+    assert 0 < labels < table
+    plain = tn.runtime_request(model, CPU, SegmentOptions(), None, 1000, True)
+    held = tn.runtime_request(model, CPU, SegmentOptions(), None, 1000, True, table)
+    assert held.row_bytes == plain.row_bytes + 1000 * table

@@ -36,6 +36,14 @@ MAX_LABEL = np.iinfo(LABEL).max
 PIXELS, ROWS, COLS, PROBABILITY = 0, 1, 2, 3
 
 
+def bytes_per_pixel(bands: int, extras: bool) -> int:
+    """What the decoder holds per pixel of the strip it decodes, about: the classes (uint16), the seed labels,
+    the growth window, the grown labels and the final ids (4 bytes each, each once more while a strip is joined
+    to the rows before it) and, with ``extras``, the probability and every band as float32 (twice: the strip's
+    and the rows held). The memory budget counts it for each row of the band of tile rows."""
+    return 2 * (2 + 4 * 4) + (2 * 4 * (1 + bands) if extras else 0)
+
+
 def growth_offsets(distance: int) -> list[tuple[int, int]]:
     """The offsets to a seed pixel within ``distance``, nearest first, then in row order: the order in which
     a pixel looks for its seed."""
@@ -327,4 +335,4 @@ def decode_whole(classes: np.ndarray, spec: InstanceSpec) -> np.ndarray:
     return labels
 
 
-__all__ = ["Decoded", "Finished", "InstanceDecoder", "decode_whole", "growth_offsets"]
+__all__ = ["Decoded", "Finished", "InstanceDecoder", "bytes_per_pixel", "decode_whole", "growth_offsets"]

@@ -285,11 +285,13 @@ def runtime_request(
     run_pixels: int | None,
     width: int = 0,
     probabilities: bool = False,
+    object_bytes: int = 0,
 ) -> Request:
     """What a run over ``run_pixels`` output pixels, ``width`` wide, leaves to the tuner; the core is searched
     only where :func:`window_is_free`. The budget covers the band of tile rows the image's width implies
-    (:attr:`Request.row_bytes`: labels and validity, a byte each, and the probabilities' float32 per class when
-    they are kept: asked for, averaged over flips, or blended).
+    (:attr:`Request.row_bytes`: labels and validity, a byte each, the probabilities' float32 per class when
+    they are kept: asked for, averaged over flips, or blended, and ``object_bytes`` a pixel when objects are
+    decoded: :func:`tileseg.engine.outputs.object_bytes_per_pixel`).
 
     Raises:
         TileGeometryError: a tile, blend or overlap the model's geometry refuses (before anything is measured:
@@ -305,7 +307,7 @@ def runtime_request(
         batch=options.batch,
         budget=memory_budget(device, options.memory),
         run_pixels=run_pixels,
-        row_bytes=width * row_bytes_per_pixel(model.spec, options, probabilities),
+        row_bytes=width * (row_bytes_per_pixel(model.spec, options, probabilities) + object_bytes),
         precision=options.precision.value,
         compile=options.compile.value,
         runtime=options.runtime.value,
@@ -326,10 +328,11 @@ def choose_runtime(
     run_pixels: int,
     width: int = 0,
     probabilities: bool = False,
+    object_bytes: int = 0,
 ) -> Choice:
     """The runtime, core and batch of a run over an image ``width`` wide, measured by the tuner (cached per
     machine; see :mod:`tileseg.engine.runtime.tuner`)."""
-    request = runtime_request(model, device, options, run_pixels, width, probabilities)
+    request = runtime_request(model, device, options, run_pixels, width, probabilities, object_bytes)
     return tuner().choose(model, device, request)
 
 
