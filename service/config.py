@@ -36,7 +36,7 @@ class EngineConfig(BaseSettings):
         "~/.cache/tileseg.",
     )
     tune_seconds: float | None = Field(
-        None, gt=0, description="Bound of the tuner's search on a first run, in seconds; default: 8."
+        None, gt=0, description="Bound of the tuner's search on a first run, in seconds; default: 6."
     )
     torch_threads: int | None = Field(
         None, ge=1, description="CPU threads for the network; default: every core the process may use."
