@@ -70,7 +70,7 @@ def test_validation_tiles_as_segment_does(tmp_path, geometry, tile, monkeypatch)
     from tileseg.engine.runtime.runtimes import BASELINE
     from tileseg.engine.runtime.search import Choice
 
-    def card_choice(model, device, options, run_pixels, width=0, probabilities=False):
+    def card_choice(model, device, options, run_pixels, width=0, probabilities=False, object_bytes=0):
         core = options.tile or model.spec.geometry.default_tile
         return Choice(BASELINE, core, options.batch or 4, "held for the test")
 
