@@ -79,11 +79,16 @@ def object_counts(sinks) -> dict[str, int] | None:
     return found[0] if found else None
 
 
-def keeps_probabilities(spec, probabilities, instances=None, objects=None, vectors=None) -> bool:
-    """Whether the runner must hand on probabilities: asked for, or for the objects' mean probability (their
-    table or features; the label GeoTIFF alone needs the classes only)."""
+def measures_objects(spec, instances=None, objects=None, vectors=None) -> bool:
+    """Whether the objects are measured (their table, or one feature each): then their mean probability and
+    band means are summed; the label GeoTIFF alone needs the classes only."""
     measured = objects is not None or (vectors is not None and spec.instances is not None)
-    return probabilities is not None or (measured and wants_objects(spec, instances, objects, vectors))
+    return measured and wants_objects(spec, instances, objects, vectors)
+
+
+def keeps_probabilities(spec, probabilities, instances=None, objects=None, vectors=None) -> bool:
+    """Whether the runner must hand on probabilities: asked for, or for the objects' mean probability."""
+    return probabilities is not None or measures_objects(spec, instances, objects, vectors)
 
 
 def object_bytes_per_pixel(spec, instances=None, objects=None, vectors=None) -> int:
@@ -91,7 +96,7 @@ def object_bytes_per_pixel(spec, instances=None, objects=None, vectors=None) -> 
     budget counts it with the band of tile rows, so that the window is chosen for the whole run's memory."""
     if not wants_objects(spec, instances, objects, vectors):
         return 0
-    measured = objects is not None or vectors is not None
+    measured = measures_objects(spec, instances, objects, vectors)
     return bytes_per_pixel(spec.input.bands if measured else 0, measured)
 
 
@@ -131,6 +136,7 @@ __all__ = [
     "check_outputs",
     "keeps_probabilities",
     "make_sinks",
+    "measures_objects",
     "object_bytes_per_pixel",
     "object_counts",
     "provenance_tags",

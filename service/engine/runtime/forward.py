@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from tileseg.engine.runtime.export import exported_forward
+from tileseg.engine.runtime.memory import release_free_memory
 from tileseg.engine.runtime.runtimes import Runtime
 from tileseg.models.base import SegmentationNet
 
@@ -57,6 +58,7 @@ def release(model: SegmentationNet, keep: Runtime | Sequence[Runtime]) -> None:
             del per_model[key]
         else:
             getattr(per_model[key], "clear", lambda: None)()
+    release_free_memory()  # the heap's freed pages back to the system: the run's peak is then the run's own
 
 
 def _key(runtime: Runtime) -> tuple:

@@ -15,7 +15,6 @@ from typing import Any
 
 from tileseg.engine.runtime.device import native_bf16
 from tileseg.engine.runtime.forward import is_prepared, release
-from tileseg.engine.runtime.memory import release_free_memory
 from tileseg.engine.runtime.runtimes import BASELINE, Runtime
 from tileseg.models.base import SegmentationNet
 
@@ -243,7 +242,6 @@ class Search:
         run must not hold every candidate's program at once (its peak would be the search's, not the run's)."""
         if len(kept) < len(self.options):
             release(self.model, kept)
-            release_free_memory()
 
     def _bound_by_run(self, rate: float) -> None:
         """Bring the deadline in to :data:`SEARCH_SHARE` of the run's time at ``rate`` (at least

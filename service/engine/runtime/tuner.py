@@ -41,7 +41,6 @@ from tileseg.engine.runtime.cache import MeasurementCache, default_cache_path, e
 from tileseg.engine.runtime.device import PeakMemory, describe_device, memory_budget, resident
 from tileseg.engine.runtime.export import library_versions
 from tileseg.engine.runtime.forward import prepare, release, run_forward
-from tileseg.engine.runtime.memory import release_free_memory
 from tileseg.engine.runtime.path import Checker, invariance_error, signature
 from tileseg.engine.runtime.runtimes import Runtime, candidates
 from tileseg.engine.runtime.search import Choice, Measurement, Request, Search, Timer
@@ -199,7 +198,6 @@ class Tuner:
         path = {"runtime": choice.runtime.label, "why": choice.reason}
         self._store(key, search.new, [], persistent, paths={signature(options): path}, refused=refused)
         release(model, keep=choice.runtime)
-        release_free_memory()
         return choice.runtime
 
     def _within(
@@ -230,7 +228,6 @@ class Tuner:
         choice.reason = f"numeric path {path.label} (chosen once for this model and device); {choice.reason}"
         if search.new:
             release(model, keep=choice.runtime)
-            release_free_memory()
         return choice
 
     def _bound(self) -> float:
