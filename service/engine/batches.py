@@ -1,7 +1,8 @@
 """Running a batch of windows through the network: device transfer, precision, flips, reduction.
 
 Results are reduced on the device: in crop mode without probabilities only the winning channel of each
-core pixel comes back (one byte a pixel instead of a float per channel).
+core pixel comes back (one byte a pixel instead of a float per channel). An OpenVINO program does the scaling
+and that reduction inside itself: raw bytes in, one byte a pixel out, the same labels as its logits give.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 
 from tileseg.engine.io import Scaling
 from tileseg.engine.prediction import BatchPrediction
-from tileseg.engine.runtime.forward import run_forward
+from tileseg.engine.runtime.forward import prepare, run_forward
 from tileseg.engine.runtime.runtimes import BASELINE, Runtime
 from tileseg.engine.tiling import TileSettings
 from tileseg.models.base import SegmentationNet
@@ -56,6 +57,7 @@ class BatchRunner:
         logits: bool = False,
     ):
         self.model = model
+        self.scaling = scaling
         self.clip = scaling.clip
         self.low, self.high, self.a, self.b = (
             torch.as_tensor(v, device=device).view(1, -1, 1, 1)
@@ -70,6 +72,7 @@ class BatchRunner:
         self.crop = settings.blend is BlendMode.CROP
         self.keep = slice(settings.margin, settings.margin + settings.core)
         self.index_dtype = torch.uint8 if model.spec.num_classes <= 256 else torch.int16
+        self.in_program = True  # labels from a program that scales and reduces inside, where the runtime has one
 
     @property
     def gives_probabilities(self) -> bool:
@@ -117,9 +120,34 @@ class BatchRunner:
             x = torch.minimum(torch.maximum(torch.nan_to_num(x), self.low), self.high)
         return x.mul_(self.a).add_(self.b)
 
+    def _program_labels(self, batch: np.ndarray) -> np.ndarray | None:
+        """The winning channels of a batch from a program that scales and reduces inside (an OpenVINO one:
+        :meth:`tileseg.engine.runtime.export.OpenVinoForward.labels`), or None where the runtime has none."""
+        if not self.in_program or self.runtime.mode != "openvino" or self.device.type != "cpu":
+            return None
+        count = len(batch)
+        if count < self.settings.batch:  # specialised to the full batch, as in _forward
+            batch = np.concatenate([batch, np.zeros((self.settings.batch - count, *batch.shape[1:]), batch.dtype)])
+        if self.clip:
+            scaling = self.scaling
+            low, high = (v.reshape(1, -1, 1, 1) for v in (scaling.low, scaling.high))
+            batch = np.clip(np.nan_to_num(batch.astype(np.float32, copy=False)), low, high)
+        try:
+            program = prepare(self.model, self.runtime)
+            dtype = np.dtype(str(self.index_dtype).removeprefix("torch."))
+            return program.labels(batch, self.scaling.a, self.scaling.b, dtype)[:count]
+        except Exception as err:  # the same program with the scaling and the argmax outside, then
+            log.warning("%s labels inside the program failed (%s: %s)", self.runtime.label, type(err).__name__, err)
+            self.in_program = False
+            return None
+
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray) -> BatchPrediction:
         """Run one batch of raw windows ``(B, bands, window, window)``; see the class for what comes back."""
+        if not (self.want_probs or self.logits):
+            labels = self._program_labels(batch)
+            if labels is not None:
+                return BatchPrediction(labels=labels[:, self.keep, self.keep])
         x = self._scale(torch.from_numpy(batch))
         if self.logits:
             logits = self._forward(x).float()[:, :, self.keep, self.keep]

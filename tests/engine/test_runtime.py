@@ -102,6 +102,60 @@ def test_onnx_runtime_gives_eager_fp32_mask_for_a_shipped_model(tmp_path, monkey
     assert list((tmp_path / "cache" / "exports").glob("*.onnx")), "the export is cached"
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_openvino_labels_inside_the_program_are_the_argmax_of_its_logits(tmp_path, monkeypatch, data_dir, precision):
+    """A labels-only run of OpenVINO scales the raw windows and takes the winning class inside the program: on
+    windows of a real image (uint8, and as float values clipped and stretched) its labels are those of the same
+    program's logits scaled and reduced on the host, a batch padded to full included."""
+    pytest.importorskip("openvino", reason="OpenVINO is part of the default install on x86-64")
+    from rasterio.windows import Window
+
+    from tileseg.engine.batches import BatchRunner
+    from tileseg.engine.io.bands import stretch_scaling, uint8_scaling
+    from tileseg.engine.tiling import TileSettings
+
+    monkeypatch.setenv("TILESEG_CACHE_DIR", str(tmp_path / "cache"))
+    model = models.load("unet-aerial", device=CPU)
+    runtime = Runtime(precision, False, "openvino")
+    settings = TileSettings(model.spec.geometry, core=192, batch=2)
+    with rasterio.open(data_dir / "geotiff" / "RGB.byte.tif") as src:
+        raw = np.stack([src.read(window=Window(x, 150, settings.window, settings.window)) for x in (100, 300)])
+    spec = model.spec
+    floats = raw.astype(np.float32) * 3.5 - 20.0
+    floats[0, 1, :4, :4] = np.nan
+    stretched = stretch_scaling(spec, np.array([10.0, 40.0, 0.0]), np.array([700.0, 800.0, 850.0]), clip=True)
+    for batch, scaling in ((raw, uint8_scaling(spec)), (floats, stretched), (raw[:1], uint8_scaling(spec))):
+        inside = BatchRunner(model, settings, scaling, CPU, runtime)
+        outside = BatchRunner(model, settings, scaling, CPU, runtime)
+        outside.in_program = False
+        labels, expected = inside(batch).labels, outside(batch).labels
+        assert labels.shape == expected.shape == (len(batch), 192, 192)
+        assert np.array_equal(labels, expected)
+        assert len(np.unique(expected)) > 1, "a real scene: more than one class"
+    program = fw.prepare(model, runtime)
+    assert any(labels == "uint8" for _, labels, _ in program.compiled), "the labels came from the program"
+
+
+def test_labels_inside_the_program_fall_back_to_the_host_when_it_fails(tmp_path, monkeypatch, data_dir, caplog):
+    pytest.importorskip("openvino", reason="OpenVINO is part of the default install on x86-64")
+    monkeypatch.setenv("TILESEG_CACHE_DIR", str(tmp_path / "cache"))
+    model = models.load("unet-aerial", device=CPU)
+    source = data_dir / "geotiff" / "RGB.byte.tif"
+    options = SegmentOptions(precision="fp32", runtime="openvino", tile=256, batch=2, compile="off")
+    segment(model, source, tmp_path / "inside.tif", options)
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("no such operator")
+
+    monkeypatch.setattr(ex.OpenVinoForward, "labels", fails)
+    with caplog.at_level(logging.WARNING):
+        result = segment(model, source, tmp_path / "outside.tif", options)
+    assert result.runtime.runtime == "fp32/contiguous/openvino", "the same numeric path, reduced on the host"
+    assert sum("inside the program failed" in r.message for r in caplog.records) == 1
+    with rasterio.open(tmp_path / "inside.tif") as a, rasterio.open(tmp_path / "outside.tif") as b:
+        assert np.array_equal(a.read(), b.read())
+
+
 def test_tile_auto_gives_the_mask_of_a_fixed_tile_for_an_exact_model(tmp_path, monkeypatch, raster_factory):
     monkeypatch.setenv("TILESEG_CACHE_DIR", str(tmp_path / "cache"))
     model = checkpoint(tmp_path, "test-pool", bands=1, classes=3)

@@ -160,7 +160,11 @@ class OnnxRuntimeForward:
 class OpenVinoForward:
     """An ONNX file compiled by OpenVINO for the CPU, once per input shape (the last few kept), in fp32 or,
     where the card allows it, bf16 (OpenVINO's inference precision hint); an int8 (QDQ) program runs its
-    quantized layers in int8 and the rest in fp32."""
+    quantized layers in int8 and the rest in fp32.
+
+    Called like a network (scaled float32 in, logits out), or through :meth:`labels`: raw band values in,
+    scaled and reduced to the winning channel inside the program, so that one byte a pixel comes in and one
+    goes out (the host's scaling and argmax over float logits were a tenth of an 8192² run)."""
 
     def __init__(self, path: Path, runtime: Runtime):
         import openvino
@@ -172,28 +176,67 @@ class OpenVinoForward:
             "INFERENCE_NUM_THREADS": torch.get_num_threads(),
             "PERFORMANCE_HINT": "LATENCY",
         }
-        self.compiled: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self.compiled: OrderedDict[tuple, Any] = OrderedDict()
 
     def clear(self) -> None:
         """Drop every compiled shape (the tuner measures each size's cost from nothing)."""
         self.compiled.clear()
 
-    def _compiled(self, shape: tuple[int, ...]) -> Any:
-        if shape in self.compiled:
-            self.compiled.move_to_end(shape)
-            return self.compiled[shape]
+    def _compiled(self, shape: tuple[int, ...], labels: str | None = None, raw: str = "f32") -> Any:
+        key = (shape, labels, raw)
+        if key in self.compiled:
+            self.compiled.move_to_end(key)
+            return self.compiled[key]
         while len(self.compiled) >= OPENVINO_SHAPES_KEPT:
             self.compiled.popitem(last=False)
         network = self.core.read_model(str(self.path))
         network.reshape({"input": list(shape)})
-        self.compiled[shape] = self.core.compile_model(network, "CPU", self.config)
-        return self.compiled[shape]
+        if labels is not None:
+            network = _scaled_labels(network, shape, raw, labels)
+        self.compiled[key] = self.core.compile_model(network, "CPU", self.config)
+        return self.compiled[key]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
         compiled = self._compiled(tuple(array.shape))
         out = compiled(array)[compiled.output(0)]
         return torch.from_numpy(np.asarray(out)).to(x.device)
+
+    def labels(self, raw: np.ndarray, a: np.ndarray, b: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        """The winning channel ``(B, H, W)`` (``dtype``: uint8 or int16) of every output pixel of the raw windows
+        ``raw`` (``(B, bands, h, w)``, uint8 or float32, clipped already), scaled by ``raw * a + b`` (``a``, ``b``:
+        ``(bands,)`` float32) inside the program. The first channel wins ties, as in
+        :func:`tileseg.engine.batches.winning_class`."""
+        raw = np.ascontiguousarray(raw)
+        kind = "u8" if raw.dtype == np.uint8 else "f32"
+        compiled = self._compiled(tuple(raw.shape), np.dtype(dtype).name, kind)
+        factors = [np.asarray(f, np.float32).reshape(1, -1, 1, 1) for f in (a, b)]
+        out = compiled({"raw": raw if kind == "u8" else raw.astype(np.float32, copy=False), "a": factors[0],
+                        "b": factors[1]})[compiled.output(0)]  # fmt: skip
+        return np.asarray(out)
+
+
+def _scaled_labels(network: Any, shape: tuple[int, ...], raw: str, labels: str) -> Any:
+    """``network`` (reshaped to ``shape``) with its input scaled inside (``raw`` values of type ``raw`` times
+    ``a`` plus ``b``, both inputs) and its logits reduced to the index of the first largest channel (``labels``:
+    uint8 or int16), the only output."""
+    import openvino
+    import openvino.opset13 as ops
+
+    bands = shape[1]
+    values = ops.parameter(list(shape), openvino.Type.u8 if raw == "u8" else openvino.Type.f32, name="raw")
+    a = ops.parameter([1, bands, 1, 1], openvino.Type.f32, name="a")
+    b = ops.parameter([1, bands, 1, 1], openvino.Type.f32, name="b")
+    scaled = ops.add(ops.multiply(ops.convert(values, "f32"), a), b)
+    (original,) = network.get_parameters()
+    for target in list(original.output(0).get_target_inputs()):
+        target.replace_source_output(scaled.output(0))
+    logits = network.get_results()[0].input_value(0)
+    # a stable sort by value: of equal logits the lower channel comes first, as argmax takes it
+    top = ops.topk(logits, ops.constant(np.int64(1)), axis=1, mode="max", sort="value", stable=True)
+    index = ops.squeeze(top.output(1), ops.constant(np.array([1], np.int64)))
+    out = ops.convert(index, "u8" if labels == "uint8" else "i16")
+    return openvino.Model([ops.result(out)], [values, a, b], "labels")
 
 
 def exported_forward(model: SegmentationNet, runtime: Runtime):
