@@ -82,7 +82,7 @@ class ClassIndices:
         # the stitchers give the network's channel per pixel; the card says which class index each one writes
         classes = strip.labels.astype(self.dtype, copy=False)
         if self.lut is not None:
-            classes = np.take(self.lut, strip.labels)  # a third faster than indexing with the array
+            classes = self.lut[strip.labels]
         if strip.valid is not None:
             classes = np.where(strip.valid, classes, self.dtype.type(self.nodata))
         return classes

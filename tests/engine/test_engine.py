@@ -167,6 +167,24 @@ def test_default_core_is_evened_out_over_the_image(tmp_path, raster_factory):
     np.testing.assert_array_equal(read_mask(out), reference_logits(model, path).argmax(0))
 
 
+def test_the_core_is_evened_out_over_both_sides_of_the_image():
+    """The least work over the whole image: a 2048-row strip takes two rows of 1024-pixel cores rather than two
+    of 1088 (2176 rows predicted), a square image the fewest cores a side, each as small as the stride allows."""
+    from tileseg.engine.tiling import evened_core
+    from tileseg.models import card_spec
+
+    geometry = card_spec("unet-aerial").geometry
+    assert evened_core(geometry, 1088, (2048, 100_000)) == 1024
+    assert evened_core(geometry, 1536, (8192, 8192)) == 1376  # six a side: ceil(8192 / 6) on the stride grid
+    assert evened_core(geometry, 1024, (8192, 8192)) == 1024
+    for shape in ((2048, 100_000), (3000, 4500), (777, 20_000), (8192, 8192)):
+        for core in (384, 1088, 1536):
+            evened = evened_core(geometry, core, shape)
+            assert core // 2 <= evened <= core and evened % geometry.multiple == 0
+            work = [math.ceil(shape[0] / c) * math.ceil(shape[1] / c) * geometry.window(c) ** 2 for c in (evened, core)]
+            assert work[0] <= work[1]
+
+
 def test_reading_in_turn_or_ahead_gives_the_same_mask(tmp_path, raster_factory):
     from tileseg.engine.io.remote import RemoteUrl
     from tileseg.engine.pipeline import reader_threads
