@@ -1,8 +1,9 @@
 """Running a batch of windows through the network: device transfer, precision, flips, reduction.
 
 Results are reduced on the device: in crop mode without probabilities only the winning channel of each
-core pixel comes back (one byte a pixel instead of a float per channel). An OpenVINO program does the scaling
-and that reduction inside itself: raw bytes in, one byte a pixel out, the same labels as its logits give.
+core pixel comes back (one byte a pixel instead of a float per channel). An exported program (OpenVINO, ONNX
+Runtime) does the scaling and that reduction inside itself: raw bytes in, one byte a pixel out, the same labels
+as its logits give.
 """
 
 from __future__ import annotations
@@ -121,9 +122,10 @@ class BatchRunner:
         return x.mul_(self.a).add_(self.b)
 
     def _program_labels(self, batch: np.ndarray) -> np.ndarray | None:
-        """The winning channels of a batch from a program that scales and reduces inside (an OpenVINO one:
-        :meth:`tileseg.engine.runtime.export.OpenVinoForward.labels`), or None where the runtime has none."""
-        if not self.in_program or self.runtime.mode != "openvino" or self.device.type != "cpu":
+        """The winning channels of a batch from an exported program that scales and reduces inside
+        (:meth:`tileseg.engine.runtime.export.OpenVinoForward.labels`, ONNX Runtime's the same), or None where
+        the runtime has none."""
+        if not self.in_program or not self.runtime.exported or self.device.type != "cpu":
             return None
         count = len(batch)
         if count < self.settings.batch:  # specialised to the full batch, as in _forward

@@ -102,12 +102,13 @@ def test_onnx_runtime_gives_eager_fp32_mask_for_a_shipped_model(tmp_path, monkey
     assert list((tmp_path / "cache" / "exports").glob("*.onnx")), "the export is cached"
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_openvino_labels_inside_the_program_are_the_argmax_of_its_logits(tmp_path, monkeypatch, data_dir, precision):
-    """A labels-only run of OpenVINO scales the raw windows and takes the winning class inside the program: on
-    windows of a real image (uint8, and as float values clipped and stretched) its labels are those of the same
-    program's logits scaled and reduced on the host, a batch padded to full included."""
-    pytest.importorskip("openvino", reason="OpenVINO is part of the default install on x86-64")
+@pytest.mark.parametrize("runtime", ["fp32/openvino", "bf16/openvino", "fp32/onnxruntime"])
+def test_labels_inside_the_program_are_the_argmax_of_its_logits(tmp_path, monkeypatch, data_dir, runtime):
+    """A labels-only run of an exported runtime scales the raw windows and takes the winning class inside the
+    program: on windows of a real image (uint8, and as float values clipped and stretched) its labels are those
+    of the same program's logits scaled and reduced on the host, a batch padded to full included."""
+    precision, mode = runtime.split("/")
+    pytest.importorskip(mode, reason="ONNX Runtime and OpenVINO are part of the default install on x86-64")
     from rasterio.windows import Window
 
     from tileseg.engine.batches import BatchRunner
@@ -116,7 +117,7 @@ def test_openvino_labels_inside_the_program_are_the_argmax_of_its_logits(tmp_pat
 
     monkeypatch.setenv("TILESEG_CACHE_DIR", str(tmp_path / "cache"))
     model = models.load("unet-aerial", device=CPU)
-    runtime = Runtime(precision, False, "openvino")
+    runtime = Runtime(precision, False, mode)
     settings = TileSettings(model.spec.geometry, core=192, batch=2)
     with rasterio.open(data_dir / "geotiff" / "RGB.byte.tif") as src:
         raw = np.stack([src.read(window=Window(x, 150, settings.window, settings.window)) for x in (100, 300)])
@@ -133,7 +134,8 @@ def test_openvino_labels_inside_the_program_are_the_argmax_of_its_logits(tmp_pat
         assert np.array_equal(labels, expected)
         assert len(np.unique(expected)) > 1, "a real scene: more than one class"
     program = fw.prepare(model, runtime)
-    assert any(labels == "uint8" for _, labels, _ in program.compiled), "the labels came from the program"
+    made = program.compiled if mode == "openvino" else {(None, labels, raw) for raw, labels in program.sessions}
+    assert any(labels == "uint8" for _, labels, _ in made), "the labels came from the program"
 
 
 def test_labels_inside_the_program_fall_back_to_the_host_when_it_fails(tmp_path, monkeypatch, data_dir, caplog):

@@ -149,12 +149,73 @@ class OnnxRuntimeForward:
                 trt["trt_engine_cache_path"] = str(cache_dir() / "tensorrt")
                 providers.insert(0, ("TensorrtExecutionProvider", trt))
         self.device = device
+        self.path, self.options, self.providers = path, options, providers
         self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.sessions: dict[tuple[str, str], Any] = {}  # (raw, labels) -> the session of that labels program
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
         out = self.session.run(None, {"input": array})[0]
         return torch.from_numpy(out).to(self.device)
+
+    def labels(self, raw: np.ndarray, a: np.ndarray, b: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        """As :meth:`OpenVinoForward.labels`: the scaling and the winning channel inside the program (its
+        ``ArgMax`` takes the first largest channel), from a copy of the ONNX file made once beside it."""
+        import onnxruntime as ort
+
+        raw = np.ascontiguousarray(raw if raw.dtype == np.uint8 else raw.astype(np.float32, copy=False))
+        key = ("u8" if raw.dtype == np.uint8 else "f32", np.dtype(dtype).name)
+        if key not in self.sessions:
+            program = labels_onnx(self.path, *key)
+            self.sessions[key] = ort.InferenceSession(str(program), self.options, providers=self.providers)
+        factors = [np.asarray(f, np.float32).reshape(1, -1, 1, 1) for f in (a, b)]
+        return self.sessions[key].run(None, {"raw": raw, "a": factors[0], "b": factors[1]})[0]
+
+
+def labels_onnx(path: Path, raw: str, labels: str) -> Path:
+    """The ONNX file ``path`` with its input scaled inside (``raw`` values, ``u8`` or ``f32``, times input ``a``
+    plus input ``b``) and its logits reduced to the first largest channel (``labels``: uint8 or int16), the only
+    output; made once beside it (written to a temporary name, then renamed)."""
+    target = path.with_name(f"{path.stem}.labels-{raw}-{labels}.onnx")
+    if target.is_file():
+        return target
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    (original,) = graph.input
+    (logits,) = graph.output
+    bands = original.type.tensor_type.shape.dim[1].dim_value
+    kind = TensorProto.UINT8 if raw == "u8" else TensorProto.FLOAT
+    graph.input.pop()
+    graph.input.extend(
+        [
+            helper.make_tensor_value_info("raw", kind, ["batch", bands, "height", "width"]),
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, bands, 1, 1]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, bands, 1, 1]),
+        ]
+    )
+    index = TensorProto.UINT8 if labels == "uint8" else TensorProto.INT16
+    graph.node.insert(0, helper.make_node("Cast", ["raw"], ["raw_float"], to=TensorProto.FLOAT))
+    graph.node.insert(1, helper.make_node("Mul", ["raw_float", "a"], ["raw_times_a"]))
+    graph.node.insert(2, helper.make_node("Add", ["raw_times_a", "b"], [original.name]))
+    graph.node.extend(
+        [
+            helper.make_node("ArgMax", [logits.name], ["channel"], axis=1, keepdims=0, select_last_index=0),
+            helper.make_node("Cast", ["channel"], ["labels"], to=index),
+        ]
+    )
+    graph.output.pop()
+    graph.output.append(helper.make_tensor_value_info("labels", index, ["batch", "height", "width"]))
+    onnx.checker.check_model(model)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
+    try:
+        onnx.save(model, str(tmp))
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
 
 
 class OpenVinoForward:
