@@ -184,18 +184,22 @@ def tile_settings(
 
 
 def evened_core(geometry: Geometry, core: int, shape: tuple[int, int]) -> int:
-    """The core, at most ``core`` and at least half of it on the stride grid, that covers an image of ``shape``
-    with the least work: the fewest window pixels over all its tiles (rows x columns x window²); the larger core
-    on a tie. Both sides count: a 2048-row strip takes two rows of 1024-pixel cores rather than two of 1088
+    """``core`` evened out over an image of ``shape``: for each side, the smallest core on the stride grid that
+    covers it in as many cores as ``core`` does; of the two, the one with the least work over the whole image
+    (tile rows x tile columns x window², the larger on a tie). A 512-pixel image takes two 256-pixel cores a
+    side rather than two of 384; a 2048-row strip takes two rows of 1024-pixel cores rather than two of 1088
     (2176 rows predicted for 2048), even though its 100,000 columns then take 98 cores instead of 92."""
     height, width = shape
     multiple = geometry.multiple
-    best, least = core, math.inf
-    for size in range(core, max(multiple, core // 2) - 1, -multiple):
-        work = math.ceil(height / size) * math.ceil(width / size) * geometry.window(size) ** 2
-        if work < least:
-            best, least = size, work
-    return best
+
+    def tight(side: int) -> int:
+        count = math.ceil(side / core)
+        return min(core, math.ceil(math.ceil(side / count) / multiple) * multiple)
+
+    def work(size: int) -> int:
+        return math.ceil(height / size) * math.ceil(width / size) * geometry.window(size) ** 2
+
+    return min(sorted({tight(height), tight(width)}, reverse=True), key=work)
 
 
 def window_is_free(spec: ModelSpec, options: SegmentOptions) -> bool:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from tileseg.config import engine_config
+from tileseg.engine.runtime.labels import onnx_labels, openvino_labels
 from tileseg.engine.runtime.quantized import model_int8_path
 from tileseg.engine.runtime.runtimes import Runtime
 from tileseg.models.base import SegmentationNet
@@ -166,56 +167,10 @@ class OnnxRuntimeForward:
         raw = np.ascontiguousarray(raw if raw.dtype == np.uint8 else raw.astype(np.float32, copy=False))
         key = ("u8" if raw.dtype == np.uint8 else "f32", np.dtype(dtype).name)
         if key not in self.sessions:
-            program = labels_onnx(self.path, *key)
+            program = onnx_labels(self.path, *key)
             self.sessions[key] = ort.InferenceSession(str(program), self.options, providers=self.providers)
         factors = [np.asarray(f, np.float32).reshape(1, -1, 1, 1) for f in (a, b)]
         return self.sessions[key].run(None, {"raw": raw, "a": factors[0], "b": factors[1]})[0]
-
-
-def labels_onnx(path: Path, raw: str, labels: str) -> Path:
-    """The ONNX file ``path`` with its input scaled inside (``raw`` values, ``u8`` or ``f32``, times input ``a``
-    plus input ``b``) and its logits reduced to the first largest channel (``labels``: uint8 or int16), the only
-    output; made once beside it (written to a temporary name, then renamed)."""
-    target = path.with_name(f"{path.stem}.labels-{raw}-{labels}.onnx")
-    if target.is_file():
-        return target
-    import onnx
-    from onnx import TensorProto, helper
-
-    model = onnx.load(str(path))
-    graph = model.graph
-    (original,) = graph.input
-    (logits,) = graph.output
-    bands = original.type.tensor_type.shape.dim[1].dim_value
-    kind = TensorProto.UINT8 if raw == "u8" else TensorProto.FLOAT
-    graph.input.pop()
-    graph.input.extend(
-        [
-            helper.make_tensor_value_info("raw", kind, ["batch", bands, "height", "width"]),
-            helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, bands, 1, 1]),
-            helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, bands, 1, 1]),
-        ]
-    )
-    index = TensorProto.UINT8 if labels == "uint8" else TensorProto.INT16
-    graph.node.insert(0, helper.make_node("Cast", ["raw"], ["raw_float"], to=TensorProto.FLOAT))
-    graph.node.insert(1, helper.make_node("Mul", ["raw_float", "a"], ["raw_times_a"]))
-    graph.node.insert(2, helper.make_node("Add", ["raw_times_a", "b"], [original.name]))
-    graph.node.extend(
-        [
-            helper.make_node("ArgMax", [logits.name], ["channel"], axis=1, keepdims=0, select_last_index=0),
-            helper.make_node("Cast", ["channel"], ["labels"], to=index),
-        ]
-    )
-    graph.output.pop()
-    graph.output.append(helper.make_tensor_value_info("labels", index, ["batch", "height", "width"]))
-    onnx.checker.check_model(model)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
-    try:
-        onnx.save(model, str(tmp))
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
 
 
 class OpenVinoForward:
@@ -253,7 +208,7 @@ class OpenVinoForward:
         network = self.core.read_model(str(self.path))
         network.reshape({"input": list(shape)})
         if labels is not None:
-            network = _scaled_labels(network, shape, raw, labels)
+            network = openvino_labels(network, shape, raw, labels)
         self.compiled[key] = self.core.compile_model(network, "CPU", self.config)
         return self.compiled[key]
 
@@ -275,29 +230,6 @@ class OpenVinoForward:
         out = compiled({"raw": raw if kind == "u8" else raw.astype(np.float32, copy=False), "a": factors[0],
                         "b": factors[1]})[compiled.output(0)]  # fmt: skip
         return np.asarray(out)
-
-
-def _scaled_labels(network: Any, shape: tuple[int, ...], raw: str, labels: str) -> Any:
-    """``network`` (reshaped to ``shape``) with its input scaled inside (``raw`` values of type ``raw`` times
-    ``a`` plus ``b``, both inputs) and its logits reduced to the index of the first largest channel (``labels``:
-    uint8 or int16), the only output."""
-    import openvino
-    import openvino.opset13 as ops
-
-    bands = shape[1]
-    values = ops.parameter(list(shape), openvino.Type.u8 if raw == "u8" else openvino.Type.f32, name="raw")
-    a = ops.parameter([1, bands, 1, 1], openvino.Type.f32, name="a")
-    b = ops.parameter([1, bands, 1, 1], openvino.Type.f32, name="b")
-    scaled = ops.add(ops.multiply(ops.convert(values, "f32"), a), b)
-    (original,) = network.get_parameters()
-    for target in list(original.output(0).get_target_inputs()):
-        target.replace_source_output(scaled.output(0))
-    logits = network.get_results()[0].input_value(0)
-    # a stable sort by value: of equal logits the lower channel comes first, as argmax takes it
-    top = ops.topk(logits, ops.constant(np.int64(1)), axis=1, mode="max", sort="value", stable=True)
-    index = ops.squeeze(top.output(1), ops.constant(np.array([1], np.int64)))
-    out = ops.convert(index, "u8" if labels == "uint8" else "i16")
-    return openvino.Model([ops.result(out)], [values, a, b], "labels")
 
 
 def exported_forward(model: SegmentationNet, runtime: Runtime):
