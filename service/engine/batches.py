@@ -73,6 +73,7 @@ class BatchRunner:
         self.crop = settings.blend is BlendMode.CROP
         self.keep = slice(settings.margin, settings.margin + settings.core)
         self.index_dtype = torch.uint8 if model.spec.num_classes <= 256 else torch.int16
+        self.label_dtype = np.dtype(np.uint8 if model.spec.num_classes <= 256 else np.int16)  # the same, in numpy
         self.in_program = True  # labels from a program that scales and reduces inside, where the runtime has one
 
     @property
@@ -80,12 +81,16 @@ class BatchRunner:
         """Whether its predictions carry probabilities (or, with ``logits``, the logits)."""
         return self.want_probs or self.logits
 
+    def _full_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` padded with zeros to the full batch where the runtime is specialised to it (a compiled network,
+        an OpenVINO program): the last batch then runs without compiling again."""
+        if self.runtime.mode not in ("compiled", "openvino") or x.shape[0] >= self.settings.batch:
+            return x
+        return torch.cat([x, x.new_zeros((self.settings.batch - x.shape[0], *x.shape[1:]))])
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.runtime.mode in ("compiled", "openvino") and x.shape[0] < self.settings.batch:
-            # a compiled network (and an OpenVINO program) is specialised to the full batch: pad the last one
-            # rather than compile again
-            pad = x.new_zeros((self.settings.batch - x.shape[0], *x.shape[1:]))
-            return self._forward(torch.cat([x, pad]))[: x.shape[0]]
+        if x.shape[0] < len(full := self._full_batch(x)):
+            return self._forward(full)[: x.shape[0]]
         try:
             return run_forward(self.model, self.runtime, x, self.device)
         except Exception as err:
@@ -116,10 +121,11 @@ class BatchRunner:
             raw = raw.pin_memory().to(self.device, non_blocking=True)
         # straight into the layout the runtime takes: an exported program wants NCHW, a copy saved
         layout = torch.channels_last if self.runtime.channels_last else torch.contiguous_format
-        x = raw.to(memory_format=layout).float()
-        if self.clip:
-            x = torch.minimum(torch.maximum(torch.nan_to_num(x), self.low), self.high)
-        return x.mul_(self.a).add_(self.b)
+        return self._clipped(raw.to(memory_format=layout).float()).mul_(self.a).add_(self.b)
+
+    def _clipped(self, x: torch.Tensor) -> torch.Tensor:
+        """Float values clipped to the scaling's range (dtypes other than uint8; NaN as 0), else as they are."""
+        return torch.minimum(torch.maximum(torch.nan_to_num(x), self.low), self.high) if self.clip else x
 
     def _program_labels(self, batch: np.ndarray) -> np.ndarray | None:
         """The winning channels of a batch from an exported program that scales and reduces inside
@@ -127,17 +133,11 @@ class BatchRunner:
         the runtime has none."""
         if not self.in_program or not self.runtime.exported or self.device.type != "cpu":
             return None
-        count = len(batch)
-        if count < self.settings.batch:  # specialised to the full batch, as in _forward
-            batch = np.concatenate([batch, np.zeros((self.settings.batch - count, *batch.shape[1:]), batch.dtype)])
-        if self.clip:
-            scaling = self.scaling
-            low, high = (v.reshape(1, -1, 1, 1) for v in (scaling.low, scaling.high))
-            batch = np.clip(np.nan_to_num(batch.astype(np.float32, copy=False)), low, high)
+        raw = torch.from_numpy(batch)
+        raw = self._full_batch(self._clipped(raw.float()) if self.clip else raw)
         try:
             program = prepare(self.model, self.runtime)
-            dtype = np.dtype(str(self.index_dtype).removeprefix("torch."))
-            return program.labels(batch, self.scaling.a, self.scaling.b, dtype)[:count]
+            return program.labels(raw.numpy(), self.scaling.a, self.scaling.b, self.label_dtype)[: len(batch)]
         except Exception as err:  # the same program with the scaling and the argmax outside, then
             log.warning("%s labels inside the program failed (%s: %s)", self.runtime.label, type(err).__name__, err)
             self.in_program = False
