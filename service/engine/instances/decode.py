@@ -95,15 +95,13 @@ class InstanceDecoder:
         self.width, self.spec, self.bands, self.extras = width, spec, bands, extras
         self.d = spec.distance
         self.offsets = growth_offsets(self.d)
-        self.grows = np.zeros(2**16, bool)  # a look-up by class index (the classes are held as uint16)
-        self.grows[list(spec.grow)] = True
         self.next_id = 1
         self.next_final = 1
         self.y = 0  # rows taken
         # seed labels of rows [y - len(seeds), y); growth done for rows [g, ...); grown rows kept from e
         self.seeds = np.zeros((0, width), LABEL)
         self.g = 0
-        self.pending_classes = np.zeros((0, width), np.uint16)
+        self.pending_grows = np.zeros((0, width), bool)  # the rows not grown yet: which pixels may grow
         self.pending_extra = np.zeros((0, 1 + bands, width), np.float32)
         self.out = np.zeros((0, width), LABEL)
         self.e = 0
@@ -118,7 +116,10 @@ class InstanceDecoder:
             raise ValueError(f"rows must come in order and full width: expected row {self.y}, got {y}")
         h = classes.shape[0]
         self._seeds(y, classes)
-        self.pending_classes = np.concatenate([self.pending_classes, classes.astype(np.uint16, copy=False)])
+        grows = classes == self.spec.grow[0]
+        for index in self.spec.grow[1:]:
+            grows |= classes == index
+        self.pending_grows = np.concatenate([self.pending_grows, grows])
         if self.extras:
             extra = np.zeros((1 + self.bands, h, self.width), np.float32)
             if probability is not None:
@@ -144,7 +145,7 @@ class InstanceDecoder:
             raise ValueError(f"more than {MAX_LABEL} seed regions: the provisional ids would overflow")
         if count:
             self._new_regions(y, labels, count)
-            labels[labels > 0] += self.next_id - 1
+            np.add(labels, self.next_id - 1, out=labels, where=labels > 0)
             self.next_id += count
         if len(self.seeds):
             self._join(self.seeds[-1], labels[0])
@@ -156,15 +157,16 @@ class InstanceDecoder:
         boxes = ndimage.find_objects(labels)
         tops = np.array([box[0].start for box in boxes])
         bottoms = np.array([box[0].stop - 1 for box in boxes])
-        top_of = np.concatenate([[-1], tops])
-        ys, xs = np.nonzero(labels)  # in row order
-        found = labels[ys, xs]
-        on_top = ys == top_of[found]
-        # each region's first pixel: the first of its pixels in its top row (np.unique: the first occurrence)
-        regions, first = np.unique(found[on_top], return_index=True)
-        first_col = np.full(count + 1, self.width)
-        first_col[regions] = xs[on_top][first]
-        firsts = (y + tops) * self.width + first_col[1:]
+        lefts = np.array([box[1].start for box in boxes])
+        widths = np.array([box[1].stop for box in boxes]) - lefts
+        # each region's first pixel: the first of its own pixels along its box's top row (the boxes' top rows
+        # together, not the strip: a few pixels per region)
+        starts = np.cumsum(widths) - widths
+        step = np.arange(int(widths.sum())) - np.repeat(starts, widths)
+        cols = np.repeat(lefts, widths) + step
+        own = np.flatnonzero(labels[np.repeat(tops, widths), cols] == np.repeat(np.arange(1, count + 1), widths))
+        first_col = cols[own[np.searchsorted(own, starts)]]
+        firsts = (y + tops) * self.width + first_col
         for k, (first, bottom) in enumerate(zip(firsts.tolist(), bottoms.tolist())):
             self.live[self.next_id + k] = [first, y + bottom, np.zeros(4 + self.bands)]
 
@@ -222,45 +224,56 @@ class InstanceDecoder:
         window = np.zeros((h + 2 * d, width + 2 * d), LABEL)
         lo, hi = max(self.g - d, seed_top), min(until + d, self.y)
         window[lo - (self.g - d) : hi - (self.g - d), d : d + width] = self.seeds[lo - seed_top : hi - seed_top]
-        classes = self.pending_classes[:h]
-        grown = window[d : d + h, d : d + width].copy()  # a seed pixel is its own region's
-        ys, xs = np.nonzero(self.grows[classes] & (grown == 0))
-        found = np.zeros(len(ys), LABEL)
-        waiting = np.arange(len(ys))
-        for dy, dx in self.offsets[1:]:  # the others look for their nearest seed pixel, in order
-            seed = window[ys[waiting] + d + dy, xs[waiting] + d + dx]
+        # the grown rows are written in place after the rows kept; a seed pixel is its own region's
+        out = np.empty((len(self.out) + h, width), LABEL)
+        out[: len(self.out)] = self.out
+        grown = out[len(self.out) :]
+        grown[:] = window[d : d + h, d : d + width]
+        # the others look for their nearest seed pixel, in order; positions as flat indices of the window
+        wide = width + 2 * d
+        flat = np.flatnonzero(self.pending_grows[:h] & (grown == 0))
+        at = flat + flat // width * (2 * d) + (d * wide + d)
+        waiting = np.arange(len(flat))
+        found = np.zeros(len(flat), LABEL)
+        cells = window.ravel()
+        for dy, dx in self.offsets[1:]:
+            seed = cells[at + (dy * wide + dx)]
             hit = seed > 0
-            found[waiting[hit]] = seed[hit]
-            waiting = waiting[~hit]
+            taken = np.flatnonzero(hit)
+            found[waiting[taken]] = seed[taken]
+            missed = np.flatnonzero(~hit)
+            at, waiting = at[missed], waiting[missed]
             if not len(waiting):
                 break
-        grown[ys, xs] = found
+        grown.ravel()[flat] = found
         self._sums(self.g, grown, self.pending_extra[:h])
-        self.out = np.concatenate([self.out, grown])
-        self.pending_classes = self.pending_classes[h:]
+        self.out = out
+        self.pending_grows = self.pending_grows[h:]
         self.pending_extra = self.pending_extra[h:]
         self.g = until
         keep_from = max(self.g - max(d, 1), seed_top)
         self.seeds = self.seeds[keep_from - seed_top :]
 
     def _sums(self, top: int, grown: np.ndarray, extra: np.ndarray) -> None:
-        where = np.nonzero(grown)
-        if not len(where[0]):
+        inside = grown > 0
+        labels = grown[inside]  # in row order, as np.nonzero lists the pixels
+        if not len(labels):
             return
-        labels = grown[where]
         lo = int(labels.min())
         index = labels - lo
         size = int(index.max()) + 1
         pixels = np.bincount(index, minlength=size)
         present = np.flatnonzero(pixels)
         ids = present + lo
-        sums = np.empty((4 + self.bands, len(present)))
+        sums = np.zeros((4 + self.bands, len(present)))
         sums[PIXELS] = pixels[present]
-        sums[ROWS] = np.bincount(index, weights=where[0] + top, minlength=size)[present]
-        sums[COLS] = np.bincount(index, weights=where[1], minlength=size)[present]
-        for k in range(1 + self.bands if self.extras else 0):
-            weights = extra[where[0], k, where[1]]
-            sums[PROBABILITY + k] = np.bincount(index, weights=weights, minlength=size)[present]
+        if self.extras:  # the centroid, probability and band sums are for the measurements alone
+            rows, cols = np.nonzero(inside)
+            sums[ROWS] = np.bincount(index, weights=rows + top, minlength=size)[present]
+            sums[COLS] = np.bincount(index, weights=cols, minlength=size)[present]
+            for k in range(1 + self.bands):
+                weights = extra[rows, k, cols]
+                sums[PROBABILITY + k] = np.bincount(index, weights=weights, minlength=size)[present]
         for i, column in zip(ids.tolist(), sums.T):
             self.live[i][2] += column
 
@@ -298,31 +311,25 @@ class InstanceDecoder:
         return rows
 
     def _ready_rows(self) -> int:
-        """How many of the kept rows, from the top, hold finished objects only."""
+        """How many of the kept rows, from the top, hold finished objects only: those above every open seed
+        region's first row less ``distance`` (the farthest its growth reaches up)."""
         if not self.live:
             return len(self.out)
-        live = np.fromiter(self.live, np.int64)
-        lo, hi = int(live.min()), int(live.max())
-        table = np.zeros(hi - lo + 1, bool)
-        table[live - lo] = True
-        inside = (self.out >= lo) & (self.out <= hi)
-        is_live = np.zeros(self.out.shape, bool)
-        is_live[inside] = table[self.out[inside] - lo]
-        rows = np.flatnonzero(is_live.any(axis=1))
-        return int(rows[0]) if len(rows) else len(self.out)
+        top = min(first for first, _, _ in self.live.values()) // self.width - self.d
+        return min(max(top - self.e, 0), len(self.out))
 
     def _final_ids(self, labels: np.ndarray) -> np.ndarray:
-        if not labels.size or not labels.any():
-            return np.zeros(labels.shape, np.uint32)
-        present = labels[labels > 0]
+        inside = labels > 0
+        out = np.zeros(labels.shape, np.uint32)
+        if not inside.any():
+            return out
+        present = labels[inside]
         lo, hi = int(present.min()), int(present.max())
         table = np.zeros(hi - lo + 1, np.uint32)
         for i, (final, _) in self.final.items():
             if lo <= i <= hi:
                 table[i - lo] = final
-        out = np.zeros(labels.shape, np.uint32)
-        nonzero = labels > 0
-        out[nonzero] = table[labels[nonzero] - lo]
+        out[inside] = table[present - lo]
         return out
 
 
