@@ -40,25 +40,28 @@ def compact(labels: np.ndarray, provisional: np.ndarray) -> np.ndarray:
     return out
 
 
-def _shifted(padded: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    h, w = padded.shape[0] - 2, padded.shape[1] - 2
-    return padded[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
-
-
 def perimeters(labels: np.ndarray, count: int) -> np.ndarray:
-    """The perimeter of objects 1..``count`` of a compact label image (``regionprops``' ``perimeter``)."""
+    """The perimeter of objects 1..``count`` of a compact label image (``regionprops``' ``perimeter``).
+
+    Computed at the objects' pixels only (flat indices of the padded image), not over the whole strip."""
     padded = np.pad(labels, 1)
-    inside = labels > 0
-    same = {o: _shifted(padded, *o) == labels for o in FOUR + DIAGONAL}
-    border = inside & ~np.logical_and.reduce([same[o] for o in FOUR])
-    padded_border = np.pad(border, 1)
-    code = border.astype(np.int64)
-    for o in FOUR:
-        code += 2 * (_shifted(padded_border, *o) & same[o])
-    for o in DIAGONAL:
-        code += 10 * (_shifted(padded_border, *o) & same[o])
-    weights = np.where(border, PERIMETER_WEIGHTS[code], 0.0)
-    return np.bincount(labels[border], weights=weights[border], minlength=count + 1)[1:]
+    cells = padded.ravel()
+    wide = padded.shape[1]
+    at = np.flatnonzero(cells)
+    own = cells[at]
+    # a border pixel has a 4-neighbour outside its object
+    interior = np.ones(len(at), bool)
+    for dy, dx in FOUR:
+        interior &= cells[at + (dy * wide + dx)] == own
+    at, own = at[~interior], own[~interior]
+    is_border = np.zeros(cells.shape, bool)
+    is_border[at] = True
+    code = np.ones(len(at), np.int64)
+    for weight, offsets in ((2, FOUR), (10, DIAGONAL)):
+        for dy, dx in offsets:
+            near = at + (dy * wide + dx)
+            code += weight * (is_border[near] & (cells[near] == own))
+    return np.bincount(own, weights=PERIMETER_WEIGHTS[code], minlength=count + 1)[1:]
 
 
 def outlines(labels: np.ndarray, count: int, top: int) -> list[shapely.Geometry]:
@@ -91,9 +94,10 @@ def measure(finished: Finished, with_outlines: bool) -> dict[str, np.ndarray | l
         if with_outlines:
             result["outline"] = []
         return result
-    rows = np.flatnonzero(np.isin(finished.labels, finished.provisional).any(axis=1))
+    labels = compact(finished.labels, finished.provisional)
+    rows = np.flatnonzero(labels.any(axis=1))
     first, last = int(rows[0]), int(rows[-1]) + 1
-    labels = compact(finished.labels[first:last], finished.provisional)
+    labels = labels[first:last]
     result["perimeter_px"] = perimeters(labels, count)
     if with_outlines:
         result["outline"] = outlines(labels, count, finished.top + first)
