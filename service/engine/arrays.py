@@ -52,7 +52,8 @@ def predict_array(
     Args:
         model: a network with a ``.spec`` (as :func:`tileseg.models.load` gives), on its device, in eval mode.
         image: ``(bands, H, W)``, of a dtype the model's spec accepts.
-        options: tiling options (``tile``, ``blend``, ``overlap``, ``batch``), as ``segment()`` takes them.
+        options: tiling options (``tile``, ``blend``, ``overlap``, ``batch``) and ``tta``, as ``segment()`` takes
+            them.
         runtime: the precision and memory format to run in (eager fp32 by default).
         probabilities: also return the per-channel probabilities.
 
@@ -67,7 +68,7 @@ def predict_array(
     raster = ArrayRaster(image, spec)
     settings = tile_settings(spec, options, (raster.height, raster.width))
     device = next(model.parameters()).device
-    runner = BatchRunner(model, settings, raster.scaling, device, runtime, probabilities=probabilities)
+    runner = BatchRunner(model, settings, raster.scaling, device, runtime, options.tta, probabilities)
     labels = probs = None
     # reading windows of an array in memory costs next to nothing: one thread keeps the network fed
     for strip in predict_strips(runner, raster, readers=1):
