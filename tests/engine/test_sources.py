@@ -75,3 +75,35 @@ def test_every_reader_is_a_raster_source(readers):
         valid = reader.read_valid(0, 0, 2, 3)
         assert valid is None or valid.shape == (2, 3)
         assert reader.levels[0] >= (1, 1) and reader.info.name
+
+
+def test_the_thread_reading_in_turn_decodes_with_many_threads_readers_ahead_with_one(tmp_path, data_dir, monkeypatch):
+    import threading
+
+    from tileseg.engine.io import read
+
+    rgb = checkpoint(tmp_path, "test-pool", bands=3, classes=2)
+    opened: list[int] = []
+    real = read.open_raster
+
+    def recording(path, overview=None, drivers=None, threads=1):
+        opened.append(threads)
+        return real(path, overview, drivers, threads)
+
+    monkeypatch.setattr(read, "open_raster", recording)
+    with rasterio.open(data_dir / "geotiff" / "RGB.byte.tif") as src:  # a real scene, as DEFLATE tiles of 64²
+        profile = {**src.profile, "tiled": True, "blockxsize": 64, "blockysize": 64, "compress": "deflate"}
+        image = tmp_path / "tiled.tif"
+        with rasterio.open(image, "w", **profile) as dst:
+            dst.write(src.read())
+    with InputRaster(image, rgb.spec, decode_threads=2) as raster:
+        in_turn = raster.read_window(40, 60, 300)
+        ahead: list[np.ndarray] = []
+        reader = threading.Thread(target=lambda: ahead.append(raster.read_window(40, 60, 300)))
+        reader.start()
+        reader.join()
+    assert 2 in opened and opened[-1] == 1  # the owner's dataset decodes with 2 threads, the reader's with 1
+    with InputRaster(image, rgb.spec) as raster:
+        single = raster.read_window(40, 60, 300)
+    np.testing.assert_array_equal(in_turn, single)
+    np.testing.assert_array_equal(ahead[0], single)

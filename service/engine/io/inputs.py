@@ -67,13 +67,14 @@ def open_input(
     allowed_drivers=ALLOWED_DRIVERS,
     max_pixels: int | None = None,
     asset: str | None = None,
+    decode_threads: int = 1,
 ) -> InputRaster | SlideRaster | StackedRaster | ZarrRaster:
     """The reader that owns ``source``, at level 0 (the caller closes it).
 
     ``source`` is a local path, an ``s3://``, ``https://`` or ``http://`` URL of a raster GDAL reads by range
     requests (:mod:`.remote`), or a STAC item (:mod:`.stac`: a ``.json`` path or URL, or what :func:`locate`
     made of one): ``asset`` picks one of its assets, ``bands`` as common names stack several. Whole-slide
-    images are read from local files only.
+    images are read from local files only. ``decode_threads``: see :class:`InputRaster`.
 
     Raises:
         UnreadableInputError, UnsupportedFormatError, TooLargeError, BandMismatchError, DtypeError, InputError.
@@ -88,7 +89,7 @@ def open_input(
         return ZarrRaster(path, spec, numbers, 0, max_pixels)
     if isinstance(path, Path) and slide_vendor(path, allowed_drivers) is not None:
         return SlideRaster(path, spec, numbers, 0, max_pixels)
-    return InputRaster(path, spec, numbers, allowed_drivers - {SLIDE_DRIVER}, max_pixels)
+    return InputRaster(path, spec, numbers, allowed_drivers - {SLIDE_DRIVER}, max_pixels, 0, decode_threads)
 
 
 def locate(source, asset: str | None = None, bands=None) -> Path | RemoteUrl | StacSource:

@@ -91,7 +91,10 @@ def source_name(path) -> str:
 
 
 def open_raster(
-    path: str | os.PathLike | RemoteUrl, overview: int | None = None, drivers: Iterable[str] | None = None
+    path: str | os.PathLike | RemoteUrl,
+    overview: int | None = None,
+    drivers: Iterable[str] | None = None,
+    threads: int = 1,
 ) -> rasterio.io.DatasetReader:
     """Open a raster for reading (its overview ``overview``, 0-based, if given), turning GDAL's failures into
     :class:`UnreadableInputError`; a remote raster's URL appears in messages masked.
@@ -99,6 +102,8 @@ def open_raster(
     Args:
         drivers: the GDAL drivers that may open it (GDALOpenEx's allowed drivers): no other is even tried, so a
             VRT (which names other files) or a format nobody asked for never gets to parse the bytes. None: any.
+        threads: threads that decode the blocks of one read (GeoTIFF's ``NUM_THREADS``; give it for a GeoTIFF
+            only, other drivers warn about it).
     """
     if isinstance(path, RemoteUrl):
         gdalconfig.apply()  # reader threads open here without entering gdal_env
@@ -116,7 +121,9 @@ def open_raster(
         raise UnsupportedFormatError(
             f"{label}: none of the accepted formats ({', '.join(sorted(drivers or ()))}) is a GDAL driver here"
         )
-    kwargs = {} if overview is None else {"overview_level": overview}
+    kwargs: dict[str, Any] = {} if overview is None else {"overview_level": overview}
+    if threads > 1:
+        kwargs["NUM_THREADS"] = str(threads)
     started = time.monotonic()
     try:
         with warnings.catch_warnings(), env_ctx_if_needed():
@@ -276,6 +283,9 @@ class InputRaster:
         bands: explicit 1-based band selection, or None.
         allowed_drivers, max_pixels: what to accept.
         level: the pyramid level to read: 0 the full resolution, ``k`` GDAL's overview ``k - 1``.
+        decode_threads: threads that decode a GeoTIFF's blocks for the thread that makes the reader, which
+            reads in turn with the network (the network's cores wait on the read, so it may take them all);
+            reader threads ahead of the network decode with one each, beside it.
 
     Raises:
         UnreadableInputError, UnsupportedFormatError, TooLargeError, BandMismatchError, DtypeError.
@@ -289,14 +299,22 @@ class InputRaster:
         allowed_drivers=ALLOWED_DRIVERS,
         max_pixels: int | None = None,
         level: int = 0,
+        decode_threads: int = 1,
     ):
         self.path = path if isinstance(path, RemoteUrl) else Path(path)
         self.info = probe(self.path, allowed_drivers, max_pixels)
         self.drivers = (self.info.driver,)  # every later open takes the driver that opened it, no other
         self.spec, self.level, self.pixels_read = spec, level, 0
+        self.decode_threads = decode_threads
         self._lock = threading.Lock()
         level_below = self.level - 1 if self.level else None
-        self._datasets = ThreadDatasets(lambda: open_raster(self.path, level_below, self.drivers))
+        owner = threading.get_ident()
+
+        def opener():
+            threads = decode_threads if threading.get_ident() == owner and self.info.driver == "GTiff" else 1
+            return open_raster(self.path, level_below, self.drivers, threads)
+
+        self._datasets = ThreadDatasets(opener)
         src = self._dataset()
         self.bands, self.alpha = select_bands(src, spec, bands)
         self.scaling = band_scaling(src, spec, self.bands)
@@ -320,7 +338,9 @@ class InputRaster:
         """
         if not 0 <= level < len(self.levels):
             raise UnreadableInputError(f"{self.info.name} has no pyramid level {level} (it has {len(self.levels)})")
-        return InputRaster(self.path, self.spec, self.bands, frozenset({self.info.driver}), None, level)
+        return InputRaster(
+            self.path, self.spec, self.bands, frozenset({self.info.driver}), None, level, self.decode_threads
+        )
 
     def _dataset(self):
         return self._datasets.get()
