@@ -101,7 +101,10 @@ def segment(
         check_zarr_paths(output, probabilities, options.cog)  # before any work
     # the thread that reads in turn decodes with the network's threads, which wait on it (reader_threads)
     decode = torch.get_num_threads()
-    with gdal_env(), open_input(source, spec, options.bands, allowed_drivers, max_pixels, options.asset, decode) as full:
+    with (
+        gdal_env(),
+        open_input(source, spec, options.bands, allowed_drivers, max_pixels, options.asset, decode) as full,
+    ):
         with read_plan(full, spec, options) as plan:
             src = plan.source
             held = object_bytes_per_pixel(spec, instances, objects, vectors)
