@@ -382,3 +382,21 @@ def test_the_budget_counts_what_decoding_objects_holds():
     plain = tn.runtime_request(model, CPU, SegmentOptions(), None, 1000, True)
     held = tn.runtime_request(model, CPU, SegmentOptions(), None, 1000, True, table)
     assert held.row_bytes == plain.row_bytes + 1000 * table
+
+
+def test_a_core_is_priced_as_the_run_takes_it_evened_out_over_the_image(model):
+    geometry = model.spec.geometry
+    step = geometry.multiple
+    fits, faster = 16 * step, 15 * step  # the image is two cores of ``fits`` a side; ``faster`` needs three
+    runtime = Runtime("bf16", True, "eager")
+
+    def point(core: int, rate: float) -> search_module.Measurement:
+        return search_module.Measurement(runtime.label, core, 1, seconds=core**2 / rate)
+
+    points = [point(fits, 1.0e6), point(faster, 1.2e6)]  # ``faster`` turns out 20 % more pixels a second
+    shape = (2 * fits, 2 * fits)
+    sized = request(model, core=None, batch=None, run_pixels=shape[0] * shape[1], shape=shape)
+    search = search_module.Search(FakeTimer(FAST_BF16), 1.0, model, CPU, [runtime], sized, [])
+    assert search.pick(points).core == fits  # 4 windows of fits + 2 halos, not 9 of a smaller evened core
+    blind = search_module.Search(FakeTimer(FAST_BF16), 1.0, model, CPU, [runtime], replace(sized, shape=None), [])
+    assert blind.pick(points).core == faster  # by the rate alone: what the run's shape changes

@@ -185,7 +185,7 @@ class Tuner:
             return options[0]
         core = None if request.searchable else request.core
         # the path is the model's on this device: not the image's (its size, its width)
-        free = replace(request, core=core, batch=None, run_pixels=None, row_bytes=0, thorough=True)
+        free = replace(request, core=core, batch=None, run_pixels=None, shape=None, row_bytes=0, thorough=True)
         search = Search(self.timer, self._bound(), model, device, options, free, entry["measurements"])
         log.info(
             "measuring this machine once for %s (about %.0f s; later runs reuse it)", model.spec.name, self._bound()
@@ -311,6 +311,7 @@ def runtime_request(
         batch=options.batch,
         budget=memory_budget(device, options.memory),
         run_pixels=run_pixels,
+        shape=(run_pixels // width, width) if width and run_pixels else None,
         row_bytes=width * (row_bytes_per_pixel(model.spec, options, probabilities) + object_bytes),
         precision=options.precision.value,
         compile=options.compile.value,
