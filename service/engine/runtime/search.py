@@ -370,7 +370,6 @@ class Search:
             measurements=points,
         )  # fmt: skip
 
-
     def _run_seconds(self, m: Measurement, measured: dict[tuple[str, int, int], Measurement]) -> float:
         """The forward's seconds over the run at point ``m``. Over an image of known shape, the run takes the
         core evened out over it: its tiles times its window's time, as measured where that core was (else
