@@ -15,6 +15,7 @@ Geometry, in the terms the engine uses (all lengths in pixels, the same along bo
 from __future__ import annotations
 
 import enum
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -173,6 +174,23 @@ class Geometry:
         """The input window around a ``core``: the core with the halo on each side, grown to a length the
         network accepts."""
         return self.input_length(self.window_output(core + 2 * (self.halo - self.shrink)))
+
+    def evened(self, core: int, shape: tuple[int, int]) -> int:
+        """``core`` evened out over an image of ``shape``: for each side, the smallest core on the stride grid
+        that covers it in as many cores as ``core`` does; of the two, the one with the least work over the whole
+        image (tile rows x tile columns x window², the larger on a tie). A 512-pixel image takes two 256-pixel
+        cores a side rather than two of 384; a 2048-row strip takes two rows of 1024-pixel cores rather than two
+        of 1088 (2176 rows predicted for 2048), even though its 100,000 columns then take 98 cores, not 92."""
+        height, width = shape
+
+        def tight(side: int) -> int:
+            count = math.ceil(side / core)
+            return min(core, math.ceil(math.ceil(side / count) / self.multiple) * self.multiple)
+
+        def work(size: int) -> int:
+            return math.ceil(height / size) * math.ceil(width / size) * self.window(size) ** 2
+
+        return min(sorted({tight(height), tight(width)}, reverse=True), key=work)
 
 
 def reflect_indices(start: int, length: int, size: int) -> np.ndarray:

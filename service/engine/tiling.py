@@ -167,9 +167,10 @@ def tile_settings(
     defaults; checked against its geometry.
 
     Without ``--tile``, and given the image's ``shape``, the core (the tuner's, else the model's default) is
-    evened out over the image (:func:`evened_core`): a 512-pixel image takes two 256-pixel cores a side rather
-    than two of 384, 40 % less work for the same exact result. Networks that are not translation-equivariant
-    (transformers) keep their default core, whose window is the size they were trained on.
+    evened out over the image (:meth:`~tileseg.models.spec.Geometry.evened`): a 512-pixel image takes two
+    256-pixel cores a side rather than two of 384, 40 % less work for the same exact result. Networks that are
+    not translation-equivariant (transformers) keep their default core, whose window is the size they were
+    trained on.
     """
     geometry = spec.geometry
     core = options.tile
@@ -177,29 +178,10 @@ def tile_settings(
     if core is None:
         core = choice.core if choice else geometry.default_tile
         if shape is not None and geometry.equivariant:
-            core = evened_core(geometry, core, shape)
+            core = geometry.evened(core, shape)
     return TileSettings(
         geometry, core=core, blend=options.blend or geometry.blend, overlap=options.overlap, batch=batch
     )
-
-
-def evened_core(geometry: Geometry, core: int, shape: tuple[int, int]) -> int:
-    """``core`` evened out over an image of ``shape``: for each side, the smallest core on the stride grid that
-    covers it in as many cores as ``core`` does; of the two, the one with the least work over the whole image
-    (tile rows x tile columns x window², the larger on a tie). A 512-pixel image takes two 256-pixel cores a
-    side rather than two of 384; a 2048-row strip takes two rows of 1024-pixel cores rather than two of 1088
-    (2176 rows predicted for 2048), even though its 100,000 columns then take 98 cores instead of 92."""
-    height, width = shape
-    multiple = geometry.multiple
-
-    def tight(side: int) -> int:
-        count = math.ceil(side / core)
-        return min(core, math.ceil(math.ceil(side / count) / multiple) * multiple)
-
-    def work(size: int) -> int:
-        return math.ceil(height / size) * math.ceil(width / size) * geometry.window(size) ** 2
-
-    return min(sorted({tight(height), tight(width)}, reverse=True), key=work)
 
 
 def window_is_free(spec: ModelSpec, options: SegmentOptions) -> bool:

@@ -171,16 +171,15 @@ def test_the_core_is_evened_out_over_both_sides_of_the_image():
     """Each side's tightest core of the tuner's count, the one with less work over the whole image: a 2048-row
     strip takes two rows of 1024-pixel cores rather than two of 1088 (2176 rows predicted), a square image the
     same count of cores a side, each as small as the stride allows."""
-    from tileseg.engine.tiling import evened_core
     from tileseg.models import card_spec
 
     geometry = card_spec("unet-aerial").geometry
-    assert evened_core(geometry, 1088, (2048, 100_000)) == 1024
-    assert evened_core(geometry, 1536, (8192, 8192)) == 1376  # six a side: ceil(8192 / 6) on the stride grid
-    assert evened_core(geometry, 1024, (8192, 8192)) == 1024
+    assert geometry.evened(1088, (2048, 100_000)) == 1024
+    assert geometry.evened(1536, (8192, 8192)) == 1376  # six a side: ceil(8192 / 6) on the stride grid
+    assert geometry.evened(1024, (8192, 8192)) == 1024
     for shape in ((2048, 100_000), (3000, 4500), (777, 20_000), (8192, 8192)):
         for core in (384, 1088, 1536):
-            evened = evened_core(geometry, core, shape)
+            evened = geometry.evened(core, shape)
             assert evened <= core and evened % geometry.multiple == 0
             work = [math.ceil(shape[0] / c) * math.ceil(shape[1] / c) * geometry.window(c) ** 2 for c in (evened, core)]
             assert work[0] <= work[1]

@@ -16,7 +16,6 @@ from typing import Any
 from tileseg.engine.runtime.device import native_bf16
 from tileseg.engine.runtime.forward import is_prepared, release
 from tileseg.engine.runtime.runtimes import BASELINE, Runtime
-from tileseg.engine.tiling import evened_core
 from tileseg.models.base import SegmentationNet
 
 log = logging.getLogger(__name__)
@@ -121,8 +120,7 @@ class Request:
         batch: a fixed batch, or None to search.
         budget: bytes the forward may take.
         run_pixels: output pixels of the run (compilation pays only on long runs), or None (a benchmark).
-        shape: the output's ``(height, width)``, or None: a searched core is then priced as the run will take it,
-            evened out over the image (:func:`tileseg.engine.tiling.evened_core`), tiles x window time.
+        shape: the output's ``(height, width)`` (a core is priced evened out over it, as the run takes it), or None.
         row_bytes: what the run holds beside the forward for each output row of its band of tile rows, across
             the image's width (the stitched labels, validity and, if asked, probabilities): a core of ``c`` rows
             holds ``c * row_bytes``, so on a very wide image the budget bounds the core through it too.
@@ -348,12 +346,18 @@ class Search:
         ]
         eligible = _without_emulated_bf16(eligible, native_bf16(self.device))
         measured = {m.point: m for m in eligible}
-        fresh = request.measure_compile
 
         def cost(m: Measurement) -> float:
+            # with the image's shape: the evened core's tiles at its measured window time (else m's, scaled)
             runtime = allowed[m.runtime]
-            unpaid = runtime.compiled and (fresh or not is_prepared(self.model, runtime))
-            return self._run_seconds(m, measured) + (m.setup if unpaid else 0.0)
+            unpaid = runtime.compiled and (request.measure_compile or not is_prepared(self.model, runtime))
+            seconds = (request.run_pixels or 1.0) / m.rate
+            if request.shape is not None and request.core is None:
+                (height, width), core = request.shape, self.geometry.evened(m.core, request.shape)
+                at = measured.get((m.runtime, core, m.batch), m)
+                scale = (self.geometry.window(core) / self.geometry.window(at.core)) ** 2
+                seconds = math.ceil(math.ceil(height / core) * math.ceil(width / core) / m.batch) * at.seconds * scale
+            return seconds + (m.setup if unpaid else 0.0)
 
         core, batch = request.core or request.default_core, request.batch or 1
         if not eligible:  # on a numeric path already chosen (one option left), that path, else eager fp32
@@ -369,21 +373,6 @@ class Search:
             window=self.geometry.window(best.core), rate=best.rate, peak=best.peak, budget=request.budget,
             measurements=points,
         )  # fmt: skip
-
-    def _run_seconds(self, m: Measurement, measured: dict[tuple[str, int, int], Measurement]) -> float:
-        """The forward's seconds over the run at point ``m``. Over an image of known shape, the run takes the
-        core evened out over it: its tiles times its window's time, as measured where that core was (else
-        ``m``'s time scaled by the window's pixels). So a core that covers 8192 px in six tiles beats a core
-        measured a little faster that needs seven. Else: the output pixels at ``m``'s rate."""
-        request = self.request
-        if request.shape is None or request.core is not None:
-            return (request.run_pixels or 1.0) / m.rate
-        height, width = request.shape
-        core = evened_core(self.geometry, m.core, request.shape)
-        at = measured.get((m.runtime, core, m.batch), m)
-        batches = math.ceil(math.ceil(height / core) * math.ceil(width / core) / m.batch)
-        scale = (self.geometry.window(core) / self.geometry.window(at.core)) ** 2
-        return batches * (at.seconds or math.inf) * scale
 
 
 def _without_emulated_bf16(points: list[Measurement], native: bool) -> list[Measurement]:
