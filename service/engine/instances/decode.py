@@ -37,11 +37,11 @@ PIXELS, ROWS, COLS, PROBABILITY = 0, 1, 2, 3
 
 
 def bytes_per_pixel(bands: int, extras: bool) -> int:
-    """What the decoder holds per pixel of the strip it decodes, about: the classes (uint16), the seed labels,
-    the growth window, the grown labels and the final ids (4 bytes each, each once more while a strip is joined
-    to the rows before it) and, with ``extras``, the probability and every band as float32 (twice: the strip's
-    and the rows held). The memory budget counts it for each row of the band of tile rows."""
-    return 2 * (2 + 4 * 4) + (2 * 4 * (1 + bands) if extras else 0)
+    """What the decoder holds per pixel of the strip it decodes, about: whether the pixel may grow (a byte), the
+    seed labels, the growth window, the grown labels and the final ids (4 bytes each, each once more while a
+    strip is joined to the rows before it) and, with ``extras``, the probability and every band as float32
+    (twice: the strip's and the rows held). The memory budget counts it for each row of the band of tile rows."""
+    return 2 * (1 + 4 * 4) + (2 * 4 * (1 + bands) if extras else 0)
 
 
 def growth_offsets(distance: int) -> list[tuple[int, int]]:

@@ -351,13 +351,13 @@ class Search:
             # with the image's shape: the evened core's tiles at its measured window time (else m's, scaled)
             runtime = allowed[m.runtime]
             unpaid = runtime.compiled and (request.measure_compile or not is_prepared(self.model, runtime))
-            seconds = (request.run_pixels or 1.0) / m.rate
-            if request.shape is not None and request.core is None:
-                (height, width), core = request.shape, self.geometry.evened(m.core, request.shape)
-                at = measured.get((m.runtime, core, m.batch), m)
-                scale = (self.geometry.window(core) / self.geometry.window(at.core)) ** 2
-                seconds = math.ceil(math.ceil(height / core) * math.ceil(width / core) / m.batch) * at.seconds * scale
-            return seconds + (m.setup if unpaid else 0.0)
+            setup = m.setup if unpaid else 0.0
+            if request.shape is None or request.core is not None:
+                return (request.run_pixels or 1.0) / m.rate + setup
+            (height, width), core = request.shape, self.geometry.evened(m.core, request.shape)
+            at = measured.get((m.runtime, core, m.batch), m)
+            scale = (self.geometry.window(core) / self.geometry.window(at.core)) ** 2
+            return math.ceil(math.ceil(height / core) * math.ceil(width / core) / m.batch) * at.seconds * scale + setup
 
         core, batch = request.core or request.default_core, request.batch or 1
         if not eligible:  # on a numeric path already chosen (one option left), that path, else eager fp32
