@@ -27,12 +27,15 @@ def docker_host():
         subprocess.run([str(containers.SETUP), "stop"], capture_output=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def image(docker_host) -> str:
-    """The CPU image, built from the repository as CI builds it (cached by layer); cleaned up after."""
+    """The CPU image, built from the repository as CI builds it; removed after these tests with what its build
+    left untagged (and what earlier builds left before it), so the rest of the run has its disk."""
+    containers.release_images()
     containers.build(containers.IMAGE, REPO / "Dockerfile", REPO, TORCH_VARIANT="cpu", TORCH_INDEX_URL="pip")
     yield containers.IMAGE
     containers.cleanup()
+    containers.release_images(containers.IMAGE)
 
 
 @pytest.fixture(scope="session")

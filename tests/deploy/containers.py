@@ -158,6 +158,14 @@ def cleanup() -> None:
             podman(kind, "rm", "-f", *names, check=False)
 
 
+def release_images(*images: str) -> None:
+    """Remove ``images`` and every untagged image (this build's stages, any earlier build's): an image of the
+    service takes GBs, which must not outlast the tests that need it (CI machines keep podman's storage)."""
+    if images:
+        podman("rmi", "-f", *images, check=False, timeout=600)
+    podman("image", "prune", "-f", check=False, timeout=600)
+
+
 def job_json(response: httpx.Response) -> dict:
     assert response.status_code == 202, response.text
     return json.loads(response.text)
