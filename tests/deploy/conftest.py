@@ -29,10 +29,12 @@ def docker_host():
 
 @pytest.fixture(scope="package")
 def image(docker_host) -> str:
-    """The CPU image, built from the repository as CI builds it; removed after these tests with what its build
-    left untagged (and what earlier builds left before it), so the rest of the run has its disk."""
+    """The CPU image, built from the repository as CI builds it; removed after these tests with what builds
+    left untagged, so the rest of the run has its disk. Its build stage stays, tagged: the next build's cache."""
     containers.release_images()
-    containers.build(containers.IMAGE, REPO / "Dockerfile", REPO, TORCH_VARIANT="cpu", TORCH_INDEX_URL="pip")
+    args = {"TORCH_VARIANT": "cpu", "TORCH_INDEX_URL": "pip"}
+    containers.build(containers.BUILD_CACHE, REPO / "Dockerfile", REPO, target="build", **args)
+    containers.build(containers.IMAGE, REPO / "Dockerfile", REPO, **args)
     yield containers.IMAGE
     containers.cleanup()
     containers.release_images(containers.IMAGE)

@@ -29,6 +29,9 @@ HINT = f"run `{SETUP.relative_to(REPO)} setup` as root (what .ci/run does)"
 BASE_IMAGE = os.environ.get("BASE_IMAGE", "localhost/debian-base:bookworm")
 TAG = "ci-cpu"
 IMAGE = f"localhost/tileseg:{TAG}"
+# the Dockerfile's build stage (PyTorch and the dependencies, GBs), kept tagged from one session to the next:
+# the next build rebuilds only what the source changed, and pruning the untagged leaves it
+BUILD_CACHE = f"localhost/tileseg:{TAG}-build"
 REDIS_IMAGE = "localhost/tileseg-ci-redis:7"
 POSTGRES_IMAGE = "localhost/tileseg-ci-postgres:15"
 PREFIX = f"tsci{uuid.uuid4().hex[:6]}"  # this session's containers, volumes, networks, compose projects
@@ -58,9 +61,9 @@ def timed(what: str):
     TIMINGS.append((what, f"{time.monotonic() - start:.1f} s"))
 
 
-def build(image: str, dockerfile: Path, context: Path, **args: str) -> None:
-    """``podman build`` as CI does it: host networking, the base image local, the host's CA and wheels
-    mounted for pip; records the build time and the image's size."""
+def build(image: str, dockerfile: Path, context: Path, target: str | None = None, **args: str) -> None:
+    """``podman build`` as CI does it (to the stage ``target``, else the last): host networking, the base image
+    local, the host's CA and wheels mounted for pip; records the build time and the image's size."""
     if subprocess.run(["podman", "image", "exists", BASE_IMAGE]).returncode:
         pytest.fail(f"the base image {BASE_IMAGE} is missing: {HINT}")
     # docker format: the OCI format has no HEALTHCHECK
@@ -82,6 +85,8 @@ def build(image: str, dockerfile: Path, context: Path, **args: str) -> None:
         command += ["-v", f"{WHEELS}:{WHEELS}:ro", "--build-arg", f"PIP_FIND_LINKS={WHEELS}"]
     for name, value in args.items():
         command += ["--build-arg", f"{name}={value}"]
+    if target is not None:
+        command += ["--target", target]
     with timed(f"build {image}"):
         podman(*command, str(context), timeout=1500)
     size = int(podman("image", "inspect", "--format", "{{.Size}}", image).strip())
@@ -159,8 +164,8 @@ def cleanup() -> None:
 
 
 def release_images(*images: str) -> None:
-    """Remove ``images`` and every untagged image (this build's stages, any earlier build's): an image of the
-    service takes GBs, which must not outlast the tests that need it (CI machines keep podman's storage)."""
+    """Remove ``images`` and every untagged image (what earlier builds left): an image of the service takes
+    GBs, which must not outlast the tests that need it (CI machines keep podman's storage)."""
     if images:
         podman("rmi", "-f", *images, check=False, timeout=600)
     podman("image", "prune", "-f", check=False, timeout=600)
