@@ -14,10 +14,13 @@ import rasterio
 from affine import Affine
 
 REPO = Path(__file__).resolve().parent.parent
-# Runtime measurements go to a folder of the test session's own, not the user's cache (servers inherit it),
-# removed when the session ends: a full run must leave nothing behind on the disk but what failed.
-os.environ["TILESEG_CACHE_DIR"] = tempfile.mkdtemp(prefix="tileseg-cache-")
-atexit.register(shutil.rmtree, os.environ["TILESEG_CACHE_DIR"], True)
+# Runtime measurements go to a folder of the test session's own, not the user's cache (servers and the
+# processes tests spawn inherit it), removed when the session ends: a run leaves nothing on the disk but what
+# failed.
+if "TILESEG_TESTS_CACHE_DIR" not in os.environ:
+    os.environ["TILESEG_TESTS_CACHE_DIR"] = tempfile.mkdtemp(prefix="tileseg-cache-")
+    atexit.register(shutil.rmtree, os.environ["TILESEG_TESTS_CACHE_DIR"], True)
+os.environ["TILESEG_CACHE_DIR"] = os.environ["TILESEG_TESTS_CACHE_DIR"]
 # The tuner's search is bounded for the tests: they check what it chooses, not how fast it runs (servers and
 # workers inherit the bound; bench/runtime.py measures the real search).
 os.environ.setdefault("TILESEG_TUNE_SECONDS", "1")
