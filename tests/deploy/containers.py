@@ -32,6 +32,7 @@ IMAGE = f"localhost/tileseg:{TAG}"
 # the Dockerfile's build stage (PyTorch and the dependencies, GBs), kept tagged from one session to the next:
 # the next build rebuilds only what the source changed, and pruning the untagged leaves it
 BUILD_CACHE = f"localhost/tileseg:{TAG}-build"
+BUILT_HERE = "org.tileseg.tests=built"  # the label of every image these tests build: all they ever prune
 REDIS_IMAGE = "localhost/tileseg-ci-redis:7"
 POSTGRES_IMAGE = "localhost/tileseg-ci-postgres:15"
 PREFIX = f"tsci{uuid.uuid4().hex[:6]}"  # this session's containers, volumes, networks, compose projects
@@ -87,6 +88,7 @@ def build(image: str, dockerfile: Path, context: Path, target: str | None = None
         command += ["--build-arg", f"{name}={value}"]
     if target is not None:
         command += ["--target", target]
+    command += ["--label", BUILT_HERE]
     with timed(f"build {image}"):
         podman(*command, str(context), timeout=1500)
     size = int(podman("image", "inspect", "--format", "{{.Size}}", image).strip())
@@ -164,11 +166,12 @@ def cleanup() -> None:
 
 
 def release_images(*images: str) -> None:
-    """Remove ``images`` and every untagged image (what earlier builds left): an image of the service takes
-    GBs, which must not outlast the tests that need it (CI machines keep podman's storage)."""
+    """Remove ``images`` and the untagged images that these tests' earlier builds left (by their label: no one
+    else's): an image of the service takes GBs, which must not outlast the tests that need it (CI machines keep
+    podman's storage)."""
     if images:
         podman("rmi", "-f", *images, check=False, timeout=600)
-    podman("image", "prune", "-f", check=False, timeout=600)
+    podman("image", "prune", "-f", "--filter", f"label={BUILT_HERE}", check=False, timeout=600)
 
 
 def job_json(response: httpx.Response) -> dict:
