@@ -65,8 +65,18 @@ def test_uint16_and_band_rules(tmp_path, data_dir):
         assert dst.crs == src.crs and dst.transform == src.transform
         np.testing.assert_array_equal(dst.read(1) == 255, src.dataset_mask() == 0)
     rgb = checkpoint(tmp_path, "test-pool", bands=3, classes=2, name="rgb-only")
-    with pytest.raises(BandMismatchError, match="takes 3 band"):
+    with pytest.raises(BandMismatchError, match="takes 3 band.*a single band feeds all 3 repeated: --bands 1,1,1"):
         segment(rgb, pan, tmp_path / "x.tif")
+    # as the hint says, the grey band fed to all three inputs: what a file of three copies of it gives
+    with rasterio.open(pan) as src:
+        profile, band = src.profile, src.read(1)
+    copies = tmp_path / "pan3.tif"
+    with rasterio.open(copies, "w", **{**profile, "count": 3}) as dst:
+        dst.write(np.stack([band] * 3))
+    segment(rgb, pan, tmp_path / "repeated.tif", SegmentOptions(tile=128, bands=(1, 1, 1)))
+    segment(rgb, copies, tmp_path / "copies.tif", SegmentOptions(tile=128))
+    with rasterio.open(tmp_path / "repeated.tif") as a, rasterio.open(tmp_path / "copies.tif") as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
     with pytest.raises(BandMismatchError, match="--bands"):
         segment(grey, data_dir / "geotiff" / "RGB.byte.tif", tmp_path / "x.tif")
     out2 = tmp_path / "band2.tif"

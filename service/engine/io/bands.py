@@ -36,18 +36,20 @@ def select_bands(src, spec: ModelSpec, bands: tuple[int, ...] | None) -> tuple[t
         chosen = tuple(i for i in range(1, src.count + 1) if i != alpha)
     if len(chosen) != spec.input.bands:
         alpha_note = f" (band {alpha} is alpha and is used as the mask)" if alpha and not bands else ""
-        hint = (
-            ""
-            if bands
-            else f"; choose {spec.input.bands} with --bands, e.g. --bands "
-            f"{','.join(map(str, range(1, spec.input.bands + 1)))}"
-            if len(chosen) > spec.input.bands
-            else ""
-        )
+        hint = ""
+        if not bands and len(chosen) > spec.input.bands:
+            hint = f"; choose {spec.input.bands} with --bands, e.g. --bands {_listed(range(1, spec.input.bands + 1))}"
+        elif not bands and len(chosen) == 1:  # a grey image (fluorescence, a panchromatic band) for a colour model
+            repeated = _listed([chosen[0]] * spec.input.bands)
+            hint = f"; a single band feeds all {spec.input.bands} repeated: --bands {repeated}"
         raise BandMismatchError(
             f"model {spec.name} takes {spec.input.bands} band(s), the input gives {len(chosen)}{alpha_note}{hint}"
         )
     return chosen, alpha
+
+
+def _listed(bands) -> str:
+    return ",".join(map(str, bands))
 
 
 def check_dtype(src, spec: ModelSpec, bands: tuple[int, ...]) -> str:
