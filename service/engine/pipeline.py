@@ -228,6 +228,8 @@ def _read_batch(
             continue
         active.append(tile)
         windows.append(src.read_window(*plan.window_origin(tile), length))
+    if len(windows) == 1:  # a batch of one: the window itself, without a copy
+        return tiles, active, windows[0][np.newaxis]
     return tiles, active, np.stack(windows) if windows else None
 
 
