@@ -22,6 +22,7 @@ from tileseg.models import checkpoint
 from tileseg.models.base import SegmentationNet
 from tileseg.models.registry import build_model
 from tileseg.models.spec import ModelSpec
+from tileseg.training.decoding import choose_decoding
 from tileseg.training.evaluation import BF16, Evaluation, evaluate
 from tileseg.training.instance_scores import instance_metrics
 from tileseg.training.recipe import Recipe
@@ -60,6 +61,10 @@ def write_checkpoint(net: nn.Module, run: FinishedRun) -> tuple[Path, dict[str, 
     recipe = run.recipe
     spec = recipe.spec()
     shipped = shipped_network(net, recipe, spec, run.device)
+    choice = None
+    if spec.instances is not None and recipe.source.read_objects is not None:
+        instances, choice = choose_decoding(shipped, recipe, spec.instances)
+        spec = shipped.spec = dataclasses.replace(spec, instances=instances)
     fp32 = evaluate(shipped, recipe.data.val, tile=recipe.config.eval_tile)
     bf16 = evaluate(shipped, recipe.data.val, runtime=BF16, tile=recipe.config.eval_tile)
     if bf16.runtime != BF16:
@@ -67,7 +72,7 @@ def write_checkpoint(net: nn.Module, run: FinishedRun) -> tuple[Path, dict[str, 
             f"bf16 autocast failed on {run.device} (the engine fell back to {bf16.runtime.label}): "
             "the card's bf16 agreement cannot be measured here"
         )
-    metrics = card_metrics(recipe, fp32, bf16, run)
+    metrics = card_metrics(recipe, spec, fp32, bf16, run, choice)
     precision = "bf16" if metrics["bf16_agreement"] >= BF16_AGREEMENT_FOR_BF16 else "fp32"
     source = recipe.source
     path = checkpoint.save(
@@ -99,9 +104,17 @@ def shipped_network(net: nn.Module, recipe: Recipe, spec: ModelSpec, device: tor
     return shipped
 
 
-def card_metrics(recipe: Recipe, fp32: Evaluation, bf16: Evaluation, run: FinishedRun) -> dict[str, Any]:
+def card_metrics(
+    recipe: Recipe,
+    spec: ModelSpec,
+    fp32: Evaluation,
+    bf16: Evaluation,
+    run: FinishedRun,
+    decoding_choice: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The card's ``metrics``: the validation split, the fp32 metrics, the bf16 agreement, how they were
-    measured, and the final smoothed training loss."""
+    measured, the final smoothed training loss and, for an instance model, its objects' scores and how its
+    decoding was chosen (:mod:`.decoding`)."""
     metrics = {
         "split": f"{recipe.config.dataset} validation, {recipe.source.val_split}",
         **summarize(fp32.confusion, [c.name for c in recipe.classes]),
@@ -109,7 +122,9 @@ def card_metrics(recipe: Recipe, fp32: Evaluation, bf16: Evaluation, run: Finish
         "evaluation": fp32.describe(run.device),
     }
     if recipe.source.instances is not None and recipe.source.read_objects is not None:
-        metrics["instances"] = instance_metrics(fp32.masks, recipe.spec(), recipe.source)
+        metrics["instances"] = instance_metrics(fp32.masks, spec, recipe.source)
+        if decoding_choice is not None:
+            metrics["instances"]["decoding_choice"] = decoding_choice
     if run.tally.loss_ema is not None:
         metrics["final_training_loss"] = round(run.tally.loss_ema, 6)
     return metrics

@@ -1,0 +1,80 @@
+"""The instance decoding's parameters, chosen on training images: how far an object grows into its contour and
+how small an object may be.
+
+The data set proposes a decoding (:attr:`~tileseg.training.data.DataSource.instances`); once trained, the network's
+masks of a fixed share of the *training* images are decoded on a small grid of ``distance`` x ``min_area`` and the
+pair with the best AP at IoU 0.5 goes into the card (the DSB score breaks ties, then the proposal). Validation
+images never take part, so the card's validation metrics stay held out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from tileseg.engine.instances.decode import decode_whole
+from tileseg.models.base import SegmentationNet
+from tileseg.models.spec import InstanceSpec
+from tileseg.training.evaluation import evaluate
+from tileseg.training.instance_scores import instance_scores
+from tileseg.training.recipe import Recipe
+
+DISTANCES = (1, 2, 3, 4)
+MIN_AREAS = (8, 12, 16, 24, 32)
+CHOICE_IMAGES = 160  # training images the choice is made on, evenly spaced by name
+
+
+def decoding_grid(
+    masks: Sequence[np.ndarray], truths: Sequence[np.ndarray], proposal: InstanceSpec, class_indices: np.ndarray
+) -> list[dict[str, Any]]:
+    """AP@0.5 and the DSB score of every ``distance`` x ``min_area`` (with the proposal's own pair among them) on
+    ``masks`` (channels) against the true objects ``truths``."""
+    pairs = {(d, m) for d in DISTANCES for m in MIN_AREAS} | {(proposal.distance, proposal.min_area)}
+    classes = [class_indices[mask] for mask in masks]
+    grid = []
+    for distance, min_area in sorted(pairs):
+        spec = dataclasses.replace(proposal, distance=distance, min_area=min_area)
+        scores = instance_scores(zip(truths, (decode_whole(c, spec) for c in classes)))
+        grid.append(
+            {"distance": distance, "min_area": min_area, "ap50": scores["ap50"], "dsb_score": scores["dsb_score"]}
+        )
+    return grid
+
+
+def best_decoding(grid: list[dict[str, Any]], proposal: InstanceSpec) -> InstanceSpec:
+    """The grid's best point by AP@0.5, then the DSB score, then the proposal's own pair."""
+
+    def rank(point: dict[str, Any]) -> tuple:
+        own = (point["distance"], point["min_area"]) == (proposal.distance, proposal.min_area)
+        return point["ap50"], point["dsb_score"], own
+
+    best = max(grid, key=rank)
+    return dataclasses.replace(proposal, distance=best["distance"], min_area=best["min_area"])
+
+
+def choose_decoding(
+    net: SegmentationNet, recipe: Recipe, proposal: InstanceSpec, images: int = CHOICE_IMAGES
+) -> tuple[InstanceSpec, dict[str, Any]]:
+    """The decoding for the card, chosen on ``images`` training images (see the module), and its record."""
+    source = recipe.source
+    if source.read_objects is None:
+        raise ValueError(f"{source.kind} has no instance labels to choose a decoding on")
+    step = max(1, len(source.train) // images)
+    chosen = list(range(0, len(source.train), step))[:images]
+    found = evaluate(net, [recipe.data.train[i] for i in chosen], tile=recipe.config.eval_tile)
+    truths = [source.read_objects(source.train[i].mask) for i in chosen]
+    class_indices = np.array([c.index for c in net.spec.classes])
+    grid = decoding_grid(found.masks, truths, proposal, class_indices)
+    best = best_decoding(grid, proposal)
+    record = {
+        "chosen_on": f"{len(chosen)} training images (one in {step} by name), the best AP@0.5 of the grid",
+        "proposed": {"distance": proposal.distance, "min_area": proposal.min_area},
+        "grid": grid,
+    }
+    return best, record
+
+
+__all__ = ["CHOICE_IMAGES", "DISTANCES", "MIN_AREAS", "best_decoding", "choose_decoding", "decoding_grid"]
