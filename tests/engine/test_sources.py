@@ -75,6 +75,12 @@ def test_every_reader_is_a_raster_source(readers):
         valid = reader.read_valid(0, 0, 2, 3)
         assert valid is None or valid.shape == (2, 3)
         assert reader.levels[0] >= (1, 1) and reader.info.name
+        # a window over the top-left corner: mirrored (reflect) and C-contiguous, which the runtimes take as it is
+        corner = reader.read_window(-3, -5, 16)
+        region = reader.read_region(0, 0, 16 - 3 + 1, 16 - 5 + 1)
+        expected = np.pad(region, ((0, 0), (3, 0), (5, 0)), mode="reflect")[:, :16, :16]
+        np.testing.assert_array_equal(corner, expected.astype(corner.dtype))
+        assert corner.flags["C_CONTIGUOUS"], type(reader).__name__
 
 
 def test_the_thread_reading_in_turn_decodes_with_many_threads_readers_ahead_with_one(tmp_path, data_dir, monkeypatch):

@@ -14,8 +14,8 @@ import numpy as np
 from tileseg.engine.errors import BandMismatchError, DtypeError
 from tileseg.engine.io.bands import Scaling, uint8_scaling
 from tileseg.engine.io.pixelsize import UNKNOWN
-from tileseg.engine.io.read import RasterInfo
-from tileseg.models.spec import ModelSpec, reflect_indices
+from tileseg.engine.io.read import RasterInfo, mirrored_window
+from tileseg.models.spec import ModelSpec
 
 
 class ArrayRaster:
@@ -52,9 +52,8 @@ class ArrayRaster:
     def read_window(self, row: int, col: int, length: int) -> np.ndarray:
         """The raw ``(bands, length, length)`` uint8 window whose first pixel is ``(row, col)``, a copy;
         positions outside the image are mirrored from it."""
-        rows = reflect_indices(row, length, self.height)
-        cols = reflect_indices(col, length, self.width)
-        return self._image[:, rows[:, None], cols[None, :]]
+        window = mirrored_window(self.read_region, row, col, length, self.height, self.width)
+        return np.require(window, requirements=("C_CONTIGUOUS", "OWNDATA"))  # copied where it is a view
 
     def read_region(self, row: int, col: int, height: int, width: int) -> np.ndarray:
         """The raw ``(bands, height, width)`` uint8 values of an in-image region (a view, not a copy)."""
