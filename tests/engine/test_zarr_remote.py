@@ -66,7 +66,9 @@ def test_a_zarr_on_a_web_server_gives_the_local_mask(tmp_path, model, zarr_forma
     segment(model, geotiff(tmp_path / "scene.tif", data), tmp_path / "ref.tif", RUN)
     server = RangeServer(tmp_path / "www")
     try:
-        segment(model, f"{server.url}/scene.zarr", tmp_path / "http.tif", RUN)
+        # read in turn: two readers ahead may each fetch a chunk that neither has cached yet, as often as the
+        # threads' timing has it (CI once counted 1.56x the stored bytes), which says nothing of the cache
+        segment(model, f"{server.url}/scene.zarr", tmp_path / "http.tif", RUN.model_copy(update={"readers": 0}))
     finally:
         server.close()
     stored = sum(p.stat().st_size for p in (tmp_path / "www").rglob("*") if p.is_file())
