@@ -209,10 +209,13 @@ def reflect_indices(start: int, length: int, size: int) -> np.ndarray:
 class InstanceSpec:
     """How a network's classes decode into separate objects (nuclei, cells, buildings): the card's ``instances``.
 
-    An object is a connected region (8-connected) of ``seed`` pixels, grown into every pixel of the ``grow``
-    classes whose nearest seed pixel lies within ``distance`` pixels (Euclidean; ties go to the first in row
-    order); objects smaller than ``min_area`` pixels are dropped. Every step looks at most ``distance`` pixels
-    away, so a tiled or striped run decodes exactly what the whole image decodes.
+    An object is a connected region (8-connected) of ``seed`` pixels, first eroded by ``erode`` pixels (a pixel
+    stays a seed when every pixel within that many 4-neighbour steps is one; outside the image counts as seed),
+    so that cores joined by a thin bridge come apart; it grows into every pixel of the ``grow`` classes whose
+    nearest seed pixel lies within ``distance`` pixels (Euclidean; ties go to the first in row order; with an
+    erosion, ``distance`` must reach past it); objects smaller than ``min_area`` pixels are dropped. Every step
+    looks at most ``erode`` or ``distance`` pixels away, so a tiled or striped run decodes exactly what the
+    whole image decodes.
     """
 
     seed: int  # the class index of object cores
@@ -220,13 +223,14 @@ class InstanceSpec:
     distance: int = 2
     min_area: int = 1
     decoding: str = "seeds"
+    erode: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grow", tuple(int(g) for g in self.grow))
         if self.decoding != "seeds":
             raise ValueError(f"instance decoding {self.decoding!r} is not known; the engine decodes 'seeds'")
-        if self.distance < 0 or self.min_area < 1:
-            raise ValueError("need an instance distance >= 0 and a min_area >= 1")
+        if self.distance < 0 or self.min_area < 1 or self.erode < 0:
+            raise ValueError("need an instance distance >= 0, a min_area >= 1 and an erode >= 0")
         if self.seed not in self.grow:
             raise ValueError("the seed class must be one of the classes objects grow into")
 
@@ -271,6 +275,8 @@ class ModelSpec:
             del data["instances"]
         else:
             data["instances"]["grow"] = list(self.instances.grow)
+            if not self.instances.erode:  # cards written before the erosion existed stay as they were
+                del data["instances"]["erode"]
         return data
 
     @classmethod

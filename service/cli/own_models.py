@@ -103,6 +103,9 @@ def build_spec(fields: dict[str, Any]) -> ModelSpec:
         raise OptionsError(f"--instances: {err}") from err
 
 
+NUMBERS = ("distance", "min_area", "erode")  # the decoding's numeric settings, in pixels
+
+
 def parse_instances(value: str | dict[str, Any] | None) -> InstanceSpec | None:
     """The card's instance decoding from ``--instances "seed=1,grow=1+2,distance=2,min_area=8"`` (or a card's
     ``instances`` object); None when not given.
@@ -118,15 +121,15 @@ def parse_instances(value: str | dict[str, Any] | None) -> InstanceSpec | None:
             value = {
                 "seed": int(fields.pop("seed")),
                 "grow": [int(g) for g in fields.pop("grow", fields.get("seed", "")).split("+") if g],
-                **{k: int(v) for k, v in fields.items() if k in ("distance", "min_area")},
+                **{k: int(v) for k, v in fields.items() if k in NUMBERS},
             }
-            unknown = set(fields) - {"distance", "min_area"}
+            unknown = set(fields) - set(NUMBERS)
             if unknown:
                 raise ValueError(f"unknown key(s) {sorted(unknown)}")
         return InstanceSpec(**value)
     except (ValueError, KeyError, TypeError) as err:
         raise OptionsError(
-            f"--instances {value!r}: {err}; give seed=CLASS,grow=CLASS+CLASS,distance=PX,min_area=PX"
+            f"--instances {value!r}: {err}; give seed=CLASS,grow=CLASS+CLASS,distance=PX,min_area=PX[,erode=PX]"
         ) from err
 
 
@@ -188,8 +191,8 @@ def register(group: click.Group, user_errors) -> None:
     @click.option("--precision", help="The reduced precision it may run in (bf16, fp16); default fp32 only.")
     @click.option(
         "--instances",
-        help='How its classes decode into objects: "seed=1,grow=1+2,distance=2,min_area=8" (the core class, the '
-        "classes objects grow into, how far, the smallest object); default: no objects.",
+        help='How its classes decode into objects: "seed=1,grow=1+2,distance=2,min_area=8[,erode=1]" (the core '
+        "class, the classes objects grow into, how far, the smallest object, cores eroded first); default: none.",
     )
     @click.option("--license", "license_", help="Licence of the weights.")
     @click.option("--provenance", help="Where it came from: data, training, authors.")

@@ -106,6 +106,12 @@ def _params(ctx: click.Context, option: click.Parameter, values: tuple[str, ...]
     help="Random intensity and colour: inversion, grey, band order, gamma, gain, offset.  [default: off]",
 )
 @click.option(
+    "--sample-by",
+    type=click.Choice(["area", "image"]),
+    help="Draw each crop's image in proportion to its area (every pixel equally likely), or every image "
+    "equally (as per-image scores weigh them: small images and rarer kinds drawn more).  [default: area]",
+)
+@click.option(
     "--init",
     type=click.Path(exists=True, dir_okay=False),
     help="Start from these weights (.safetensors of the same architecture and --param settings), not random ones.",

@@ -22,6 +22,7 @@ from tileseg.models import checkpoint
 from tileseg.models.base import SegmentationNet
 from tileseg.models.registry import build_model
 from tileseg.models.spec import ModelSpec
+from tileseg.training.config import SAMPLING
 from tileseg.training.decoding import choose_decoding
 from tileseg.training.evaluation import BF16, Evaluation, evaluate
 from tileseg.training.instance_scores import instance_metrics
@@ -154,6 +155,7 @@ def training_record(run: FinishedRun) -> dict[str, Any]:
         "border_weight": {"w0": config.w0, "sigma": config.sigma} if config.border_weight else None,
         "deep_supervision": recipe.deep,
         "augmentations": recipe.augment.names(),
+        "sampling": SAMPLING[config.sample_by],
         "initial_weights": initial_weights(config.init),
         "seed": config.seed,
         "seconds": round(tally.seconds, 1),

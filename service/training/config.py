@@ -37,6 +37,13 @@ SESSION_FIELDS = frozenset(
 )
 
 
+# how the image of each training crop is drawn (``--sample-by``), as the card says it
+SAMPLING = {
+    "area": "images drawn in proportion to their area (every labelled pixel equally likely)",
+    "image": "every image equally likely (as per-image scores weigh them)",
+}
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs. ``crop`` is the *output* crop side; see :func:`~.loop.train`."""
@@ -70,6 +77,7 @@ class TrainConfig:
     flips: bool = True
     elastic: bool = False
     colour: bool = False
+    sample_by: str = "area"  # area: images drawn in proportion to their area; image: every image equally
     init: str | None = None  # weights (.safetensors) of the same network to start from, not a random one
     deep_supervision: bool | None = None  # None: on when the model has forward_deep
     val_fraction: float = 0.2
@@ -93,6 +101,8 @@ class TrainConfig:
                 raise TrainingConfigError(f"{name} must be at least 1, got {value}")
         if self.lr <= 0 or self.weight_decay < 0:
             raise TrainingConfigError("need lr > 0 and weight_decay >= 0")
+        if self.sample_by not in SAMPLING:
+            raise TrainingConfigError(f"sample_by must be one of {', '.join(SAMPLING)}, not {self.sample_by!r}")
         if self.schedule not in ("cosine", "constant"):
             raise TrainingConfigError(f"schedule must be 'cosine' or 'constant', not {self.schedule!r}")
         if self.device not in ("auto", "cpu", "cuda"):

@@ -155,7 +155,14 @@ class Trainer:
             pixel_weights(recipe.data, recipe.source, config.w0, config.sigma, say) if config.border_weight else None
         )
         self.sampler = Sampler(
-            recipe.data, recipe.output, recipe.geometry.shrink, recipe.augment, config.seed, procs.rank, weights
+            recipe.data,
+            recipe.output,
+            recipe.geometry.shrink,
+            recipe.augment,
+            config.seed,
+            procs.rank,
+            weights,
+            by=config.sample_by,
         )
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.net = net.to(device=device, memory_format=self.memory_format)

@@ -9,7 +9,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from tileseg.training.augment import Augment, border_weights, sample_crop
+from tileseg.training.augment import Augment, border_weights, sample_crop, separation_weights
+from tileseg.training.config import SAMPLING
 from tileseg.training.data import Dataset, DataSource, normalize
 from tileseg.training.errors import TrainingConfigError
 
@@ -25,6 +26,7 @@ class Sampler:
         augment: the random transforms.
         seed, rank: the run's seed and this process's rank.
         weights: per-pixel loss weights of each training image (U-Net's border term), or None.
+        by: how each crop's image is drawn: ``"area"`` or ``"image"`` (:data:`SAMPLING`).
     """
 
     def __init__(
@@ -36,14 +38,16 @@ class Sampler:
         seed: int,
         rank: int,
         weights: list[np.ndarray] | None,
+        by: str = "area",
     ) -> None:
         self.samples = data.train
         self.mean, self.std = data.band_stats()
         self.output, self.shrink, self.augment = output, shrink, augment
         self.seed, self.rank = seed, rank
         self.weights = weights
-        # Images are drawn in proportion to their area, so that every labelled pixel is equally likely.
-        areas = np.array([s.label.size for s in self.samples], dtype=np.float64)
+        if by not in SAMPLING:
+            raise ValueError(f"by must be one of {', '.join(SAMPLING)}, not {by!r}")
+        areas = np.array([s.label.size if by == "area" else 1 for s in self.samples], dtype=np.float64)
         self.p = areas / areas.sum()
 
     def batch(self, step: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -79,14 +83,24 @@ def step_seed(seed: int, rank: int, step: int) -> int:
 def pixel_weights(
     data: Dataset, source: DataSource, w0: float, sigma: float, say: Callable[[str], None]
 ) -> list[np.ndarray]:
-    """U-Net's border weights of every training image (see :func:`~.augment.border_weights`).
+    """U-Net's border weights of every training image: between the separate regions of the data set's
+    instance channel (:func:`~.augment.border_weights`, ISBI's cells), or, for a data set with instance
+    labels, where touching objects meet (:func:`~.augment.separation_weights`, the nuclei).
 
     Raises:
-        TrainingConfigError: the data set has no separable objects (no instance channel).
+        TrainingConfigError: the data set has no separable objects (neither instance labels nor an instance
+            channel).
     """
+    if source.read_objects is not None:
+        say(f"computing separation weights (w0 {w0:g}, sigma {sigma:g}) for {len(data.train)} images")
+        return [
+            separation_weights(source.read_objects(pair.mask), sample.label, w0, sigma)
+            for pair, sample in zip(source.train, data.train)
+        ]
     if source.instance_channel is None:
         raise TrainingConfigError(
-            f"--border-weight needs a data set of separable objects (two classes); {source.kind} has none"
+            f"--border-weight needs a data set of separable objects (two classes, or instance labels); "
+            f"{source.kind} has none"
         )
     say(f"computing border weights (w0 {w0:g}, sigma {sigma:g}) for {len(data.train)} images")
     return [border_weights(s.label, source.instance_channel, w0, sigma) for s in data.train]

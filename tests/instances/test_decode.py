@@ -3,6 +3,8 @@ as a model learns them, in mirrored mosaics so that nuclei cross every seam."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from rasterio.features import rasterize
@@ -49,7 +51,18 @@ def decode(classes, heights, spec=NUCLEI_INSTANCES, image=None, probability=None
 
 def reference(classes, spec):
     """The decoding's definition, literally, over the whole image (slow: small inputs only)."""
-    seeds, _ = ndimage.label(classes == spec.seed, structure=np.ones((3, 3)))
+    cores = classes == spec.seed
+    if spec.erode:  # a pixel stays when every pixel within erode 4-steps is a core; outside the image counts
+        padded = np.pad(cores, spec.erode, constant_values=True)
+        kept = np.ones(cores.shape, bool)
+        for dy in range(-spec.erode, spec.erode + 1):
+            for dx in range(-spec.erode, spec.erode + 1):
+                if abs(dy) + abs(dx) <= spec.erode:
+                    kept &= padded[spec.erode + dy : spec.erode + dy + cores.shape[0], spec.erode + dx :][
+                        :, : cores.shape[1]
+                    ]
+        cores = kept
+    seeds, _ = ndimage.label(cores, structure=np.ones((3, 3)))
     height, width = classes.shape
     grown = np.zeros(classes.shape, np.int64)
     for y, x in zip(*np.nonzero(np.isin(classes, spec.grow))):
@@ -77,20 +90,54 @@ def test_growth_looks_nearest_first_then_in_row_order():
     assert len(offsets) == 13 and (2, 0) in offsets and (2, 1) not in offsets
 
 
-def test_the_whole_image_decoding_is_the_definition(real_nuclei):
+ERODING = InstanceSpec(seed=CORE, grow=(CORE, CONTOUR), distance=3, min_area=8, erode=1)
+
+
+@pytest.mark.parametrize("erode", [0, 1, 2])
+def test_the_whole_image_decoding_is_the_definition(real_nuclei, erode):
     for _, _, instances in real_nuclei[:2]:
         classes = core_and_contour(instances)
-        spec = InstanceSpec(seed=CORE, grow=(CORE, CONTOUR), distance=2, min_area=8)
+        spec = InstanceSpec(seed=CORE, grow=(CORE, CONTOUR), distance=2 + erode, min_area=8, erode=erode)
         labels, _ = decode(classes, [classes.shape[0]], spec)
         assert labels.max() > 10
         assert same_partition(labels.astype(np.int64), reference(classes, spec))
 
 
-@pytest.mark.parametrize("heights", [[1], [2], [3, 1, 7], [16], [64], [5, 64, 1, 13]])
-def test_strips_of_any_height_decode_the_whole_images_objects_with_its_ids(class_mosaic, heights):
+def test_the_erosion_parts_cores_joined_by_a_bridge(real_nuclei):
+    classes = core_and_contour(real_nuclei[0][2])
+    plain_spec = dataclasses.replace(ERODING, erode=0)
+    plain, _ = decode(classes, [classes.shape[0]], plain_spec)
+    # the two objects whose cores come nearest, joined by a one-pixel line of core
+    biggest = np.bincount(plain.ravel())[1:].argmax() + 1
+    cores = classes == CORE
+    distance, (iy, ix) = ndimage.distance_transform_edt(~(cores & (plain != biggest)), return_indices=True)
+    mine = np.flatnonzero((cores & (plain == biggest)).ravel())
+    start = np.unravel_index(mine[np.argmin(distance.ravel()[mine])], classes.shape)
+    end = (iy[start], ix[start])
+    other = plain[end]
+    assert other not in (0, biggest)
+    bridged = classes.copy()
+    y, x = start
+    while (y, x) != end:  # 4-connected steps
+        y, x = (y + np.sign(end[0] - y), x) if y != end[0] else (y, x + np.sign(end[1] - x))
+        bridged[y, x] = CORE
+    joined, _ = decode(bridged, [bridged.shape[0]], plain_spec)
+    assert joined[start] == joined[end]  # one object without the erosion
+    parted, _ = decode(bridged, [5], ERODING)
+    assert parted[start] != parted[end] and parted[start] > 0 and parted[end] > 0
+    assert parted.max() >= plain.max() - 2  # no nucleus lost to the erosion but the smallest
+
+
+@pytest.mark.parametrize(
+    "heights, spec",
+    [([1], NUCLEI_INSTANCES), ([2], NUCLEI_INSTANCES), ([3, 1, 7], NUCLEI_INSTANCES), ([16], NUCLEI_INSTANCES)]
+    + [([64], NUCLEI_INSTANCES), ([5, 64, 1, 13], NUCLEI_INSTANCES)]
+    + [([1], ERODING), ([2, 1, 3], ERODING), ([64], ERODING), ([1, 2], dataclasses.replace(ERODING, erode=2))],
+)
+def test_strips_of_any_height_decode_the_whole_images_objects_with_its_ids(class_mosaic, heights, spec):
     classes, _ = class_mosaic
-    whole, whole_objects = decode(classes, [classes.shape[0]])
-    striped, striped_objects = decode(classes, heights)
+    whole, whole_objects = decode(classes, [classes.shape[0]], spec)
+    striped, striped_objects = decode(classes, heights, spec)
     assert np.array_equal(striped, whole)  # the very ids, not only the partition
     assert whole.max() == len(whole_objects) > 1000
     assert sorted(whole_objects) == list(range(1, whole.max() + 1))  # 1..N, each once

@@ -13,7 +13,7 @@ from scipy import ndimage
 from tileseg import models
 from tileseg.cli.train import train as train_command
 from tileseg.models.spec import InstanceSpec
-from tileseg.training.decoding import DISTANCES, MARGIN, MIN_AREAS, best_decoding, decoding_grid
+from tileseg.training.decoding import DISTANCES, ERODES, MARGIN, MIN_AREAS, best_decoding, decoding_grid
 from tileseg.training.nuclei import CORE, NUCLEI_INSTANCES, core_and_contour
 
 CLASS_INDICES = np.arange(3)
@@ -39,12 +39,14 @@ def test_the_grid_drops_false_specks_that_the_proposal_keeps(real_nuclei):
     assert smallest > 9  # the dense image's nuclei are all larger than the specks
     keeps_specks = dataclasses.replace(NUCLEI_INSTANCES, min_area=8)
     grid = decoding_grid([_with_specks(labels, 3)], [labels], keeps_specks, CLASS_INDICES)
-    assert {(p["distance"], p["min_area"]) for p in grid} == {(d, m) for d in DISTANCES for m in MIN_AREAS}
-    by_pair = {(p["distance"], p["min_area"]): p for p in grid}
+    points = {(e, e + d, m) for e in ERODES for d in DISTANCES for m in MIN_AREAS}
+    assert {(p["erode"], p["distance"], p["min_area"]) for p in grid} == points
+    by_point = {(p["erode"], p["distance"], p["min_area"]): p for p in grid}
     chosen = best_decoding(grid, keeps_specks)
     assert chosen.min_area > 9 and chosen.min_area <= smallest  # specks (9 px) gone, every nucleus kept
-    assert by_pair[(chosen.distance, chosen.min_area)]["ap50"] == max(p["ap50"] for p in grid)
-    assert by_pair[(chosen.distance, chosen.min_area)]["ap50"] >= by_pair[(2, 8)]["ap50"] + MARGIN
+    mine = by_point[(chosen.erode, chosen.distance, chosen.min_area)]
+    assert mine["ap50"] == max(p["ap50"] for p in grid)
+    assert mine["ap50"] >= by_point[(0, 2, 8)]["ap50"] + MARGIN
     assert (chosen.seed, chosen.grow, chosen.decoding) == (NUCLEI_INSTANCES.seed, NUCLEI_INSTANCES.grow, "seeds")
     # the card's own proposal (min_area 16) already drops them: nothing beats it, it stays
     assert best_decoding(decoding_grid([_with_specks(labels, 3)], [labels], NUCLEI_INSTANCES, CLASS_INDICES),
@@ -63,6 +65,8 @@ def test_the_proposal_stays_unless_beaten_by_the_margin_then_the_dsb_score_break
     assert best_decoding(grid, proposal) == dataclasses.replace(proposal, distance=1, min_area=8)
     grid[2]["dsb_score"] = 0.7
     assert best_decoding(grid, proposal) == dataclasses.replace(proposal, distance=3, min_area=24)
+    grid.append({"erode": 1, "distance": 3, "min_area": 16, "ap50": 0.9, "dsb_score": 0.1})  # grids with erosion
+    assert best_decoding(grid, proposal) == dataclasses.replace(proposal, erode=1, distance=3, min_area=16)
 
 
 def test_a_trained_instance_model_carries_the_decoding_its_grid_chose(nuclei_dir, tmp_path):
@@ -86,7 +90,7 @@ def test_a_trained_instance_model_carries_the_decoding_its_grid_chose(nuclei_dir
     assert result.exit_code == 0, result.output
     card = models.read_card(out.with_suffix(".json"))
     record = card["metrics"]["instances"]["decoding_choice"]
-    assert record["chosen_on"].startswith("3 training images") and len(record["grid"]) == 20
+    assert record["chosen_on"].startswith("3 training images") and len(record["grid"]) == 40
     spec = models.load(out.with_suffix(".safetensors")).spec
     assert spec.instances == best_decoding(record["grid"], NUCLEI_INSTANCES)
     assert card["metrics"]["instances"]["decoding"]["min_area"] == spec.instances.min_area

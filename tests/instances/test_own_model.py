@@ -41,9 +41,10 @@ def test_an_added_torchscript_model_with_instances_serves_objects(tmp_path, monk
 
     bad = CliRunner().invoke(cli, [*common, "--instances", "seed=7,grow=1+2"])
     assert bad.exit_code != 0 and "instances" in bad.output and not (weights / "mine.json").exists()
-    added = CliRunner().invoke(cli, [*common, "--instances", "seed=1,grow=1+2,distance=2,min_area=8"])
+    added = CliRunner().invoke(cli, [*common, "--instances", "seed=1,grow=1+2,distance=3,min_area=8,erode=1"])
     assert added.exit_code == 0, added.output
-    assert models.read_card("mine")["spec"]["instances"] == spec["instances"] | {"min_area": 8, "distance": 2}
+    chosen = {"min_area": 8, "distance": 3, "erode": 1}
+    assert models.read_card("mine")["spec"]["instances"] == spec["instances"] | chosen
 
     image = write_raster(tmp_path / "in.tif", real_nuclei[0][1], crs=None)
     options = SegmentOptions(**EXACT)

@@ -29,6 +29,7 @@ from tileseg.engine.errors import OptionsError
 from tileseg.models.crop import centre_crop
 from tileseg.models.spec import reflect_indices
 from tileseg.training import augment, class_weights, data, network, optimizer, scores
+from tileseg.training import sampler as sampler_module
 from tileseg.training.data import IGNORE_INDEX, TrainingDataError
 from tileseg.training.state import flatten_optimizer, unflatten_optimizer
 
@@ -253,6 +254,19 @@ def test_four_connected_objects_and_border_weights():
     assert w[5, 8] > w[0, 18] > 0
 
 
+def test_crops_draw_images_by_area_or_each_image_equally(isbi_dir):
+    source = data.isbi2012(isbi_dir)
+    big = data.Sample("big", np.zeros((1, 48, 48), np.uint8), np.zeros((48, 48), np.uint8))
+    small = data.Sample("small", np.zeros((1, 12, 12), np.uint8), np.ones((12, 12), np.uint8))
+    dataset = data.Dataset(source=source, train=[big, small], val=[], bands=1)
+    for by, small_share in (("area", 144 / (144 + 2304)), ("image", 0.5)):
+        sampler = sampler_module.Sampler(dataset, 8, 0, augment.Augment(flips=False), 0, 0, None, by=by)
+        drawn = [float(lab[0, 0]) for step in range(100) for lab in sampler.batch(step, 8)[1]]
+        assert abs(np.mean(drawn) - small_share) < 0.05, by  # 800 draws: three standard errors at most
+    with pytest.raises(ValueError, match="by must be"):
+        sampler_module.Sampler(dataset, 8, 0, augment.Augment(), 0, 0, None, by="pixel")
+
+
 # --- loop pieces ---------------------------------------------------------------------------------------
 
 
@@ -397,7 +411,7 @@ def test_init_starts_from_given_weights(straight_run, isbi_dir, tmp_path):
     out, _ = straight_run
     start = out.with_suffix(".safetensors")
     args = _isbi_args(isbi_dir, tmp_path / "tuned", "--seed", "9", "--lr", "1e-12", "--steps", "2")
-    result = _run([*args, "--init", str(start), "--colour"])
+    result = _run([*args, "--init", str(start), "--colour", "--sample-by", "image"])
     assert f"starting from the weights in {start}" in result.output
     before, after = _tensors(out), _tensors(tmp_path / "tuned")
     learned = [k for k in before if "running_" not in k and "num_batches" not in k]
@@ -405,6 +419,7 @@ def test_init_starts_from_given_weights(straight_run, isbi_dir, tmp_path):
     card = models.read_card((tmp_path / "tuned").with_suffix(".json"))
     assert card["training"]["initial_weights"] == {"weights": start.name, "steps": 4}
     assert any("intensity and colour" in a for a in card["training"]["augmentations"])
+    assert card["training"]["sampling"].startswith("every image equally")
     _run(_isbi_args(isbi_dir, tmp_path / "fresh", "--seed", "9", "--lr", "1e-12", "--steps", "2"))
     assert not all(torch.equal(before[k], _tensors(tmp_path / "fresh")[k]) for k in learned)
     # weights of another network are refused before any step

@@ -2,15 +2,16 @@
 
 The decoding of a card's :class:`~tileseg.models.spec.InstanceSpec`:
 
-1. *seeds*: the 8-connected regions of the seed class (object cores);
+1. *seeds*: the 8-connected regions of the seed class (object cores), eroded by ``erode`` pixels first;
 2. *growth*: every pixel of a ``grow`` class takes the seed region of its nearest seed pixel within
    ``distance`` pixels (Euclidean; on a tie the seed pixel first in row order), or none;
 3. objects of fewer than ``min_area`` pixels are dropped; the others are numbered 1..N in the order of
    (the last row of their seeds, their first seed pixel in row order).
 
-Every step is local except the seed regions, which are joined across strips with a union-find over the seam
-rows, as the polygons are. So a run in strips decodes exactly the whole image's objects, with the same ids,
-whatever the strip heights, the tiling or the shards that made the mask.
+Every step is local (the erosion lags ``erode`` rows behind the rows taken) except the seed regions, which are
+joined across strips with a union-find over the seam rows, as the polygons are. So a run in strips decodes
+exactly the whole image's objects, with the same ids, whatever the strip heights, the tiling or the shards that
+made the mask.
 
 :class:`InstanceDecoder` holds only what is still open: the seed rows within ``distance`` of the rows not yet
 grown, and the grown rows that hold an unfinished object. A seed region is finished once a strip's last row
@@ -29,6 +30,7 @@ from scipy import ndimage
 from tileseg.models.spec import InstanceSpec
 
 EIGHT = np.ones((3, 3), dtype=bool)
+CROSS = ndimage.generate_binary_structure(2, 1)
 # provisional ids of seed regions: one per region and strip, so 2**31 covers any image; half the memory of int64
 LABEL = np.int32
 MAX_LABEL = np.iinfo(LABEL).max
@@ -98,8 +100,10 @@ class InstanceDecoder:
         self.next_id = 1
         self.next_final = 1
         self.y = 0  # rows taken
-        # seed labels of rows [y - len(seeds), y); growth done for rows [g, ...); grown rows kept from e
+        # seed labels of rows [sy - len(seeds), sy); growth done for rows [g, ...); grown rows kept from e
         self.seeds = np.zeros((0, width), LABEL)
+        self.sy = 0  # rows whose seeds are known: y less the erosion's lag
+        self.cores = np.zeros((0, width), bool)  # seed-class rows from sy - erode (or 0) to y: the erosion's context
         self.g = 0
         self.pending_grows = np.zeros((0, width), bool)  # the rows not grown yet: which pixels may grow
         self.pending_extra = np.zeros((0, 1 + bands, width), np.float32)
@@ -115,7 +119,7 @@ class InstanceDecoder:
         if y != self.y or classes.shape[1] != self.width:
             raise ValueError(f"rows must come in order and full width: expected row {self.y}, got {y}")
         h = classes.shape[0]
-        self._seeds(y, classes)
+        self._cores(classes == self.spec.seed, last=False)
         grows = classes == self.spec.grow[0]
         for index in self.spec.grow[1:]:
             grows |= classes == index
@@ -127,19 +131,40 @@ class InstanceDecoder:
             if image is not None and self.bands:
                 extra[1:] = image
             self.pending_extra = np.concatenate([self.pending_extra, extra.transpose(1, 0, 2)])
-        self.y = y + h
-        self._grow(self.y - self.d)
+        self._grow(self.sy - self.d)
         return self._finish_some(last=False)
 
     def finish(self) -> Decoded:
         """Decode the rows still open (the image's last rows): every object is finished."""
+        self._cores(np.zeros((0, self.width), bool), last=True)
         self._grow(self.y)
         return self._finish_some(last=True)
 
     # -- seeds ---------------------------------------------------------------------------------------------------
 
-    def _seeds(self, y: int, classes: np.ndarray) -> None:
-        labels, count = ndimage.label(classes == self.spec.seed, structure=EIGHT)
+    def _cores(self, cores: np.ndarray, last: bool) -> None:
+        """Take the next rows of the seed class; label the seed rows that the erosion has settled: all of them
+        with no erosion, else those ``erode`` rows or more above the last row taken (all at the image's end)."""
+        self.y += len(cores)
+        k = self.spec.erode
+        if not k:
+            if len(cores):
+                self._seeds(self.sy, cores)
+            self.sy = self.y
+            return
+        top = self.y - len(self.cores) - len(cores)  # the image row of the block's first row
+        block = np.concatenate([self.cores, cores])
+        # outside the image counts as seed; the block's first and last k rows, unless they are the image's own
+        # edge, see a wrong edge and are not taken
+        eroded = ndimage.binary_erosion(block, CROSS, iterations=k, border_value=1)
+        until = self.y if last else self.y - k
+        if until > self.sy:
+            self._seeds(self.sy, eroded[self.sy - top : until - top])
+            self.sy = until
+        self.cores = block[max(self.sy - k, 0) - top :]
+
+    def _seeds(self, y: int, seeds: np.ndarray) -> None:
+        labels, count = ndimage.label(seeds, structure=EIGHT)
         labels = labels.astype(LABEL, copy=False)
         if self.next_id + count >= MAX_LABEL:
             raise ValueError(f"more than {MAX_LABEL} seed regions: the provisional ids would overflow")
@@ -220,9 +245,9 @@ class InstanceDecoder:
         if h <= 0:
             return
         d, width = self.d, self.width
-        seed_top = self.y - len(self.seeds)
+        seed_top = self.sy - len(self.seeds)
         window = np.zeros((h + 2 * d, width + 2 * d), LABEL)
-        lo, hi = max(self.g - d, seed_top), min(until + d, self.y)
+        lo, hi = max(self.g - d, seed_top), min(until + d, self.sy)
         window[lo - (self.g - d) : hi - (self.g - d), d : d + width] = self.seeds[lo - seed_top : hi - seed_top]
         # the grown rows are written in place after the rows kept; a seed pixel is its own region's
         out = np.empty((len(self.out) + h, width), LABEL)
@@ -282,7 +307,7 @@ class InstanceDecoder:
     def _finish_some(self, last: bool) -> Decoded:
         # a seed region is closed once the last row taken does not hold it; its growth reaches d rows further
         done = [
-            i for i, (_, bottom, _) in self.live.items() if last or (bottom + self.d < self.g and bottom < self.y - 1)
+            i for i, (_, bottom, _) in self.live.items() if last or (bottom + self.d < self.g and bottom < self.sy - 1)
         ]
         done.sort(key=lambda i: (self.live[i][1], self.live[i][0]))
         ids = np.zeros(len(done), np.int64)
