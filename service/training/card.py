@@ -167,13 +167,17 @@ def training_record(run: FinishedRun) -> dict[str, Any]:
 
 
 def initial_weights(init: str | None) -> dict[str, Any] | None:
-    """Where an ``--init`` run started: the weights file and, from the card beside it, its training steps."""
+    """Where an ``--init`` run started: the weights file and, from the card beside it, its training steps and
+    its whole training record (which names its own start in turn: a chain of fine-tunes reads back to the first
+    run)."""
     if init is None:
         return None
     path = Path(init)
     record: dict[str, Any] = {"weights": path.name}
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        record["steps"] = int(json.loads(path.with_suffix(".json").read_text())["training"]["steps"])
+        training = json.loads(path.with_suffix(".json").read_text())["training"]
+        record["steps"] = int(training["steps"])
+        record["training"] = training
     return record
 
 

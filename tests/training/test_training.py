@@ -417,7 +417,8 @@ def test_init_starts_from_given_weights(straight_run, isbi_dir, tmp_path):
     learned = [k for k in before if "running_" not in k and "num_batches" not in k]
     assert all(torch.equal(before[k], after[k]) for k in learned)  # a learning rate of 1e-12 moves nothing
     card = models.read_card((tmp_path / "tuned").with_suffix(".json"))
-    assert card["training"]["initial_weights"] == {"weights": start.name, "steps": 4}
+    first = models.read_card(out.with_suffix(".json"))["training"]
+    assert card["training"]["initial_weights"] == {"weights": start.name, "steps": 4, "training": first}
     assert any("intensity and colour" in a for a in card["training"]["augmentations"])
     assert card["training"]["sampling"].startswith("every image equally")
     _run(_isbi_args(isbi_dir, tmp_path / "fresh", "--seed", "9", "--lr", "1e-12", "--steps", "2"))
