@@ -101,5 +101,5 @@ def test_the_shipped_nuclei_model_decodes_as_its_recorded_grid_chose():
     card = models.read_card("unet-nuclei")
     record = card["metrics"]["instances"]["decoding_choice"]
     spec = models.card_spec("unet-nuclei")
-    assert record["chosen_on"].startswith("160 training images") and len(record["grid"]) == 20
+    assert record["chosen_on"].startswith("160 training images") and len(record["grid"]) == 40
     assert spec.instances == best_decoding(record["grid"], NUCLEI_INSTANCES)
