@@ -5,8 +5,8 @@ The data set proposes a decoding (:attr:`~tileseg.training.data.DataSource.insta
 masks of a fixed share of the *training* images are decoded on a small grid of ``erode`` x ``distance`` x
 ``min_area`` (the distance counted past the erosion), and the point with the best AP at IoU 0.5 (the DSB score
 breaking ties) replaces the proposal where it beats the proposal by
-at least :data:`MARGIN`: smaller differences are noise (on the shipped ``unet-nuclei``, (3, 24) led (2, 16) by 0.4
-points on 160 training images and trailed it by 0.2 on the validation images). Validation images never take part,
+at least :data:`MARGIN`: smaller differences are noise (on the 11600-step ``unet-nuclei``, (3, 24) led (2, 16) by
+0.4 points on 160 training images and trailed it by 0.2 on the validation images). Validation images never take part,
 so the card's validation metrics stay held out.
 """
 
