@@ -249,13 +249,9 @@ def border_weights(label: np.ndarray, instance_channel: int, w0: float = 10.0, s
         (H, W) float32.
     """
     objects, _ = ndimage.label(label == instance_channel)  # scipy's default structure: 4-connected
-    # exp(-x^2 / 2 sigma^2) falls below 1e-4 of w0 past x = 4.3 sigma, so farther objects need not be found.
-    reach = int(math.ceil(4.3 * sigma))
-    d1, d2 = two_nearest_distances(objects, reach)
-    total = d1 + d2
-    weights = np.where(np.isfinite(total), w0 * np.exp(-(total**2) / (2 * sigma**2)), 0.0)
-    weights[(label == instance_channel) | (label == IGNORE_INDEX)] = 0.0
-    return weights.astype(np.float32)
+    weights = separation_weights(objects, label, w0, sigma)
+    weights[label == instance_channel] = 0.0
+    return weights
 
 
 def separation_weights(objects: np.ndarray, label: np.ndarray, w0: float = 10.0, sigma: float = 3.0) -> np.ndarray:
@@ -269,6 +265,7 @@ def separation_weights(objects: np.ndarray, label: np.ndarray, w0: float = 10.0,
     Returns:
         (H, W) float32.
     """
+    # exp(-x^2 / 2 sigma^2) falls below 1e-4 of w0 past x = 4.3 sigma, so farther objects need not be found.
     reach = int(math.ceil(4.3 * sigma))
     d1, d2 = two_nearest_distances(objects, reach)
     total = d1 + d2

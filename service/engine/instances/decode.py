@@ -305,7 +305,7 @@ class InstanceDecoder:
     # -- finishing -----------------------------------------------------------------------------------------------
 
     def _finish_some(self, last: bool) -> Decoded:
-        # a seed region is closed once the last row taken does not hold it; its growth reaches d rows further
+        # a seed region is closed once the last seed row known does not hold it; its growth reaches d rows further
         done = [
             i for i, (_, bottom, _) in self.live.items() if last or (bottom + self.d < self.g and bottom < self.sy - 1)
         ]
