@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -154,9 +156,12 @@ def load_model(run: CohortRun, device: str | None = None, threads: int | None = 
     return model
 
 
-def segment_one(model, run: CohortRun, source: Source, reporter: Reporter) -> dict[str, Any]:
-    """Segment one input into ``DIR/NAME/`` and return its manifest record (``succeeded`` or ``failed``); its
-    staging folder is removed whatever happens.
+def segment_one(model, run: CohortRun, source: Source, reporter: Reporter, record: Callable[[dict], None]) -> None:
+    """Segment one input into ``DIR/NAME/`` and hand its manifest record (``succeeded`` or ``failed``) to
+    ``record``; its staging folder is removed whatever happens.
+
+    The move into place and ``record`` run :func:`uninterrupted`: a Ctrl-C or SIGTERM that comes meanwhile
+    takes effect after both, so an input's outputs are in place exactly when its record says ``succeeded``.
 
     Raises:
         KeyboardInterrupt: passed on, after the staging folder is removed.
@@ -172,29 +177,64 @@ def segment_one(model, run: CohortRun, source: Source, reporter: Reporter) -> di
     extra = {kind: path for kind, path in paths.items() if kind != "mask"}
     base = {"input": source.shown, "name": source.name, "options_hash": run.settings_hash()}
     try:
-        opened = source.opened()
-        with readable(opened) if isinstance(opened, str) else contextlib.nullcontext(opened) as local:
-            result = segment(model, local, paths["mask"], run.options, progress=reporter.tiles, **extra)
+        try:
+            opened = source.opened()
+            with readable(opened) if isinstance(opened, str) else contextlib.nullcontext(opened) as local:
+                result = segment(model, local, paths["mask"], run.options, progress=reporter.tiles, **extra)
+        except Exception as err:  # any input's failure is recorded, and the run goes on
+            with uninterrupted():
+                record(_failed(base, started, err))
+            return
         kept = {kind: path.name for kind, path in paths.items() if path.exists()}  # no polygons: no vector file
-        commit(staging, run.out_dir / source.name)
-    except Exception as err:  # any input's failure is recorded, and the run goes on
-        seconds = round(time.perf_counter() - started, 3)
-        return {**base, "status": Status.FAILED.value, "outputs": {}, "seconds": seconds, "pixels": None,
-                "runtime": None, "device": None, "error": one_line(err)}  # fmt: skip
+        outputs = {kind: f"{source.name}/{name}" for kind, name in kept.items()}
+        done = {
+            **base,
+            "status": Status.SUCCEEDED.value,
+            "outputs": outputs,
+            "seconds": round(time.perf_counter() - started, 3),
+            "pixels": result.input.width * result.input.height,
+            "runtime": result.runtime.runtime,
+            "device": result.runtime.device,
+            "stamp": stamp(paths["mask"]),  # the move into place keeps its size and modification time
+            "warnings": list(result.warnings),
+        }
+        with uninterrupted():
+            try:
+                commit(staging, run.out_dir / source.name)
+            except OSError as err:
+                done = _failed(base, started, err)
+            record(done)
     finally:
         remove(staging)
-    outputs = {kind: f"{source.name}/{name}" for kind, name in kept.items()}
-    return {
-        **base,
-        "status": Status.SUCCEEDED.value,
-        "outputs": outputs,
-        "seconds": round(time.perf_counter() - started, 3),
-        "pixels": result.input.width * result.input.height,
-        "runtime": result.runtime.runtime,
-        "device": result.runtime.device,
-        "stamp": stamp(run.out_dir / outputs["mask"]),
-        "warnings": list(result.warnings),
-    }
+
+
+def _failed(base: dict[str, Any], started: float, err: BaseException) -> dict[str, Any]:
+    seconds = round(time.perf_counter() - started, 3)
+    return {**base, "status": Status.FAILED.value, "outputs": {}, "seconds": seconds, "pixels": None,
+            "runtime": None, "device": None, "error": one_line(err)}  # fmt: skip
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) and SIGTERM until the block ends, then act on the first one that came as its
+    handler would have. Outside the main thread (where no signal handler runs) the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda signum, frame: came.append(signum)) for signum in held}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if came:
+            handler = previous[signal.Signals(came[0])]
+            if callable(handler):
+                handler(came[0], None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(came[0])
 
 
 def interrupted_record(run: CohortRun, source: Source, started: float) -> dict[str, Any]:
@@ -252,4 +292,5 @@ __all__ = [
     "one_line",
     "remove",
     "segment_one",
+    "uninterrupted",
 ]

@@ -6,8 +6,10 @@ tile rows; here each input is run whole by one process, so that N inputs compute
 ``cores // N`` torch threads (small images keep few threads busy: several processes use the cores better).
 
 The processes ignore SIGINT: Ctrl-C reaches the parent, which stops them (SIGTERM), records their inputs as
-``interrupted`` and removes their staging folders. A process that dies (out of memory, killed) fails its input
-with the exit code, and a new one takes its place.
+``interrupted`` and removes their staging folders. A process holds SIGTERM while it moves an input's outputs
+into place and sends its record, and the parent writes a record received before it acts on Ctrl-C, so an input
+whose outputs are in place is recorded ``succeeded``, never ``interrupted``. A process that dies (out of
+memory, killed) fails its input with the exit code, and a new one takes its place.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from tileseg.cohorts.attempt import (
     load_model,
     remove,
     segment_one,
+    uninterrupted,
 )
 from tileseg.cohorts.inputs import Source
 from tileseg.cohorts.manifest import Manifest, Status
@@ -82,7 +85,7 @@ def _serve(conn, run: CohortRun, device: str, threads: int) -> None:
         return
     conn.send(("ready", None))
     while (source := conn.recv()) is not None:
-        conn.send(("done", segment_one(model, run, source, Silent())))
+        segment_one(model, run, source, Silent(), lambda record: conn.send(("done", record)))
 
 
 def run_pool(
@@ -111,12 +114,13 @@ def run_pool(
                 break  # fail-fast: nothing in flight, nothing more to start
             ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
             for worker in busy:
-                record = _collect(worker, ready, run)
-                if record is None:
-                    continue
-                manifest.append(record)
-                summary.add(record)
-                reporter.finished(record)
+                with uninterrupted():  # a record received is written before Ctrl-C takes effect
+                    record = _collect(worker, ready, run)
+                    if record is None:
+                        continue
+                    manifest.append(record)
+                    summary.add(record)
+                    reporter.finished(record)
                 if run.fail_fast and record["status"] == Status.FAILED.value:
                     stopping = True  # the inputs in flight still finish
     except KeyboardInterrupt:
@@ -165,11 +169,23 @@ def _interrupt(workers: list[Worker], run: CohortRun, manifest: Manifest, summar
         if worker.task is not None:
             source, began = worker.task
             remove(run.out_dir / PARTIAL / f"{source.name}.{worker.process.pid}")
-            record = interrupted_record(run, source, began)
+            record = _sent(worker) or interrupted_record(run, source, began)
             manifest.append(record)
             summary.add(record)
             reporter.finished(record)
             worker.task = None
+
+
+def _sent(worker: Worker) -> dict[str, Any] | None:
+    """The record a stopped worker sent before it stopped, if any: it finished its input (moved into place)."""
+    try:
+        while worker.conn.poll():
+            kind, payload = worker.conn.recv()
+            if kind == "done":
+                return payload
+    except (EOFError, OSError):
+        pass
+    return None
 
 
 __all__ = ["run_pool"]

@@ -141,29 +141,32 @@ def run_cohort(
 
 
 def _run_here(model, run: CohortRun, todo: list[Source], manifest: Manifest, summary: Summary, reporter) -> None:
-    current: tuple[Source, float] | None = None  # the input in flight, until its line is written
+    flight: list[tuple[Source, float]] = []  # the input in flight, until its line is written
+
+    def record(line: dict) -> None:  # runs uninterrupted (tileseg.cohorts.attempt.segment_one)
+        manifest.append(line)
+        flight.clear()
+        summary.add(line)
+        reporter.finished(line)
+
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tileseg-read-ahead") as ahead:
             for index, source in enumerate(todo):
-                current = (source, time.perf_counter())
+                flight[:] = [(source, time.perf_counter())]
                 if index + 1 < len(todo):
                     ahead.submit(read_ahead, todo[index + 1])
                 reporter.started(source)
-                record = segment_one(model, run, source, reporter)
-                manifest.append(record)
-                current = None
-                summary.add(record)
-                reporter.finished(record)
-                if run.fail_fast and record["status"] == Status.FAILED.value:
+                segment_one(model, run, source, reporter, record)
+                if run.fail_fast and summary.failed:
                     return
     except KeyboardInterrupt:
         summary.interrupted = True
-        if current is not None:
-            remove(run.out_dir / PARTIAL / f"{current[0].name}.{os.getpid()}")
-            record = interrupted_record(run, *current)
-            manifest.append(record)
-            summary.add(record)
-            reporter.finished(record)
+        for source, began in flight:
+            remove(run.out_dir / PARTIAL / f"{source.name}.{os.getpid()}")
+            line = interrupted_record(run, source, began)
+            manifest.append(line)
+            summary.add(line)
+            reporter.finished(line)
         raise CohortInterrupted(summary) from None
 
 
