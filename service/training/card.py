@@ -161,7 +161,7 @@ def training_record(run: FinishedRun) -> dict[str, Any]:
         "seconds": round(tally.seconds, 1),
         "sessions": tally.sessions,
         "device": describe_device(run.device),
-        "amp": str(config.autocast_dtype(run.device)).replace("torch.", "") if config.amp else None,
+        "amp": str(dtype).replace("torch.", "") if (dtype := config.autocast_dtype(run.device)) else None,
         "torch": torch.__version__,
     }
 

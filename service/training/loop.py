@@ -99,6 +99,9 @@ def _train(config: TrainConfig, procs: Processes, device: torch.device, say: Say
     session_start = time.monotonic()
     share_threads(config.threads, procs, device)
     autocast = config.autocast_dtype(device)
+    if config.amp and autocast is None:
+        say("--amp: this CPU has no bf16 in hardware (no AVX-512-bf16 or AMX), where bf16 autocast trains an order of "
+            "magnitude slower: training in fp32 (--amp-dtype bf16 forces it)")  # fmt: skip
     recipe, net = prepare(config, say)
     trainer = Trainer(recipe, net, procs, device, autocast, say)
     progress = _progress(config, procs, trainer.start)

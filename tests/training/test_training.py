@@ -6,6 +6,7 @@ the tests rather than skipping them: a test that cannot run has not passed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -428,6 +429,22 @@ def test_init_starts_from_given_weights(straight_run, isbi_dir, tmp_path):
     result = CliRunner().invoke(train_command, [*wider, "--init", str(start)])
     assert result.exit_code != 0 and "do not fit this network" in result.output
     assert not (tmp_path / "wider.safetensors").exists()
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_amp_on_a_cpu_without_bf16_in_hardware_trains_in_fp32(isbi_dir, tmp_path, monkeypatch, native):
+    from tileseg.training import config as config_module
+
+    monkeypatch.setattr(config_module, "native_bf16", lambda device: native)  # the two kinds of CPU
+    cpu = torch.device("cpu")
+    settings = config_module.TrainConfig("unet", str(isbi_dir), "isbi2012", str(tmp_path / "x"), amp=True)
+    assert settings.autocast_dtype(cpu) == (torch.bfloat16 if native else None)
+    assert dataclasses.replace(settings, amp_dtype="bf16").autocast_dtype(cpu) == torch.bfloat16  # asked by name
+    assert dataclasses.replace(settings, amp=False).autocast_dtype(cpu) is None
+    out = tmp_path / "amp"
+    result = _run(_isbi_args(isbi_dir, out, "--steps", "2", "--amp"))
+    assert ("training in fp32" in result.output) is not native
+    assert models.read_card(out.with_suffix(".json"))["training"]["amp"] == ("bfloat16" if native else None)
 
 
 def test_unetpp_trains_with_deep_supervision(isbi_dir, tmp_path):
