@@ -53,6 +53,21 @@ def test_exported_candidates_only_for_checkpoints_and_installed_runtimes(tmp_pat
     assert {r.mode for r in rt.candidates(model.spec, CPU, runtime="torch", compile="off")} == {"eager"}
 
 
+def test_torch_bf16_without_kernels_for_it_is_tried_only_when_asked_for(tmp_path, monkeypatch):
+    model = checkpoint(tmp_path, "test-pool", bands=1, classes=3, precision="bf16")
+    monkeypatch.setattr(rt, "exported_modes", lambda device: ["openvino"])
+    monkeypatch.setattr(rt, "compile_available", lambda device: True)
+    monkeypatch.setattr(rt, "bf16_kernels", lambda device: True)
+    with_kernels = {r.label for r in rt.candidates(model.spec, CPU)}
+    assert {"bf16/channels_last/eager", "bf16/contiguous/eager", "bf16/channels_last/compiled"} <= with_kernels
+    monkeypatch.setattr(rt, "bf16_kernels", lambda device: False)  # an AVX2-only CPU: emulated bf16
+    without = {r.label for r in rt.candidates(model.spec, CPU)}
+    assert without == {label for label in with_kernels if not label.startswith("bf16/") or "openvino" in label}
+    assert "bf16/contiguous/openvino" in without and "fp32/channels_last/eager" in without
+    asked = {r.label for r in rt.candidates(model.spec, CPU, precision="bf16", runtime="torch", compile="off")}
+    assert asked == {"bf16/channels_last/eager", "bf16/contiguous/eager"}  # by name: the user's call
+
+
 def test_logits_agree_within_the_tolerance_or_where_the_margin_is_clear():
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(1, 3, 8, 8)).astype(np.float32)

@@ -77,6 +77,7 @@ def every_runtime_installed(monkeypatch):
     monkeypatch.setattr(rt, "exported_modes", lambda device: ["onnxruntime", "openvino"])
     monkeypatch.setattr(rt, "compile_available", lambda device: True)
     monkeypatch.setattr(search_module, "native_bf16", lambda device: True)
+    monkeypatch.setattr(rt, "bf16_kernels", lambda device: True)  # torch's bf16 a candidate on every CPU
 
 
 def request(model, **kwargs) -> Request:

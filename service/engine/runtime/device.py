@@ -61,6 +61,18 @@ def native_bf16(device: torch.device) -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
+def bf16_kernels(device: torch.device) -> bool:
+    """Whether PyTorch has bf16 kernels for ``device``: on a CPU, oneDNN's own answer (AVX-512 or better on
+    x86-64). Without them (AVX2 only) eager bf16 is emulated: 1.1 and 10.3 s a 320² window of ``unet-aerial``
+    (channels-last, contiguous) against 0.10 and 0.13 s in fp32, measured on a 2-core AMD EPYC."""
+    if device.type != "cpu":
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN's query: let the measurements decide
+        return True
+
+
 def describe_device(device: torch.device) -> dict[str, Any]:
     """Name, capability and threads of ``device``: the part of a measurement's key that is the machine."""
     if device.type == "cuda":
@@ -217,6 +229,7 @@ __all__ = [
     "available_memory",
     "configure_threads",
     "cpu_flags",
+    "bf16_kernels",
     "describe_device",
     "memory_budget",
     "native_bf16",

@@ -19,6 +19,7 @@ from functools import cache
 import torch
 
 from tileseg.engine.errors import OptionsError
+from tileseg.engine.runtime.device import bf16_kernels
 from tileseg.models.spec import ModelSpec
 
 PRECISIONS: dict[str, torch.dtype | None] = {
@@ -202,12 +203,17 @@ def candidates(
         raise OptionsError(f"unknown compile choice {compile!r}; use auto, on or off")
     if runtime not in RUNTIME_CHOICES:
         raise OptionsError(f"unknown runtime {runtime!r}; use {', '.join(RUNTIME_CHOICES)}")
+    # torch's own bf16 where it has no kernels for it is an order of magnitude slower than fp32: not tried
+    # (measuring it was most of a first run), unless asked for by name
+    eager = [
+        p for p in precisions if p not in EXPORTED_ONLY and (p != "bf16" or precision != "auto" or bf16_kernels(device))
+    ]
     if not compilable:
         if compile == "on":
             raise OptionsError("compile on was asked for, but this model is a TorchScript or ONNX program")
         if runtime not in ("auto", "torch"):
             raise OptionsError(f"runtime {runtime} was asked for, but this model is a TorchScript or ONNX program")
-        return [Runtime(p, True, "eager") for p in precisions if p not in EXPORTED_ONLY]
+        return [Runtime(p, True, "eager") for p in eager]
     modes = [m for m in RUNTIME_CHOICES[runtime] if m != "compiled" or compile != "off"]
     if compile == "on":
         if runtime not in ("auto", "torch"):
@@ -226,7 +232,7 @@ def candidates(
     found = []
     for mode in modes:
         if mode in TORCH_MODES:
-            found += [Runtime(p, fmt, mode) for p in precisions if p not in EXPORTED_ONLY for fmt in (True, False)]
+            found += [Runtime(p, fmt, mode) for p in eager for fmt in (True, False)]
         elif mode in installed:
             found += [Runtime(p, False, mode) for p in _exported_precisions(mode, precisions, device)]
     if not found and precision == "int8":
