@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import replace
 
 import pytest
@@ -145,6 +146,23 @@ def test_a_larger_window_wins_by_its_smaller_halo_share(model):
     assert choice.core > model.spec.geometry.default_tile, "same kernel speed: a larger core wastes less on the halo"
 
 
+def test_a_long_run_may_search_its_window_past_the_bound(model):
+    """With the bound spent (0 s here), a short run keeps the card's window, and a run expected to last long
+    spends up to LONG_RUN_SHARE of its expected time walking it."""
+
+    class Slow(FakeTimer):  # a real 2 ms a call, whatever the seconds it reports
+        def __call__(self, *args):
+            time.sleep(0.002)
+            return super().__call__(*args)
+
+    fast = {label: 1e-6 for label in FAST_BF16}  # billions of pixels a second: a short run lasts microseconds
+    default = model.spec.geometry.default_tile
+    short = choose(model, Slow(fast), seconds=0.0, core=None, batch=1, run_pixels=4 * default**2)
+    assert short.core == default
+    long = choose(model, Slow(fast), seconds=0.0, core=None, batch=1, run_pixels=10**17)
+    assert long.core > default and tn.LONG_RUN_SHARE * 10**17 / long.rate > 1.0
+
+
 def test_a_blended_model_keeps_its_window(model, monkeypatch):
     """The pipeline fixes the core of a blended (or non-equivariant) model: the tuner never moves it."""
     from tileseg.engine.options import SegmentOptions
@@ -269,7 +287,7 @@ def test_the_first_process_to_measure_decides_for_the_machine(model, tmp_path):
 
 
 def test_the_search_stops_at_its_bound(model):
-    timer = FakeTimer(FAST_BF16)
+    timer = FakeTimer({label: seconds * 1e-6 for label, seconds in FAST_BF16.items()})  # a run of microseconds
     choice = choose(model, timer, core=None, batch=None, seconds=0.0)
     walked = {w for _, w, _ in timer.calls}
     geometry = model.spec.geometry

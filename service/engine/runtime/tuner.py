@@ -19,10 +19,12 @@ core, ``core**2`` pixels a window, is what a run produces):
    least :data:`COMPILE_WORTH` typical compiles, chosen only when it saves more than it costs.
 
 The search stops starting measurements after ``TILESEG_TUNE_SECONDS`` (default :data:`TUNE_SECONDS`) and
-chooses from what it has. Measurements are cached on disk (``$TILESEG_CACHE_DIR/runtime.json``) per checkpoint
-hash, device, library versions and model options; a search once done is not done again, so later runs and
-every process on the machine (CLI, server, workers) take the same choice at no cost. A candidate that fails
-(an operator a precision lacks, an export that differs from eager) is recorded and never chosen.
+chooses from what it has; the window's search of a long run may take :data:`LONG_RUN_SHARE` of the run's
+expected time instead, where that is longer. Measurements are cached on disk
+(``$TILESEG_CACHE_DIR/runtime.json``) per checkpoint hash, device, library versions and model options; a
+search once done is not done again, so later runs and every process on the machine (CLI, server, workers)
+take the same choice at no cost. A candidate that fails (an operator a precision lacks, an export that
+differs from eager) is recorded and never chosen.
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ log = logging.getLogger(__name__)
 # the search's bound on a first run, the numeric path's and the window's together (goal: a first run at most 10 s
 # longer than later ones, which read the cache); the candidates' first measurements and their exports come on top
 TUNE_SECONDS = 6.0
+# a run expected to last longer than TUNE_SECONDS / LONG_RUN_SHARE (at its path's best rate known) may search
+# its window for this share of that time: on a 2-core AVX2 EPYC the path's search alone took the 6 s, and a
+# 4096² run went on at the card's window, at 0.45 of the rate of OpenVINO's largest one
+LONG_RUN_SHARE = 0.05
 
 
 def time_forward(
@@ -213,6 +219,9 @@ class Tuner:
         """The core and batch of a run on its numeric path ``path``: a search of its own within ``seconds``,
         recorded."""
         entry = self._load(key, persistent)
+        rates = [m.rate for m in entry["measurements"] if m.runtime == path.label and m.status == "measured"]
+        if request.run_pixels and rates and max(rates) > 0:  # a long run may spend a share of itself on its window
+            seconds = max(seconds, LONG_RUN_SHARE * request.run_pixels / max(rates))
         held = [request.budget >> 26, request.row_bytes.bit_length()]  # what bounds the window, roughly
         signature_ = json.dumps([[path.label], request.core, request.default_core, request.batch, *held])
         search = Search(self.timer, seconds, model, device, [path], request, entry["measurements"])
