@@ -124,9 +124,10 @@ class TrainConfig:
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
         """The autocast dtype of training on ``device``, or None without AMP.
 
-        ``amp_dtype`` auto on a CPU without bf16 in hardware (AVX2 only: no AVX-512-bf16, no AMX) is None:
-        emulated bf16 trains a U-Net an order of magnitude slower than fp32 there (measured on a 2-core AMD EPYC:
-        about 24 s a step against 1.8 s). ``bf16`` asked for by name is the user's call, and kept.
+        ``amp_dtype`` auto on a CPU without bf16 in hardware (no AVX-512-bf16, no AMX) is None: autocast gains
+        nothing there, and where bf16 is emulated it trains a U-Net an order of magnitude slower than fp32
+        (measured on a 2-core AVX2 AMD EPYC: about 24 s a step against 1.8 s). ``bf16`` asked for by name is the
+        user's call, and kept.
 
         Raises:
             TrainingConfigError: fp16 asked for on the CPU.

@@ -227,9 +227,9 @@ class PeakMemory:
 __all__ = [
     "PeakMemory",
     "available_memory",
+    "bf16_kernels",
     "configure_threads",
     "cpu_flags",
-    "bf16_kernels",
     "describe_device",
     "memory_budget",
     "native_bf16",
