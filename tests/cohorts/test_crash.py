@@ -4,7 +4,7 @@ recorded as interrupted, no output of it left. And an ``s3://`` prefix as INPUT 
 
 from __future__ import annotations
 
-import os
+import json
 import random
 import shutil
 import signal
@@ -88,51 +88,77 @@ def test_ctrl_c_stops_cleanly(tmp_path, em_crops):
     assert result.exit_code == 0 and f"{len(em_crops) - len(done)} succeeded" in result.output, result.output
 
 
+# Run in a process of its own: the signals these send must not reach the test session's process (its threads
+# and its libraries' handlers are the earlier tests', not a user's).
+RACE = """
+import json, os, signal, sys
+from pathlib import Path
+from tileseg.cohorts.inputs import expand
+from tileseg.cohorts.manifest import Manifest
+from tileseg.cohorts.runner import CohortInterrupted, CohortRun, run_cohort
+from tileseg.engine.options import SegmentOptions
+
+folder, out, workers = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+append = Manifest.append
+
+def append_then_ctrl_c(self, record):
+    append(self, record)
+    if record["status"] == "succeeded":
+        os.kill(os.getpid(), signal.SIGINT)
+
+Manifest.append = append_then_ctrl_c
+options = SegmentOptions(tile=64, batch=2, precision="fp32", runtime="torch", compile="off")
+try:
+    run_cohort(CohortRun("unet-em", out, options), expand([str(folder)]), devices=["cpu"] * workers or None)
+except CohortInterrupted as stop:
+    print(json.dumps(stop.summary.counts))
+"""
+
+HELD = """
+import os, signal, time
+from tileseg.cohorts.attempt import uninterrupted
+
+steps = []
+try:
+    with uninterrupted():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # a handler would have run by now
+        steps.append("the block ended")
+except KeyboardInterrupt:
+    steps.append("interrupted after it")
+assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
+print(" / ".join(steps))
+"""
+
+
+def python(code: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.parametrize("workers", [0, 2])
-def test_ctrl_c_while_a_finished_input_is_recorded(tmp_path, em_crops, monkeypatch, workers):
+def test_ctrl_c_while_a_finished_input_is_recorded(tmp_path, em_crops, workers):
     """The race of a Ctrl-C that comes while a finished input's line is being written (the moment a watcher
     sees it): that input stays recorded ``succeeded`` with its outputs in place, never ``interrupted``."""
-    from tileseg.cohorts.inputs import expand
-    from tileseg.cohorts.manifest import Manifest
-    from tileseg.cohorts.runner import CohortInterrupted, CohortRun, run_cohort
-    from tileseg.engine.options import SegmentOptions
-
-    folder = tmp_path / "in"
+    folder, out = tmp_path / "in", tmp_path / "out"
     for i in range(4):
         write_em(folder / f"em{i}.tif", em_crops[i])
-    append = Manifest.append
-
-    def append_then_ctrl_c(self, record):
-        append(self, record)
-        if record["status"] == "succeeded":
-            os.kill(os.getpid(), signal.SIGINT)
-
-    monkeypatch.setattr(Manifest, "append", append_then_ctrl_c)
-    options = SegmentOptions(tile=64, batch=2, precision="fp32", runtime="torch", compile="off")
-    run_settings = CohortRun("unet-em", tmp_path / "out", options)
-    with pytest.raises(CohortInterrupted) as stopped:
-        run_cohort(run_settings, expand([str(folder)]), devices=["cpu"] * workers or None)
-    records = manifest(tmp_path / "out")
+    done_ = python(RACE, folder, out, workers)
+    assert done_.returncode == 0, done_.stderr
+    counts = json.loads(done_.stdout.strip().splitlines()[-1])  # the run stopped, CohortInterrupted raised
+    records = manifest(out)
     done = [r["name"] for r in records if r["status"] == "succeeded"]
-    assert len(done) == 1 and stopped.value.summary.counts["succeeded"] == 1
+    assert len(done) == 1 and counts["succeeded"] == 1
     assert all(r["name"] not in done for r in records if r["status"] != "succeeded")  # recorded once
-    assert (tmp_path / "out" / done[0] / "mask.tif").exists()
-    left = {p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")}
+    assert (out / done[0] / "mask.tif").exists()
+    left = {p.name for p in out.iterdir() if not p.name.startswith(".")}
     assert left == {done[0], "manifest.jsonl"}  # no output of an input recorded interrupted
-    assert not any((tmp_path / "out" / ".partial").glob("*"))
+    assert not any((out / ".partial").glob("*"))
 
 
 def test_a_signal_held_by_uninterrupted_takes_effect_after_the_block():
-    from tileseg.cohorts.attempt import uninterrupted
-
-    steps = []
-    with pytest.raises(KeyboardInterrupt):
-        with uninterrupted():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)  # a handler would have run by now
-            steps.append("the block ended")
-    assert steps == ["the block ended"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
+    held = python(HELD)
+    assert held.returncode == 0, held.stderr
+    assert held.stdout.strip() == "the block ended / interrupted after it"
 
 
 def test_an_s3_prefix(tmp_path, s3, em_crops, expected_masks):
