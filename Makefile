@@ -46,8 +46,9 @@ lint: install-test
 test-deps:
 	./scripts/test-deps.sh
 
+# the 40 slowest tests are listed at the end: what to look at when the suite grows slow
 test: install-test test-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=40
 
 # the tests that need no system service (no Redis, PostgreSQL, browser, QGIS or containers): a few minutes less
 test-quick: install-test
