@@ -14,7 +14,8 @@ from tileseg.engine.runtime.tuner import known_choice
 
 def test_tune_measures_once_and_segment_finds_the_choice(tmp_path, monkeypatch):
     monkeypatch.setenv("TILESEG_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("TILESEG_TUNE_SECONDS", "2")
+    monkeypatch.setenv("TILESEG_TUNE_SECONDS", "0.5")  # cut short: tune goes on until the search is done
+    monkeypatch.setenv("TILESEG_MEMORY_BUDGET", "200MB")  # ... which the budget keeps to a few windows
     model = models.load("unet-em")
     assert known_choice(model, SegmentOptions()) is None  # nothing measured in this cache yet
     first = CliRunner().invoke(cli, ["tune", "unet-em", "--size", "1024"])

@@ -237,6 +237,35 @@ def test_nothing_measurable_falls_back_to_eager_fp32(model):
     assert choice.runtime == BASELINE and "no candidate measured" in choice.reason
 
 
+def test_a_window_search_cut_short_goes_on_in_later_runs(model, tmp_path):
+    """A first run whose bound is spent keeps what it has; each later run measures on from the cached points
+    until the walk is done, ending where one unbounded search ends; then nothing more is measured."""
+
+    class Slow(FakeTimer):  # a real 5 ms a call, whatever the seconds it reports
+        def __call__(self, *args):
+            time.sleep(0.005)
+            return super().__call__(*args)
+
+    # one path walked; fake seconds of a fast machine: the run lasts 0.01 s, too short to extend any bound
+    speeds = {"fp32/contiguous/openvino": 1e-6, "fp32/contiguous/onnxruntime": 2e-6}
+    runs = dict(core=None, batch=1, run_pixels=10**8, budget=40 * MB)  # the budget ends the walk: windows to 632
+    whole = Tuner(None, Slow(speeds), seconds=60.0).choose(model, CPU, request(model, **runs))
+    cache = MeasurementCache(tmp_path / "runtime.json")
+    timers, choices = [], []
+    for _ in range(60):
+        timers.append(Slow(speeds))
+        choices.append(Tuner(cache, timers[-1], seconds=0.02).choose(model, CPU, request(model, **runs)))
+        if not timers[-1].calls:
+            break
+    assert len(timers) > 3 and not timers[-1].calls, "several runs, each a few points, then none"
+    assert "goes on in later runs" in choices[0].reason and "goes on" not in choices[-1].reason
+    # where one unbounded search ends, within its finest steps (a walk resumed refines from where it stood)
+    assert choices[-1].runtime == whole.runtime and choices[-1].rate >= 0.98 * whole.rate
+    assert choices[0].rate < 0.9 * whole.rate, "the first run took the best it had measured, far from the best"
+    shown = Tuner(cache, FakeTimer({}), seconds=0.02).choose(model, CPU, request(model, **runs), measure=False)
+    assert shown.core == choices[-1].core
+
+
 def test_measurements_are_cached_on_disk_per_checkpoint_machine_and_versions(model, tmp_path):
     cache = MeasurementCache(tmp_path / "cache" / "runtime.json")
     first = FakeTimer(FAST_BF16)

@@ -1,8 +1,8 @@
 """One search of the tuner (:mod:`tileseg.engine.runtime.tuner`): the points it measures and the choice it makes.
 
-The records (:class:`Measurement`, :class:`Choice`, :class:`Request`) and the steps of the search, in the order
-the tuner's docstring gives them: screen, measure at the default core, walk the window, refine, batch, compile.
-"""
+The records (:class:`Measurement`, :class:`Choice`, :class:`Request`) and the steps of the search as the tuner
+gives them: screen, measure at the default core, walk the window, refine, batch, compile. A search its bound cuts
+short says so (:attr:`Search.unfinished`): the tuner then lets the next run go on from its points."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from tileseg.engine.options import MAX_TILE
 from tileseg.engine.runtime.device import native_bf16
 from tileseg.engine.runtime.forward import is_prepared, release
 from tileseg.engine.runtime.runtimes import BASELINE, Runtime
@@ -70,6 +71,8 @@ class Choice:
     peak: int | None = None  # measured bytes of the forward
     budget: int | None = None
     measurements: list[Measurement] = field(default_factory=list)
+    searching: bool = False  # its window search was cut short by the bound: later runs go on with it
+    measured: int = 0  # points the window search measured for it now (0: all known)
 
     def table(self) -> list[dict[str, Any]]:
         """One row a measured point: runtime, core, window, batch, Mpx/s, peak MB, status, chosen."""
@@ -153,13 +156,8 @@ class Search:
         self.geometry = model.spec.geometry
         self.points: dict[tuple[str, int, int], Measurement] = {m.point: m for m in known}
         self.new: list[Measurement] = []
-        self.started = time.monotonic()
+        self.unfinished, self.started = False, time.monotonic()  # unfinished: a point was left for lack of time
         self.deadline = self.started + seconds
-
-    def knows(self, request: Request) -> bool:
-        """Whether the request's starting point is measured already (a search from it then costs little)."""
-        start = request.core or request.default_core
-        return all((r.label, start, request.batch or 1) in self.points for r in self.options)
 
     def measure(self, runtime: Runtime, core: int, batch: int, force: bool = False) -> Measurement | None:
         """The point's measurement: known, or timed now; None past the deadline (unless ``force``) or where
@@ -167,9 +165,9 @@ class Search:
         known = self.points.get((runtime.label, core, batch))
         if known is not None:
             return known
-        if not force and (
-            time.monotonic() > self.deadline or self._estimate(runtime, core, batch) > self.request.budget
-        ):
+        late = not force and time.monotonic() > self.deadline
+        self.unfinished |= late
+        if late or (not force and self._estimate(runtime, core, batch) > self.request.budget):
             return None
         window = self.geometry.window(core)
         try:
@@ -271,8 +269,6 @@ class Search:
         return best[1], best[2]
 
     def _step(self, core: int, up: bool, ratio: float = LADDER) -> int | None:
-        from tileseg.engine.options import MAX_TILE
-
         multiple = self.geometry.multiple
         nxt = math.ceil(core * ratio / multiple) * multiple if up else math.floor(core / ratio / multiple) * multiple
         nxt = max(nxt, core + multiple) if up else min(nxt, core - multiple)
@@ -305,6 +301,7 @@ class Search:
                     self.measure(runtime, nxt, 1)
             core = max((core, core - step, core + step), key=lambda c: self._rate(runtime, c, 1))
             step = step // 2 // self.geometry.multiple * self.geometry.multiple
+        self.unfinished |= step >= self.geometry.multiple
 
     def _batches(self, runtime: Runtime, core: int) -> None:
         best, batch = self._rate(runtime, core, 1), 2

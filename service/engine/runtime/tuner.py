@@ -23,8 +23,10 @@ chooses from what it has; the window's search of a long run may take :data:`LONG
 expected time instead, where that is longer. Measurements are cached on disk
 (``$TILESEG_CACHE_DIR/runtime.json``) per checkpoint hash, device, library versions and model options; a
 search once done is not done again, so later runs and every process on the machine (CLI, server, workers)
-take the same choice at no cost. A candidate that fails (an operator a precision lacks, an export that
-differs from eager) is recorded and never chosen.
+take the same choice at no cost. A long run's window search that its bound cut short is not done: the next run
+goes on from its points within a bound of its own (on a slow CPU the first run's bound may go on the numeric path
+alone). A candidate that fails (an operator a precision lacks, an export that differs from eager) is recorded
+and never chosen.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from tileseg.engine.runtime.export import library_versions
 from tileseg.engine.runtime.forward import prepare, release, run_forward
 from tileseg.engine.runtime.path import Checker, invariance_error, signature
 from tileseg.engine.runtime.runtimes import Runtime, candidates
-from tileseg.engine.runtime.search import Choice, Measurement, Request, Search, Timer
+from tileseg.engine.runtime.search import SEARCH_SHARE, Choice, Measurement, Request, Search, Timer
 from tileseg.engine.tiling import tile_settings, window_is_free
 from tileseg.models.base import SegmentationNet
 from tileseg.models.spec import BlendMode
@@ -220,28 +222,36 @@ class Tuner:
         recorded."""
         entry = self._load(key, persistent)
         rates = [m.rate for m in entry["measurements"] if m.runtime == path.label and m.status == "measured"]
-        if request.run_pixels and rates and max(rates) > 0:  # a long run may spend a share of itself on its window
-            seconds = max(seconds, LONG_RUN_SHARE * request.run_pixels / max(rates))
+        expected = request.run_pixels / max(rates) if request.run_pixels and rates and max(rates) > 0 else None
+        if expected is not None:  # a long run may spend a share of itself on its window
+            seconds = max(seconds, LONG_RUN_SHARE * expected)
         held = [request.budget >> 26, request.row_bytes.bit_length()]  # what bounds the window, roughly
         signature_ = json.dumps([[path.label], request.core, request.default_core, request.batch, *held])
         search = Search(self.timer, seconds, model, device, [path], request, entry["measurements"])
         # a search is recorded with the run size it was bounded for: a longer run searches on from its points
         size = request.run_pixels if request.run_pixels is not None else -1
         done = [int(s.rsplit("|", 1)[1]) for s in entry["searches"] if s.startswith(f"{signature_}|")]
-        # shown without measuring: any search on this path will do (what a run would take, from its points)
-        on_path = any(s.startswith(json.dumps([[path.label]])[:-1]) for s in entry["searches"])
+        # shown without measuring: any point on this path will do (what a run would take, from its points)
+        on_path = any(m.runtime == path.label for m in entry["measurements"])
         searched = any(d < 0 or (size >= 0 and d >= size) for d in done) or (not measure and on_path)
         if not searched:
             if not measure:
                 return None
-            if not search.knows(request):
-                log.info("measuring windows for this run (at most %.0f s; later runs reuse it)", seconds)
+            log.info("measuring windows for this run (at most %.0f s; later runs reuse it)", seconds)
             search.run()
         search.compile_if_worth()
+        # a search that its bound cut short, on a run long enough to search more (a short run's search is bounded
+        # by the run's own time: enough for its size), is not recorded as done: the next run goes on from its
+        # points (a first run whose bound went on the numeric path leaves the window to later runs)
+        goes_on = search.unfinished and (expected is None or SEARCH_SHARE * expected >= self._bound())
+        if goes_on:
+            log.info("the window's search reached its bound; later runs go on with it")
         if search.new or not searched:
-            entry = self._store(key, search.new, [f"{signature_}|{size}"], persistent)
+            entry = self._store(key, search.new, [] if goes_on else [f"{signature_}|{size}"], persistent)
         choice = search.pick(entry["measurements"])
-        choice.reason = f"numeric path {path.label} (chosen once for this model and device); {choice.reason}"
+        more = "; its window search goes on in later runs" if goes_on else ""
+        choice.reason = f"numeric path {path.label} (chosen once for this model and device); {choice.reason}{more}"
+        choice.searching, choice.measured = goes_on, len(search.new)
         if search.new:
             release(model, keep=choice.runtime)
         return choice
