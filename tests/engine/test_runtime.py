@@ -53,19 +53,25 @@ def test_exported_candidates_only_for_checkpoints_and_installed_runtimes(tmp_pat
     assert {r.mode for r in rt.candidates(model.spec, CPU, runtime="torch", compile="off")} == {"eager"}
 
 
-def test_torch_bf16_without_kernels_for_it_is_tried_only_when_asked_for(tmp_path, monkeypatch):
+def test_bf16_without_kernels_or_hardware_for_it_is_tried_only_when_asked_for(tmp_path, monkeypatch):
     model = checkpoint(tmp_path, "test-pool", bands=1, classes=3, precision="bf16")
     monkeypatch.setattr(rt, "exported_modes", lambda device: ["openvino"])
     monkeypatch.setattr(rt, "compile_available", lambda device: True)
     monkeypatch.setattr(rt, "bf16_kernels", lambda device: True)
+    monkeypatch.setattr(rt, "native_bf16", lambda device: True)
     with_kernels = {r.label for r in rt.candidates(model.spec, CPU)}
     assert {"bf16/channels_last/eager", "bf16/contiguous/eager", "bf16/channels_last/compiled"} <= with_kernels
+    assert "bf16/contiguous/openvino" in with_kernels
     monkeypatch.setattr(rt, "bf16_kernels", lambda device: False)  # an AVX2-only CPU: emulated bf16
+    monkeypatch.setattr(rt, "native_bf16", lambda device: False)
     without = {r.label for r in rt.candidates(model.spec, CPU)}
-    assert without == {label for label in with_kernels if not label.startswith("bf16/") or "openvino" in label}
-    assert "bf16/contiguous/openvino" in without and "fp32/channels_last/eager" in without
+    # OpenVINO's bf16 hint computes in fp32 there: a candidate that would only repeat its fp32
+    assert without == {label for label in with_kernels if not label.startswith("bf16/")}
+    assert "fp32/contiguous/openvino" in without and "fp32/channels_last/eager" in without
     asked = {r.label for r in rt.candidates(model.spec, CPU, precision="bf16", runtime="torch", compile="off")}
     assert asked == {"bf16/channels_last/eager", "bf16/contiguous/eager"}  # by name: the user's call
+    asked = {r.label for r in rt.candidates(model.spec, CPU, precision="bf16", runtime="openvino")}
+    assert asked == {"bf16/contiguous/openvino"}
 
 
 def test_logits_agree_within_the_tolerance_or_where_the_margin_is_clear():

@@ -79,6 +79,7 @@ def every_runtime_installed(monkeypatch):
     monkeypatch.setattr(rt, "compile_available", lambda device: True)
     monkeypatch.setattr(search_module, "native_bf16", lambda device: True)
     monkeypatch.setattr(rt, "bf16_kernels", lambda device: True)  # torch's bf16 a candidate on every CPU
+    monkeypatch.setattr(rt, "native_bf16", lambda device: True)  # ... and OpenVINO's
 
 
 def request(model, **kwargs) -> Request:

@@ -19,7 +19,7 @@ from functools import cache
 import torch
 
 from tileseg.engine.errors import OptionsError
-from tileseg.engine.runtime.device import bf16_kernels
+from tileseg.engine.runtime.device import bf16_kernels, native_bf16
 from tileseg.models.spec import ModelSpec
 
 PRECISIONS: dict[str, torch.dtype | None] = {
@@ -143,14 +143,16 @@ def exported_modes(device: torch.device) -> list[str]:
     return modes
 
 
-def _exported_precisions(mode: str, precisions: list[str], device: torch.device) -> list[str]:
+def _exported_precisions(mode: str, precisions: list[str], device: torch.device, asked: str) -> list[str]:
     """What each exported runtime computes in: ONNX Runtime fp32 (its CPU and CUDA kernels run the fp32 graph)
-    and, on the CPU, the int8 program; OpenVINO fp32, bf16 (an inference hint) and the int8 program; TensorRT
+    and, on the CPU, the int8 program; OpenVINO fp32, bf16 (an inference hint: on a CPU without bf16 in hardware
+    it computes in fp32, so it is a candidate there only when ``asked`` for) and the int8 program; TensorRT
     the card's reduced float precision too (a build flag)."""
     if mode == "onnxruntime":
         return [p for p in precisions if p == "fp32" or (p == "int8" and device.type == "cpu")]
     if mode == "openvino":
-        return [p for p in precisions if p in ("fp32", "bf16", "int8")]
+        bf16 = asked == "bf16" or native_bf16(device)
+        return [p for p in precisions if p in ("fp32", "int8") or (p == "bf16" and bf16)]
     return [p for p in precisions if p not in EXPORTED_ONLY]
 
 
@@ -234,7 +236,7 @@ def candidates(
         if mode in TORCH_MODES:
             found += [Runtime(p, fmt, mode) for p in eager for fmt in (True, False)]
         elif mode in installed:
-            found += [Runtime(p, False, mode) for p in _exported_precisions(mode, precisions, device)]
+            found += [Runtime(p, False, mode) for p in _exported_precisions(mode, precisions, device, precision)]
     if not found and precision == "int8":
         raise OptionsError("int8 runs in ONNX Runtime or OpenVINO: install one, and leave --runtime auto or name it")
     if not found:
