@@ -156,7 +156,7 @@ class Search:
         self.geometry = model.spec.geometry
         self.points: dict[tuple[str, int, int], Measurement] = {m.point: m for m in known}
         self.new: list[Measurement] = []
-        self.unfinished, self.started = False, time.monotonic()  # unfinished: a point was left for lack of time
+        self.unfinished, self.started = False, time.monotonic()  # unfinished: a walk's point left for lack of time
         self.deadline = self.started + seconds
 
     def measure(self, runtime: Runtime, core: int, batch: int, force: bool = False) -> Measurement | None:
@@ -232,10 +232,13 @@ class Search:
             self._forget(walked)
             for r in walked:
                 self._walk(r, start, batch)
+        cut = self.unfinished  # what later runs go on with is the walk: refining and batches only while time lasts
+        if request.core is None and not ranked[0].compiled:
             self._refine(*self._best_core(ranked[0], batch))
         best, core = self._best_core(ranked[0], batch) if request.core is None else (ranked[0], start)
         if request.batch is None and not best.compiled:
             self._batches(best, core)
+        self.unfinished = cut
 
     def _forget(self, kept: list[Runtime]) -> None:
         """Drop the programs of the runtimes the search has left behind, and give their memory back: a first
@@ -301,7 +304,6 @@ class Search:
                     self.measure(runtime, nxt, 1)
             core = max((core, core - step, core + step), key=lambda c: self._rate(runtime, c, 1))
             step = step // 2 // self.geometry.multiple * self.geometry.multiple
-        self.unfinished |= step >= self.geometry.multiple
 
     def _batches(self, runtime: Runtime, core: int) -> None:
         best, batch = self._rate(runtime, core, 1), 2
