@@ -42,7 +42,7 @@ def tune(names: tuple[str, ...], every: bool, device: str, size: int) -> None:
         started, measured, searching = time.perf_counter(), 0, True
         while searching:  # each call within the bound, as runs would: here until the window's search is done
             choice = choose_runtime(model, next(model.parameters()).device, options, size * size, size)
-            measured, searching = measured + choice.measured, choice.searching
+            measured, searching = measured + choice.measured, choice.searching and choice.measured > 0
         seconds = time.perf_counter() - started
         summary = choice.summary()
         how = "already measured" if cached and not measured else f"measured in {seconds:.1f} s"
