@@ -67,6 +67,19 @@ class FakeTimer:
         return {label for label, _, _ in self.calls}
 
 
+class SlowTimer(FakeTimer):
+    """A :class:`FakeTimer` whose calls take ``delay`` real seconds, whatever the seconds they report: the
+    search's bound is wall-clock time."""
+
+    def __init__(self, seconds, delay: float, **kwargs):
+        super().__init__(seconds, **kwargs)
+        self.delay = delay
+
+    def __call__(self, *args):
+        time.sleep(self.delay)
+        return super().__call__(*args)
+
+
 @pytest.fixture
 def model(tmp_path):
     return checkpoint(tmp_path, "test-pool", bands=1, classes=3, precision="bf16")
@@ -151,16 +164,11 @@ def test_a_long_run_may_search_its_window_past_the_bound(model):
     """With the bound spent (0 s here), a short run keeps the card's window, and a run expected to last long
     spends up to LONG_RUN_SHARE of its expected time walking it."""
 
-    class Slow(FakeTimer):  # a real 2 ms a call, whatever the seconds it reports
-        def __call__(self, *args):
-            time.sleep(0.002)
-            return super().__call__(*args)
-
     fast = {label: 1e-6 for label in FAST_BF16}  # billions of pixels a second: a short run lasts microseconds
     default = model.spec.geometry.default_tile
-    short = choose(model, Slow(fast), seconds=0.0, core=None, batch=1, run_pixels=4 * default**2)
+    short = choose(model, SlowTimer(fast, delay=0.002), seconds=0.0, core=None, batch=1, run_pixels=4 * default**2)
     assert short.core == default
-    long = choose(model, Slow(fast), seconds=0.0, core=None, batch=1, run_pixels=10**17)
+    long = choose(model, SlowTimer(fast, delay=0.002), seconds=0.0, core=None, batch=1, run_pixels=10**17)
     assert long.core > default and tn.LONG_RUN_SHARE * 10**17 / long.rate > 1.0
 
 
@@ -242,19 +250,14 @@ def test_a_window_search_cut_short_goes_on_in_later_runs(model, tmp_path):
     """A first run whose bound is spent keeps what it has; each later run measures on from the cached points
     until the walk is done, ending where one unbounded search ends; then nothing more is measured."""
 
-    class Slow(FakeTimer):  # a real 5 ms a call, whatever the seconds it reports
-        def __call__(self, *args):
-            time.sleep(0.005)
-            return super().__call__(*args)
-
     # one path walked; fake seconds of a fast machine: the run lasts 0.01 s, too short to extend any bound
     speeds = {"fp32/contiguous/openvino": 1e-6, "fp32/contiguous/onnxruntime": 2e-6}
     runs = dict(core=None, batch=1, run_pixels=10**8, budget=40 * MB)  # the budget ends the walk: windows to 632
-    whole = Tuner(None, Slow(speeds), seconds=60.0).choose(model, CPU, request(model, **runs))
+    whole = Tuner(None, SlowTimer(speeds, delay=0.005), seconds=60.0).choose(model, CPU, request(model, **runs))
     cache = MeasurementCache(tmp_path / "runtime.json")
     timers, choices = [], []
     for _ in range(60):
-        timers.append(Slow(speeds))
+        timers.append(SlowTimer(speeds, delay=0.005))
         choices.append(Tuner(cache, timers[-1], seconds=0.02).choose(model, CPU, request(model, **runs)))
         if not timers[-1].calls:
             break
