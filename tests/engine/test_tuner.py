@@ -270,6 +270,29 @@ def test_a_window_search_cut_short_goes_on_in_later_runs(model, tmp_path):
     assert shown.core == choices[-1].core
 
 
+def test_the_runtimes_walked_share_the_bound(model):
+    """Two runtimes close at the card's window, one twice as fast at larger windows: it becomes the path even
+    when the bound is too short to walk both one after the other (on an AVX2 EPYC, ONNX Runtime walked first
+    took the whole bound, and OpenVINO, 2.3x faster at large windows, was never walked)."""
+    ort, openvino = "fp32/contiguous/onnxruntime", "fp32/contiguous/openvino"
+    default_window = model.spec.geometry.window(model.spec.geometry.default_tile)
+
+    class Turning(FakeTimer):  # a real 20 ms a point for the two runtimes (the others fail at once)
+        def __call__(self, model, runtime, window, batch, budget):
+            if runtime.label in self.seconds:
+                time.sleep(0.02)
+            seconds, setup, peak = super().__call__(model, runtime, window, batch, budget)
+            faster = 2.0 if runtime.label == openvino and window > default_window else 1.0
+            return seconds / faster, setup, peak
+
+    timer = Turning({ort: 1.0, openvino: 1.1})
+    # the screen and the start are measured whatever the bound (4 points, 80 ms); then about 3 more points
+    choice = choose(model, timer, seconds=0.15, core=None, batch=1)
+    walked = {label for label, window, _ in timer.calls if window > default_window}
+    assert walked == {ort, openvino}, "each walked a step at least"
+    assert choice.runtime.label == openvino
+
+
 def test_measurements_are_cached_on_disk_per_checkpoint_machine_and_versions(model, tmp_path):
     cache = MeasurementCache(tmp_path / "cache" / "runtime.json")
     first = FakeTimer(FAST_BF16)

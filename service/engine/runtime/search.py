@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -160,8 +160,7 @@ class Search:
         self.deadline = self.started + seconds
 
     def measure(self, runtime: Runtime, core: int, batch: int, force: bool = False) -> Measurement | None:
-        """The point's measurement: known, or timed now; None past the deadline (unless ``force``) or where
-        its estimated peak is over the budget."""
+        """The point's measurement, known or timed now; None past the deadline (unless ``force``) or the budget."""
         known = self.points.get((runtime.label, core, batch))
         if known is not None:
             return known
@@ -230,8 +229,9 @@ class Search:
             best = self._rate(ranked[0], start, batch)
             walked = [r for r in ranked[:WALK_RUNTIMES] if self._rate(r, start, batch) * WALK_WITHIN >= best]
             self._forget(walked)
-            for r in walked:
-                self._walk(r, start, batch)
+            walks = [self._walk(r, start, batch) for r in walked]
+            while walks:  # in turn, a point each, sharing the bound: one walked first had left the other none
+                walks = [w for w in walks if next(w, False) is not False]
         cut = self.unfinished  # what later runs go on with is the walk: refining and batches only while time lasts
         if request.core is None and not ranked[0].compiled:
             self._refine(*self._best_core(ranked[0], batch))
@@ -277,13 +277,14 @@ class Search:
         nxt = max(nxt, core + multiple) if up else min(nxt, core - multiple)
         return nxt if multiple <= nxt <= MAX_TILE else None
 
-    def _walk(self, runtime: Runtime, start: int, batch: int) -> None:
-        """From ``start`` up while the rate holds and the peak fits, then down while it improves."""
+    def _walk(self, runtime: Runtime, start: int, batch: int) -> Iterator[None]:
+        """Up from ``start`` while the rate holds and the peak fits, then down while it improves; a point a step."""
         for up in (True, False):
             best, core, worse = self._rate(runtime, start, batch), start, 0
             while (step := self._step(core, up)) is not None:
                 core = step
                 m = self.measure(runtime, core, batch)
+                yield
                 if m is None or m.status != "measured" or self._over(m):
                     break
                 if m.rate >= best:
