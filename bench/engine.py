@@ -270,7 +270,7 @@ def main() -> None:
                 ceiling["ceiling"] = measure("ceiling", own, model=args.model, image=image, out=out)
             rows = {"first": measure("ours", env, model=args.model, image=image, out=out)}
             # a window search cut short by its bound goes on in the runs that follow: each shown until it is done
-            while "goes on" in list(rows.values())[-1].get("why", "") and len(rows) < 12:
+            while list(rows.values())[-1].get("searching") and len(rows) < 12:
                 labels[f"run{len(rows) + 1}"] = f"tileseg, run {len(rows) + 1} (its window search goes on)"
                 rows[f"run{len(rows) + 1}"] = measure("ours", env, model=args.model, image=image, out=out)
             # the runs compared, in turn, best of --repeat each: the shared VM's speed drifts over minutes

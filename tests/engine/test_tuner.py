@@ -270,6 +270,28 @@ def test_a_window_search_cut_short_goes_on_in_later_runs(model, tmp_path):
     assert shown.core == choices[-1].core
 
 
+def test_the_window_walk_goes_up_to_the_budgets_edge(model):
+    """A ladder step whose estimated peak is over the budget does not end the walk a whole step short of it: the
+    last step up is the largest core that fits (the refinement that might get there runs only while time lasts,
+    and a walk cut short goes on in later runs without it; on an AVX2 EPYC OpenVINO's rate still grew there)."""
+    openvino = Runtime.from_label("fp32/contiguous/openvino")
+    geometry, timer = model.spec.geometry, FakeTimer({openvino.label: 1.0}, bytes_per_pixel=100.0)
+    search = search_module.Search(timer, 60.0, model, CPU, [openvino], request(model, core=None, batch=1), [])
+    ladder = [geometry.default_tile]
+    while len(ladder) < 5:
+        ladder.append(search._step(ladder[-1], True))
+    # the largest core that fits lies between two ladder steps, far enough above the lower one to be a step
+    edge = (ladder[3] + ladder[4]) // 2 // geometry.multiple * geometry.multiple
+    assert edge >= ladder[3] * search_module.EDGE_STEP
+    budget = 100 * geometry.window(edge) ** 2  # the fake timer's 100 bytes a window pixel
+    search.request = replace(search.request, budget=budget)
+    for _ in search._walk(openvino, geometry.default_tile, 1):
+        pass
+    cores = {m.core for m in search.new}
+    assert max(cores) == edge and ladder[3] in cores, "the ladder up to the last step that fits, then the edge"
+    assert all(m.peak <= budget for m in search.new), "nothing past the budget is measured"
+
+
 def test_the_runtimes_walked_share_the_bound(model):
     """Two runtimes close at the card's window, one twice as fast at larger windows: it becomes the path even
     when the bound is too short to walk both one after the other (on an AVX2 EPYC, ONNX Runtime walked first

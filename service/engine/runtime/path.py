@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 import torch
 
@@ -27,6 +28,7 @@ from tileseg.engine.runtime.forward import run_forward
 from tileseg.engine.runtime.runtimes import Runtime
 from tileseg.models.base import SegmentationNet
 
+NATIVE_BF16_MARGIN = 0.9  # without native bf16, bf16 must be at least 10 % faster than fp32 to be taken
 CHECK_CORE = 64  # about the core of the check's small windows (the large one is twice it): a few forward passes
 
 # (model, runtime, device) -> None when tile-invariant, else why not
@@ -72,4 +74,39 @@ def _labels(logits: torch.Tensor, margin: int, core: int) -> torch.Tensor:
     return logits[:, :, margin : margin + core, margin : margin + core].float().argmax(1).cpu()
 
 
-__all__ = ["CHECK_CORE", "Checker", "invariance_error", "signature"]
+class _Point(Protocol):
+    runtime: str
+    core: int
+    batch: int
+
+    @property
+    def rate(self) -> float: ...
+
+
+P = TypeVar("P", bound=_Point)
+
+
+def without_emulated_bf16(points: list[P], native: bool) -> list[P]:
+    """The points (:class:`tileseg.engine.runtime.search.Measurement`) a path may be chosen from: without
+    native bf16, a bf16 runtime is kept only where it beats fp32 by 1/:data:`NATIVE_BF16_MARGIN`,
+    compared at the smallest core and batch where both were measured (a runtime whose window was walked further
+    must not win by its larger window alone)."""
+    if native:
+        return points
+    fp32: dict[tuple[int, int], float] = {}
+    for m in points:
+        if m.runtime.startswith("fp32/") and m.rate:
+            fp32[(m.core, m.batch)] = max(fp32.get((m.core, m.batch), 0.0), m.rate)
+    slow: set[str] = set()
+    for label in {m.runtime for m in points if m.runtime.startswith("bf16/")}:
+        shared = sorted((m.core, m.batch, m.rate) for m in points if m.runtime == label and (m.core, m.batch) in fp32)
+        if shared:
+            core, batch, rate = shared[0]
+            if rate * NATIVE_BF16_MARGIN <= fp32[(core, batch)]:
+                slow.add(label)
+        elif fp32:
+            slow.add(label)  # never measured beside fp32: not shown to be faster
+    return [m for m in points if m.runtime not in slow]
+
+
+__all__ = ["CHECK_CORE", "NATIVE_BF16_MARGIN", "Checker", "invariance_error", "signature", "without_emulated_bf16"]

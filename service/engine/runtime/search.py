@@ -16,6 +16,7 @@ from typing import Any
 from tileseg.engine.options import MAX_TILE
 from tileseg.engine.runtime.device import native_bf16
 from tileseg.engine.runtime.forward import is_prepared, release
+from tileseg.engine.runtime.path import without_emulated_bf16
 from tileseg.engine.runtime.runtimes import BASELINE, Runtime
 from tileseg.models.base import SegmentationNet
 
@@ -25,6 +26,7 @@ SCREEN_FACTOR = 2.5  # a candidate this much slower than the best on the small w
 SCREEN_CORE = 128  # about the core of the screening window
 MEASURE_SECONDS = 0.3  # timed calls per point stop after this long (after one warm-up call, at least one timed)
 LADDER = 1.4  # ratio between the cores of the coarse window walk
+EDGE_STEP = 1.15  # ... whose last step up, cut to the budget's edge, must still be this much larger
 WALK_RUNTIMES = 2  # runtimes whose window is walked (the best at the default core first)
 WALK_WITHIN = 1.5  # ... and only those at least 1/1.5 of the best's rate there: a larger window rarely gains more
 WORSE = 0.8  # a walk stops after two steps below this share of the best rate
@@ -32,7 +34,6 @@ COMPILE_WORTH = 3.0  # measure compilation only for runs whose time is this many
 TYPICAL_COMPILE_SECONDS = 20.0  # what compiling a zoo network took here (CPU, inductor): 9-23 s
 SEARCH_SHARE = 3.0  # a first run searches at most 3x as long as it would run at the screening rate (within the bound)
 MIN_SEARCH_SECONDS = 1.0
-NATIVE_BF16_MARGIN = 0.9  # without native bf16, bf16 must be at least 10 % faster than fp32 to be taken
 
 
 @dataclass
@@ -105,6 +106,7 @@ class Choice:
             "mpx_per_s": round(self.rate / 1e6, 3) if self.rate else None,
             "peak_mb": round(self.peak / 2**20) if self.peak is not None else None,
             "why": self.reason,
+            "searching": self.searching,
         }
 
 
@@ -278,10 +280,13 @@ class Search:
         return nxt if multiple <= nxt <= MAX_TILE else None
 
     def _walk(self, runtime: Runtime, start: int, batch: int) -> Iterator[None]:
-        """Up from ``start`` while the rate holds and the peak fits, then down while it improves; a point a step."""
+        """Up from ``start`` while the rate holds and the peak fits (the last step up to the budget's edge), then
+        down while it improves; a point a step."""
         for up in (True, False):
             best, core, worse = self._rate(runtime, start, batch), start, 0
             while (step := self._step(core, up)) is not None:
+                if up and (step := self._fitting(runtime, core, step, batch)) is None:
+                    break
                 core = step
                 m = self.measure(runtime, core, batch)
                 yield
@@ -293,6 +298,16 @@ class Search:
                     worse += 1
                     if worse >= (2 if up else 1):
                         break
+
+    def _fitting(self, runtime: Runtime, core: int, step: int, batch: int) -> int | None:
+        """``step``, else the largest core below it whose estimated peak fits the budget, if that is still a
+        step (:data:`EDGE_STEP`) up from ``core``: a ladder step over the budget must not end the walk a whole
+        step short of it (the rate still grows there on a CPU)."""
+        multiple = self.geometry.multiple
+        for nxt in range(step, math.ceil(core * EDGE_STEP / multiple) * multiple - 1, -multiple):
+            if self._estimate(runtime, nxt, batch) <= self.request.budget:
+                return nxt
+        return None
 
     def _refine(self, runtime: Runtime, core: int) -> None:
         """Halve the step around the best core while time lasts: kernel speed is not smooth in the window."""
@@ -344,7 +359,7 @@ class Search:
             and m.core % self.geometry.multiple == 0
             and (request.batch is None or m.batch == request.batch)
         ]
-        eligible = _without_emulated_bf16(eligible, native_bf16(self.device))
+        eligible = without_emulated_bf16(eligible, native_bf16(self.device))
         measured = {m.point: m for m in eligible}
 
         def cost(m: Measurement) -> float:
@@ -373,28 +388,6 @@ class Search:
             window=self.geometry.window(best.core), rate=best.rate, peak=best.peak, budget=request.budget,
             measurements=points,
         )  # fmt: skip
-
-
-def _without_emulated_bf16(points: list[Measurement], native: bool) -> list[Measurement]:
-    """Without native bf16, a bf16 runtime is kept only where it beats fp32 by 1/:data:`NATIVE_BF16_MARGIN`,
-    compared at the smallest core and batch where both were measured (a runtime whose window was walked further
-    must not win by its larger window alone)."""
-    if native:
-        return points
-    fp32: dict[tuple[int, int], float] = {}
-    for m in points:
-        if m.runtime.startswith("fp32/") and m.rate:
-            fp32[(m.core, m.batch)] = max(fp32.get((m.core, m.batch), 0.0), m.rate)
-    slow: set[str] = set()
-    for label in {m.runtime for m in points if m.runtime.startswith("bf16/")}:
-        shared = sorted((m.core, m.batch, m.rate) for m in points if m.runtime == label and (m.core, m.batch) in fp32)
-        if shared:
-            core, batch, rate = shared[0]
-            if rate * NATIVE_BF16_MARGIN <= fp32[(core, batch)]:
-                slow.add(label)
-        elif fp32:
-            slow.add(label)  # never measured beside fp32: not shown to be faster
-    return [m for m in points if m.runtime not in slow]
 
 
 __all__ = ["Choice", "Measurement", "Request", "Search", "Timer"]
