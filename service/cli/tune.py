@@ -21,15 +21,21 @@ from tileseg.cli.errors import user_errors
     help="The side of the square image the window is chosen for (a run of another size may search its window "
     "again; the numeric path is kept whatever the size).",
 )
+@click.option(
+    "--again",
+    is_flag=True,
+    help="Measure the window and the batch anew (the numeric path, and so the values, are kept): for a search "
+    "made while other work shared the machine.",
+)
 @user_errors
-def tune(names: tuple[str, ...], every: bool, device: str, size: int) -> None:
+def tune(names: tuple[str, ...], every: bool, device: str, size: int, again: bool) -> None:
     """Choose and cache the numeric path (runtime x precision), the window and the batch of each MODEL on this
     machine, as a first `tileseg segment` would (the Docker image can run it at build time: see its
     TUNE argument). Runs that follow read the choice from the cache."""
     from tileseg import models
     from tileseg.engine import SegmentOptions
     from tileseg.engine.runtime.device import configure_threads, pick_device
-    from tileseg.engine.runtime.tuner import choose_runtime, known_choice
+    from tileseg.engine.runtime.tuner import choose_runtime, known_choice, tuner
 
     chosen = list(models.available()) if every else list(names)
     if not chosen:
@@ -38,6 +44,8 @@ def tune(names: tuple[str, ...], every: bool, device: str, size: int) -> None:
     for name in chosen:
         model = models.load(name, device=pick_device(device))
         options = SegmentOptions()
+        if again:
+            tuner().forget_windows(model, next(model.parameters()).device)
         cached = known_choice(model, options) is not None
         started, measured, searching = time.perf_counter(), 0, True
         while searching:  # each call within the bound, as runs would: here until the window's search is done

@@ -30,6 +30,30 @@ def test_tune_measures_once_and_segment_finds_the_choice(tmp_path, monkeypatch):
     )
 
 
+def test_tune_again_measures_the_window_anew_and_keeps_the_numeric_path(tmp_path, monkeypatch):
+    """``--again`` forgets the points and searches (a search made on a busy machine is otherwise kept for good)
+    but not the numeric path: a path recorded by hand here, not the one a new search would choose, is kept."""
+    monkeypatch.setenv("TILESEG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TILESEG_TUNE_SECONDS", "0.5")
+    first = CliRunner().invoke(cli, ["tune", "unet-em", "--size", "512"])
+    assert first.exit_code == 0 and "measured in" in first.output, first.output
+    path = tmp_path / "cache" / "runtime.json"
+    data = json.loads(path.read_text())
+    (entry,) = data.values()
+    (signature,) = entry["paths"]
+    chosen = entry["paths"][signature]["runtime"]
+    kept = "fp32/contiguous/eager" if chosen != "fp32/contiguous/eager" else "fp32/channels_last/eager"
+    entry["paths"][signature] = {"runtime": kept, "why": "recorded by the test"}
+    path.write_text(json.dumps(data))
+    again = CliRunner().invoke(cli, ["tune", "unet-em", "--size", "512", "--again"])
+    assert again.exit_code == 0 and "measured in" in again.output, again.output
+    assert f"unet-em: {kept}," in again.output
+    (entry,) = json.loads(path.read_text()).values()
+    assert entry["paths"][signature]["runtime"] == kept
+    assert {m["runtime"] for m in entry["measurements"]} == {kept}, "only the kept path's windows measured"
+    assert entry["searches"], "the window search recorded anew"
+
+
 def test_tune_needs_a_model():
     result = CliRunner().invoke(cli, ["tune"])
     assert result.exit_code == 2 and "name at least one MODEL" in result.output

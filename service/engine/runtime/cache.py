@@ -55,6 +55,18 @@ class MeasurementCache:
             "refused": merged["refused"],
             "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
+        self._write(data)
+        return merged
+
+    def forget_windows(self, key: str) -> None:
+        """Drop the points and searches of ``key``, keeping its numeric paths and refusals: the window and the
+        batch are measured anew, and the values stay those of the path already chosen."""
+        data = self._read()
+        if key in data:
+            data[key] = {**data[key], "measurements": [], "searches": []}
+            self._write(data)
+
+    def _write(self, data: dict[str, Any]) -> None:
         tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,7 +75,6 @@ class MeasurementCache:
         except OSError as err:
             log.warning("runtime measurements not cached (%s): %s", self.path, err)
             tmp.unlink(missing_ok=True)
-        return merged
 
     def _read(self) -> dict[str, Any]:
         try:

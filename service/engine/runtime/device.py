@@ -20,9 +20,10 @@ from tileseg.engine.errors import OptionsError
 
 # What the run may hold beside the process on a CPU, by default (the forward and the band of tile rows the image's
 # width implies). The process holds about 0.4 GB (PyTorch and OpenVINO loaded) and the reads and writes in flight
-# about 0.2 GB more, so a run stays under 1.5 GB of peak RSS on any image (1.41 GB measured on a 16384² first run,
-# OpenVINO fp32 on an AVX2 EPYC). 768 MiB held OpenVINO's fp32 there to cores of 1088 on a 4096² image, where its
-# rate still grows to windows of 2100 (1.30 Mpx/s at window 1216, 1.45 at 1728, 1.48 at 2272, unet-aerial).
+# about 0.2 GB more, so a run stays under 1.5 GB of peak RSS on any image (first runs on an AVX2 EPYC, OpenVINO
+# fp32: 1.28 GB at 16384², 1.31 GB on a 100,000-wide strip; 1.41 GB at 16384² with 1 GiB). 768 MiB held its
+# windows there to about 1500, where its rate still grows to 2100 (unet-aerial: 1.30 Mpx/s at window 1216, 1.45
+# at 1728, 1.48 at 2272).
 CPU_BUDGET_CAP = 896 << 20
 CPU_BUDGET_SHARE = 0.25  # of the memory available when the run starts
 GPU_BUDGET_SHARE = 0.5  # of the GPU's free memory

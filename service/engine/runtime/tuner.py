@@ -256,6 +256,15 @@ class Tuner:
             release(model, keep=choice.runtime)
         return choice
 
+    def forget_windows(self, model: SegmentationNet, device: torch.device) -> None:
+        """Forget what was measured for ``model`` on ``device`` but its numeric path (``tileseg tune --again``:
+        a search made while other work shared the machine is otherwise kept for good)."""
+        key = self._key(model, device)
+        if self.cache and model_key(model) is not None:
+            self.cache.forget_windows(key)
+        if key in self._memory:
+            self._memory[key] = {**self._memory[key], "measurements": [], "searches": []}
+
     def _bound(self) -> float:
         return self.seconds if self.seconds is not None else tune_seconds()
 
@@ -275,7 +284,7 @@ class Tuner:
         # the disk first: every process on the machine then takes the same choice for the same run
         if self.cache and persistent:
             found = self.cache.get(key)
-            if found["measurements"]:
+            if found["measurements"] or found["paths"]:
                 return found
         return self._memory.get(key, empty_entry())
 
