@@ -35,6 +35,7 @@ def test_tune_again_measures_the_window_anew_and_keeps_the_numeric_path(tmp_path
     but not the numeric path: a path recorded by hand here, not the one a new search would choose, is kept."""
     monkeypatch.setenv("TILESEG_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("TILESEG_TUNE_SECONDS", "0.5")
+    monkeypatch.setenv("TILESEG_MEMORY_BUDGET", "200MB")  # a few windows: the test's time is the path's search
     first = CliRunner().invoke(cli, ["tune", "unet-em", "--size", "512"])
     assert first.exit_code == 0 and "measured in" in first.output, first.output
     path = tmp_path / "cache" / "runtime.json"
