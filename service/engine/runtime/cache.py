@@ -63,7 +63,7 @@ class MeasurementCache:
         batch are measured anew, and the values stay those of the path already chosen."""
         data = self._read()
         if key in data:
-            data[key] = {**data[key], "measurements": [], "searches": []}
+            data[key] = without_windows(data[key])
             self._write(data)
 
     def _write(self, data: dict[str, Any]) -> None:
@@ -90,6 +90,11 @@ def empty_entry() -> dict[str, Any]:
     """A model's record before anything is measured: points, searches done, numeric paths chosen (by the
     candidates they were chosen among) and runtimes refused as not tile-invariant."""
     return {"measurements": [], "searches": [], "paths": {}, "refused": {}}
+
+
+def without_windows(entry: dict[str, Any]) -> dict[str, Any]:
+    """``entry`` without its points and searches, its numeric paths and refusals kept (``tune --again``)."""
+    return {**entry, "measurements": [], "searches": []}
 
 
 def merge_entry(entry: dict[str, Any], measured: list[Measurement], searches: list[str], **records: dict):
@@ -119,4 +124,4 @@ def model_key(model: SegmentationNet) -> str | None:
     return models.card_hash(path)
 
 
-__all__ = ["MeasurementCache", "default_cache_path", "empty_entry", "merge_entry", "model_key"]
+__all__ = ["MeasurementCache", "default_cache_path", "empty_entry", "merge_entry", "model_key", "without_windows"]

@@ -41,7 +41,14 @@ import torch
 
 from tileseg.config import engine_config
 from tileseg.engine.options import SegmentOptions
-from tileseg.engine.runtime.cache import MeasurementCache, default_cache_path, empty_entry, merge_entry, model_key
+from tileseg.engine.runtime.cache import (
+    MeasurementCache,
+    default_cache_path,
+    empty_entry,
+    merge_entry,
+    model_key,
+    without_windows,
+)
 from tileseg.engine.runtime.device import PeakMemory, describe_device, memory_budget, resident
 from tileseg.engine.runtime.export import library_versions
 from tileseg.engine.runtime.forward import prepare, release, run_forward
@@ -263,7 +270,7 @@ class Tuner:
         if self.cache and model_key(model) is not None:
             self.cache.forget_windows(key)
         if key in self._memory:
-            self._memory[key] = {**self._memory[key], "measurements": [], "searches": []}
+            self._memory[key] = without_windows(self._memory[key])
 
     def _bound(self) -> float:
         return self.seconds if self.seconds is not None else tune_seconds()
