@@ -12,8 +12,8 @@ from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
     from tileseg.engine.io.read import RasterInfo
+    from tileseg.engine.runtime.choice import Choice
     from tileseg.engine.runtime.runtimes import Runtime
-    from tileseg.engine.runtime.search import Choice
     from tileseg.engine.tiling import TileSettings
 
 

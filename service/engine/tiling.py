@@ -26,7 +26,7 @@ from tileseg.engine.options import DEFAULT_BATCH, MAX_TILE, SegmentOptions
 from tileseg.models.spec import BlendMode, Geometry, ModelSpec
 
 if TYPE_CHECKING:
-    from tileseg.engine.runtime.search import Choice
+    from tileseg.engine.runtime.choice import Choice
 
 
 @dataclass(frozen=True)

@@ -67,8 +67,8 @@ def test_validation_tiles_as_segment_does(tmp_path, geometry, tile, monkeypatch)
     The tuner of the served run is held at the card's tile and batch 4, which is what validation runs (an exact
     network's mask does not depend on the tile the tuner would choose; this test is about the tiling)."""
     from tileseg.engine import pipeline
+    from tileseg.engine.runtime.choice import Choice
     from tileseg.engine.runtime.runtimes import BASELINE
-    from tileseg.engine.runtime.search import Choice
 
     def card_choice(model, device, options, run_pixels, width=0, probabilities=False, object_bytes=0):
         core = options.tile or model.spec.geometry.default_tile

@@ -14,8 +14,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from tileseg.engine.runtime.choice import Measurement
 from tileseg.engine.runtime.export import cache_dir
-from tileseg.engine.runtime.search import Measurement
 from tileseg.models.base import SegmentationNet
 
 log = logging.getLogger(__name__)

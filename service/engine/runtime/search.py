@@ -1,24 +1,24 @@
-"""One search of the tuner (:mod:`tileseg.engine.runtime.tuner`): the points it measures and the choice it makes.
+"""One search of the tuner (:mod:`tileseg.engine.runtime.tuner`): the points it measures and the choice it makes
+(its records: :mod:`tileseg.engine.runtime.choice`).
 
-The records (:class:`Measurement`, :class:`Choice`, :class:`Request`) and the steps of the search as the tuner
-gives them: screen, measure at the default core, walk the window, refine, batch, compile. A search its bound cuts
-short says so (:attr:`Search.unfinished`): the tuner then lets the next run go on from its points."""
+The steps of the search as the tuner gives them: screen, measure at the default core, walk the window (the jump to
+the largest core first), refine, batch, compile. A search its bound cuts short says so
+(:attr:`Search.unfinished`): the tuner then lets the next run go on from its points."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import replace
 
 from tileseg.engine.options import MAX_TILE
+from tileseg.engine.runtime.choice import Choice, Measurement, Request, Timer
 from tileseg.engine.runtime.device import native_bf16
 from tileseg.engine.runtime.forward import is_prepared, release
 from tileseg.engine.runtime.path import without_emulated_bf16
 from tileseg.engine.runtime.runtimes import BASELINE, Runtime
-from tileseg.models.base import SegmentationNet
 
 log = logging.getLogger(__name__)
 
@@ -30,124 +30,11 @@ EDGE_STEP = 1.15  # ... whose last step up, cut to the budget's edge, must still
 WALK_RUNTIMES = 2  # runtimes whose window is walked (the best at the default core first)
 WALK_WITHIN = 1.5  # ... and only those at least 1/1.5 of the best's rate there: a larger window rarely gains more
 WORSE = 0.8  # a walk stops after two steps below this share of the best rate
+JUMP_SECONDS = 2.0  # a walk's first point: the largest core that fits, whose call takes about this long at most
 COMPILE_WORTH = 3.0  # measure compilation only for runs whose time is this many typical compiles
 TYPICAL_COMPILE_SECONDS = 20.0  # what compiling a zoo network took here (CPU, inductor): 9-23 s
 SEARCH_SHARE = 3.0  # a first run searches at most 3x as long as it would run at the screening rate (within the bound)
 MIN_SEARCH_SECONDS = 1.0
-
-
-@dataclass
-class Measurement:
-    """One point: a runtime at a core and batch, its seconds per batch, setup seconds and peak bytes."""
-
-    runtime: str
-    core: int
-    batch: int
-    seconds: float | None = None  # per batch, steady state
-    setup: float = 0.0  # seconds the first call took beyond a steady one (compiling, exporting)
-    peak: int | None = None  # bytes the first call took beyond what the process held
-    status: str = "measured"  # measured or failed
-    error: str | None = None
-
-    @property
-    def rate(self) -> float:
-        """Output (core) pixels a second; 0 when not measured."""
-        return self.batch * self.core**2 / self.seconds if self.seconds else 0.0
-
-    @property
-    def point(self) -> tuple[str, int, int]:
-        return (self.runtime, self.core, self.batch)
-
-
-@dataclass
-class Choice:
-    """What a run takes (runtime, core, batch), why, and the measurements it was chosen from."""
-
-    runtime: Runtime
-    core: int
-    batch: int
-    reason: str
-    window: int = 0
-    rate: float | None = None  # measured output px/s
-    peak: int | None = None  # measured bytes of the forward
-    budget: int | None = None
-    measurements: list[Measurement] = field(default_factory=list)
-    searching: bool = False  # its window search was cut short by the bound: later runs go on with it
-    measured: int = 0  # points the window search measured for it now (0: all known)
-
-    def table(self) -> list[dict[str, Any]]:
-        """One row a measured point: runtime, core, window, batch, Mpx/s, peak MB, status, chosen."""
-        rows = []
-        for m in sorted(self.measurements, key=lambda m: (m.runtime, m.core, m.batch)):
-            over = self.budget is not None and m.peak is not None and m.peak > self.budget
-            rows.append(
-                {
-                    "runtime": m.runtime,
-                    "core": m.core,
-                    "batch": m.batch,
-                    "mpx_per_s": round(m.rate / 1e6, 3) if m.seconds else None,
-                    "peak_mb": round(m.peak / 2**20) if m.peak is not None else None,
-                    "setup_seconds": round(m.setup, 2),
-                    "status": "over budget" if over and m.status == "measured" else m.status,
-                    "error": m.error,
-                    "chosen": m.point == (self.runtime.label, self.core, self.batch),
-                }
-            )
-        return rows
-
-    def summary(self) -> dict[str, Any]:
-        """The choice as JSON: what the summary line, the job record and ``GET /models/{name}`` show."""
-        return {
-            "runtime": self.runtime.label,
-            "numeric_path": self.runtime.label,  # what decides the values: kept whatever the tile and batch
-            "tile": self.core,
-            "window": self.window,
-            "batch": self.batch,
-            "mpx_per_s": round(self.rate / 1e6, 3) if self.rate else None,
-            "peak_mb": round(self.peak / 2**20) if self.peak is not None else None,
-            "why": self.reason,
-            "searching": self.searching,
-        }
-
-
-@dataclass(frozen=True)
-class Request:
-    """What a run leaves to the tuner: the fixed choices narrow the search.
-
-    Attributes:
-        core: a fixed core (``--tile N``, or a model whose window must not change), or None to search.
-        searchable: whether the model's window may change at all (an exact model: translation-equivariant, in
-            crop mode, without a fixed window), whatever ``--tile`` says: the numeric path is chosen over every
-            window such a model may run.
-        thorough: measure every candidate on the screening window, and every survivor at the start core, whatever
-            the bound (the numeric path's search: what it chooses is kept for good, so it sees every candidate).
-        default_core: where the search starts (the card's default tile).
-        batch: a fixed batch, or None to search.
-        budget: bytes the forward may take.
-        run_pixels: output pixels of the run (compilation pays only on long runs), or None (a benchmark).
-        shape: the output's ``(height, width)`` (a core is priced evened out over it, as the run takes it), or None.
-        row_bytes: what the run holds beside the forward for each output row of its band of tile rows, across
-            the image's width (the stitched labels, validity and, if asked, probabilities): a core of ``c`` rows
-            holds ``c * row_bytes``, so on a very wide image the budget bounds the core through it too.
-    """
-
-    core: int | None
-    default_core: int
-    batch: int | None
-    budget: int
-    run_pixels: int | None = None
-    shape: tuple[int, int] | None = None
-    row_bytes: int = 0
-    searchable: bool = False
-    thorough: bool = False
-    precision: str = "auto"
-    compile: str = "auto"
-    runtime: str = "auto"
-    measure_compile: bool = False
-
-
-# (model, runtime, window, batch, seconds) -> (seconds per batch, setup seconds, peak bytes or None)
-Timer = Callable[[SegmentationNet, Runtime, int, int, float], tuple[float, float, int | None]]
 
 
 class Search:
@@ -280,8 +167,11 @@ class Search:
         return nxt if multiple <= nxt <= MAX_TILE else None
 
     def _walk(self, runtime: Runtime, start: int, batch: int) -> Iterator[None]:
-        """Up from ``start`` while the rate holds and the peak fits (the last step up to the budget's edge), then
-        down while it improves; a point a step."""
+        """The :meth:`_jump` first; then up from ``start`` while the rate holds and the peak fits (the last step
+        up to the budget's edge), then down while it improves; a point a step."""
+        if (jump := self._jump(runtime, start, batch)) is not None:
+            self.measure(runtime, jump, batch)
+            yield
         for up in (True, False):
             best, core, worse = self._rate(runtime, start, batch), start, 0
             while (step := self._step(core, up)) is not None:
@@ -298,6 +188,28 @@ class Search:
                     worse += 1
                     if worse >= (2 if up else 1):
                         break
+
+    def _jump(self, runtime: Runtime, start: int, batch: int) -> int | None:
+        """The largest core that fits the budget, the image's shorter side and a call of :data:`JUMP_SECONDS` (at
+        the start's seconds per window pixel), where that is beyond the ladder's second step: on a CPU the rate
+        grows with the window (OpenVINO's 2.4x from window 576 to 1728 on an AVX2 EPYC), and a first run whose
+        bound allowed a point or two ran on at the ladder's second step, 3-4 s slower on a 4096² image."""
+        at, multiple = self.points.get((runtime.label, start, batch)), self.geometry.multiple
+        second = self._step(start, True)
+        second = self._step(second, True) if second is not None else None
+        if at is None or not at.seconds or second is None:
+            return None
+        per_pixel = at.seconds / (batch * self.geometry.window(start) ** 2)
+
+        def fits(core: int) -> bool:
+            quick = batch * self.geometry.window(core) ** 2 * per_pixel <= JUMP_SECONDS
+            return quick and self._estimate(runtime, core, batch) <= self.request.budget
+
+        low, high = second // multiple, min((MAX_TILE, *(self.request.shape or ()))) // multiple + 1
+        while high - low > 1:  # the largest multiple that fits, by bisection (both bounds grow with the core)
+            middle = (low + high) // 2
+            low, high = (middle, high) if fits(middle * multiple) else (low, middle)
+        return low * multiple if low * multiple > second else None
 
     def _fitting(self, runtime: Runtime, core: int, step: int, batch: int) -> int | None:
         """``step``, else the largest core below it whose estimated peak fits the budget, if that is still a
@@ -390,4 +302,4 @@ class Search:
         )  # fmt: skip
 
 
-__all__ = ["Choice", "Measurement", "Request", "Search", "Timer"]
+__all__ = ["Search"]

@@ -49,12 +49,13 @@ from tileseg.engine.runtime.cache import (
     model_key,
     without_windows,
 )
+from tileseg.engine.runtime.choice import Choice, Measurement, Request, Timer
 from tileseg.engine.runtime.device import PeakMemory, describe_device, memory_budget, resident
 from tileseg.engine.runtime.export import library_versions
 from tileseg.engine.runtime.forward import prepare, release, run_forward
 from tileseg.engine.runtime.path import Checker, invariance_error, signature
 from tileseg.engine.runtime.runtimes import Runtime, candidates
-from tileseg.engine.runtime.search import SEARCH_SHARE, Choice, Measurement, Request, Search, Timer
+from tileseg.engine.runtime.search import SEARCH_SHARE, Search
 from tileseg.engine.tiling import tile_settings, window_is_free
 from tileseg.models.base import SegmentationNet
 from tileseg.models.spec import BlendMode

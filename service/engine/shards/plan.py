@@ -40,9 +40,9 @@ from tileseg.engine.pipeline import Progress
 from tileseg.engine.readplan import read_plan
 from tileseg.engine.resolution import pixel_size_warnings
 from tileseg.engine.results import RuntimeReport, SegmentResult, runtime_report
+from tileseg.engine.runtime.choice import Choice
 from tileseg.engine.runtime.device import pick_device
 from tileseg.engine.runtime.runtimes import Runtime
-from tileseg.engine.runtime.search import Choice
 from tileseg.engine.runtime.tuner import choose_runtime
 from tileseg.engine.shards.run import (
     ShardJob,
