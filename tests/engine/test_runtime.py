@@ -87,6 +87,20 @@ def test_logits_agree_within_the_tolerance_or_where_the_margin_is_clear():
     assert ex.logits_agree(tie, swapped)[0]
 
 
+def test_every_runtime_checked_is_compared_with_one_eager_run_per_probe_window(tmp_path):
+    """The second runtime a first run checks reuses eager fp32's logits on the probe windows (0.6 s of each check
+    on an AVX2 EPYC); a check that differs is still refused."""
+    model = checkpoint(tmp_path, "test-pool", bands=1, classes=3)
+    calls: list[int] = []
+    model.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[-1]))
+    assert "logits within" in ex.check_against_eager(model, lambda x: model(x), CPU)
+    assert "logits within" in ex.check_against_eager(model, lambda x: model(x) + 1e-6, CPU)
+    windows = ex.probe_windows(model)
+    assert sorted(calls) == sorted(windows * 3), "eager once a window, then each checked program's own calls"
+    with pytest.raises(ex.ExportMismatch, match=f"at {windows[0]} px"):
+        ex.check_against_eager(model, lambda x: -model(x), CPU)
+
+
 def test_an_export_that_differs_from_eager_is_refused_and_never_chosen(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime", reason="the onnx extra is part of the test set-up")
     monkeypatch.setenv("TILESEG_CACHE_DIR", str(tmp_path / "cache"))

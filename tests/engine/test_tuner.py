@@ -295,32 +295,39 @@ def test_the_window_walk_goes_up_to_the_budgets_edge(model):
 
 def test_the_walk_jumps_first_to_the_largest_core_a_call_and_the_budget_allow(model):
     """A walk's first point is the largest core whose call takes at most JUMP_SECONDS (at the start's seconds per
-    window pixel) and whose estimated peak fits: a first run whose bound allows one point past the start runs on
-    at a large window (on an AVX2 EPYC it had run on at the ladder's second step, 3-4 s slower on 4096²)."""
+    window pixel; JUMP_SHARE of the run's time, if shorter) and whose estimated peak fits: a first run whose bound
+    allows one point past the start runs on at a large window (on an AVX2 EPYC it had run on at the ladder's
+    second step, 3-4 s slower on 4096²). A short run does not jump."""
     openvino = Runtime.from_label("fp32/contiguous/openvino")
     geometry, multiple = model.spec.geometry, model.spec.geometry.multiple
     start = geometry.default_tile
     per_pixel = 1e-4  # the fake timer's seconds a window pixel at speed 1.0
+    speed = search_module.JUMP_SECONDS / (per_pixel * geometry.window(600) ** 2)  # 2 s a call at core 600
 
-    def first_point(budget: int, speed: float) -> int:
+    def first_point(budget: int, run_pixels: int | None = None) -> int:
         timer = FakeTimer({openvino.label: speed}, bytes_per_pixel=100.0)
-        search = search_module.Search(timer, 60.0, model, CPU, [openvino], request(model, core=None, batch=1), [])
-        search.request = replace(search.request, budget=budget)
+        asked = request(model, core=None, batch=1, run_pixels=run_pixels, budget=budget)
+        search = search_module.Search(timer, 60.0, model, CPU, [openvino], asked, [])
         search.measure(openvino, start, 1)
         next(search._walk(openvino, start, 1))
         return search.new[1].core
 
     # the call's time bounds it: the largest core whose window takes at most JUMP_SECONDS
-    speed = search_module.JUMP_SECONDS / (per_pixel * geometry.window(600) ** 2)
-    core = first_point(1 << 40, speed)
+    core = first_point(1 << 40)
     assert core == 600 // multiple * multiple
     assert per_pixel * speed * geometry.window(core + multiple) ** 2 > search_module.JUMP_SECONDS
     # the budget bounds it: the largest core whose estimated peak (100 bytes a window pixel) fits
-    core = first_point(100 * geometry.window(320) ** 2, speed)
-    assert core == 320 and 100 * geometry.window(core) ** 2 <= 100 * geometry.window(320) ** 2
-    # within the ladder's first two steps there is nothing to jump to: the walk takes its first step
-    second = search_module.Search(FakeTimer({}), 1, model, CPU, [openvino], request(model), [])._step(start, True)
-    assert first_point(100 * geometry.window(second) ** 2, speed) == second
+    assert first_point(100 * geometry.window(320) ** 2) == 320
+    # so does a run of JUMP_SECONDS / JUMP_SHARE at the start's rate; one of ten start calls takes the first step
+    rate = start**2 / (per_pixel * speed * geometry.window(start) ** 2)
+    long_run = rate * search_module.JUMP_SECONDS / search_module.JUMP_SHARE
+    assert first_point(1 << 40, run_pixels=int(1.01 * long_run)) == core
+    assert first_point(1 << 40, run_pixels=int(0.9 * long_run)) < core
+    first = search_module.Search(FakeTimer({}), 1, model, CPU, [openvino], request(model), [])._step(start, True)
+    assert first_point(1 << 40, run_pixels=10 * start**2) == first
+    # within the ladder's first two steps there is nothing to jump to
+    second = search_module.Search(FakeTimer({}), 1, model, CPU, [openvino], request(model), [])._step(first, True)
+    assert first_point(100 * geometry.window(second) ** 2) == first
 
 
 def test_the_runtimes_walked_share_the_bound(model):

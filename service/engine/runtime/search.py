@@ -31,6 +31,7 @@ WALK_RUNTIMES = 2  # runtimes whose window is walked (the best at the default co
 WALK_WITHIN = 1.5  # ... and only those at least 1/1.5 of the best's rate there: a larger window rarely gains more
 WORSE = 0.8  # a walk stops after two steps below this share of the best rate
 JUMP_SECONDS = 2.0  # a walk's first point: the largest core that fits, whose call takes about this long at most
+JUMP_SHARE = 0.1  # ... and at most this share of the run's time at the start core (a short run does not jump)
 COMPILE_WORTH = 3.0  # measure compilation only for runs whose time is this many typical compiles
 TYPICAL_COMPILE_SECONDS = 20.0  # what compiling a zoo network took here (CPU, inductor): 9-23 s
 SEARCH_SHARE = 3.0  # a first run searches at most 3x as long as it would run at the screening rate (within the bound)
@@ -191,18 +192,21 @@ class Search:
 
     def _jump(self, runtime: Runtime, start: int, batch: int) -> int | None:
         """The largest core that fits the budget, the image's shorter side and a call of :data:`JUMP_SECONDS` (at
-        the start's seconds per window pixel), where that is beyond the ladder's second step: on a CPU the rate
-        grows with the window (OpenVINO's 2.4x from window 576 to 1728 on an AVX2 EPYC), and a first run whose
-        bound allowed a point or two ran on at the ladder's second step, 3-4 s slower on a 4096² image."""
+        the start's seconds per window pixel; :data:`JUMP_SHARE` of the run's time, if shorter), where that is
+        beyond the ladder's second step: on a CPU the rate grows with the window (OpenVINO's 2.4x from window 576
+        to 1728 on an AVX2 EPYC), and a first run whose bound allowed a point or two ran on at the ladder's
+        second step, 3-4 s slower on a 4096² image."""
         at, multiple = self.points.get((runtime.label, start, batch)), self.geometry.multiple
         second = self._step(start, True)
         second = self._step(second, True) if second is not None else None
         if at is None or not at.seconds or second is None:
             return None
         per_pixel = at.seconds / (batch * self.geometry.window(start) ** 2)
+        run = self.request.run_pixels
+        seconds = JUMP_SECONDS if run is None else min(JUMP_SECONDS, JUMP_SHARE * run / at.rate)
 
         def fits(core: int) -> bool:
-            quick = batch * self.geometry.window(core) ** 2 * per_pixel <= JUMP_SECONDS
+            quick = batch * self.geometry.window(core) ** 2 * per_pixel <= seconds
             return quick and self._estimate(runtime, core, batch) <= self.request.budget
 
         low, high = second // multiple, min((MAX_TILE, *(self.request.shape or ()))) // multiple + 1
