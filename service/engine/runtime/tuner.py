@@ -10,10 +10,12 @@ core, ``core**2`` pixels a window, is what a run produces):
 1. *Screen*: every candidate runtime (:func:`tileseg.engine.runtime.runtimes.candidates`) on a small window; those
    :data:`SCREEN_FACTOR` times slower than the best are dropped (an emulated bf16 costs a fraction of a second).
 2. *Measure* the survivors at the model's default core.
-3. *Walk the window* (exact models only, whose mask does not depend on it): from the default core up in
-   steps of about :data:`LADDER`, then down, for the best runtimes, while the rate holds and the forward's
-   measured peak memory stays within the budget (:func:`tileseg.engine.runtime.device.memory_budget`); then
-   finer steps around the best core.
+3. *Walk the window* (exact models only, whose mask does not depend on it): first the largest core that fits
+   the budget, the image and a call of about :data:`~tileseg.engine.runtime.search.JUMP_SECONDS` (a first run
+   that has time for one point runs on at a large window), then from the default core up in steps of about
+   :data:`LADDER`, then down, for the best runtimes, while the rate holds and the forward's measured peak
+   memory stays within the budget (:func:`tileseg.engine.runtime.device.memory_budget`); then finer steps
+   around the best core.
 4. *Batch*: larger batches at the best core while they pay and fit.
 5. *Compile* only pays on long runs: measured (compile time included) only when a run's estimated time is at
    least :data:`COMPILE_WORTH` typical compiles, chosen only when it saves more than it costs.
