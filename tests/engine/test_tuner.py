@@ -161,15 +161,16 @@ def test_a_larger_window_wins_by_its_smaller_halo_share(model):
 
 
 def test_a_long_run_may_search_its_window_past_the_bound(model):
-    """With the bound spent (0 s here), a short run keeps the card's window, and a run expected to last long
-    spends up to LONG_RUN_SHARE of its expected time walking it."""
+    """With the bound spent (0 s here), a short run measures no window of its own (it takes the best the numeric
+    path's search measured), and a run expected to last long spends up to LONG_RUN_SHARE of its expected time
+    walking it."""
 
     fast = {label: 1e-6 for label in FAST_BF16}  # billions of pixels a second: a short run lasts microseconds
     default = model.spec.geometry.default_tile
     short = choose(model, SlowTimer(fast, delay=0.002), seconds=0.0, core=None, batch=1, run_pixels=4 * default**2)
-    assert short.core == default
+    assert short.measured == 0
     long = choose(model, SlowTimer(fast, delay=0.002), seconds=0.0, core=None, batch=1, run_pixels=10**17)
-    assert long.core > default and tn.LONG_RUN_SHARE * 10**17 / long.rate > 1.0
+    assert long.measured > 0 and long.core > default and tn.LONG_RUN_SHARE * 10**17 / long.rate > 1.0
 
 
 def test_a_blended_model_keeps_its_window(model, monkeypatch):
@@ -353,6 +354,27 @@ def test_the_runtimes_walked_share_the_bound(model):
     assert choice.runtime.label == openvino
 
 
+def test_the_path_is_chosen_on_every_walked_runtimes_jump_whatever_the_bound(model):
+    """The runtimes walked for the numeric path are each measured at their jump point, even past the bound: two
+    runtimes tied at the card's window and apart at large ones must be compared where runs go on (on an AVX2
+    EPYC, PyTorch and OpenVINO tied at window 576; PyTorch walked first took the bound with its jump, OpenVINO
+    got no point past the card's window, and the path became PyTorch's, at half of OpenVINO's rate at 1216)."""
+    ort, openvino = "fp32/contiguous/onnxruntime", "fp32/contiguous/openvino"
+    default_window = model.spec.geometry.window(model.spec.geometry.default_tile)
+
+    class Turning(FakeTimer):
+        def __call__(self, model, runtime, window, batch, budget):
+            seconds, setup, peak = super().__call__(model, runtime, window, batch, budget)
+            faster = 2.0 if runtime.label == openvino and window > default_window else 1.0
+            return seconds / faster, setup, peak
+
+    timer = Turning({ort: 1e-3, openvino: 1.1e-3})
+    choice = choose(model, timer, seconds=0.0, core=None, batch=1)
+    jumped = {label for label, window, _ in timer.calls if window > 2 * default_window}
+    assert jumped == {ort, openvino}
+    assert choice.runtime.label == openvino
+
+
 def test_measurements_are_cached_on_disk_per_checkpoint_machine_and_versions(model, tmp_path):
     cache = MeasurementCache(tmp_path / "cache" / "runtime.json")
     first = FakeTimer(FAST_BF16)
@@ -405,10 +427,11 @@ def test_the_first_process_to_measure_decides_for_the_machine(model, tmp_path):
 def test_the_search_stops_at_its_bound(model):
     timer = FakeTimer({label: seconds * 1e-6 for label, seconds in FAST_BF16.items()})  # a run of microseconds
     choice = choose(model, timer, core=None, batch=None, seconds=0.0)
-    walked = {w for _, w, _ in timer.calls}
     geometry = model.spec.geometry
-    assert walked <= {geometry.window(32), geometry.window(16)}, "past its bound: the screen and the start only"
-    assert choice.core in (16, 32)
+    beyond = [(label, w) for label, w, _ in timer.calls if w not in {geometry.window(32), geometry.window(16)}]
+    # past its bound: the screen, the start and the jumps of the runtimes walked for the numeric path only
+    assert len(beyond) <= search_module.WALK_RUNTIMES and len({label for label, _ in beyond}) == len(beyond)
+    assert geometry.window(choice.core) in {w for _, w, _ in timer.calls}
 
 
 # small windows: OpenVINO bf16 fastest; large windows: torch bf16 (as measured on the AVX-512-bf16 VM)

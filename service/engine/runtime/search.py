@@ -171,7 +171,9 @@ class Search:
         """The :meth:`_jump` first; then up from ``start`` while the rate holds and the peak fits (the last step
         up to the budget's edge), then down while it improves; a point a step."""
         if (jump := self._jump(runtime, start, batch)) is not None:
-            self.measure(runtime, jump, batch)
+            # the numeric path's search measures every walked runtime there, whatever its bound: runtimes tied at
+            # the start core may be far apart at large windows, where runs go on
+            self.measure(runtime, jump, batch, force=self.request.thorough)
             yield
         for up in (True, False):
             best, core, worse = self._rate(runtime, start, batch), start, 0
