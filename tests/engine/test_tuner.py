@@ -362,17 +362,24 @@ def test_the_path_is_chosen_on_every_walked_runtimes_jump_whatever_the_bound(mod
     ort, openvino = "fp32/contiguous/onnxruntime", "fp32/contiguous/openvino"
     default_window = model.spec.geometry.window(model.spec.geometry.default_tile)
 
-    class Turning(FakeTimer):
+    class Turning(SlowTimer):  # 0.1 s a point: the bound (0.45 s) ends after the screen, the start and a jump
         def __call__(self, model, runtime, window, batch, budget):
             seconds, setup, peak = super().__call__(model, runtime, window, batch, budget)
             faster = 2.0 if runtime.label == openvino and window > default_window else 1.0
             return seconds / faster, setup, peak
 
-    timer = Turning({ort: 1e-3, openvino: 1.1e-3})
-    choice = choose(model, timer, seconds=0.0, core=None, batch=1)
-    jumped = {label for label, window, _ in timer.calls if window > 2 * default_window}
+    bound = 0.45
+    # a call at the card's window takes a tenth of the jump's (a third of the bound)
+    speed = bound / 3 / 10 / (1e-4 * default_window**2)
+    timer = Turning({ort: speed, openvino: 1.1 * speed}, delay=0.1)
+    choice = choose(model, timer, seconds=bound, core=None, batch=1)
+    jumped = {label for label, window, _ in timer.calls if window >= 2 * default_window}
     assert jumped == {ort, openvino}
     assert choice.runtime.label == openvino
+    # the jump is a call of at most a third of the bound, at most PATH_JUMP_REACH times the start core
+    largest = max(w for _, w, _ in timer.calls)
+    assert largest**2 * speed * 1e-4 <= bound / 3
+    assert largest <= model.spec.geometry.window(search_module.PATH_JUMP_REACH * model.spec.geometry.default_tile)
 
 
 def test_measurements_are_cached_on_disk_per_checkpoint_machine_and_versions(model, tmp_path):

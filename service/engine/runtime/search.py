@@ -31,6 +31,9 @@ WALK_RUNTIMES = 2  # runtimes whose window is walked (the best at the default co
 WALK_WITHIN = 1.5  # ... and only those at least 1/1.5 of the best's rate there: a larger window rarely gains more
 WORSE = 0.8  # a walk stops after two steps below this share of the best rate
 JUMP_SECONDS = 2.0  # a walk's first point: the largest core that fits, whose call takes about this long at most
+# (the numeric path's search, which measures it for each runtime walked whatever its bound, a third of that bound
+# and at most PATH_JUMP_REACH times the start core: where runs go on, not a tiny test network's 2000-px window)
+PATH_JUMP_REACH = 3
 JUMP_SHARE = 0.1  # ... and at most this share of the run's time at the start core (a short run does not jump)
 COMPILE_WORTH = 3.0  # measure compilation only for runs whose time is this many typical compiles
 TYPICAL_COMPILE_SECONDS = 20.0  # what compiling a zoo network took here (CPU, inductor): 9-23 s
@@ -206,12 +209,15 @@ class Search:
         per_pixel = at.seconds / (batch * self.geometry.window(start) ** 2)
         run = self.request.run_pixels
         seconds = JUMP_SECONDS if run is None else min(JUMP_SECONDS, JUMP_SHARE * run / at.rate)
+        reach = MAX_TILE
+        if self.request.thorough:  # measured whatever the bound: a call of at most a third of it, not too far
+            seconds, reach = min(seconds, (self.deadline - self.started) / 3), PATH_JUMP_REACH * start
 
         def fits(core: int) -> bool:
             quick = batch * self.geometry.window(core) ** 2 * per_pixel <= seconds
             return quick and self._estimate(runtime, core, batch) <= self.request.budget
 
-        low, high = second // multiple, min((MAX_TILE, *(self.request.shape or ()))) // multiple + 1
+        low, high = second // multiple, min((reach, MAX_TILE, *(self.request.shape or ()))) // multiple + 1
         while high - low > 1:  # the largest multiple that fits, by bisection (both bounds grow with the core)
             middle = (low + high) // 2
             low, high = (middle, high) if fits(middle * multiple) else (low, middle)
