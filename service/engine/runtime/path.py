@@ -8,9 +8,10 @@ A tuner that took the fastest runtime for each window made the mask depend on ``
 window and PyTorch bf16 the large one. So the tuner chooses the path first, over every window its search walks,
 records it beside its measurements, and then searches only the window and the batch within it
 (:class:`tileseg.engine.runtime.tuner.Tuner`). The runtimes close at the card's window are each measured at the
-largest window that fits (up to three times the card's core), whatever the search's bound: runs go on there, and the ranking turns with the window
-(on an AVX2 EPYC, PyTorch and OpenVINO tied at a 576-px window, and OpenVINO ran 2.2x faster at 1216).
-``torch.compile`` makes a program of its own: it is a path of its own, taken only when asked for (``--compile on``).
+largest window that fits (up to three times the card's core), whatever the search's bound: runs go on there,
+and the ranking turns with the window (on an AVX2 EPYC, PyTorch and OpenVINO tied at a 576-px window, and
+OpenVINO ran 2.2x faster at 1216). ``torch.compile`` makes a program of its own: it is a path of its own, taken
+only when asked for (``--compile on``).
 
 A path is taken only where it is tile-invariant on the model's own geometry (:func:`invariance_error`): the cores
 of one window equal those of four windows of half its core placed on the stride grid, run one at a time and as one
