@@ -94,8 +94,9 @@ class Request:
         searchable: whether the model's window may change at all (an exact model: translation-equivariant, in
             crop mode, without a fixed window), whatever ``--tile`` says: the numeric path is chosen over every
             window such a model may run.
-        thorough: measure every candidate on the screening window, and every survivor at the start core, whatever
-            the bound (the numeric path's search: what it chooses is kept for good, so it sees every candidate).
+        thorough: measure every candidate on the screening window, every survivor at the start core and every
+            runtime walked at its jump (a call of at most a third of the bound), whatever the bound (the numeric
+            path's search: what it chooses is kept for good, so it sees every candidate).
         default_core: where the search starts (the card's default tile).
         batch: a fixed batch, or None to search.
         budget: bytes the forward may take.

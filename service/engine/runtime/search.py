@@ -31,10 +31,10 @@ WALK_RUNTIMES = 2  # runtimes whose window is walked (the best at the default co
 WALK_WITHIN = 1.5  # ... and only those at least 1/1.5 of the best's rate there: a larger window rarely gains more
 WORSE = 0.8  # a walk stops after two steps below this share of the best rate
 JUMP_SECONDS = 2.0  # a walk's first point: the largest core that fits, whose call takes about this long at most
-# (the numeric path's search, which measures it for each runtime walked whatever its bound, a third of that bound
-# and at most PATH_JUMP_REACH times the start core: where runs go on, not a tiny test network's 2000-px window)
-PATH_JUMP_REACH = 3
 JUMP_SHARE = 0.1  # ... and at most this share of the run's time at the start core (a short run does not jump)
+# the numeric path's search measures the jump of each runtime walked whatever its bound: there a call of at most a
+# third of that bound, at most this many start cores (where runs go on, not a tiny test network's 2000-px window)
+PATH_JUMP_REACH = 3
 COMPILE_WORTH = 3.0  # measure compilation only for runs whose time is this many typical compiles
 TYPICAL_COMPILE_SECONDS = 20.0  # what compiling a zoo network took here (CPU, inductor): 9-23 s
 SEARCH_SHARE = 3.0  # a first run searches at most 3x as long as it would run at the screening rate (within the bound)
