@@ -14,7 +14,9 @@
 # The install and start steps are docker/install.sh and docker/entrypoint.sh. The shipped checkpoints are
 # in /weights (TILESEG_WEIGHTS_DIR): mount a folder there to serve others. The data directory (job table,
 # uploads, results) is /data: a volume. Layers go from what changes least (Python, PyTorch, dependencies)
-# to what changes most (the source, the weights), so that editing the code rebuilds seconds, not minutes.
+# to what changes most (the source, the weights), so that editing the code rebuilds seconds, not minutes:
+# the runtime stage copies the environment of GBs from `deps` in a stage of its own (`env`), which a changed
+# source leaves cached, and installs the wheel that `build` made from the source on top of it.
 
 ARG BASE=debian:bookworm-slim
 
@@ -28,8 +30,8 @@ RUN python=""; python3 -c 'import venv, ensurepip' 2>/dev/null || python="python
  && echo "base: $(python3 --version)"
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 
-# ---- build: the virtual environment and the weights ------------------------------------------------------
-FROM base AS build
+# ---- deps: the virtual environment, PyTorch and every dependency (rebuilt only when pyproject.toml changes) --
+FROM base AS deps
 ARG TORCH_VARIANT=cuda
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=""
@@ -41,19 +43,32 @@ COPY docker/install.sh /src/docker/install.sh
 RUN bash /src/docker/install.sh venv torch
 COPY pyproject.toml /src/pyproject.toml
 RUN bash /src/docker/install.sh deps
-COPY . /src
-RUN bash /src/docker/install.sh package weights check
 
-# ---- runtime: the environment, the weights, a user that is not root --------------------------------------
-FROM base AS runtime
+# ---- build: tileseg as a wheel, the weights ---------------------------------------------------------------
+FROM deps AS build
+ARG PIP_CERT=""
+ARG PIP_FIND_LINKS=""
+COPY . /src
+RUN bash /src/docker/install.sh wheel weights
+
+# ---- env: the environment under a user that is not root (a layer of GBs, kept while deps is unchanged) ------
+FROM base AS env
 RUN groupadd --system --gid 10001 tileseg \
  && useradd --system --uid 10001 --gid tileseg --home-dir /data --no-create-home --shell /usr/sbin/nologin tileseg \
  && mkdir -p /data /weights \
  && chown tileseg:tileseg /data
+COPY --from=deps /opt/tileseg /opt/tileseg
+
+# ---- runtime: the environment with tileseg installed, the weights --------------------------------------------
+FROM env AS runtime
 COPY docker/preflight.py /usr/local/lib/tileseg/preflight.py
 COPY docker/entrypoint.sh /usr/local/bin/tileseg-entrypoint
-COPY --from=build /opt/tileseg /opt/tileseg
 COPY --from=build /weights /weights
+COPY --from=build /wheels /tmp/tileseg-wheels
+COPY docker/install.sh /tmp/tileseg-wheels/install.sh
+RUN VENV=/opt/tileseg PACKAGE="$(echo /tmp/tileseg-wheels/tileseg-*.whl)" PIP_NO_CACHE_DIR=1 \
+    bash /tmp/tileseg-wheels/install.sh package check \
+ && rm -rf /tmp/tileseg-wheels
 # the tuner's measurements and exported programs (ONNX) live in the data volume: made on first use, kept
 # across restarts, shared by the API and the workers (keyed by device, so mixed machines do not mix)
 ENV PATH=/opt/tileseg/bin:$PATH \

@@ -5,9 +5,11 @@
 #
 #   TORCH_VARIANT=cuda|cpu VENV=/opt/tileseg SRC=. WEIGHTS_DIR=/weights docker/install.sh [STEP...]
 #
-# STEP           any of: venv torch deps package weights check (default: all, in that order). `deps`
-#                installs the dependencies that pyproject.toml lists (it needs only that file), `package`
-#                then installs tileseg itself the way the README does (`pip install .`, not editable).
+# STEP           any of: venv torch deps package weights check (default: all, in that order), or wheel.
+#                `deps` installs the dependencies that pyproject.toml lists, with the `smp` extra's (it needs
+#                only that file); `package` then installs tileseg itself, not editable, without touching them
+#                (`pip install --no-deps`): the source tree, or PACKAGE. `wheel` builds the source tree into a
+#                wheel in WHEEL_DIR (the image builds it in one stage and installs it in another).
 # TORCH_VARIANT  cuda (default): the CUDA build of PyTorch as PyPI serves it for Linux x86_64; its wheels
 #                carry the CUDA libraries (nvidia-* packages), so any base with Python works and the host
 #                needs only the NVIDIA driver and container toolkit. cpu: the CPU build (`torch==X+cpu`),
@@ -19,6 +21,8 @@
 #                find-links), as CI does with the CPU wheel on local disk.
 # VENV           the virtual environment to make (default /opt/tileseg).
 # SRC            the source tree (default: this script's repository).
+# PACKAGE        what `package` installs (default: SRC): the source tree or a wheel built from it.
+# WHEEL_DIR      where `wheel` writes the wheel (default /wheels).
 # WEIGHTS_DIR    for `weights`: the shipped checkpoints are copied there (the image's TILESEG_WEIGHTS_DIR).
 # PYTHON         the interpreter that makes the environment (default python3).
 set -euo pipefail
@@ -28,6 +32,8 @@ TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 TORCHVISION_VERSION="${TORCHVISION_VERSION:-0.28.0}"
 VENV="${VENV:-/opt/tileseg}"
 SRC="${SRC:-$(cd "$(dirname "$0")/.." && pwd)}"
+PACKAGE="${PACKAGE:-$SRC}"
+WHEEL_DIR="${WHEEL_DIR:-/wheels}"
 PYTHON="${PYTHON:-python3}"
 # build arguments arrive as variables even when empty; an empty PIP_* setting would mean "" to pip
 for name in PIP_CERT PIP_FIND_LINKS PIP_INDEX_URL PIP_EXTRA_INDEX_URL; do
@@ -52,22 +58,26 @@ step_torch() {
   "${pip[@]}" ${torch_index:+--index-url "$torch_index"} "$torch_spec" "torchvision==$TORCHVISION_VERSION"
 }
 step_deps() {
+  # the extra for models added from outside (segmentation_models_pytorch) comes with every image. On CUDA,
+  # ONNX Runtime's GPU build (its CUDA and TensorRT providers) takes the place of the CPU one: both are the
+  # module onnxruntime, so the CPU one goes first.
   "$VENV/bin/python" - "$SRC/pyproject.toml" >"$VENV/.tileseg-deps.txt" <<'PY'
 import sys, tomllib
-print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print("\n".join(project["dependencies"] + project["optional-dependencies"]["smp"]))
 PY
   "${pip[@]}" -r "$VENV/.tileseg-deps.txt"
-}
-step_package() {
-  # the way the README installs it (not editable: the image holds no source tree), with the extra for models
-  # added from outside (segmentation_models_pytorch); ONNX Runtime and OpenVINO come with every install. On
-  # CUDA, ONNX Runtime's GPU build (its CUDA and TensorRT providers) takes the place of the CPU one: both are
-  # the module onnxruntime, so the CPU one goes first.
-  "${pip[@]}" "$SRC[smp]"
   if [ "$TORCH_VARIANT" = cuda ]; then
     "$VENV/bin/python" -m pip uninstall --quiet --yes onnxruntime
     "${pip[@]}" onnxruntime-gpu
   fi
+}
+step_package() {
+  # not editable (the image holds no source tree); the dependencies are the `deps` step's
+  "${pip[@]}" --no-deps "$PACKAGE"
+}
+step_wheel() {
+  "$VENV/bin/python" -m pip wheel --quiet --no-deps --wheel-dir "$WHEEL_DIR" "$SRC"
 }
 step_weights() {
   [ -n "${WEIGHTS_DIR:-}" ] || return 0
@@ -89,7 +99,7 @@ print('install.sh: onnxruntime', onnxruntime.__version__, onnxruntime.get_availa
 echo "install.sh: $* | tileseg from $SRC into $VENV, PyTorch $torch_spec ($TORCH_VARIANT)"
 for step in "$@"; do
   case "$step" in
-    venv|torch|deps|package|weights|check) "step_$step" ;;
-    *) echo "install.sh: unknown step '$step' (venv torch deps package weights check)" >&2; exit 2 ;;
+    venv|torch|deps|package|wheel|weights|check) "step_$step" ;;
+    *) echo "install.sh: unknown step '$step' (venv torch deps package weights check, wheel)" >&2; exit 2 ;;
   esac
 done

@@ -30,10 +30,12 @@ def docker_host():
 @pytest.fixture(scope="package")
 def image(docker_host) -> str:
     """The CPU image, built from the repository as CI builds it; removed after these tests with what builds
-    left untagged, so the rest of the run has its disk. Its build stage stays, tagged: the next build's cache."""
+    left untagged, so the rest of the run has its disk. Its stages that the source does not change stay, tagged:
+    the next build's cache."""
     containers.release_images()
     args = {"TORCH_VARIANT": "cpu", "TORCH_INDEX_URL": "pip"}
-    containers.build(containers.BUILD_CACHE, REPO / "Dockerfile", REPO, target="build", **args)
+    for stage, tag in containers.CACHED_STAGES.items():
+        containers.build(tag, REPO / "Dockerfile", REPO, target=stage, **args)
     containers.build(containers.IMAGE, REPO / "Dockerfile", REPO, **args)
     yield containers.IMAGE
     containers.cleanup()

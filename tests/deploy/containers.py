@@ -29,9 +29,10 @@ HINT = f"run `{SETUP.relative_to(REPO)} setup` as root (what .ci/run does)"
 BASE_IMAGE = os.environ.get("BASE_IMAGE", "localhost/debian-base:bookworm")
 TAG = "ci-cpu"
 IMAGE = f"localhost/tileseg:{TAG}"
-# the Dockerfile's build stage (PyTorch and the dependencies, GBs), kept tagged from one session to the next:
-# the next build rebuilds only what the source changed, and pruning the untagged leaves it
-BUILD_CACHE = f"localhost/tileseg:{TAG}-build"
+# the Dockerfile's stages of GBs that a changed source leaves as they are (`deps`: PyTorch and the dependencies;
+# `env`: them copied under the service's user), kept tagged from one session to the next: the next build
+# rebuilds only what the source changed, and pruning the untagged leaves them
+CACHED_STAGES = {stage: f"localhost/tileseg:{TAG}-{stage}" for stage in ("deps", "env")}
 BUILT_HERE = "org.tileseg.tests=built"  # the label of every image these tests build: all they ever prune
 REDIS_IMAGE = "localhost/tileseg-ci-redis:7"
 POSTGRES_IMAGE = "localhost/tileseg-ci-postgres:15"
