@@ -47,10 +47,11 @@ def tune(names: tuple[str, ...], every: bool, device: str, size: int, again: boo
         if again:
             tuner().forget_windows(model, next(model.parameters()).device)
         cached = known_choice(model, options) is not None
-        started, measured, searching = time.perf_counter(), 0, True
+        started, measured, searching, calls = time.perf_counter(), 0, True, 0
         while searching:  # each call within the bound, as runs would: here until the window's search is done
             choice = choose_runtime(model, next(model.parameters()).device, options, size * size, size)
-            measured, searching = measured + choice.measured, choice.searching and choice.measured > 0
+            calls += 1  # the first call's window search may measure nothing: the path's search took its bound
+            measured, searching = measured + choice.measured, choice.searching and (choice.measured > 0 or calls == 1)
         seconds = time.perf_counter() - started
         summary = choice.summary()
         how = "already measured" if cached and not measured else f"measured in {seconds:.1f} s"

@@ -172,6 +172,21 @@ def test_a_long_run_may_search_its_window_past_the_bound(model):
     assert long.core > default and tn.LONG_RUN_SHARE * 10**17 / long.rate > 1.0
 
 
+def test_a_first_runs_window_search_measures_only_points_that_end_within_its_bound(model):
+    """After the numeric path's search (``ends``), the window's search starts no point expected to end past its
+    bound (a first run of unet-aerial on an AVX2 EPYC started a 4.8 s point with 1 s left) and says it is
+    unfinished, so later runs go on; without ``ends`` a point starts while the bound lasts."""
+    openvino = next(r for r in rt.candidates(model.spec, CPU) if r.label == "fp32/contiguous/openvino")
+    start = model.spec.geometry.default_tile
+    known = [Measurement(openvino.label, start, 1, seconds=10.0, peak=MB)]  # 10 s a call at the card's window
+    wanted = request(model, core=None, batch=1, run_pixels=None)
+    for ends, measured in ((True, False), (False, True)):
+        timer = FakeTimer(FAST_BF16)  # answers at once: only the estimate can hold a point back
+        search = search_module.Search(timer, 1.0, model, CPU, [openvino], wanted, known, ends=ends)
+        search.run()
+        assert bool(search.new) == measured and search.unfinished == ends, (ends, search.new)
+
+
 def test_a_blended_model_keeps_its_window(model, monkeypatch):
     """The pipeline fixes the core of a blended (or non-equivariant) model: the tuner never moves it."""
     from tileseg.engine.options import SegmentOptions

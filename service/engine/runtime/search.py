@@ -44,8 +44,13 @@ MIN_SEARCH_SECONDS = 1.0
 class Search:
     """One search over the candidates of a request (see the module's docstring for its steps)."""
 
-    def __init__(self, timer: Timer, seconds: float, model, device, options: list[Runtime], request: Request, known):
+    def __init__(
+        self, timer: Timer, seconds: float, model, device, options: list[Runtime], request: Request, known, ends=False
+    ):
+        """``ends``: a point is measured only where it is expected to end within the bound (a first run's window
+        search, in what the path's search left of the bound); else one starts while the bound lasts."""
         self.timer, self.model, self.device, self.options, self.request = timer, model, device, options, request
+        self.ends = ends
         self.geometry = model.spec.geometry
         self.points: dict[tuple[str, int, int], Measurement] = {m.point: m for m in known}
         self.new: list[Measurement] = []
@@ -57,7 +62,8 @@ class Search:
         known = self.points.get((runtime.label, core, batch))
         if known is not None:
             return known
-        late = not force and time.monotonic() > self.deadline
+        expected = self._duration(runtime, core, batch) if self.ends else 0.0
+        late = not force and time.monotonic() + expected > self.deadline
         self.unfinished |= late
         if late or (not force and self._estimate(runtime, core, batch) > self.request.budget):
             return None
@@ -72,6 +78,16 @@ class Search:
         self.points[m.point] = m
         self.new.append(m)
         return m
+
+    def _duration(self, runtime: Runtime, core: int, batch: int) -> float:
+        """How long measuring a point takes at least: its warm-up call and one timed call, from the nearest
+        measured point of the same runtime scaled by the pixels (0 where none is)."""
+        window = self.geometry.window(core)
+        known = [m for m in self.points.values() if m.runtime == runtime.label and m.seconds]
+        if not known:
+            return 0.0
+        near = min(known, key=lambda m: abs(self.geometry.window(m.core) - window))
+        return 2 * near.seconds * (batch * window**2) / (near.batch * self.geometry.window(near.core) ** 2)
 
     def _estimate(self, runtime: Runtime, core: int, batch: int) -> float:
         """A point's peak from the nearest measured one of the same runtime, scaled by the pixels it holds."""

@@ -181,26 +181,26 @@ class Tuner:
             return Choice(runtime, request.core, request.batch, "as asked", window=window, budget=request.budget)
         key = self._key(model, device)
         started = time.monotonic()
-        path = self._path(model, device, options, request, key, persistent, measure)
+        path, searched = self._path(model, device, options, request, key, persistent, measure)
         if path is None:
             return None
         # one bound for both searches: what the path's search left of it (a cached path leaves all of it)
         seconds = max(0.0, self._bound() - (time.monotonic() - started))
-        return self._within(model, device, path, request, key, persistent, measure, seconds)
+        return self._within(model, device, path, request, key, persistent, measure, seconds, searched)
 
     def _path(self, model, device, options: list[Runtime], request: Request, key: str, persistent: bool, measure):
         """The numeric path among ``options``: recorded, or searched now over every window the model allows
         (whatever this run's core, batch and size), checked tile-invariant, and recorded; None when unknown and
-        ``measure`` is False."""
+        ``measure`` is False. With whether it was searched now."""
         entry = self._load(key, persistent)
         recorded = entry["paths"].get(signature(options))
         by_label = {r.label: r for r in options}
         if recorded is not None and recorded["runtime"] in by_label:
-            return by_label[recorded["runtime"]]
+            return by_label[recorded["runtime"]], False
         if not measure:
-            return None
+            return None, False
         if len(options) == 1:  # the user's own choice: taken as it is
-            return options[0]
+            return options[0], False
         core = None if request.searchable else request.core
         # the path is the model's on this device: not the image's (its size, its width)
         free = replace(request, core=core, batch=None, run_pixels=None, shape=None, row_bytes=0, thorough=True)
@@ -223,13 +223,13 @@ class Tuner:
         path = {"runtime": choice.runtime.label, "why": choice.reason}
         self._store(key, search.new, [], persistent, paths={signature(options): path}, refused=refused)
         release(model, keep=choice.runtime)
-        return choice.runtime
+        return choice.runtime, True
 
     def _within(
-        self, model, device, path: Runtime, request: Request, key: str, persistent: bool, measure, seconds: float
+        self, model, device, path: Runtime, request: Request, key: str, persistent: bool, measure, seconds: float, ends
     ):
         """The core and batch of a run on its numeric path ``path``: a search of its own within ``seconds``,
-        recorded."""
+        recorded; ``ends`` after the path's search: only points expected to end within it (later runs go on)."""
         entry = self._load(key, persistent)
         rates = [m.rate for m in entry["measurements"] if m.runtime == path.label and m.status == "measured"]
         expected = request.run_pixels / max(rates) if request.run_pixels and rates and max(rates) > 0 else None
@@ -237,7 +237,7 @@ class Tuner:
             seconds = max(seconds, LONG_RUN_SHARE * expected)
         held = [request.budget >> 26, request.row_bytes.bit_length()]  # what bounds the window, roughly
         signature_ = json.dumps([[path.label], request.core, request.default_core, request.batch, *held])
-        search = Search(self.timer, seconds, model, device, [path], request, entry["measurements"])
+        search = Search(self.timer, seconds, model, device, [path], request, entry["measurements"], ends=ends)
         # a search is recorded with the run size it was bounded for: a longer run searches on from its points
         size = request.run_pixels if request.run_pixels is not None else -1
         done = [int(s.rsplit("|", 1)[1]) for s in entry["searches"] if s.startswith(f"{signature_}|")]
