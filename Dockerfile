@@ -61,6 +61,7 @@ COPY --from=deps /opt/tileseg /opt/tileseg
 
 # ---- runtime: the environment with tileseg installed, the weights --------------------------------------------
 FROM env AS runtime
+ARG TORCH_VARIANT=cuda
 COPY docker/preflight.py /usr/local/lib/tileseg/preflight.py
 COPY docker/entrypoint.sh /usr/local/bin/tileseg-entrypoint
 COPY --from=build /weights /weights
