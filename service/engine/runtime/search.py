@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 from tileseg.engine.options import MAX_TILE
@@ -80,24 +80,23 @@ class Search:
         return m
 
     def _duration(self, runtime: Runtime, core: int, batch: int) -> float:
-        """How long measuring a point takes at least: its warm-up call and one timed call, from the nearest
-        measured point of the same runtime scaled by the pixels (0 where none is)."""
-        window = self.geometry.window(core)
-        known = [m for m in self.points.values() if m.runtime == runtime.label and m.seconds]
-        if not known:
-            return 0.0
-        near = min(known, key=lambda m: abs(self.geometry.window(m.core) - window))
-        return 2 * near.seconds * (batch * window**2) / (near.batch * self.geometry.window(near.core) ** 2)
+        """How long measuring a point takes at least: its warm-up call and one timed call (0 where nothing of the
+        runtime is measured)."""
+        return 2 * self._scaled(runtime, core, batch, lambda m: m.seconds)
 
     def _estimate(self, runtime: Runtime, core: int, batch: int) -> float:
-        """A point's peak from the nearest measured one of the same runtime, scaled by the pixels it holds."""
+        """A point's peak: the forward's (see :meth:`_scaled`) and the band its core holds."""
+        return core * self.request.row_bytes + self._scaled(runtime, core, batch, lambda m: m.peak)
+
+    def _scaled(self, runtime: Runtime, core: int, batch: int, value: Callable[[Measurement], float | None]) -> float:
+        """``value`` of the nearest point of the same runtime that has one, scaled by the pixels a point at
+        ``core`` and ``batch`` holds (0 where none has)."""
         window = self.geometry.window(core)
-        known = [m for m in self.points.values() if m.runtime == runtime.label and m.peak is not None]
-        band = core * self.request.row_bytes
+        known = [(m, v) for m in self.points.values() if m.runtime == runtime.label and (v := value(m)) is not None]
         if not known:
-            return float(band)
-        near = min(known, key=lambda m: abs(self.geometry.window(m.core) - window))
-        return band + near.peak * (batch * window**2) / (near.batch * self.geometry.window(near.core) ** 2)
+            return 0.0
+        near, at_near = min(known, key=lambda pair: abs(self.geometry.window(pair[0].core) - window))
+        return at_near * (batch * window**2) / (near.batch * self.geometry.window(near.core) ** 2)
 
     def _rate(self, runtime: Runtime, core: int, batch: int) -> float:
         m = self.points.get((runtime.label, core, batch))
