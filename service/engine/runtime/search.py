@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 SCREEN_FACTOR = 2.5  # a candidate this much slower than the best on the small window is not measured further
 SCREEN_CORE = 128  # about the core of the screening window
 MEASURE_SECONDS = 0.3  # timed calls per point stop after this long (after one warm-up call, at least one timed)
+# (a screening point times one call: it only ranks the candidates roughly)
 LADDER = 1.4  # ratio between the cores of the coarse window walk
 EDGE_STEP = 1.15  # ... whose last step up, cut to the budget's edge, must still be this much larger
 WALK_RUNTIMES = 2  # runtimes whose window is walked (the best at the default core first)
@@ -57,8 +58,11 @@ class Search:
         self.unfinished, self.started = False, time.monotonic()  # unfinished: a walk's point left for lack of time
         self.deadline = self.started + seconds
 
-    def measure(self, runtime: Runtime, core: int, batch: int, force: bool = False) -> Measurement | None:
-        """The point's measurement, known or timed now; None past the deadline (unless ``force``) or the budget."""
+    def measure(
+        self, runtime: Runtime, core: int, batch: int, force: bool = False, quick: bool = False
+    ) -> Measurement | None:
+        """The point's measurement, known or timed now (``quick``: one timed call after the warm-up); None past
+        the deadline (unless ``force``) or the budget."""
         known = self.points.get((runtime.label, core, batch))
         if known is not None:
             return known
@@ -69,7 +73,7 @@ class Search:
             return None
         window = self.geometry.window(core)
         try:
-            seconds, setup, peak = self.timer(self.model, runtime, window, batch, MEASURE_SECONDS)
+            seconds, setup, peak = self.timer(self.model, runtime, window, batch, 0.0 if quick else MEASURE_SECONDS)
             m = Measurement(runtime.label, core, batch, seconds=seconds, setup=setup, peak=peak)
         except Exception as err:  # an operator the precision lacks, an export that differs: never chosen
             log.info("runtime %s failed on %s at %d px: %s", runtime.label, self.model.spec.name, window, err)
@@ -80,23 +84,28 @@ class Search:
         return m
 
     def _duration(self, runtime: Runtime, core: int, batch: int) -> float:
-        """How long measuring a point takes at least: its warm-up call and one timed call (0 where nothing of the
-        runtime is measured)."""
-        return 2 * self._scaled(runtime, core, batch, lambda m: m.seconds)
+        """How long measuring a point takes at least: its warm-up call and one timed call, and the nearest point's
+        setup (compiling a shape: 0.3-0.7 s for OpenVINO on an AVX2 EPYC, about the same at any window); 0 where
+        nothing of the runtime is measured."""
+        seconds = 2 * self._scaled(runtime, core, batch, lambda m: m.seconds)
+        return seconds + self._scaled(runtime, core, batch, lambda m: m.setup, per_pixel=False)
 
     def _estimate(self, runtime: Runtime, core: int, batch: int) -> float:
         """A point's peak: the forward's (see :meth:`_scaled`) and the band its core holds."""
         return core * self.request.row_bytes + self._scaled(runtime, core, batch, lambda m: m.peak)
 
-    def _scaled(self, runtime: Runtime, core: int, batch: int, value: Callable[[Measurement], float | None]) -> float:
+    def _scaled(
+        self, runtime: Runtime, core: int, batch: int, value: Callable[[Measurement], float | None], per_pixel=True
+    ) -> float:
         """``value`` of the nearest point of the same runtime that has one, scaled by the pixels a point at
-        ``core`` and ``batch`` holds (0 where none has)."""
+        ``core`` and ``batch`` holds (unless not ``per_pixel``; 0 where none has)."""
         window = self.geometry.window(core)
         known = [(m, v) for m in self.points.values() if m.runtime == runtime.label and (v := value(m)) is not None]
         if not known:
             return 0.0
         near, at_near = min(known, key=lambda pair: abs(self.geometry.window(pair[0].core) - window))
-        return at_near * (batch * window**2) / (near.batch * self.geometry.window(near.core) ** 2)
+        scale = (batch * window**2) / (near.batch * self.geometry.window(near.core) ** 2) if per_pixel else 1.0
+        return at_near * scale
 
     def _rate(self, runtime: Runtime, core: int, batch: int) -> float:
         m = self.points.get((runtime.label, core, batch))
@@ -118,11 +127,11 @@ class Search:
         # window may not even take a smaller one
         if len(eager) > 1 and screen < start and request.core is None:
             for i, r in enumerate(eager):
-                self.measure(r, screen, 1, force=i == 0 or request.thorough)
+                self.measure(r, screen, 1, force=i == 0 or request.thorough, quick=True)
                 if i == 0:
                     self._bound_by_run(self._rate(r, screen, 1))
             fastest = max(self._rate(r, screen, 1) for r in eager)
-            eager = [r for r in eager if self._rate(r, screen, 1) * SCREEN_FACTOR >= fastest > 0]
+            eager = self._one_format([r for r in eager if self._rate(r, screen, 1) * SCREEN_FACTOR >= fastest > 0])
             self._forget(eager)
         for i, r in enumerate(eager):
             self.measure(r, start, batch, force=i == 0 or request.thorough)
@@ -147,6 +156,18 @@ class Search:
         if request.batch is None and not best.compiled:
             self._batches(best, core)
         self.unfinished = cut
+
+    def _one_format(self, runtimes: list[Runtime]) -> list[Runtime]:
+        """Of runtimes that differ only in their memory format, the one faster on the screen: the format's lead
+        holds at every window on a CPU (channels-last ahead of contiguous in every ceiling scan, 1.5-3x), and the
+        loser's point at the start core was a second of an AVX2 EPYC's first run."""
+        screen = self._screen_core(self.request.default_core)
+        faster: dict[tuple[str, str], Runtime] = {}
+        for r in runtimes:
+            twin = faster.get((r.precision, r.mode))
+            if twin is None or self._rate(r, screen, 1) > self._rate(twin, screen, 1):
+                faster[(r.precision, r.mode)] = r
+        return [r for r in runtimes if faster[(r.precision, r.mode)] is r]
 
     def _forget(self, kept: list[Runtime]) -> None:
         """Drop the programs of the runtimes the search has left behind, and give their memory back: a first
@@ -187,7 +208,8 @@ class Search:
 
     def _walk(self, runtime: Runtime, start: int, batch: int) -> Iterator[None]:
         """The :meth:`_jump` first; then up from ``start`` while the rate holds and the peak fits (the last step
-        up to the budget's edge), then down while it improves; a point a step."""
+        up to the budget's edge), then down while it improves (not where a larger window beats the start already);
+        a point a step."""
         if (jump := self._jump(runtime, start, batch)) is not None:
             # the numeric path's search measures every walked runtime there, whatever its bound: runtimes tied at
             # the start core may be far apart at large windows, where runs go on
@@ -195,6 +217,8 @@ class Search:
             yield
         for up in (True, False):
             best, core, worse = self._rate(runtime, start, batch), start, 0
+            if not up and self._beaten_above(runtime, start, batch):
+                break  # a larger window (the jump's, the walk's) already beats the start: nothing to find below
             while (step := self._step(core, up)) is not None:
                 if up and (step := self._fitting(runtime, core, step, batch)) is None:
                     break
@@ -209,6 +233,14 @@ class Search:
                     worse += 1
                     if worse >= (2 if up else 1):
                         break
+
+    def _beaten_above(self, runtime: Runtime, core: int, batch: int) -> bool:
+        """Whether a larger core of ``runtime`` at ``batch`` was measured faster than ``core``."""
+        rate = self._rate(runtime, core, batch)
+        return any(
+            label == runtime.label and b == batch and c > core and self._rate(runtime, c, b) > rate
+            for label, c, b in self.points
+        )
 
     def _jump(self, runtime: Runtime, start: int, batch: int) -> int | None:
         """The largest core that fits the budget, the image's shorter side and a call of :data:`JUMP_SECONDS` (at

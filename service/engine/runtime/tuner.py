@@ -8,7 +8,7 @@ machine, and keeps the fastest by **output pixels per second on the window it wi
 core, ``core**2`` pixels a window, is what a run produces):
 
 1. *Screen*: every candidate runtime (:func:`tileseg.engine.runtime.runtimes.candidates`) on a small window; those
-   :data:`SCREEN_FACTOR` times slower than the best are dropped (an emulated bf16 costs a fraction of a second).
+   :data:`SCREEN_FACTOR` times slower than the best are dropped, and the slower of two memory formats.
 2. *Measure* the survivors at the model's default core.
 3. *Walk the window* (exact models only, whose mask does not depend on it): first the largest core that fits
    the budget, the image and a call of about :data:`~tileseg.engine.runtime.search.JUMP_SECONDS` (a first run
