@@ -218,7 +218,10 @@ def measure(kind: str, env: dict[str, str], **kwargs) -> dict:
 def child(spec: str) -> None:
     args = json.loads(spec)
     result = RUNNERS[args.pop("kind")](**args)
-    result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from tileseg.engine.runtime.device import process_peak
+
+    # the tuner's measurements reset the high-water mark that ru_maxrss reports: the process's own record
+    result["peak_mb"] = (process_peak() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / (1 << 20)
     print(json.dumps(result))
 
 

@@ -288,7 +288,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 def probe_windows(model: SegmentationNet) -> list[int]:
     """The windows an export is checked on: those of a half and a quarter of the default core, where the model
     takes any window (two shapes of the dynamic axes; small, since eager and each checked program run both on a
-    first run: the default window and its half took 1.5 s of them on an AVX2 EPYC); else its fixed window."""
+    first run: the default window and its half took about 2 s of them on an AVX2 EPYC); else its fixed window."""
     geometry = model.spec.geometry
     if geometry.fixed_window is not None:
         return [geometry.fixed_window]
